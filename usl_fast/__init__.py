@@ -1,0 +1,25 @@
+"""usl_fast: Unsupervised Selective Labeling (USL, Wang, Lian & Yu, ECCV 2022) on a
+compiled tiled-distance engine. ``usl_fast.select(features, m)`` returns the m indices
+to send to annotators."""
+
+from ._backend import _cpu
+from ._ops import KMeansResult, cluster_argmax, density, density_from_knn, kmeans, knn, regularizer
+from .select import PRESETS, SelectResult, default_n_clusters, random_select, regularized_select, select
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "select",
+    "regularized_select",
+    "random_select",
+    "knn",
+    "density",
+    "density_from_knn",
+    "kmeans",
+    "KMeansResult",
+    "regularizer",
+    "cluster_argmax",
+    "SelectResult",
+    "PRESETS",
+    "default_n_clusters",
+]

@@ -1,0 +1,30 @@
+"""Loads the compiled CPU engine (usl_fast._cpu) and the OpenBLAS it links against."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+
+def _preload_openblas() -> None:
+    # The extension's rpath points at site-packages/scipy_openblas32/lib; loading the
+    # library by absolute path first also covers installs where that relative path
+    # does not hold (editable installs, unusual layouts).
+    try:
+        import scipy_openblas32
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise ImportError(
+            "usl_fast needs the scipy-openblas32 package (pip install scipy-openblas32)"
+        ) from exc
+    lib_dir = scipy_openblas32.get_lib_dir()
+    for name in os.listdir(lib_dir):
+        if name.startswith("libscipy_openblas") and ".so" in name:
+            ctypes.CDLL(os.path.join(lib_dir, name), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+_preload_openblas()
+
+from . import _cpu  # noqa: E402
+
+__all__ = ["_cpu"]

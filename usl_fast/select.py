@@ -1,0 +1,308 @@
+"""The USL pipeline: kNN density -> k-means -> regularized per-cluster arg-max
+(REFERENCE.md sections 1-3), with the published configurations as named presets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import _ops, _progress
+from ._backend import _cpu
+from ._validate import as_features, as_float, as_int, as_labels, as_vector, threads_arg
+
+_UNSET: Any = object()
+
+#: The published configurations (REFERENCE.md section 3). "imagenet" is the MoCo one.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "cifar10": dict(k=400, kmeans_iter=200, rounds=10, weight=0.5, momentum=0.9,
+                    horizon_dist=4.0, horizon_num=None, alpha=0.5, own_cluster="position",
+                    mask_zero=False),
+    "cifar100": dict(k=400, kmeans_iter=200, rounds=10, weight=1.0, momentum=0.9,
+                     horizon_dist=1.0, horizon_num=None, alpha=1.0, own_cluster="position",
+                     mask_zero=False),
+    "imagenet-moco": dict(k=20, kmeans_iter=100, rounds=2, weight=1.5, momentum=0.0,
+                          horizon_dist=None, horizon_num=128, alpha=0.5, own_cluster="none",
+                          mask_zero=True),
+    "imagenet-clip": dict(k=20, kmeans_iter=100, rounds=2, weight=0.05, momentum=0.0,
+                          horizon_dist=None, horizon_num=32, alpha=1.0, own_cluster="position",
+                          mask_zero=False),
+}
+PRESETS["imagenet"] = PRESETS["imagenet-moco"]
+
+
+def default_n_clusters(defaults: str, m: int) -> int:
+    """K as the published scripts choose it: m, except two budgets that add clusters to
+    absorb empty ones (CIFAR m=2,500 -> 2,501; ImageNet 1% m=12,820 -> 12,900)."""
+    if defaults.startswith("cifar") and m == 2500:
+        return 2501
+    if defaults.startswith("imagenet") and m == 12820:
+        return 12900
+    return m
+
+
+@dataclass
+class SelectResult:
+    """What ``select(..., return_info=True)`` returns.
+
+    indices : (m,) int64 picks in pick order (cluster order), caller's library.
+    labels : (n,) int64 cluster of every point (k-means, or the labels given).
+    density : (n,) float32 kNN density.
+    n_filled : picks added after the per-cluster ones because fewer than m clusters were
+        non-empty (0 in the normal case); they are the highest-scoring remaining points.
+    timings : seconds per phase.
+    params : the resolved parameters.
+    """
+
+    indices: Any
+    labels: Any
+    density: Any
+    n_filled: int = 0
+    timings: Dict[str, float] = field(default_factory=dict)
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve(defaults: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    if defaults not in PRESETS:
+        raise ValueError(f"`defaults` must be one of {sorted(PRESETS)} (got {defaults!r})")
+    p = dict(PRESETS[defaults])
+    for key, val in overrides.items():
+        if val is not _UNSET:
+            p[key] = val
+    return p
+
+
+def _check_reg_params(p: Dict[str, Any], n: int) -> Dict[str, Any]:
+    p["rounds"] = as_int(p["rounds"], "rounds", 1)
+    p["weight"] = as_float(p["weight"], "weight", 0.0)
+    p["momentum"] = as_float(p["momentum"], "momentum", 0.0)
+    if p["momentum"] > 1.0:
+        raise ValueError(f"`momentum` must be in [0, 1] (got momentum={p['momentum']})")
+    p["alpha"] = as_float(p["alpha"], "alpha", 0.0)
+    if p["horizon_dist"] is not None:
+        p["horizon_dist"] = as_float(p["horizon_dist"], "horizon_dist", 0.0, allow_inf=True)
+    if p["horizon_num"] is not None:
+        p["horizon_num"] = as_int(p["horizon_num"], "horizon_num", 1)
+    if p["horizon_dist"] is not None and p["horizon_num"] is not None:
+        raise ValueError("give at most one of `horizon_dist` and `horizon_num`")
+    if p["own_cluster"] not in ("position", "cluster", "none"):
+        raise ValueError(
+            f"`own_cluster` must be 'position', 'cluster' or 'none' (got {p['own_cluster']!r})"
+        )
+    p["mask_zero"] = bool(p["mask_zero"])
+    return p
+
+
+def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
+    n = x.shape[0]
+    reg = np.zeros(n, np.float64)
+    best = np.empty(K, np.int64)
+    rounds = p["rounds"]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds, desc="regularized selection", dynamic_ncols=True)
+    try:
+        for t in range(rounds):
+            _cpu.segment_argmax(dens, reg, p["weight"], lab, K, best)
+            clusters = np.flatnonzero(best >= 0)[:m]
+            picks = best[clusters]
+            if t < rounds - 1:
+                if p["own_cluster"] == "position":
+                    tag = np.arange(picks.size, dtype=np.int32)
+                elif p["own_cluster"] == "cluster":
+                    tag = clusters.astype(np.int32)
+                else:
+                    tag = np.full(picks.size, -1, np.int32)
+                hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
+                hn = 0 if p["horizon_num"] is None else min(p["horizon_num"], picks.size)
+                new = np.empty(n, np.float64)
+                pts = np.ascontiguousarray(x[picks])
+                _progress.run(
+                    lambda c: _cpu.regularizer(x, xn, pts, lab, tag, p["alpha"], hd, hn,
+                                               p["mask_zero"], _ops.FAR, new, th, c),
+                    desc=f"regularizer round {t + 1}",
+                )
+                mu = p["momentum"]
+                reg = mu * reg + (1.0 - mu) * new
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    n_filled = 0
+    if picks.size < m:
+        # Fewer non-empty clusters than picks wanted: top up with the best-scoring points
+        # not picked yet (score of the last round), and report how many.
+        score = dens.astype(np.float64) - p["weight"] * reg
+        score[picks] = -np.inf
+        order = np.argsort(-score, kind="stable")
+        extra = order[: m - picks.size]
+        n_filled = int(extra.size)
+        picks = np.concatenate([picks, extra])
+    return picks.astype(np.int64), n_filled
+
+
+def regularized_select(
+    features: Any,
+    density: Any,
+    labels: Any,
+    m: int,
+    *,
+    n_clusters: Optional[int] = None,
+    defaults: str = "cifar10",
+    rounds: Any = _UNSET,
+    weight: Any = _UNSET,
+    momentum: Any = _UNSET,
+    alpha: Any = _UNSET,
+    horizon_dist: Any = _UNSET,
+    horizon_num: Any = _UNSET,
+    own_cluster: Any = _UNSET,
+    mask_zero: Any = _UNSET,
+    threads: Optional[int] = None,
+    progress: bool = False,
+) -> Any:
+    """The regularized per-cluster arg-max of REFERENCE.md section 3 on given densities
+    and cluster labels. Parameters default to the ``defaults`` preset.
+
+    Each round picks, for clusters 0..K-1 in order (empty ones skipped, stopping at m
+    picks), the member with the largest ``density - weight * reg`` (first on ties); between
+    rounds ``reg = momentum * reg + (1 - momentum) * regularizer(picks)``. Returns (m,)
+    int64 indices in pick order. If fewer than m clusters are non-empty, the remaining
+    picks are the best-scoring points not picked yet.
+    """
+    x, back = as_features(features, "features")
+    n = x.shape[0]
+    m = as_int(m, "m", 1, n, f" = number of points n={n}")
+    dens = as_vector(density, n, "density")
+    K = None if n_clusters is None else as_int(n_clusters, "n_clusters", 1)
+    lab, K = as_labels(labels, n, K)
+    p = _check_reg_params(
+        _resolve(defaults, dict(rounds=rounds, weight=weight, momentum=momentum, alpha=alpha,
+                                horizon_dist=horizon_dist, horizon_num=horizon_num,
+                                own_cluster=own_cluster, mask_zero=mask_zero)),
+        n,
+    )
+    th = threads_arg(threads)
+    xn = np.empty(n, np.float32)
+    _cpu.row_norms(x, xn, th)
+    picks, _ = _pick_rounds(x, xn, dens, lab, K, m, p, th, progress)
+    return back(picks)
+
+
+def select(
+    features: Any,
+    m: int,
+    *,
+    defaults: str = "cifar10",
+    k: Any = _UNSET,
+    n_clusters: Optional[int] = None,
+    kmeans_iter: Any = _UNSET,
+    kmeans_init: Any = "random",
+    rounds: Any = _UNSET,
+    weight: Any = _UNSET,
+    momentum: Any = _UNSET,
+    alpha: Any = _UNSET,
+    horizon_dist: Any = _UNSET,
+    horizon_num: Any = _UNSET,
+    own_cluster: Any = _UNSET,
+    mask_zero: Any = _UNSET,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    progress: bool = False,
+    return_info: bool = False,
+) -> Any:
+    """Choose ``m`` points to label with Unsupervised Selective Labeling (USL).
+
+    Parameters
+    ----------
+    features : (n, d) numpy array or torch CPU tensor (float16/32/64)
+        One row per unlabeled instance, usually L2-normalised self-supervised features.
+        Converted once to float32; NaN/inf is an error.
+    m : int
+        Labeling budget, 1 <= m <= n.
+    defaults : {"cifar10", "cifar100", "imagenet" (= "imagenet-moco"), "imagenet-clip"}
+        Which published configuration supplies every parameter not given.
+    k : kNN size for the density (self included), 1 <= k < n.
+    n_clusters : k-means K (default: m, or the published K for m=2,500 / 12,820), >= m.
+    kmeans_iter, kmeans_init, seed : Lloyd iterations (fixed count), init ("random" as the
+        reference, or "k-means++"), and the seed that makes everything reproducible.
+    rounds, weight, momentum, alpha, horizon_dist, horizon_num, own_cluster, mask_zero :
+        the regularizer (see ``regularized_select``). own_cluster="cluster" fixes the
+        reference's position-vs-label quirk.
+    threads : OpenMP threads (default all); results do not depend on it.
+    progress : tqdm bars per phase.
+    return_info : return a ``SelectResult`` (labels, densities, timings) instead.
+
+    Returns
+    -------
+    (m,) int64 indices in pick order (numpy, or torch if a torch tensor came in), or a
+    SelectResult.
+
+    Memory: O(n d + n k) - no n x n or n x m matrix is ever formed.
+    """
+    x, back = as_features(features, "features")
+    n = x.shape[0]
+    m = as_int(m, "m", 1, n, f" = number of points n={n}")
+    p = _resolve(defaults, dict(k=k, kmeans_iter=kmeans_iter, rounds=rounds, weight=weight,
+                                momentum=momentum, alpha=alpha, horizon_dist=horizon_dist,
+                                horizon_num=horizon_num, own_cluster=own_cluster,
+                                mask_zero=mask_zero))
+    p["k"] = as_int(p["k"], "k", 1, n - 1, f" and < number of points n={n} (self included)")
+    p["kmeans_iter"] = as_int(p["kmeans_iter"], "kmeans_iter", 1)
+    K = default_n_clusters(defaults, m) if n_clusters is None else n_clusters
+    K = as_int(K, "n_clusters", m, n, f" = number of points n={n}")
+    if n_clusters is None and K > n:
+        K = n
+    p["n_clusters"] = K
+    p["seed"] = as_int(seed, "seed", 0)
+    if not (isinstance(kmeans_init, str) and kmeans_init in ("random", "k-means++")):
+        raise ValueError(f"`kmeans_init` must be 'random' or 'k-means++' (got {kmeans_init!r})")
+    p["kmeans_init"] = kmeans_init
+    p = _check_reg_params(p, n)
+    th = threads_arg(threads)
+
+    timings: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    dist, _ = _ops.knn(x, p["k"], threads=threads, progress=progress)
+    dens = _ops.density_from_knn(dist)
+    del dist
+    timings["density"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    km = _ops.kmeans(x, K, n_iter=p["kmeans_iter"], init=kmeans_init, seed=p["seed"],
+                     threads=threads, progress=progress)
+    lab = np.ascontiguousarray(km.labels, dtype=np.int32)
+    timings["kmeans"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    xn = np.empty(n, np.float32)
+    _cpu.row_norms(x, xn, th)
+    picks, n_filled = _pick_rounds(x, xn, dens, lab, K, m, p, th, progress)
+    timings["selection"] = time.perf_counter() - t0
+    if not return_info:
+        return back(picks)
+    return SelectResult(
+        indices=back(picks), labels=back(lab.astype(np.int64)), density=back(dens),
+        n_filled=n_filled, timings=timings, params=p,
+    )
+
+
+def random_select(n: int, m: int, seed: int = 0) -> np.ndarray:
+    """The authors' random baseline: NumPy's legacy global generator, ``seed(seed)`` then
+    ``choice(n, m, replace=False)`` (reproduces their published random lists). The global
+    generator's state is saved and restored around the call."""
+    n = as_int(n, "n", 1)
+    m = as_int(m, "m", 1, n, f" = n={n}")
+    seed = as_int(seed, "seed", 0)
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        return np.random.choice(n, size=m, replace=False).astype(np.int64)
+    finally:
+        np.random.set_state(state)
+
+
