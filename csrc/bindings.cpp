@@ -46,9 +46,10 @@ PYBIND11_MODULE(_cpu, m) {
   });
 
   m.def("max_threads", [] { return cpu::resolve_threads(0); });
+  m.attr("DEFAULT_SAMPLE_HITS") = cpu::kDefaultSampleHits;
 
   m.def("knn_self", [](Arr<float> x, int k, Arr<float> od, Arr<int64_t> oi, int threads,
-                       py::object ctl) {
+                       py::object ctl, double sample_hits) {
     MatView xv = mat(x);
     need(od, xv.rows * k, "out_dist");
     need(oi, xv.rows * k, "out_idx");
@@ -56,7 +57,7 @@ PYBIND11_MODULE(_cpu, m) {
     float* pd = od.mutable_data();
     int64_t* pi = oi.mutable_data();
     py::gil_scoped_release nogil;
-    cpu::knn_self(xv, k, pd, pi, threads, c);
+    cpu::knn_self(xv, k, pd, pi, threads, c, sample_hits);
   });
 
   m.def("knn_query", [](Arr<float> q, Arr<float> base, int k, Arr<float> od, Arr<int64_t> oi,

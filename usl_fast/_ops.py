@@ -26,6 +26,7 @@ def knn(
     *,
     threads: Optional[int] = None,
     progress: bool = False,
+    _sample_hits: float = _cpu.DEFAULT_SAMPLE_HITS,
 ) -> Tuple[Any, Any]:
     """k nearest neighbours by squared Euclidean distance.
 
@@ -56,7 +57,11 @@ def knn(
         k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
         dist = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
-        _progress.run(lambda c: _cpu.knn_self(x, k, dist, idx, th, c), desc="kNN", progress=progress)
+        _progress.run(
+            lambda c: _cpu.knn_self(x, k, dist, idx, th, c, float(_sample_hits)),
+            desc="kNN",
+            progress=progress,
+        )
     else:
         q, back = as_features(queries, "queries")
         if q.shape[1] != x.shape[1]:

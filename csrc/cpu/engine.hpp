@@ -23,6 +23,14 @@ constexpr idx_t kTile = 256;
 // C[m x n] = A[m x d] * B[n x d]^T, row-major, single-threaded OpenBLAS.
 void gemm_nt(const float* a, idx_t m, const float* b, idx_t n, idx_t d, float* c, idx_t ldc);
 
+// A kTile x kTile scratch tile owned by the calling thread, allocated once per thread
+// (OpenMP keeps its pool between parallel regions): a fresh 256 KiB vector per call
+// costs page faults on every k-means iteration.
+inline float* thread_tile() {
+  thread_local std::vector<float> tile(static_cast<size_t>(kTile) * kTile);
+  return tile.data();
+}
+
 inline idx_t num_tiles(idx_t n) { return (n + kTile - 1) / kTile; }
 
 // Fixed-size, per-row candidate reservoir for exact top-k under the (distance, index)

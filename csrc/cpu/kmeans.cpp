@@ -1,6 +1,8 @@
 // k-means on the tile engine: the assignment is an arg-min epilogue over centroid tiles;
-// the update sums members in float64 in row order, split over feature columns across
-// threads, so centroids are bit-identical for any thread count.
+// the update sums members in float64 in row order, each cluster owned by one thread, so
+// centroids are bit-identical for any thread count.
+#include <immintrin.h>
+
 #include <cmath>
 
 #include "engine.hpp"
@@ -8,6 +10,81 @@
 
 namespace usl_fast {
 namespace cpu {
+
+namespace {
+
+// Arg-min of cn[c] - 2 row[c] over c in [0, nj), folded into (best, arg) with strict <
+// so the lower index wins ties (earlier tiles hold lower indices).
+void argmin_scalar(const float* row, const float* cn, idx_t nj, idx_t j0, float& best,
+                   int32_t& arg) {
+  for (idx_t c = 0; c < nj; ++c) {
+    const float v = cn[c] - 2.0f * row[c];
+    if (v < best) {
+      best = v;
+      arg = static_cast<int32_t>(j0 + c);
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void argmin_avx512(const float* row, const float* cn,
+                                                      idx_t nj, idx_t j0, float& best,
+                                                      int32_t& arg) {
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  const __m512 two = _mm512_set1_ps(2.0f);
+  const __m512i step = _mm512_set1_epi32(16);
+  __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 vmin = inf;
+  __m512i vidx = _mm512_set1_epi32(-1);
+  for (idx_t c = 0; c < nj; c += 16) {
+    const idx_t left = nj - c;
+    const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 v = _mm512_sub_ps(_mm512_mask_loadu_ps(inf, live, cn + c),
+                                   _mm512_mul_ps(two, _mm512_maskz_loadu_ps(live, row + c)));
+    // Per lane, strict < keeps the first (lowest-index) minimum of that lane.
+    const __mmask16 lt = _mm512_mask_cmp_ps_mask(live, v, vmin, _CMP_LT_OQ);
+    vmin = _mm512_mask_mov_ps(vmin, lt, v);
+    vidx = _mm512_mask_mov_epi32(vidx, lt, lane);
+    lane = _mm512_add_epi32(lane, step);
+  }
+  alignas(64) float lv[16];
+  alignas(64) int32_t li[16];
+  _mm512_store_ps(lv, vmin);
+  _mm512_store_si512(li, vidx);
+  // Smallest value, then the lowest index among lanes holding it = the first minimum.
+  float m = lv[0];
+  int32_t local = li[0];
+  for (int t = 1; t < 16; ++t)
+    if (lv[t] < m || (lv[t] == m && li[t] >= 0 && (local < 0 || li[t] < local))) {
+      m = lv[t];
+      local = li[t];
+    }
+  if (!(m < best)) return;
+  best = m;
+  arg = static_cast<int32_t>(j0 + local);
+}
+
+bool have_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+// Member sums of the clusters c with c % T == t, rows visited in ascending order, in
+// float64: each row is read by exactly one thread, and every cluster's sum has the same
+// order (hence the same bits) for any thread count. Cloned per ISA: the float->double
+// adds vectorize.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void accumulate_owned(
+    const float* x, idx_t n, idx_t d, const int32_t* labels, double* sums, int t, int T) {
+  for (idx_t i = 0; i < n; ++i) {
+    const int32_t c = labels[i];
+    if (c % T != t) continue;
+    const float* xr = x + i * d;
+    double* s = sums + static_cast<size_t>(c) * d;
+    for (idx_t k = 0; k < d; ++k) s[k] += xr[k];
+  }
+}
+
+}  // namespace
 
 void assign_nearest(const MatView& x, const float* x_norms, const MatView& cent,
                     const uint8_t* alive, int32_t* out_label, float* out_dist, int threads) {
@@ -21,10 +98,11 @@ void assign_nearest(const MatView& x, const float* x_norms, const MatView& cent,
     for (idx_t c = 0; c < K; ++c)
       if (!alive[c]) cn[c] = std::numeric_limits<float>::infinity();
   const idx_t TR = num_tiles(n), TC = num_tiles(K);
+  const bool avx512 = have_avx512();
 
 #pragma omp parallel num_threads(resolve_threads(threads))
   {
-    std::vector<float> tile(static_cast<size_t>(kTile) * kTile);
+    float* const tile = thread_tile();
     std::vector<float> best(kTile);
     std::vector<int32_t> arg(kTile);
 #pragma omp for schedule(dynamic, 1)
@@ -34,22 +112,14 @@ void assign_nearest(const MatView& x, const float* x_norms, const MatView& cent,
       std::fill(arg.begin(), arg.end(), -1);
       for (idx_t J = 0; J < TC; ++J) {
         const idx_t j0 = J * kTile, nj = std::min(kTile, K - j0);
-        gemm_nt(x.row(i0), mi, cent.row(j0), nj, d, tile.data(), kTile);
+        gemm_nt(x.row(i0), mi, cent.row(j0), nj, d, tile, kTile);
         for (idx_t r = 0; r < mi; ++r) {
-          const float* row = tile.data() + r * kTile;
-          float b = best[r];
-          int32_t a = arg[r];
-          // ||x||^2 is common to the row: compare ||c||^2 - 2 x.c; strict < keeps the
-          // lower centroid index on ties (columns are visited in ascending order).
-          for (idx_t c = 0; c < nj; ++c) {
-            const float v = cn[j0 + c] - 2.0f * row[c];
-            if (v < b) {
-              b = v;
-              a = static_cast<int32_t>(j0 + c);
-            }
-          }
-          best[r] = b;
-          arg[r] = a;
+          // ||x||^2 is common to the row: compare ||c||^2 - 2 x.c.
+          const float* row = tile + r * kTile;
+          if (avx512)
+            argmin_avx512(row, cn.data() + j0, nj, j0, best[r], arg[r]);
+          else
+            argmin_scalar(row, cn.data() + j0, nj, j0, best[r], arg[r]);
         }
       }
       for (idx_t r = 0; r < mi; ++r) {
@@ -91,22 +161,14 @@ void kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t
 
     std::fill(sums.begin(), sums.end(), 0.0);
 #pragma omp parallel num_threads(nt)
-    {
-      // Each thread owns a slice of feature columns and walks all rows in order.
-      const int t = omp_get_thread_num(), T = omp_get_num_threads();
-      const idx_t c0 = d * t / T, c1 = d * (t + 1) / T;
-      for (idx_t i = 0; i < n; ++i) {
-        const float* xr = x.row(i);
-        double* s = sums.data() + static_cast<size_t>(labels[i]) * d;
-        for (idx_t c = c0; c < c1; ++c) s[c] += xr[c];
-      }
-    }
+    accumulate_owned(x.data, n, d, labels, sums.data(), omp_get_thread_num(),
+                     omp_get_num_threads());
     for (int c = 0; c < K; ++c) {
       if (counts[c] == 0) continue;  // dead: keep the last position, never NaN
       const double inv = 1.0 / static_cast<double>(counts[c]);
-      for (idx_t t = 0; t < d; ++t)
-        centroids[static_cast<size_t>(c) * d + t] =
-            static_cast<float>(sums[static_cast<size_t>(c) * d + t] * inv);
+      const double* src = sums.data() + static_cast<size_t>(c) * d;
+      float* dst = centroids + static_cast<size_t>(c) * d;
+      for (idx_t t = 0; t < d; ++t) dst[t] = static_cast<float>(src[t] * inv);
     }
     ctl.add(1);
   }

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <atomic>
+#include <cmath>
 
 #include "engine.hpp"
 #include "usl_fast/ops.hpp"
@@ -96,14 +97,107 @@ void scan_tile(const float* ip, idx_t ldt, idx_t mi, idx_t nj, idx_t i0, idx_t j
     scan_tile_scalar(ip, ldt, mi, nj, i0, j0, norms_i, norms_j, rows_res, cols_res, diag);
 }
 
+namespace {
+
+// Top-k of every query row among the base rows; `finish(r, res, local_row)` consumes the
+// reservoir of global query row r. One query tile per task, a private reservoir per thread.
+template <class Finish>
+void query_topk(const MatView& q, const MatView& base, int k, int threads, const Control& ctl,
+                Finish&& finish) {
+  const idx_t nq = q.rows, nb = base.rows, d = q.cols;
+  std::vector<float> qn(nq), bn(nb);
+  row_norms(q, qn.data(), threads);
+  row_norms(base, bn.data(), threads);
+  const idx_t TQ = num_tiles(nq), TB = num_tiles(nb);
+  std::atomic<bool> stop{false};
+
+#pragma omp parallel num_threads(resolve_threads(threads))
+  {
+    float* const tile = thread_tile();
+    Reservoir res;
+    res.init(kTile, k);
+#pragma omp for schedule(dynamic, 1)
+    for (idx_t I = 0; I < TQ; ++I) {
+      if (stop.load(std::memory_order_relaxed)) continue;
+      if (ctl.cancelled()) {
+        stop = true;
+        continue;
+      }
+      const idx_t i0 = I * kTile, mi = std::min(kTile, nq - i0);
+      res.reset(kTile);
+      for (idx_t J = 0; J < TB; ++J) {
+        const idx_t j0 = J * kTile, nj = std::min(kTile, nb - j0);
+        gemm_nt(q.row(i0), mi, base.row(j0), nj, d, tile, kTile);
+        // Row indices are tile-local here (0..mi); columns are global base indices.
+        scan_tile(tile, kTile, mi, nj, 0, j0, qn.data() + i0, bn.data() + j0, res, nullptr,
+                  false);
+      }
+      for (idx_t r = 0; r < mi; ++r) finish(i0 + r, res, r);
+      ctl.add(1);
+    }
+  }
+  if (stop) throw Cancelled();
+}
+
+// Dot product for the rare rows the sampled threshold failed on.
+__attribute__((target_clones("avx512f", "avx2", "default"))) float dot(const float* a,
+                                                                       const float* b, idx_t d) {
+  float s = 0.0f;
+  for (idx_t t = 0; t < d; ++t) s += a[t] * b[t];
+  return s;
+}
+
+// Per-row acceptance thresholds from a strided sample of the base set: the q-th smallest
+// distance from row i to the sample, with q chosen so that, on average, `hits` sample
+// points lie within row i's true k-th distance, plus 5 standard deviations. The threshold
+// is then almost surely >= the true k-th distance, so the main pass can reject early
+// everything beyond it; a row that ends with fewer than k candidates is recomputed
+// exactly, so the result never depends on the sample.
+bool sampled_thresholds(const MatView& x, int k, double hits, int threads, const Control& ctl,
+                        float* thr) {
+  const idx_t n = x.rows, d = x.cols;
+  if (hits <= 0.0) return false;
+  const idx_t s = static_cast<idx_t>(std::ceil(hits * static_cast<double>(n) / k));
+  const int q = static_cast<int>(std::ceil(hits + 5.0 * std::sqrt(hits) + 1.0));
+  // Only worth it when the sample is much smaller than the data and q well below k.
+  if (s * 4 > n || q * 2 > k || q >= s) return false;
+  std::vector<float> sample(static_cast<size_t>(s) * d);
+  for (idx_t t = 0; t < s; ++t) {
+    const idx_t src = t * n / s;
+    std::copy(x.row(src), x.row(src) + d, sample.data() + t * d);
+  }
+  const MatView sv{sample.data(), s, d};
+  query_topk(x, sv, q, threads, ctl, [&](idx_t i, Reservoir& res, idx_t r) {
+    // k-th best among the row's kept candidates = its threshold after a final compaction.
+    res.compact(r);
+    thr[i] = res.count[r] >= q ? res.thr[r] : std::numeric_limits<float>::infinity();
+  });
+  return true;
+}
+
+}  // namespace
+
+void knn_query(const MatView& q, const MatView& base, int k, float* out_dist, int64_t* out_idx,
+               int threads, const Control& ctl) {
+  require(k >= 1 && k <= base.rows, "knn_query: 1 <= k <= base rows");
+  require(base.cols == q.cols, "knn_query: same dimension");
+  ctl.set_total(num_tiles(q.rows));
+  query_topk(q, base, k, threads, ctl, [&](idx_t i, Reservoir& res, idx_t r) {
+    res.finish(r, out_dist + i * k, out_idx + i * k);
+  });
+}
+
 void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int threads,
-              const Control& ctl) {
+              const Control& ctl, double sample_hits) {
   const idx_t n = x.rows, d = x.cols;
   require(k >= 1 && k <= n, "knn_self: 1 <= k <= n");
   std::vector<float> norms(n);
   row_norms(x, norms.data(), threads);
   Reservoir res;
   res.init(n, k);
+  // Large k: start every row's threshold at a sampled upper bound of its k-th distance
+  // instead of +inf (measured: ~3x fewer candidates kept on 50k x 128, k = 400).
+  const bool sampled = sampled_thresholds(x, k, sample_hits, threads, ctl, res.thr);
 
   // Round-robin tournament over row tiles: within a round no two pairs share a tile, so
   // threads update disjoint reservoirs without locks; diagonal tiles form one more round.
@@ -129,7 +223,7 @@ void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int th
 
 #pragma omp parallel num_threads(resolve_threads(threads))
   {
-    std::vector<float> tile(static_cast<size_t>(kTile) * kTile);
+    float* const tile = thread_tile();
     for (const auto& pairs : rounds) {
 #pragma omp for schedule(dynamic, 1)
       for (size_t p = 0; p < pairs.size(); ++p) {
@@ -141,12 +235,12 @@ void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int th
         const idx_t I = pairs[p].first, J = pairs[p].second;
         const idx_t i0 = I * kTile, j0 = J * kTile;
         const idx_t mi = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
-        gemm_nt(x.row(i0), mi, x.row(j0), nj, d, tile.data(), kTile);
+        gemm_nt(x.row(i0), mi, x.row(j0), nj, d, tile, kTile);
         if (I == J)
-          scan_tile(tile.data(), kTile, mi, nj, i0, j0, norms.data() + i0, norms.data() + j0,
+          scan_tile(tile, kTile, mi, nj, i0, j0, norms.data() + i0, norms.data() + j0,
                     res, nullptr, true);
         else
-          scan_tile(tile.data(), kTile, mi, nj, i0, j0, norms.data() + i0, norms.data() + j0,
+          scan_tile(tile, kTile, mi, nj, i0, j0, norms.data() + i0, norms.data() + j0,
                     res, &res, false);
         ctl.add(1);
       }
@@ -154,48 +248,26 @@ void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int th
   }
   if (stop) throw Cancelled();
 
-#pragma omp parallel for schedule(static) num_threads(resolve_threads(threads))
-  for (idx_t i = 0; i < n; ++i) res.finish(i, out_dist + i * k, out_idx + i * k);
-}
-
-void knn_query(const MatView& q, const MatView& base, int k, float* out_dist, int64_t* out_idx,
-               int threads, const Control& ctl) {
-  const idx_t nq = q.rows, nb = base.rows, d = q.cols;
-  require(k >= 1 && k <= nb, "knn_query: 1 <= k <= base rows");
-  require(base.cols == d, "knn_query: same dimension");
-  std::vector<float> qn(nq), bn(nb);
-  row_norms(q, qn.data(), threads);
-  row_norms(base, bn.data(), threads);
-  const idx_t TQ = num_tiles(nq), TB = num_tiles(nb);
-  ctl.set_total(TQ);
-  std::atomic<bool> stop{false};
-
-#pragma omp parallel num_threads(resolve_threads(threads))
-  {
-    std::vector<float> tile(static_cast<size_t>(kTile) * kTile);
-    Reservoir res;
-    res.init(kTile, k);
-#pragma omp for schedule(dynamic, 1)
-    for (idx_t I = 0; I < TQ; ++I) {
-      if (stop.load(std::memory_order_relaxed)) continue;
-      if (ctl.cancelled()) {
-        stop = true;
-        continue;
+  if (sampled) {
+    // Rows whose sampled threshold was below their true k-th distance kept fewer than k
+    // candidates: redo them exhaustively (expected: none; tests force some).
+    std::vector<idx_t> redo;
+    for (idx_t i = 0; i < n; ++i)
+      if (res.count[i] < k) redo.push_back(i);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(threads))
+    for (size_t t = 0; t < redo.size(); ++t) {
+      const idx_t i = redo[t];
+      res.count[i] = 0;
+      res.thr[i] = std::numeric_limits<float>::infinity();
+      for (idx_t j = 0; j < n; ++j) {
+        const float dv = i == j ? 0.0f : l2_from_ip(norms[i], norms[j], dot(x.row(i), x.row(j), d));
+        if (dv <= res.thr[i]) res.push(i, dv, static_cast<int32_t>(j));
       }
-      const idx_t i0 = I * kTile, mi = std::min(kTile, nq - i0);
-      res.reset(kTile);
-      for (idx_t J = 0; J < TB; ++J) {
-        const idx_t j0 = J * kTile, nj = std::min(kTile, nb - j0);
-        gemm_nt(q.row(i0), mi, base.row(j0), nj, d, tile.data(), kTile);
-        // Row indices are tile-local here (0..mi); columns are global base indices.
-        scan_tile(tile.data(), kTile, mi, nj, 0, j0, qn.data() + i0, bn.data() + j0, res,
-                  nullptr, false);
-      }
-      for (idx_t r = 0; r < mi; ++r) res.finish(r, out_dist + (i0 + r) * k, out_idx + (i0 + r) * k);
-      ctl.add(1);
     }
   }
-  if (stop) throw Cancelled();
+
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(threads))
+  for (idx_t i = 0; i < n; ++i) res.finish(i, out_dist + i * k, out_idx + i * k);
 }
 
 }  // namespace cpu

@@ -58,7 +58,7 @@ void regularizer(const MatView& x, const float* x_norms, const MatView& picks,
 
 #pragma omp parallel num_threads(resolve_threads(threads))
   {
-    std::vector<float> tile(static_cast<size_t>(kTile) * kTile);
+    float* const tile = thread_tile();
     std::vector<double> acc(kTile);
     Reservoir res;
     if (top_h) res.init(kTile, horizon_num);
@@ -78,10 +78,10 @@ void regularizer(const MatView& x, const float* x_norms, const MatView& picks,
       }
       for (idx_t J = 0; J < TC; ++J) {
         const idx_t j0 = J * kTile, nj = std::min(kTile, p - j0);
-        gemm_nt(x.row(i0), mi, picks.row(j0), nj, d, tile.data(), kTile);
+        gemm_nt(x.row(i0), mi, picks.row(j0), nj, d, tile, kTile);
         for (idx_t r = 0; r < mi; ++r) {
           const idx_t i = i0 + r;
-          const float* row = tile.data() + r * kTile;
+          const float* row = tile + r * kTile;
           const float xn = x_norms[i];
           if (top_h) {
             for (idx_t c = 0; c < nj; ++c) {

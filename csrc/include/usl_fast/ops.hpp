@@ -18,9 +18,11 @@ void row_norms(const MatView& x, float* out, int threads);
 // included at distance exactly 0. Each pair of row tiles is computed once (symmetry) and
 // both rows' and columns' top-k are updated. Ties break to the lower index.
 // out_dist: x.rows * k floats (ascending per row); out_idx: x.rows * k int64.
-// Requires 1 <= k <= x.rows.
+// Requires 1 <= k <= x.rows. sample_hits > 0 enables the sampled early-rejection
+// threshold for large k (see knn.cpp; the result is exact either way); 0 disables it.
+constexpr double kDefaultSampleHits = 24.0;
 void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int threads,
-              const Control& ctl);
+              const Control& ctl, double sample_hits = kDefaultSampleHits);
 
 // kNN of each query row among the base rows (no self special case).
 // Requires 1 <= k <= base.rows; out arrays are queries.rows * k.
