@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "engine.hpp"
 #include "usl_fast/ops.hpp"
@@ -81,8 +83,63 @@ __attribute__((target("avx512f"))) void scan_tile_avx512(
   }
 }
 
+// AVX2 + FMA machines without AVX-512: the same scan, 8 lanes per step.
+__attribute__((target("avx2"))) void scan_tile_avx2(const float* ip, idx_t ldt, idx_t mi,
+                                                    idx_t nj, idx_t i0, idx_t j0,
+                                                    const float* norms_i, const float* norms_j,
+                                                    Reservoir& rr, Reservoir* cr, bool diag) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 two = _mm256_set1_ps(2.0f);
+  const idx_t nj8 = nj - nj % 8;
+  alignas(32) float dbuf[8];
+  for (idx_t r = 0; r < mi; ++r) {
+    const idx_t i = i0 + r;
+    const float* row = ip + r * ldt;
+    const __m256 xn = _mm256_set1_ps(norms_i[r]);
+    __m256 ti = _mm256_set1_ps(rr.thr[i]);
+    for (idx_t c = 0; c < nj8; c += 8) {
+      __m256 d = _mm256_sub_ps(_mm256_add_ps(xn, _mm256_loadu_ps(norms_j + c)),
+                               _mm256_mul_ps(two, _mm256_loadu_ps(row + c)));
+      d = _mm256_max_ps(d, zero);
+      unsigned mr = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(d, ti, _CMP_LE_OQ)));
+      unsigned mc = cr ? static_cast<unsigned>(_mm256_movemask_ps(
+                             _mm256_cmp_ps(d, _mm256_loadu_ps(cr->thr + j0 + c), _CMP_LE_OQ)))
+                       : 0u;
+      const bool has_self = diag && i >= j0 + c && i < j0 + c + 8;
+      if (!(mr | mc) && !has_self) continue;
+      _mm256_store_ps(dbuf, d);
+      if (has_self) {
+        const int b = static_cast<int>(i - j0 - c);
+        dbuf[b] = 0.0f;  // the point itself, exactly
+        mr |= 1u << b;
+      }
+      while (mr) {
+        const int b = __builtin_ctz(mr);
+        mr &= mr - 1;
+        if (dbuf[b] <= rr.thr[i]) rr.push(i, dbuf[b], static_cast<int32_t>(j0 + c + b));
+      }
+      ti = _mm256_set1_ps(rr.thr[i]);
+      while (mc) {
+        const int b = __builtin_ctz(mc);
+        mc &= mc - 1;
+        const idx_t j = j0 + c + b;
+        if (dbuf[b] <= cr->thr[j]) cr->push(j, dbuf[b], static_cast<int32_t>(i));
+      }
+    }
+    // Tail columns: the portable path for this row only.
+    if (nj8 < nj)
+      scan_tile_scalar(row + nj8, ldt, 1, nj - nj8, i, j0 + nj8, norms_i + r, norms_j + nj8, rr,
+                       cr, diag);
+  }
+}
+
 bool have_avx512() {
   static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+bool have_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2");
   return ok;
 }
 
@@ -91,8 +148,18 @@ bool have_avx512() {
 void scan_tile(const float* ip, idx_t ldt, idx_t mi, idx_t nj, idx_t i0, idx_t j0,
                const float* norms_i, const float* norms_j, Reservoir& rows_res,
                Reservoir* cols_res, bool diag) {
-  if (have_avx512())
+  // USL_FAST_ISA=avx2|scalar forces a narrower path (tests cover every path here).
+  static const int isa = [] {
+    const char* env = std::getenv("USL_FAST_ISA");
+    const std::string want = env ? env : "";
+    if (want == "scalar") return 0;
+    if (want == "avx2") return have_avx2() ? 1 : 0;
+    return have_avx512() ? 2 : have_avx2() ? 1 : 0;
+  }();
+  if (isa == 2)
     scan_tile_avx512(ip, ldt, mi, nj, i0, j0, norms_i, norms_j, rows_res, cols_res, diag);
+  else if (isa == 1)
+    scan_tile_avx2(ip, ldt, mi, nj, i0, j0, norms_i, norms_j, rows_res, cols_res, diag);
   else
     scan_tile_scalar(ip, ldt, mi, nj, i0, j0, norms_i, norms_j, rows_res, cols_res, diag);
 }
