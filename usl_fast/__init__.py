@@ -4,7 +4,7 @@ to send to annotators."""
 
 from ._backend import _cpu
 from ._ops import KMeansResult, cluster_argmax, density, density_from_knn, kmeans, knn, regularizer
-from .select import PRESETS, SelectResult, default_n_clusters, random_select, regularized_select, select
+from ._pipeline import PRESETS, SelectResult, default_n_clusters, random_select, regularized_select, select
 
 __version__ = "0.1.0"
 

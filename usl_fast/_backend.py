@@ -37,6 +37,18 @@ def _preload_openblas() -> None:
 
 _preload_openblas()
 
-from . import _cpu  # noqa: E402
+try:
+    from . import _cpu  # noqa: E402
+except ImportError as exc:  # pragma: no cover - depends on how Python was started
+    import pathlib
+
+    here = pathlib.Path(__file__).resolve().parent
+    raise ImportError(
+        f"usl_fast's compiled engine (usl_fast._cpu) was not found next to {here}. If that is "
+        "the source checkout, Python is importing the sources instead of the installed "
+        "package: run from another directory, or use the `pytest` command rather than "
+        "`python -m pytest` in the repository root (which puts the checkout first on sys.path). "
+        "Otherwise (re)install with `pip install .`."
+    ) from exc
 
 __all__ = ["_cpu"]

@@ -1,0 +1,416 @@
+"""The ``usl-fast`` command line and the digits demo: outputs equal the library's on the
+same input and options, the reference CSV format, every documented error exits 2 with a
+message, and the demo's rows are sane. Mostly in-process (``cli.main(argv)``); two
+subprocess runs check ``python -m usl_fast``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import pytest
+
+import usl_fast
+from usl_fast import cli
+
+N, D, M = 300, 16, 10
+# Small, fast options (the cifar10 preset's k=400 would exceed N=300).
+FAST = ["-k", "15", "--kmeans-iter", "30", "--rounds", "4", "--no-progress"]
+FAST_KW = dict(k=15, kmeans_iter=30, rounds=4)
+
+
+@pytest.fixture(scope="module")
+def feats() -> np.ndarray:
+    # A few blobs on the unit sphere: clusters the selection can actually find.
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((6, D))
+    x = centers[rng.integers(0, 6, N)] + 0.4 * rng.standard_normal((N, D))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+@pytest.fixture
+def npy(tmp_path: Path, feats: np.ndarray) -> Path:
+    p = tmp_path / "feats.npy"
+    np.save(p, feats)
+    return p
+
+
+def run_cli(argv: Sequence[object], capsys: pytest.CaptureFixture) -> Tuple[int, str, str]:
+    """main(argv) -> (exit status, stdout, stderr); errors arrive as SystemExit."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_csv_rows(path: Path) -> List[Tuple[int, str]]:
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    assert lines[0] == "Index,ImageID"
+    assert lines[-1] == "", "file must end with a newline"
+    rows = []
+    for line in lines[1:-1]:
+        idx, image_id = line.split(",", 1)
+        rows.append((int(idx), image_id))
+    return rows
+
+
+def subprocess_env() -> dict:
+    # The child must import the same usl_fast as this process (the installed one with
+    # the compiled core), not a source tree that happens to be the working directory.
+    env = dict(os.environ)
+    site = str(Path(usl_fast.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# ------------------------------------------------------------------- entry points
+
+
+def test_python_m_help_lists_subcommands(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "usl_fast", "--help"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "usage: usl-fast" in r.stdout
+    assert "select" in r.stdout and "demo" in r.stdout
+
+
+def test_python_m_select_matches_library(tmp_path: Path, npy: Path, feats: np.ndarray) -> None:
+    out = tmp_path / "picks.npy"
+    r = subprocess.run(
+        [sys.executable, "-m", "usl_fast", "select", str(npy), "-m", str(M), "-o", str(out), *FAST],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(out), usl_fast.select(feats, M, **FAST_KW))
+
+
+def test_defaults_choices_are_the_presets() -> None:
+    assert set(cli.DEFAULTS_CHOICES) == set(usl_fast.PRESETS)
+
+
+def test_subcommand_required(capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli([], capsys)
+    assert code == 2 and "select" in err
+
+
+# ------------------------------------------------------------------------- select
+
+
+def test_npy_is_memory_mapped(npy: Path) -> None:
+    assert isinstance(cli.load_features(str(npy)), np.memmap)
+
+
+def test_select_npy_equals_library(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "picks.npy"
+    opts = [
+        "--seed",
+        "3",
+        "--weight",
+        "1.0",
+        "--momentum",
+        "0.5",
+        "--alpha",
+        "1.0",
+        "--own-cluster",
+        "cluster",
+        "--threads",
+        "1",
+    ]
+    code, stdout, err = run_cli(["select", npy, "-m", M, "-o", out, *FAST, *opts], capsys)
+    assert code == 0, err
+    got = np.load(out)
+    assert got.dtype == np.int64 and got.shape == (M,)
+    want = usl_fast.select(
+        feats, M, seed=3, weight=1.0, momentum=0.5, alpha=1.0, own_cluster="cluster", **FAST_KW
+    )
+    np.testing.assert_array_equal(got, want)  # same values in the same (pick) order
+
+
+@pytest.mark.parametrize("defaults", ["cifar100", "imagenet", "imagenet-clip"])
+def test_select_presets_equal_library(
+    tmp_path: Path, npy: Path, feats: np.ndarray, defaults: str, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "picks.npy"
+    code, _, err = run_cli(
+        [
+            "select",
+            npy,
+            "-m",
+            M,
+            "-o",
+            out,
+            "--defaults",
+            defaults,
+            "-k",
+            15,
+            "--kmeans-iter",
+            30,
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    want = usl_fast.select(feats, M, defaults=defaults, k=15, kmeans_iter=30)
+    np.testing.assert_array_equal(np.load(out), want)
+
+
+def test_horizon_option_replaces_the_presets_other_horizon(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "picks.npy"
+    # cifar10 sets horizon_dist; giving --horizon-num must switch to the ImageNet flavour.
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", out, *FAST, "--horizon-num", 3], capsys)
+    assert code == 0, err
+    want = usl_fast.select(feats, M, horizon_num=3, horizon_dist=None, **FAST_KW)
+    np.testing.assert_array_equal(np.load(out), want)
+
+
+def test_normalize(tmp_path: Path, feats: np.ndarray, capsys: pytest.CaptureFixture) -> None:
+    raw = feats * np.linspace(0.5, 3.0, N, dtype=np.float32)[:, None]  # unequal row norms
+    src = tmp_path / "raw.npy"
+    np.save(src, raw.astype(np.float64))
+    out = tmp_path / "picks.npy"
+    code, _, err = run_cli(["select", src, "-m", M, "-o", out, *FAST, "--normalize"], capsys)
+    assert code == 0, err
+    unit = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
+    np.testing.assert_array_equal(np.load(out), usl_fast.select(unit, M, **FAST_KW))
+
+
+def test_select_pt_tensor_and_dict(
+    tmp_path: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    torch = pytest.importorskip("torch")
+    want = usl_fast.select(feats, M, **FAST_KW)
+    single = tmp_path / "feats.pt"
+    torch.save(torch.from_numpy(feats), single)
+    in_dict = tmp_path / "feats.pth"
+    torch.save({"feats": torch.from_numpy(feats), "targets": torch.zeros(N)}, in_dict)
+
+    for src, extra, name in [(single, [], "a.npy"), (in_dict, ["--key", "feats"], "b.npy")]:
+        code, _, err = run_cli(
+            ["select", src, "-m", M, "-o", tmp_path / name, *FAST, *extra], capsys
+        )
+        assert code == 0, err
+        np.testing.assert_array_equal(np.load(tmp_path / name), want)
+
+    # A dict with several tensors needs --key; a wrong key lists the available ones.
+    code, _, err = run_cli(["select", in_dict, "-m", M, "-o", tmp_path / "c.npy", *FAST], capsys)
+    assert code == 2 and "--key" in err and "feats" in err
+    code, _, err = run_cli(
+        ["select", in_dict, "-m", M, "-o", tmp_path / "c.npy", *FAST, "--key", "nope"], capsys
+    )
+    assert code == 2 and "'nope' not found" in err and "targets" in err
+
+
+def test_select_npz(tmp_path: Path, feats: np.ndarray, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "feats.npz"
+    np.savez(src, feats=feats, targets=np.arange(N))
+    out = tmp_path / "p.npy"
+    code, _, err = run_cli(["select", src, "--key", "feats", "-m", M, "-o", out, *FAST], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(out), usl_fast.select(feats, M, **FAST_KW))
+    code, _, err = run_cli(["select", src, "-m", M, "-o", tmp_path / "q.npy", *FAST], capsys)
+    assert code == 2 and "--key" in err
+
+
+def test_pt_without_torch_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    src = tmp_path / "feats.pt"
+    src.write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    code, _, err = run_cli(["select", src, "-m", M, "-o", tmp_path / "p.npy"], capsys)
+    assert code == 2
+    assert "usl-fast: error:" in err and "pip install usl_fast[torch]" in err
+
+
+def test_output_name_kept_exactly(tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "picks.bin"  # np.save(path) would have written picks.bin.npy
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", out, *FAST], capsys)
+    assert code == 0, err
+    assert out.exists() and not (tmp_path / "picks.bin.npy").exists()
+    assert np.load(out).shape == (M,)
+
+
+def test_csv_and_complement_format(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    ids = [f"class{i % 7}/img_{i:05d}.JPEG" for i in range(N)]
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
+    sel, rest = tmp_path / "sel.csv", tmp_path / "rest.csv"
+    code, _, err = run_cli(
+        [
+            "select",
+            npy,
+            "-m",
+            M,
+            "--csv",
+            sel,
+            "--complement-csv",
+            rest,
+            "--image-ids",
+            id_file,
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+
+    picks = usl_fast.select(feats, M, **FAST_KW)
+    sel_rows, rest_rows = read_csv_rows(sel), read_csv_rows(rest)
+    assert [i for i, _ in sel_rows] == sorted(picks.tolist())
+    assert all(image_id == ids[i] for i, image_id in sel_rows + rest_rows)
+    sel_idx, rest_idx = [i for i, _ in sel_rows], [i for i, _ in rest_rows]
+    assert rest_idx == sorted(rest_idx)
+    assert not set(sel_idx) & set(rest_idx)
+    assert sorted(sel_idx + rest_idx) == list(range(N))
+    # Exact bytes of the first lines, as pandas.to_csv(index=False) writes them.
+    first = sorted(picks.tolist())[0]
+    assert sel.read_text().startswith(f"Index,ImageID\n{first},{ids[first]}\n")
+
+
+def test_csv_without_image_ids_has_empty_column(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    sel = tmp_path / "sel.csv"
+    code, _, err = run_cli(["select", npy, "-m", M, "--csv", sel, *FAST], capsys)
+    assert code == 0, err
+    want = sorted(usl_fast.select(feats, M, **FAST_KW).tolist())
+    assert sel.read_text() == "Index,ImageID\n" + "".join(f"{i},\n" for i in want)
+
+
+@pytest.mark.parametrize("n_lines", [N - 1, N + 1])
+def test_image_ids_wrong_line_count(
+    tmp_path: Path, npy: Path, n_lines: int, capsys: pytest.CaptureFixture
+) -> None:
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("".join(f"x/{i}\n" for i in range(n_lines)))
+    sel = tmp_path / "sel.csv"
+    code, _, err = run_cli(
+        ["select", npy, "-m", M, "--csv", sel, "--image-ids", id_file, *FAST], capsys
+    )
+    assert code == 2
+    assert f"expected {N} lines, got {n_lines}" in err and "Traceback" not in err
+    assert not sel.exists()
+
+
+def test_bad_m(tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "p.npy"
+    for m, named in [(0, "`m`"), (N + 1, "`m`"), ("ten", "-m/--budget")]:
+        code, _, err = run_cli(["select", npy, "-m", m, "-o", out, *FAST], capsys)
+        assert code == 2, (m, err)
+        assert named in err and "Traceback" not in err
+        assert not out.exists()
+
+
+def test_library_type_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "text.npy"
+    np.save(src, np.array([["a", "b"], ["c", "d"]]))
+    code, _, err = run_cli(["select", src, "-m", 1, "-o", tmp_path / "p.npy"], capsys)
+    assert code == 2 and err.startswith("usl-fast: error: `features` must be a real numeric")
+
+
+def test_refuses_to_overwrite_without_force(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "p.npy"
+    out.write_bytes(b"keep me")
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", out, *FAST], capsys)
+    assert code == 2 and "refusing to overwrite" in err and "--force" in err
+    assert out.read_bytes() == b"keep me"
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", out, *FAST, "--force"], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(out), usl_fast.select(feats, M, **FAST_KW))
+
+
+def test_an_output_is_required(npy: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = run_cli(["select", npy, "-m", M, *FAST], capsys)
+    assert code == 2 and "-o" in err and "--csv" in err
+
+
+def test_method_random_equals_random_select(
+    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out, sel = tmp_path / "p.npy", tmp_path / "p.csv"
+    code, stdout, err = run_cli(
+        ["select", npy, "-m", M, "-o", out, "--csv", sel, "--method", "random", "--seed", 7], capsys
+    )
+    assert code == 0, err
+    want = usl_fast.random_select(N, M, seed=7)
+    np.testing.assert_array_equal(np.load(out), want)
+    assert [i for i, _ in read_csv_rows(sel)] == sorted(want.tolist())
+    assert re.fullmatch(
+        rf"selected {M} of {N} in \d+\.\d\d s \(.*random baseline, seed 7\)\n", stdout
+    )
+
+
+def test_timing_summary_and_progress(
+    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    opts = [o for o in FAST if o != "--no-progress"]  # progress bars are on by default
+    code, stdout, err = run_cli(["select", npy, "-m", M, "-o", tmp_path / "p.npy", *opts], capsys)
+    assert code == 0, err
+    pattern = (
+        rf"selected {M} of {N} in \d+\.\d\d s \(load \d+\.\d\d s, density \d+\.\d\d s, "
+        r"kmeans \d+\.\d\d s, selection \d+\.\d\d s\)\n"
+    )
+    assert re.fullmatch(pattern, stdout), stdout
+    assert "k-means" in err  # a tqdm bar went to stderr
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_rows_and_coverage() -> None:
+    pytest.importorskip("sklearn")
+    from usl_fast.demo import run_demo
+
+    lines: List[str] = []
+    rows = run_demo(budgets=(10,), seeds=range(5), print_fn=lines.append)
+    assert [(r["budget"], r["method"]) for r in rows] == [(10, "usl"), (10, "random")]
+    for r in rows:
+        assert len(r["coverage"]) == len(r["accuracy"]) == 5
+        assert all(1 <= c <= 10 for c in r["coverage"])
+        assert all(0.0 <= a <= 1.0 for a in r["accuracy"])
+        assert r["coverage_mean"] == pytest.approx(np.mean(r["coverage"]))
+    usl, rnd = rows
+    assert usl["coverage_mean"] >= rnd["coverage_mean"]
+    assert any("budget | method | classes covered (mean)" in line for line in lines)
+
+
+def test_demo_command(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("sklearn")
+    code, stdout, err = run_cli(["demo", "--seeds", 1, "--budgets", 10], capsys)
+    assert code == 0, err
+    assert re.search(r"^\s+10 \| usl\s+\|", stdout, re.M)
+    assert re.search(r"^\s+10 \| random\s+\|", stdout, re.M)
+
+
+def test_demo_without_sklearn_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    code, _, err = run_cli(["demo", "--seeds", 1], capsys)
+    assert code == 2 and "pip install usl_fast[demo]" in err

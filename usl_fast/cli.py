@@ -1,0 +1,558 @@
+"""The ``usl-fast`` command line: ``select`` reads a feature file and writes the picks
+(``.npy`` and/or the reference's ``Index,ImageID`` CSVs); ``demo`` runs the bundled
+scikit-learn digits comparison of USL against random picks (see ``usl_fast.demo``).
+
+Exit status: 0 on success, 2 on any error (printed as ``usl-fast: error: ...``, no
+traceback), 130 when interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+PROG = "usl-fast"
+
+# Every --defaults name usl_fast.select accepts, in the order --help shows them
+# (test_cli checks that this is exactly the set of usl_fast.PRESETS).
+DEFAULTS_CHOICES = ("cifar10", "cifar100", "imagenet", "imagenet-moco", "imagenet-clip")
+
+# Options whose argparse dest is also the usl_fast.select keyword. They are forwarded
+# only when given, so that everything left out comes from the --defaults preset.
+_SELECT_OPTIONS = (
+    "k",
+    "n_clusters",
+    "kmeans_iter",
+    "kmeans_init",
+    "rounds",
+    "weight",
+    "momentum",
+    "alpha",
+    "horizon_dist",
+    "horizon_num",
+    "own_cluster",
+    "mask_zero",
+)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``usl-fast: error: <message>``, exit status 2."""
+
+
+# --------------------------------------------------------------------------- input
+
+
+def load_features(path: str, key: Optional[str] = None) -> Any:
+    """Open a feature matrix from disk without copying it when the format allows.
+
+    Parameters
+    ----------
+    path : str
+        ``.npy`` (memory-mapped read-only, so a file larger than RAM is paged in as the
+        engine reads it), ``.npz`` (the array under ``key``, or its only array), or
+        ``.pt``/``.pth`` (``torch.load`` with ``weights_only=True``, memory-mapped when the
+        file is in torch's zip format; a tensor, or a dict holding one under ``key``).
+    key : str, optional
+        Entry to take from a ``.npz`` archive or a dict saved in a ``.pt`` file. May be
+        omitted when there is exactly one candidate.
+
+    Returns
+    -------
+    (n, d) numpy array or numpy memmap (no dtype conversion here: ``usl_fast.select``
+    converts once to float32 and validates shape and values).
+
+    Raises
+    ------
+    CLIError
+        Unknown extension, missing/ambiguous key, torch not installed, unreadable file.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if not p.is_file():
+        raise CLIError(f"FEATURES file not found: {path!r}")
+    try:
+        if suffix == ".npy":
+            if key is not None:
+                raise CLIError("--key applies to .npz/.pt/.pth files, not to .npy")
+            # mmap_mode='r': nothing is read until the engine touches it, and a C-ordered
+            # float32 file reaches the C++ core with no copy at all.
+            return np.load(p, mmap_mode="r", allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as archive:
+                return _pick_entry({name: archive[name] for name in archive.files}, key, path)
+        if suffix in (".pt", ".pth"):
+            return _load_torch(p, key)
+    except CLIError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise CLIError(f"cannot read FEATURES file {path!r}: {exc}") from exc
+    raise CLIError(
+        f"FEATURES must be a .npy, .npz, .pt or .pth file (got {path!r}); "
+        "save a numpy array with numpy.save or a tensor with torch.save"
+    )
+
+
+def _load_torch(p: Path, key: Optional[str]) -> np.ndarray:
+    try:
+        import torch
+    except ImportError as exc:
+        raise CLIError(
+            f"reading {p.suffix} files needs PyTorch: pip install usl_fast[torch] "
+            "(or save the features with numpy.save and pass the .npy file)"
+        ) from exc
+    try:
+        # mmap=True keeps a large tensor on disk like .npy; it needs torch's zip format,
+        # so fall back to a plain load for files written with the legacy serializer.
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a bad/unsafe pickle
+            raise CLIError(f"cannot read FEATURES file {str(p)!r} with torch.load: {exc}") from exc
+    except Exception as exc:
+        raise CLIError(f"cannot read FEATURES file {str(p)!r} with torch.load: {exc}") from exc
+    if isinstance(obj, dict):
+        obj = _pick_entry(obj, key, str(p))
+    elif key is not None:
+        raise CLIError(
+            f"--key {key!r} given but {str(p)!r} holds a {type(obj).__name__}, not a dict"
+        )
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+            t = t.float()
+        return t.numpy()
+    if isinstance(obj, np.ndarray):
+        return obj
+    raise CLIError(
+        f"{str(p)!r} must hold a tensor (or a dict with one under --key), got {type(obj).__name__}"
+    )
+
+
+def _pick_entry(entries: Dict[Any, Any], key: Optional[str], path: str) -> Any:
+    """The entry named by --key, or the only array-like entry when --key is omitted."""
+    if key is not None:
+        if key not in entries:
+            raise CLIError(f"--key {key!r} not found in {path!r}; available keys: {_keys(entries)}")
+        return entries[key]
+    arrays = [k for k, v in entries.items() if hasattr(v, "shape")]
+    if len(arrays) == 1:
+        return entries[arrays[0]]
+    raise CLIError(
+        f"{path!r} holds several entries; choose one with --key (available: {_keys(entries)})"
+    )
+
+
+def _keys(entries: Dict[Any, Any]) -> str:
+    names = [str(k) for k in entries]
+    return ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+
+
+def l2_normalize(x: Any, chunk_rows: int = 65536) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as a new float32 array (the input is not modified).
+
+    Works in row chunks so a memory-mapped input is streamed, with float64 norms for
+    accuracy. An all-zero row stays zero (its norm is floored at 1e-12) rather than
+    turning into NaN.
+    """
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise CLIError(
+            f"features must be 2-D (n_points, dim) to --normalize, got shape {arr.shape}"
+        )
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise CLIError(f"features must be numeric to --normalize, got dtype {arr.dtype}")
+    out = np.empty(arr.shape, np.float32)
+    for start in range(0, arr.shape[0], chunk_rows):
+        blk = np.asarray(arr[start : start + chunk_rows], dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", blk, blk))
+        out[start : start + chunk_rows] = blk / np.maximum(norms, 1e-12)[:, None]
+    return out
+
+
+def read_image_ids(path: str, n: int) -> List[str]:
+    """One id per line (e.g. ``classdir/filename``); exactly ``n`` lines are required.
+
+    A final newline does not count as an extra line; ``\\r\\n`` endings are accepted.
+    """
+    try:
+        with open(path, encoding="utf-8", newline=None) as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read --image-ids file {path!r}: {exc}") from exc
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    elif text == "":
+        lines = []
+    if len(lines) != n:
+        raise CLIError(
+            f"--image-ids file {path!r} must have exactly one line per feature row "
+            f"(expected {n} lines, got {len(lines)})"
+        )
+    return lines
+
+
+# -------------------------------------------------------------------------- output
+
+
+def _check_outputs(paths: Sequence[Optional[str]], force: bool, inputs: Sequence[str]) -> None:
+    """Fail before any computation if an output would be refused at the end."""
+    given = [p for p in paths if p is not None]
+    resolved = [os.path.realpath(p) for p in given]
+    if len(set(resolved)) != len(resolved):
+        raise CLIError(f"output files must be distinct (got {', '.join(given)})")
+    reads = {os.path.realpath(p) for p in inputs}
+    for p in given:
+        if os.path.realpath(p) in reads:
+            raise CLIError(f"output {p!r} is also an input file")
+        if os.path.isdir(p):
+            raise CLIError(f"output {p!r} is a directory")
+        if os.path.exists(p) and not force:
+            raise CLIError(f"refusing to overwrite existing file {p!r} (use --force)")
+        parent = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(parent):
+            raise CLIError(f"directory of output {p!r} does not exist")
+
+
+def _write_atomic(path: str, write: Callable[[Any], None], binary: bool) -> None:
+    """Write through a temporary file in the same directory, then rename over ``path``,
+    so an interrupted run never leaves a truncated output behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".usl-fast-", dir=directory)
+    try:
+        # newline="": the csv module writes its own line terminators.
+        f = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")
+        with f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_picks_npy(path: str, picks: np.ndarray) -> None:
+    """(m,) int64 in pick order. Written through a file object because ``np.save`` on a
+    path would append ``.npy`` to a name that lacks it."""
+    arr = np.ascontiguousarray(picks, dtype=np.int64)
+    _write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), binary=True)
+
+
+def write_index_csv(path: str, indices: np.ndarray, image_ids: Optional[List[str]]) -> None:
+    """The reference's CSV: header ``Index,ImageID``, rows sorted by index ascending,
+    ImageID empty when no ids are given (what pandas ``to_csv(index=False)`` writes, with
+    ``\\n`` line endings and minimal quoting)."""
+    rows = np.sort(np.asarray(indices, dtype=np.int64))
+
+    def write(f: Any) -> None:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["Index", "ImageID"])
+        if image_ids is None:
+            w.writerows((int(i), "") for i in rows)
+        else:
+            w.writerows((int(i), image_ids[i]) for i in rows)
+
+    _write_atomic(path, write, binary=False)
+
+
+def complement(picks: np.ndarray, n: int) -> np.ndarray:
+    """All indices of 0..n-1 not in ``picks``, ascending."""
+    keep = np.ones(n, dtype=bool)
+    keep[np.asarray(picks, dtype=np.int64)] = False
+    return np.flatnonzero(keep)
+
+
+# ------------------------------------------------------------------------ commands
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    import usl_fast
+
+    t_start = time.perf_counter()
+    if args.output is None and args.csv is None:
+        raise CLIError("give at least one output: -o/--output PICKS.npy and/or --csv PICKS.csv")
+    if args.image_ids is not None and args.csv is None and args.complement_csv is None:
+        raise CLIError("--image-ids is only used with --csv / --complement-csv")
+    inputs = [args.features] + ([args.image_ids] if args.image_ids else [])
+    _check_outputs([args.output, args.csv, args.complement_csv], args.force, inputs)
+
+    feats = load_features(args.features, args.key)
+    if args.normalize:
+        feats = l2_normalize(feats)
+    t_load = time.perf_counter() - t_start
+    shape = getattr(feats, "shape", ())
+    if len(shape) != 2:
+        raise CLIError(f"features must be 2-D (n_points, dim), got shape {tuple(shape)}")
+    n = int(shape[0])
+    # Read the ids before the (possibly long) selection so a wrong file fails at once.
+    ids = read_image_ids(args.image_ids, n) if args.image_ids is not None else None
+
+    if args.method == "random":
+        ignored = [o for o in _SELECT_OPTIONS if getattr(args, o) is not None]
+        if ignored or args.defaults is not None:
+            names = ["-k" if o == "k" else "--" + o.replace("_", "-") for o in ignored]
+            names += ["--defaults"] if args.defaults is not None else []
+            print(f"{PROG}: note: --method random ignores {', '.join(names)}", file=sys.stderr)
+        picks = usl_fast.random_select(n, args.m, seed=args.seed)
+        summary = f"random baseline, seed {args.seed}"
+    else:
+        kwargs: Dict[str, Any] = {
+            o: getattr(args, o) for o in _SELECT_OPTIONS if getattr(args, o) is not None
+        }
+        # The presets set exactly one horizon; giving the other one replaces it instead
+        # of failing with "give at most one of horizon_dist and horizon_num".
+        if "horizon_num" in kwargs and "horizon_dist" not in kwargs:
+            kwargs["horizon_dist"] = None
+        if "horizon_dist" in kwargs and "horizon_num" not in kwargs:
+            kwargs["horizon_num"] = None
+        res = usl_fast.select(
+            feats,
+            args.m,
+            defaults=args.defaults or "cifar10",
+            seed=args.seed,
+            threads=args.threads,
+            progress=not args.no_progress,
+            return_info=True,
+            **kwargs,
+        )
+        picks = np.asarray(res.indices, dtype=np.int64)
+        if res.n_filled:
+            print(
+                f"{PROG}: note: only {args.m - res.n_filled} clusters were non-empty; the last "
+                f"{res.n_filled} picks are the best-scoring remaining points",
+                file=sys.stderr,
+            )
+        summary = ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items())
+    summary = f"load {t_load:.2f} s, {summary}"
+
+    if args.output is not None:
+        write_picks_npy(args.output, picks)
+    if args.csv is not None:
+        write_index_csv(args.csv, picks, ids)
+    if args.complement_csv is not None:
+        write_index_csv(args.complement_csv, complement(picks, n), ids)
+    total = time.perf_counter() - t_start
+    print(f"selected {picks.size} of {n} in {total:.2f} s ({summary})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    try:
+        demo.require_sklearn()
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    demo.run_demo(budgets=tuple(args.budgets), seeds=range(args.seeds), threads=args.threads)
+    return 0
+
+
+# ------------------------------------------------------------------------- parsing
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {v})")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``usl-fast`` (subcommands ``select`` and ``demo``)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Unsupervised Selective Labeling (USL, Wang, Lian & Yu, ECCV 2022): "
+        "choose which unlabeled instances to send for labeling.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{select,demo}")
+    sub.required = True
+
+    sp = sub.add_parser(
+        "select",
+        help="choose m instances to label from a feature file",
+        description="Choose m instances to label from FEATURES with USL (kNN density, k-means, "
+        "regularized per-cluster arg-max) or the authors' random baseline. Every option not "
+        "given comes from the --defaults preset (see usl_fast.PRESETS).",
+    )
+    sp.add_argument(
+        "features",
+        metavar="FEATURES",
+        help="(n, d) features: .npy (memory-mapped), .npz, or .pt/.pth (needs torch)",
+    )
+    sp.add_argument(
+        "-m",
+        "--budget",
+        dest="m",
+        type=int,
+        required=True,
+        help="labeling budget: number of instances to pick, 1 <= m <= n",
+    )
+    sp.add_argument(
+        "--key", help="entry holding the features in a .npz or a dict saved in .pt/.pth"
+    )
+    sp.add_argument(
+        "--normalize",
+        action="store_true",
+        help="L2-normalise rows first (the published configs assume unit-norm features)",
+    )
+    sp.add_argument(
+        "--method",
+        choices=("usl", "random"),
+        default="usl",
+        help="usl, or random = usl_fast.random_select (NumPy legacy seed + choice) [default: usl]",
+    )
+
+    out = sp.add_argument_group("outputs (at least one of -o / --csv)")
+    out.add_argument(
+        "-o",
+        "--output",
+        metavar="PICKS.npy",
+        help="write the picks as int64 .npy, in pick (cluster) order",
+    )
+    out.add_argument(
+        "--csv",
+        metavar="PICKS.csv",
+        help="write the picks sorted ascending as CSV with header Index,ImageID",
+    )
+    out.add_argument(
+        "--complement-csv",
+        metavar="REST.csv",
+        help="write all other indices in the same CSV format",
+    )
+    out.add_argument(
+        "--image-ids",
+        metavar="FILE",
+        help="ImageID column for the CSVs: one id per line, exactly n lines",
+    )
+    out.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+    g = sp.add_argument_group("USL parameters (default: from --defaults)")
+    g.add_argument(
+        "--defaults",
+        choices=DEFAULTS_CHOICES,
+        default=None,
+        help="published configuration supplying every parameter not given [default: cifar10]",
+    )
+    g.add_argument("-k", type=int, default=None, help="kNN size of the density, self included")
+    g.add_argument(
+        "--n-clusters",
+        type=int,
+        default=None,
+        help="k-means K >= m [default: m, or the published K for m=2500 / 12820]",
+    )
+    g.add_argument("--kmeans-iter", type=int, default=None, help="Lloyd iterations (fixed count)")
+    g.add_argument(
+        "--kmeans-init",
+        choices=("random", "k-means++"),
+        default=None,
+        help="k-means init [default: random, as the reference]",
+    )
+    g.add_argument("--rounds", type=int, default=None, help="selection rounds T")
+    g.add_argument("--weight", type=float, default=None, help="regularizer weight w")
+    g.add_argument("--momentum", type=float, default=None, help="regularizer momentum in [0, 1]")
+    g.add_argument("--alpha", type=float, default=None, help="regularizer exponent")
+    g.add_argument(
+        "--horizon-dist",
+        type=float,
+        default=None,
+        help="mask squared distances >= this (CIFAR flavour; replaces the preset's --horizon-num)",
+    )
+    g.add_argument(
+        "--horizon-num",
+        type=int,
+        default=None,
+        help="use only this many nearest picks (ImageNet flavour; replaces the "
+        "preset's --horizon-dist)",
+    )
+    g.add_argument(
+        "--own-cluster",
+        choices=("position", "cluster", "none"),
+        default=None,
+        help="which pick is masked as a point's own cluster: position (reference), "
+        "cluster (corrected), none",
+    )
+    g.add_argument(
+        "--mask-zero",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mask exact zero distances in the regularizer (ImageNet MoCo flavour)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the k-means init / the random baseline [default: 0]",
+    )
+    g.add_argument("--threads", type=int, default=None, help="CPU threads [default: all]")
+    g.add_argument("--no-progress", action="store_true", help="hide the per-phase progress bars")
+    sp.set_defaults(func=_cmd_select)
+
+    dp = sub.add_parser(
+        "demo",
+        help="USL vs random picks on scikit-learn's digits (needs scikit-learn)",
+        description="Compare USL with random picks on scikit-learn's bundled digits data "
+        "(no download): classes covered and label-spreading accuracy per budget.",
+    )
+    dp.add_argument(
+        "--seeds", type=_positive_int, default=5, metavar="N", help="run seeds 0..N-1 [default: 5]"
+    )
+    dp.add_argument(
+        "--budgets",
+        type=_positive_int,
+        nargs="+",
+        default=[10, 20, 40],
+        metavar="M",
+        help="labeling budgets [default: 10 20 40]",
+    )
+    dp.add_argument(
+        "--threads", type=_positive_int, default=None, help="CPU threads [default: all]"
+    )
+    dp.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``usl-fast`` and ``python -m usl_fast``.
+
+    Returns 0 on success; errors raise ``SystemExit(2)`` after printing
+    ``usl-fast: error: <message>`` to stderr, Ctrl-C raises ``SystemExit(130)``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, ValueError, TypeError) as exc:
+        # ValueError/TypeError come from usl_fast's argument checks, whose messages
+        # already name the argument and the value received.
+        parser.exit(2, f"{PROG}: error: {exc}\n")
+    except OSError as exc:  # disk full, permission denied while writing outputs
+        parser.exit(2, f"{PROG}: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{PROG}: interrupted\n")
+    return 0  # not reached: parser.exit raises
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
