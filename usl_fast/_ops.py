@@ -181,7 +181,6 @@ def regularizer(
     pick_clusters: Any = None,
     mask_zero: bool = False,
     threads: Optional[int] = None,
-    _checked: Optional[tuple] = None,
 ) -> np.ndarray:
     """One round's regularizer (REFERENCE.md section 3) for every point: a float64 (n,)
     array ``sum_j f(D[i, j])`` over the picks, where D is the squared distance to pick j,
@@ -194,19 +193,13 @@ def regularizer(
         "cluster" (the pick's real cluster, needs ``pick_clusters``), or "none".
     mask_zero : mask exact zero distances (the ImageNet MoCo flavour).
     """
-    if _checked is None:
-        x, _ = as_features(features, "features")
-        lab, _ = as_labels(labels, x.shape[0], None)
-        p = np.asarray(picks)
-        if p.ndim != 1 or p.size == 0 or not np.issubdtype(p.dtype, np.integer):
-            raise ValueError(f"`picks` must be a non-empty 1-D integer array (got shape {p.shape}, dtype {p.dtype})")
-        if p.min() < 0 or p.max() >= x.shape[0]:
-            raise ValueError(f"`picks` must index rows of `features` in [0, {x.shape[0]})")
-        xn = np.empty(x.shape[0], np.float32)
-        _cpu.row_norms(x, xn, threads_arg(threads))
-    else:
-        x, xn, lab = _checked
-        p = np.asarray(picks)
+    x, _ = as_features(features, "features")
+    lab, _ = as_labels(labels, x.shape[0], None)
+    p = np.asarray(picks)
+    if p.ndim != 1 or p.size == 0 or not np.issubdtype(p.dtype, np.integer):
+        raise ValueError(f"`picks` must be a non-empty 1-D integer array (got shape {p.shape}, dtype {p.dtype})")
+    if p.min() < 0 or p.max() >= x.shape[0]:
+        raise ValueError(f"`picks` must index rows of `features` in [0, {x.shape[0]})")
     alpha = as_float(alpha, "alpha", 0.0)
     if own_cluster not in _OWN:
         raise ValueError(f"`own_cluster` must be one of {_OWN} (got {own_cluster!r})")
@@ -215,14 +208,24 @@ def regularizer(
     elif own_cluster == "cluster":
         if pick_clusters is None:
             raise ValueError("`pick_clusters` is required with own_cluster='cluster'")
-        tag = np.ascontiguousarray(pick_clusters, dtype=np.int32)
+        tag = np.asarray(pick_clusters)
+        if tag.shape != p.shape or not np.issubdtype(tag.dtype, np.integer):
+            raise ValueError(
+                f"`pick_clusters` must be integers with the shape of `picks` {p.shape} (got {tag.shape})"
+            )
+        tag = np.ascontiguousarray(tag, dtype=np.int32)
     else:
         tag = np.full(p.size, -1, np.int32)
+    if horizon_dist is not None and horizon_num is not None:
+        raise ValueError("give at most one of `horizon_dist` and `horizon_num`")
     hd = np.inf if horizon_dist is None else as_float(horizon_dist, "horizon_dist", 0.0, allow_inf=True)
     hn = 0 if horizon_num is None else as_int(horizon_num, "horizon_num", 1)
+    th = threads_arg(threads)
+    xn = np.empty(x.shape[0], np.float32)
+    _cpu.row_norms(x, xn, th)
     out = np.empty(x.shape[0], np.float64)
     pts = np.ascontiguousarray(x[p])
-    _cpu.regularizer(x, xn, pts, lab, tag, alpha, hd, hn, bool(mask_zero), FAR, out, threads_arg(threads), None)
+    _cpu.regularizer(x, xn, pts, lab, tag, alpha, hd, hn, bool(mask_zero), FAR, out, th, None)
     return out
 
 
@@ -231,7 +234,15 @@ def cluster_argmax(density: Any, labels: Any, n_clusters: int, reg: Any = None, 
     index on ties), -1 for an empty cluster. (n_clusters,) int64."""
     dens = as_vector(density, len(np.asarray(density)), "density")
     lab, K = as_labels(labels, dens.shape[0], as_int(n_clusters, "n_clusters", 1))
-    r = None if reg is None else np.ascontiguousarray(reg, dtype=np.float64)
+    r = None
+    if reg is not None:
+        r = np.asarray(reg.detach().cpu().numpy() if hasattr(reg, "detach") else reg)
+        if r.shape != dens.shape or not np.issubdtype(r.dtype, np.number):
+            raise ValueError(f"`reg` must be numeric with the shape of `density` {dens.shape} (got {r.shape})")
+        r = np.ascontiguousarray(r, dtype=np.float64)
+    weight = as_float(weight, "weight", 0.0)
+    if weight == 0.0:
+        r = None  # no regularizer (and no 0 * inf = NaN where reg is inf)
     out = np.empty(K, np.int64)
     _cpu.segment_argmax(dens, r, float(weight), lab, K, out)
     return out

@@ -65,12 +65,16 @@ class SelectResult:
 
 
 def _resolve(defaults: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    if defaults not in PRESETS:
+    if not isinstance(defaults, str) or defaults not in PRESETS:
         raise ValueError(f"`defaults` must be one of {sorted(PRESETS)} (got {defaults!r})")
     p = dict(PRESETS[defaults])
-    for key, val in overrides.items():
-        if val is not _UNSET:
-            p[key] = val
+    given = {key: val for key, val in overrides.items() if val is not _UNSET}
+    # The two horizons are alternatives: giving one replaces the preset's other one.
+    if given.get("horizon_dist") is not None and "horizon_num" not in given:
+        p["horizon_num"] = None
+    if given.get("horizon_num") is not None and "horizon_dist" not in given:
+        p["horizon_dist"] = None
+    p.update(given)
     return p
 
 
@@ -95,6 +99,17 @@ def _check_reg_params(p: Dict[str, Any], n: int) -> Dict[str, Any]:
     return p
 
 
+def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
+    """mu * reg + (1 - mu) * new, where a zero factor drops its term: the regularizer is
+    +inf at an unmasked zero distance, and 0 * inf would be NaN. (momentum 0 forgets the old
+    term, momentum 1 never lets a new one in - as the formula means.)"""
+    if mu == 0.0:
+        return new.copy()
+    if mu == 1.0:
+        return reg
+    return mu * reg + (1.0 - mu) * new
+
+
 def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
     n = x.shape[0]
     reg = np.zeros(n, np.float64)
@@ -107,7 +122,8 @@ def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
         bar = tqdm(total=rounds, desc="regularized selection", dynamic_ncols=True)
     try:
         for t in range(rounds):
-            _cpu.segment_argmax(dens, reg, p["weight"], lab, K, best)
+            # weight 0 means no regularizer at all (not 0 * inf = NaN where reg is inf).
+            _cpu.segment_argmax(dens, reg if p["weight"] > 0 else None, p["weight"], lab, K, best)
             clusters = np.flatnonzero(best >= 0)[:m]
             picks = best[clusters]
             if t < rounds - 1:
@@ -126,8 +142,7 @@ def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
                                                p["mask_zero"], _ops.FAR, new, th, c),
                     desc=f"regularizer round {t + 1}",
                 )
-                mu = p["momentum"]
-                reg = mu * reg + (1.0 - mu) * new
+                reg = _blend(reg, new, p["momentum"])
             if bar is not None:
                 bar.update(1)
     finally:
@@ -137,9 +152,14 @@ def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
     if picks.size < m:
         # Fewer non-empty clusters than picks wanted: top up with the best-scoring points
         # not picked yet (score of the last round), and report how many.
-        score = dens.astype(np.float64) - p["weight"] * reg
-        score[picks] = -np.inf
-        order = np.argsort(-score, kind="stable")
+        score = dens.astype(np.float64)
+        if p["weight"] > 0:
+            score = score - p["weight"] * reg
+        rest = np.ones(n, dtype=bool)
+        rest[picks] = False
+        candidates = np.flatnonzero(rest)
+        # Stable sort on -score: ties (including -inf scores) go to the lower index.
+        order = candidates[np.argsort(-score[candidates], kind="stable")]
         extra = order[: m - picks.size]
         n_filled = int(extra.size)
         picks = np.concatenate([picks, extra])
@@ -253,10 +273,11 @@ def select(
                                 mask_zero=mask_zero))
     p["k"] = as_int(p["k"], "k", 1, n - 1, f" and < number of points n={n} (self included)")
     p["kmeans_iter"] = as_int(p["kmeans_iter"], "kmeans_iter", 1)
-    K = default_n_clusters(defaults, m) if n_clusters is None else n_clusters
-    K = as_int(K, "n_clusters", m, n, f" = number of points n={n}")
-    if n_clusters is None and K > n:
-        K = n
+    if n_clusters is None:
+        # The published K can exceed a small data set (m = 2,500 -> K = 2,501): clamp it.
+        K = min(default_n_clusters(defaults, m), n)
+    else:
+        K = as_int(n_clusters, "n_clusters", m, n, f" = number of points n={n}")
     p["n_clusters"] = K
     p["seed"] = as_int(seed, "seed", 0)
     if not (isinstance(kmeans_init, str) and kmeans_init in ("random", "k-means++")):

@@ -31,6 +31,20 @@ inline float* thread_tile() {
   return tile.data();
 }
 
+// Below this fraction of ||x||^2 + ||y||^2, a squared distance from the expanded form is
+// mostly rounding error (a few ulp of the norms): such distances are re-computed directly.
+constexpr float kExactRel = 1e-4f;
+
+// Squared L2 summed directly in float64 and rounded once: exactly 0 for identical rows.
+inline float direct_l2(const float* a, const float* b, idx_t d) {
+  double s = 0.0;
+  for (idx_t t = 0; t < d; ++t) {
+    const double diff = static_cast<double>(a[t]) - b[t];
+    s += diff * diff;
+  }
+  return static_cast<float>(s);
+}
+
 inline idx_t num_tiles(idx_t n) { return (n + kTile - 1) / kTile; }
 
 // Fixed-size, per-row candidate reservoir for exact top-k under the (distance, index)
@@ -113,13 +127,25 @@ struct Reservoir {
   }
 };
 
-// Scan one tile of inner products: d = max(xn_i + yn_j - 2 ip, 0) for rows [0, mi) of
-// the tile (global rows i0 + r) and columns [0, nj) (global j0 + c), offering (d, j) to
-// row i's reservoir and, when `both`, (d, i) to column j's reservoir as well.
-// `diag` forces d = 0 where i == j (the point itself).
-void scan_tile(const float* ip, idx_t ldt, idx_t mi, idx_t nj, idx_t i0, idx_t j0,
-               const float* norms_i, const float* norms_j, Reservoir& rows_res,
-               Reservoir* cols_res, bool diag);
+// One tile of inner products to scan: rows [0, mi) of the tile are global rows i0 + r of
+// the row set, columns [0, nj) are global j0 + c of the column set. Each distance
+// d = max(xn_i + yn_j - 2 ip, 0) is offered to row i's reservoir and, when `cols` is
+// set, to column j's (symmetric self graph). `diag`: a diagonal tile of the self graph,
+// where i == j is the point itself and gets distance 0.
+struct TileScan {
+  const float* ip;
+  idx_t ldt, mi, nj, i0, j0;
+  const float* norms_i;  // mi norms of the tile's rows
+  const float* norms_j;  // nj norms of the tile's columns
+  const float* rows_i;   // the tile's row vectors (mi x d), for exact re-computation
+  const float* rows_j;   // the tile's column vectors (nj x d)
+  idx_t d;
+  Reservoir* rows;
+  Reservoir* cols;
+  bool diag;
+};
+
+void scan_tile(const TileScan& t);
 
 }  // namespace cpu
 }  // namespace usl_fast

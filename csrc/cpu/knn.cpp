@@ -15,121 +15,121 @@ namespace cpu {
 
 namespace {
 
-// Portable version of scan_tile (also the reference for the SIMD one).
-void scan_tile_scalar(const float* ip, idx_t ldt, idx_t mi, idx_t nj, idx_t i0, idx_t j0,
-                      const float* norms_i, const float* norms_j, Reservoir& rr,
-                      Reservoir* cr, bool diag) {
-  for (idx_t r = 0; r < mi; ++r) {
-    const idx_t i = i0 + r;
-    const float* row = ip + r * ldt;
-    for (idx_t c = 0; c < nj; ++c) {
-      const idx_t j = j0 + c;
-      float d = l2_from_ip(norms_i[r], norms_j[c], row[c]);
-      if (diag && i == j) d = 0.0f;
-      if (d <= rr.thr[i]) rr.push(i, d, static_cast<int32_t>(j));
-      if (cr && d <= cr->thr[j]) cr->push(j, d, static_cast<int32_t>(i));
+// Final distance of one accepted candidate: the tile's value, or - when that is tiny next
+// to the norms, where the expanded form has no accuracy left - the direct sum, so exact
+// duplicates are at exactly 0 and tie-break by index like the point itself.
+inline float settle(const TileScan& t, idx_t r, idx_t c, float dv) {
+  if (t.diag && t.i0 + r == t.j0 + c) return 0.0f;  // the point itself
+  if (dv <= kExactRel * (t.norms_i[r] + t.norms_j[c]))
+    return direct_l2(t.rows_i + r * t.d, t.rows_j + c * t.d, t.d);
+  return dv;
+}
+
+inline void offer(const TileScan& t, idx_t r, idx_t c, float dv, bool to_row, bool to_col) {
+  const idx_t i = t.i0 + r, j = t.j0 + c;
+  if (to_row && dv <= t.rows->thr[i]) t.rows->push(i, dv, static_cast<int32_t>(j));
+  if (to_col && dv <= t.cols->thr[j]) t.cols->push(j, dv, static_cast<int32_t>(i));
+}
+
+// Portable version of scan_tile (also the reference for the SIMD ones).
+void scan_scalar(const TileScan& t, idx_t r_begin, idx_t r_end, idx_t c_begin) {
+  for (idx_t r = r_begin; r < r_end; ++r) {
+    const float* row = t.ip + r * t.ldt;
+    for (idx_t c = c_begin; c < t.nj; ++c) {
+      const float dv = settle(t, r, c, l2_from_ip(t.norms_i[r], t.norms_j[c], row[c]));
+      offer(t, r, c, dv, true, t.cols != nullptr);
     }
   }
 }
 
-// AVX-512: 16 distances per step, a single compare against the row threshold and one
-// against the 16 column thresholds; almost every step rejects all lanes and moves on.
-__attribute__((target("avx512f"))) void scan_tile_avx512(
-    const float* ip, idx_t ldt, idx_t mi, idx_t nj, idx_t i0, idx_t j0, const float* norms_i,
-    const float* norms_j, Reservoir& rr, Reservoir* cr, bool diag) {
+// AVX-512: 16 distances per step, one compare against the row threshold and one against
+// the 16 column thresholds; almost every step rejects all lanes and moves on. Lanes whose
+// distance is tiny are compared as 0 and settled exactly in the scalar path, so every
+// path accepts exactly what scan_scalar accepts.
+__attribute__((target("avx512f"))) void scan_avx512(const TileScan& t) {
   const __m512 zero = _mm512_setzero_ps();
   const __m512 two = _mm512_set1_ps(2.0f);
+  const __m512 rel = _mm512_set1_ps(kExactRel);
   alignas(64) float dbuf[16];
-  for (idx_t r = 0; r < mi; ++r) {
-    const idx_t i = i0 + r;
-    const float* row = ip + r * ldt;
-    const __m512 xn = _mm512_set1_ps(norms_i[r]);
-    __m512 ti = _mm512_set1_ps(rr.thr[i]);
-    for (idx_t c = 0; c < nj; c += 16) {
-      const idx_t left = nj - c;
+  for (idx_t r = 0; r < t.mi; ++r) {
+    const idx_t i = t.i0 + r;
+    const float* row = t.ip + r * t.ldt;
+    const __m512 xn = _mm512_set1_ps(t.norms_i[r]);
+    __m512 ti = _mm512_set1_ps(t.rows->thr[i]);
+    for (idx_t c = 0; c < t.nj; c += 16) {
+      const idx_t left = t.nj - c;
       const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
                                         : static_cast<__mmask16>((1u << left) - 1u);
       const __m512 v = _mm512_maskz_loadu_ps(live, row + c);
-      const __m512 yn = _mm512_maskz_loadu_ps(live, norms_j + c);
+      const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.norms_j + c));
       // Same rounding as l2_from_ip: (xn + yn) then minus 2 ip (exact doubling).
-      __m512 d = _mm512_sub_ps(_mm512_add_ps(xn, yn), _mm512_mul_ps(two, v));
-      d = _mm512_max_ps(d, zero);
-      if (diag && i >= j0 + c && i < j0 + c + 16)
-        d = _mm512_mask_mov_ps(d, static_cast<__mmask16>(1u << (i - j0 - c)), zero);
-      __mmask16 mr = _mm512_mask_cmp_ps_mask(live, d, ti, _CMP_LE_OQ);
-      __mmask16 mc = 0;
-      if (cr) {
-        const __m512 tj = _mm512_maskz_loadu_ps(live, cr->thr + j0 + c);
-        mc = _mm512_mask_cmp_ps_mask(live, d, tj, _CMP_LE_OQ);
-      }
+      const __m512 d = _mm512_max_ps(_mm512_sub_ps(s, _mm512_mul_ps(two, v)), zero);
+      __mmask16 tiny = _mm512_mask_cmp_ps_mask(live, d, _mm512_mul_ps(rel, s), _CMP_LE_OQ);
+      if (t.diag && i >= t.j0 + c && i < t.j0 + c + 16)
+        tiny |= static_cast<__mmask16>(1u << (i - t.j0 - c));
+      const __m512 dc = _mm512_mask_mov_ps(d, tiny, zero);
+      const __mmask16 mr = _mm512_mask_cmp_ps_mask(live, dc, ti, _CMP_LE_OQ);
+      const __mmask16 mc =
+          t.cols ? _mm512_mask_cmp_ps_mask(
+                       live, dc, _mm512_maskz_loadu_ps(live, t.cols->thr + t.j0 + c), _CMP_LE_OQ)
+                 : static_cast<__mmask16>(0);
       if (!(mr | mc)) continue;
       _mm512_store_ps(dbuf, d);
-      unsigned bits = mr;
+      unsigned bits = mr | mc;
       while (bits) {
         const int b = __builtin_ctz(bits);
         bits &= bits - 1;
-        // The threshold may have tightened after a compaction earlier in this step.
-        if (dbuf[b] <= rr.thr[i]) rr.push(i, dbuf[b], static_cast<int32_t>(j0 + c + b));
+        const float dv = settle(t, r, c + b, dbuf[b]);
+        offer(t, r, c + b, dv, (mr >> b) & 1u, (mc >> b) & 1u);
       }
-      ti = _mm512_set1_ps(rr.thr[i]);
-      bits = mc;
-      while (bits) {
-        const int b = __builtin_ctz(bits);
-        bits &= bits - 1;
-        const idx_t j = j0 + c + b;
-        if (dbuf[b] <= cr->thr[j]) cr->push(j, dbuf[b], static_cast<int32_t>(i));
-      }
+      ti = _mm512_set1_ps(t.rows->thr[i]);
     }
   }
 }
 
-// AVX2 + FMA machines without AVX-512: the same scan, 8 lanes per step.
-__attribute__((target("avx2"))) void scan_tile_avx2(const float* ip, idx_t ldt, idx_t mi,
-                                                    idx_t nj, idx_t i0, idx_t j0,
-                                                    const float* norms_i, const float* norms_j,
-                                                    Reservoir& rr, Reservoir* cr, bool diag) {
+// AVX2 machines without AVX-512: the same scan, 8 lanes per step, scalar tail.
+__attribute__((target("avx2"))) void scan_avx2(const TileScan& t) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256 two = _mm256_set1_ps(2.0f);
-  const idx_t nj8 = nj - nj % 8;
+  const __m256 rel = _mm256_set1_ps(kExactRel);
+  const idx_t nj8 = t.nj - t.nj % 8;
   alignas(32) float dbuf[8];
-  for (idx_t r = 0; r < mi; ++r) {
-    const idx_t i = i0 + r;
-    const float* row = ip + r * ldt;
-    const __m256 xn = _mm256_set1_ps(norms_i[r]);
-    __m256 ti = _mm256_set1_ps(rr.thr[i]);
+  for (idx_t r = 0; r < t.mi; ++r) {
+    const idx_t i = t.i0 + r;
+    const float* row = t.ip + r * t.ldt;
+    const __m256 xn = _mm256_set1_ps(t.norms_i[r]);
+    __m256 ti = _mm256_set1_ps(t.rows->thr[i]);
     for (idx_t c = 0; c < nj8; c += 8) {
-      __m256 d = _mm256_sub_ps(_mm256_add_ps(xn, _mm256_loadu_ps(norms_j + c)),
-                               _mm256_mul_ps(two, _mm256_loadu_ps(row + c)));
-      d = _mm256_max_ps(d, zero);
-      unsigned mr = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(d, ti, _CMP_LE_OQ)));
-      unsigned mc = cr ? static_cast<unsigned>(_mm256_movemask_ps(
-                             _mm256_cmp_ps(d, _mm256_loadu_ps(cr->thr + j0 + c), _CMP_LE_OQ)))
-                       : 0u;
-      const bool has_self = diag && i >= j0 + c && i < j0 + c + 8;
-      if (!(mr | mc) && !has_self) continue;
+      const __m256 s = _mm256_add_ps(xn, _mm256_loadu_ps(t.norms_j + c));
+      const __m256 d =
+          _mm256_max_ps(_mm256_sub_ps(s, _mm256_mul_ps(two, _mm256_loadu_ps(row + c))), zero);
+      unsigned tiny = static_cast<unsigned>(
+          _mm256_movemask_ps(_mm256_cmp_ps(d, _mm256_mul_ps(rel, s), _CMP_LE_OQ)));
+      if (t.diag && i >= t.j0 + c && i < t.j0 + c + 8) tiny |= 1u << (i - t.j0 - c);
+      const __m256 dc =
+          _mm256_blendv_ps(d, zero, _mm256_castsi256_ps(_mm256_setr_epi32(
+                                        -(int)(tiny & 1u), -(int)((tiny >> 1) & 1u),
+                                        -(int)((tiny >> 2) & 1u), -(int)((tiny >> 3) & 1u),
+                                        -(int)((tiny >> 4) & 1u), -(int)((tiny >> 5) & 1u),
+                                        -(int)((tiny >> 6) & 1u), -(int)((tiny >> 7) & 1u))));
+      const unsigned mr =
+          static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(dc, ti, _CMP_LE_OQ)));
+      const unsigned mc =
+          t.cols ? static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(
+                       dc, _mm256_loadu_ps(t.cols->thr + t.j0 + c), _CMP_LE_OQ)))
+                 : 0u;
+      if (!(mr | mc)) continue;
       _mm256_store_ps(dbuf, d);
-      if (has_self) {
-        const int b = static_cast<int>(i - j0 - c);
-        dbuf[b] = 0.0f;  // the point itself, exactly
-        mr |= 1u << b;
+      unsigned bits = mr | mc;
+      while (bits) {
+        const int b = __builtin_ctz(bits);
+        bits &= bits - 1;
+        const float dv = settle(t, r, c + b, dbuf[b]);
+        offer(t, r, c + b, dv, (mr >> b) & 1u, (mc >> b) & 1u);
       }
-      while (mr) {
-        const int b = __builtin_ctz(mr);
-        mr &= mr - 1;
-        if (dbuf[b] <= rr.thr[i]) rr.push(i, dbuf[b], static_cast<int32_t>(j0 + c + b));
-      }
-      ti = _mm256_set1_ps(rr.thr[i]);
-      while (mc) {
-        const int b = __builtin_ctz(mc);
-        mc &= mc - 1;
-        const idx_t j = j0 + c + b;
-        if (dbuf[b] <= cr->thr[j]) cr->push(j, dbuf[b], static_cast<int32_t>(i));
-      }
+      ti = _mm256_set1_ps(t.rows->thr[i]);
     }
-    // Tail columns: the portable path for this row only.
-    if (nj8 < nj)
-      scan_tile_scalar(row + nj8, ldt, 1, nj - nj8, i, j0 + nj8, norms_i + r, norms_j + nj8, rr,
-                       cr, diag);
+    if (nj8 < t.nj) scan_scalar(t, r, r + 1, nj8);
   }
 }
 
@@ -145,9 +145,7 @@ bool have_avx2() {
 
 }  // namespace
 
-void scan_tile(const float* ip, idx_t ldt, idx_t mi, idx_t nj, idx_t i0, idx_t j0,
-               const float* norms_i, const float* norms_j, Reservoir& rows_res,
-               Reservoir* cols_res, bool diag) {
+void scan_tile(const TileScan& t) {
   // USL_FAST_ISA=avx2|scalar forces a narrower path (tests cover every path here).
   static const int isa = [] {
     const char* env = std::getenv("USL_FAST_ISA");
@@ -157,11 +155,11 @@ void scan_tile(const float* ip, idx_t ldt, idx_t mi, idx_t nj, idx_t i0, idx_t j
     return have_avx512() ? 2 : have_avx2() ? 1 : 0;
   }();
   if (isa == 2)
-    scan_tile_avx512(ip, ldt, mi, nj, i0, j0, norms_i, norms_j, rows_res, cols_res, diag);
+    scan_avx512(t);
   else if (isa == 1)
-    scan_tile_avx2(ip, ldt, mi, nj, i0, j0, norms_i, norms_j, rows_res, cols_res, diag);
+    scan_avx2(t);
   else
-    scan_tile_scalar(ip, ldt, mi, nj, i0, j0, norms_i, norms_j, rows_res, cols_res, diag);
+    scan_scalar(t, 0, t.mi, 0);
 }
 
 namespace {
@@ -196,8 +194,8 @@ void query_topk(const MatView& q, const MatView& base, int k, int threads, const
         const idx_t j0 = J * kTile, nj = std::min(kTile, nb - j0);
         gemm_nt(q.row(i0), mi, base.row(j0), nj, d, tile, kTile);
         // Row indices are tile-local here (0..mi); columns are global base indices.
-        scan_tile(tile, kTile, mi, nj, 0, j0, qn.data() + i0, bn.data() + j0, res, nullptr,
-                  false);
+        scan_tile(TileScan{tile, kTile, mi, nj, 0, j0, qn.data() + i0, bn.data() + j0, q.row(i0),
+                           base.row(j0), d, &res, nullptr, false});
       }
       for (idx_t r = 0; r < mi; ++r) finish(i0 + r, res, r);
       ctl.add(1);
@@ -303,12 +301,9 @@ void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int th
         const idx_t i0 = I * kTile, j0 = J * kTile;
         const idx_t mi = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
         gemm_nt(x.row(i0), mi, x.row(j0), nj, d, tile, kTile);
-        if (I == J)
-          scan_tile(tile, kTile, mi, nj, i0, j0, norms.data() + i0, norms.data() + j0,
-                    res, nullptr, true);
-        else
-          scan_tile(tile, kTile, mi, nj, i0, j0, norms.data() + i0, norms.data() + j0,
-                    res, &res, false);
+        // A diagonal tile holds both (i, j) and (j, i): feed rows only, self forced to 0.
+        scan_tile(TileScan{tile, kTile, mi, nj, i0, j0, norms.data() + i0, norms.data() + j0,
+                           x.row(i0), x.row(j0), d, &res, I == J ? nullptr : &res, I == J});
         ctl.add(1);
       }
     }
@@ -326,9 +321,14 @@ void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int th
       const idx_t i = redo[t];
       res.count[i] = 0;
       res.thr[i] = std::numeric_limits<float>::infinity();
-      for (idx_t j = 0; j < n; ++j) {
-        const float dv = i == j ? 0.0f : l2_from_ip(norms[i], norms[j], dot(x.row(i), x.row(j), d));
-        if (dv <= res.thr[i]) res.push(i, dv, static_cast<int32_t>(j));
+      // The same settle/offer rules as the tiles, one row against every point.
+      float ip[kTile];
+      for (idx_t j0 = 0; j0 < n; j0 += kTile) {
+        const idx_t nj = std::min(kTile, n - j0);
+        for (idx_t c = 0; c < nj; ++c) ip[c] = dot(x.row(i), x.row(j0 + c), d);
+        scan_scalar(TileScan{ip, kTile, 1, nj, i, j0, norms.data() + i, norms.data() + j0,
+                             x.row(i), x.row(j0), d, &res, nullptr, false},
+                    0, 1, 0);
       }
     }
   }

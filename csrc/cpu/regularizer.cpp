@@ -25,14 +25,10 @@ inline double neg_pow(double dv, double alpha) {
 // would come out as 1e-7 instead of 0, and 0 is what the masks test for).
 inline float exact_when_close(const float* xr, const float* pr, idx_t d, float xn, float pn,
                               float ip) {
+  // A wider margin than the kNN's kExactRel: 1/D^alpha magnifies the error of a small D.
   const float dv = l2_from_ip(xn, pn, ip);
   if (dv > 1e-3f * (xn + pn)) return dv;
-  double s = 0.0;
-  for (idx_t t = 0; t < d; ++t) {
-    const double diff = static_cast<double>(xr[t]) - pr[t];
-    s += diff * diff;
-  }
-  return static_cast<float>(s);
+  return direct_l2(xr, pr, d);
 }
 
 }  // namespace
