@@ -98,7 +98,7 @@ PYBIND11_MODULE(_cpu, m) {
     float* pi = inertia.mutable_data();
     int K = static_cast<int>(cv.rows);
     py::gil_scoped_release nogil;
-    cpu::kmeans_lloyd(xv, pc, K, n_iter, pl, pn, pi, threads, c);
+    return cpu::kmeans_lloyd(xv, pc, K, n_iter, pl, pn, pi, threads, c);
   });
 
   m.def("kmeanspp_init", [](Arr<float> x, int K, uint64_t seed, Arr<int64_t> out, int threads,

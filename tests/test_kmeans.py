@@ -183,7 +183,8 @@ def test_torch_in_torch_out(usl, make_blobs):
     torch = pytest.importorskip("torch")
     x, ids, _ = make_blobs(30, 3, 4, seed=1)
     res = usl.kmeans(torch.from_numpy(x), 3, n_iter=5, init=x[first_of_each(ids, 3)])
-    assert all(isinstance(t, torch.Tensor) for t in res)
+    assert all(isinstance(t, torch.Tensor) for t in res[:4])
+    assert isinstance(res.n_iter_run, int)
     assert res.labels.dtype == torch.int64
     ref = usl.kmeans(x, 3, n_iter=5, init=x[first_of_each(ids, 3)])
     np.testing.assert_array_equal(res.labels.numpy(), ref.labels)
@@ -201,3 +202,19 @@ def test_against_sklearn_lloyd(usl, make_blobs, seed):
     km.fit(x.astype(np.float64))
     np.testing.assert_array_equal(res.labels, km.labels_)
     np.testing.assert_allclose(res.centroids, km.cluster_centers_, atol=1e-4)
+
+
+def test_fixed_point_stop_equals_running_every_iteration(usl, monkeypatch):
+    # The engine stops once an assignment repeats; a float64 Lloyd that never stops must
+    # agree, and so must a run told to do exactly the iterations the engine reported.
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((900, 6)).astype(np.float32)
+    init = x[rng.permutation(900)[:12]]
+    res = usl.kmeans(x, 12, n_iter=300, init=init)
+    assert 1 <= res.n_iter_run < 300  # random data in 6-d settles well before 300
+    short = usl.kmeans(x, 12, n_iter=res.n_iter_run, init=init)
+    np.testing.assert_array_equal(res.labels, short.labels)
+    np.testing.assert_array_equal(res.centroids, short.centroids)
+    assert np.all(res.inertia[res.n_iter_run - 1:] == res.inertia[res.n_iter_run - 1])
+    ref_labels = oracles.lloyd(x, init, 300)[0]
+    np.testing.assert_array_equal(res.labels, ref_labels)

@@ -83,8 +83,8 @@ def density_from_knn(distances: Any) -> np.ndarray:
     The mean is floored at ``MIN_MEAN_DIST`` so exact duplicates give a large finite
     density rather than inf.
     """
-    d = np.asarray(distances, dtype=np.float64)
-    mean = d.mean(axis=1)
+    # float64 accumulation without a float64 copy of the (n, k) array
+    mean = np.asarray(distances).mean(axis=1, dtype=np.float64)
     return (1.0 / np.maximum(mean, MIN_MEAN_DIST)).astype(np.float32)
 
 
@@ -102,12 +102,16 @@ def density(
 class KMeansResult(NamedTuple):
     """labels: (n,) int64, the last assignment; centroids: (K, d) float32 (an empty
     cluster keeps its last position); counts: (K,) int64 members per cluster (0 for an
-    empty one); inertia: (n_iter,) float32 sum of squared distances per iteration."""
+    empty one); inertia: (n_iter,) float32 sum of squared distances per iteration;
+    n_iter_run: iterations computed - once an assignment repeats the previous one, every
+    later iteration would repeat it exactly, so the run stops there with the same result
+    (and the same inertia for the remaining iterations)."""
 
     labels: Any
     centroids: Any
     counts: Any
     inertia: Any
+    n_iter_run: int
 
 
 def kmeans(
@@ -158,12 +162,14 @@ def kmeans(
     labels = np.empty(n, np.int32)
     counts = np.empty(K, np.int64)
     inertia = np.empty(n_iter, np.float32)
-    _progress.run(
+    n_run = _progress.run(
         lambda c: _cpu.kmeans_lloyd(x, cent, n_iter, labels, counts, inertia, th, c),
         desc="k-means",
         progress=progress,
     )
-    return KMeansResult(back(labels.astype(np.int64)), back(cent), back(counts), back(inertia))
+    return KMeansResult(
+        back(labels.astype(np.int64)), back(cent), back(counts), back(inertia), int(n_run)
+    )
 
 
 _OWN = ("position", "cluster", "none")

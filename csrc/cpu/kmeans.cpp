@@ -133,8 +133,8 @@ void assign_nearest(const MatView& x, const float* x_norms, const MatView& cent,
   }
 }
 
-void kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t* labels,
-                  int64_t* counts, float* inertia_per_iter, int threads, const Control& ctl) {
+int kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t* labels,
+                 int64_t* counts, float* inertia_per_iter, int threads, const Control& ctl) {
   const idx_t n = x.rows, d = x.cols;
   require(K >= 1 && K <= n, "kmeans: 1 <= K <= n");
   require(n_iter >= 1, "kmeans: n_iter >= 1");
@@ -149,6 +149,7 @@ void kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t
   row_norms(x, xn.data(), threads);
   std::vector<uint8_t> alive(K, 1);
   std::vector<double> sums(static_cast<size_t>(K) * d);
+  std::vector<int32_t> prev(n);
   ctl.set_total(n_iter);
   const MatView cent{centroids, K, d};
 
@@ -162,6 +163,17 @@ void kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t
       inertia += dist[i];
     }
     if (inertia_per_iter) inertia_per_iter[it] = static_cast<float>(inertia);
+    // A repeated assignment is a fixed point: the update would rebuild these very centroids
+    // (same members, same summation order) and no cluster dies, so every remaining
+    // iteration would repeat this one bit for bit. Stopping here returns exactly what
+    // running all n_iter iterations returns.
+    if (it > 0 && std::equal(labels, labels + n, prev.begin())) {
+      if (inertia_per_iter)
+        std::fill(inertia_per_iter + it + 1, inertia_per_iter + n_iter, static_cast<float>(inertia));
+      ctl.add(n_iter - it);
+      return it + 1;
+    }
+    std::copy(labels, labels + n, prev.begin());
     for (int c = 0; c < K; ++c)
       if (counts[c] == 0) alive[c] = 0;
 
@@ -178,6 +190,7 @@ void kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t
     }
     ctl.add(1);
   }
+  return n_iter;
 }
 
 namespace {

@@ -41,7 +41,10 @@ void assign_nearest(const MatView& x, const float* x_norms, const MatView& centr
 // implementation's NaN centroid, without the NaN. labels: the last assignment (made
 // before the last update). counts: members per cluster in that assignment.
 // Centroid sums are accumulated in float64 in row order (thread-count independent).
-void kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t* labels,
+// Stops early at a fixed point (an assignment equal to the previous one), which gives
+// exactly the result of all n_iter iterations; returns the iterations actually run and
+// fills the rest of inertia_per_iter with the final value.
+int kmeans_lloyd(const MatView& x, float* centroids, int K, int n_iter, int32_t* labels,
                   int64_t* counts, float* inertia_per_iter, int threads, const Control& ctl);
 
 // k-means++ seeding (D^2 sampling, one candidate per step) with a deterministic RNG.

@@ -1,0 +1,121 @@
+"""Self kNN graph (the USL density step): usl_fast.knn(x, k) against faiss IndexFlatL2
+(add x, search x, k) on the same unit vectors, and the GEMM limit: NumPy's sgemm rate
+turned into the least time any exact kNN graph of that size can take on this machine."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+IMPLS = ["usl_fast", "faiss"]
+
+
+def knn_usl_fast(usl, x: np.ndarray, k: int, threads: int):
+    return usl.knn(x, k, threads=threads)
+
+
+def knn_faiss(x: np.ndarray, k: int):
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    return index.search(x, k)
+
+
+def neighbour_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of |row_a & row_b| / k (rows hold distinct indices)."""
+    both = np.sort(np.concatenate([a, b], axis=1), axis=1)
+    return float((both[:, 1:] == both[:, :-1]).sum() / a.size)
+
+
+@pytest.fixture(scope="module")
+def sgemm(cfg, threads):
+    """NumPy float32 GEMM rate on an (m x k) @ (k x n) product: best of 5 after a warm-up."""
+    m, n, kk = cfg["gemm"]["m"], cfg["gemm"]["n"], cfg["gemm"]["k"]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, kk), dtype=np.float32)
+    b = rng.standard_normal((kk, n), dtype=np.float32)
+    out = np.empty((m, n), np.float32)
+    np.matmul(a, b, out=out)
+    best = np.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    flops = 2.0 * m * n * kk
+    return {
+        "a": a,
+        "b": b,
+        "out": out,
+        "m": m,
+        "n": n,
+        "k": kk,
+        "seconds": best,
+        "gflops": flops / best / 1e9,
+    }
+
+
+def test_gemm_limit(bench, sgemm, threads):
+    """The roofline of the kNN graph: an n x n x d product at NumPy's sgemm rate."""
+    m, n, kk = sgemm["m"], sgemm["n"], sgemm["k"]
+    bench.group = f"gemm limit {m}x{n}x{kk} float32"
+    a, b, out = sgemm["a"], sgemm["b"], sgemm["out"]
+    bench.extra_info.update(impl="numpy sgemm", m=m, n=n, k=kk, gflops_best_of_5=sgemm["gflops"])
+    bench.time(lambda: np.matmul(a, b, out=out))
+    t = float(bench.stats.stats.min)
+    bench.extra_info["gflops"] = 2.0 * m * n * kk / t / 1e9
+    bench.extra_info["summary"] = {
+        "NumPy sgemm GFLOP/s (best of 5, used for the kNN limit)": f"{sgemm['gflops']:.1f}",
+    }
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
+    n, d = cfg["knn"]["n"], cfg["knn"]["d"]
+    k = knn_k
+    x = data(n, d, "unit")
+    bench.group = f"knn self n={n} d={d} k={k}"
+    runs = {
+        "usl_fast": lambda: knn_usl_fast(usl, x, k, threads),
+        "faiss": lambda: knn_faiss(x, k),
+    }
+
+    # Check first: both implementations on the same data, compared with each other.
+    for name in IMPLS:
+        if (name, k) not in results_cache:
+            results_cache[(name, k)] = runs[name]()
+    (du, iu), (df, if_) = results_cache[("usl_fast", k)], results_cache[("faiss", k)]
+    assert du.shape == df.shape == (n, k) and iu.shape == if_.shape == (n, k)
+    max_dist_diff = float(np.abs(du.astype(np.float64) - df).max())
+    agreement = neighbour_agreement(np.asarray(iu), np.asarray(if_))
+    assert max_dist_diff <= 1e-4, f"kNN distances differ from faiss by {max_dist_diff}"
+    assert agreement > 0.99, f"kNN neighbour sets agree with faiss on only {agreement:.4f}"
+
+    # Then time.
+    bench.extra_info.update(
+        impl=impl,
+        n=n,
+        d=d,
+        k=k,
+        max_abs_dist_diff_vs_peer=max_dist_diff,
+        neighbour_agreement_vs_peer=agreement,
+    )
+    bench.time(runs[impl])
+    t = float(bench.stats.stats.min)
+    # A self kNN graph needs x @ x.T: 2 n^2 d flops dense, n^2 d using its symmetry.
+    limit = n * n * d / (sgemm["gflops"] * 1e9)
+    bench.extra_info.update(
+        gflops_dense_equivalent=2.0 * n * n * d / t / 1e9,
+        sgemm_gflops=sgemm["gflops"],
+        gemm_limit_seconds=limit,
+        time_over_gemm_limit=t / limit,
+    )
+    if impl == "usl_fast":
+        bench.extra_info["summary"] = {
+            "usl_fast kNN time / GEMM-limit time (target <= 2.0)": (
+                f"{t / limit:.2f} (limit n^2 d / sgemm rate = {limit:.3f} s "
+                f"at {sgemm['gflops']:.1f} GFLOP/s)"
+            )
+        }
