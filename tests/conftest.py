@@ -55,8 +55,9 @@ def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def blobs(n_per: int, n_blobs: int, d: int, seed: int, spread: float = 0.02,
-          scale: float = 1.0) -> tuple:
+def blobs(
+    n_per: int, n_blobs: int, d: int, seed: int, spread: float = 0.02, scale: float = 1.0
+) -> tuple:
     """Well-separated Gaussian blobs: (x float32 (n_per * n_blobs, d), true blob ids,
     blob centres). Rows are shuffled so that blobs straddle tile boundaries. Centred
     near the origin: the expanded-form float32 distance ||x||^2 + ||c||^2 - 2 x.c loses

@@ -141,16 +141,26 @@ def regularizer(
     lower j) are chosen first; the masks are then applied to those entries only (a masked
     pick still takes its place), and the sum runs over those entries only.
     """
-    return _regularizer(features, labels, picks, alpha, horizon_dist, horizon_num,
-                        own_cluster, pick_clusters, mask_zero)[0]
+    return _regularizer(
+        features,
+        labels,
+        picks,
+        alpha,
+        horizon_dist,
+        horizon_num,
+        own_cluster,
+        pick_clusters,
+        mask_zero,
+    )[0]
 
 
 #: float32 unit roundoff, for the error model of the package's float32 distances.
 EPS32 = 2.0**-24
 
 
-def _regularizer(features, labels, picks, alpha, horizon_dist, horizon_num, own_cluster,
-                 pick_clusters, mask_zero):
+def _regularizer(
+    features, labels, picks, alpha, horizon_dist, horizon_num, own_cluster, pick_clusters, mask_zero
+):
     """(regularizer, error bound per point, fragile). The bound models a float32 engine
     that forms D as |x|^2 + |p|^2 - 2 x.p (error ~ eps (|x|^2 + |p|^2)) or, for tiny D,
     directly (error ~ eps D). `fragile` is True when some D lies within its error of a
@@ -230,14 +240,38 @@ def regularized_select(
     Returns the last round's picks in pick order (may be fewer than m if fewer clusters
     are non-empty: the reference has no top-up)."""
     return regularized_select_state(
-        features, density, labels, n_clusters, m, rounds=rounds, weight=weight,
-        momentum=momentum, alpha=alpha, horizon_dist=horizon_dist, horizon_num=horizon_num,
-        own_cluster=own_cluster, mask_zero=mask_zero)[0]
+        features,
+        density,
+        labels,
+        n_clusters,
+        m,
+        rounds=rounds,
+        weight=weight,
+        momentum=momentum,
+        alpha=alpha,
+        horizon_dist=horizon_dist,
+        horizon_num=horizon_num,
+        own_cluster=own_cluster,
+        mask_zero=mask_zero,
+    )[0]
 
 
-def regularized_select_state(features, density, labels, n_clusters, m, *, rounds, weight,
-                             momentum, alpha, horizon_dist=None, horizon_num=None,
-                             own_cluster="position", mask_zero=False):
+def regularized_select_state(
+    features,
+    density,
+    labels,
+    n_clusters,
+    m,
+    *,
+    rounds,
+    weight,
+    momentum,
+    alpha,
+    horizon_dist=None,
+    horizon_num=None,
+    own_cluster="position",
+    mask_zero=False,
+):
     """regularized_select, also returning the regularizer the last round scored with and
     whether the case is fragile: a float32 engine may legitimately differ (a decision of
     the regularizer within float32 error, see _regularizer, or an arg-max whose runner-up
@@ -269,8 +303,17 @@ def regularized_select_state(features, density, labels, n_clusters, m, *, rounds
             picks.append(int(best))
             clusters.append(c)
         if t < rounds - 1:
-            new, new_err, frag = _regularizer(features, lab, picks, alpha, horizon_dist,
-                                              horizon_num, own_cluster, clusters, mask_zero)
+            new, new_err, frag = _regularizer(
+                features,
+                lab,
+                picks,
+                alpha,
+                horizon_dist,
+                horizon_num,
+                own_cluster,
+                clusters,
+                mask_zero,
+            )
             fragile |= frag
             # Likewise a zero momentum forgets the old term, momentum 1 keeps it unchanged.
             if momentum == 0.0:
@@ -294,23 +337,67 @@ def top_up(density, reg, weight: float, picks, m: int) -> np.ndarray:
 
 #: The published configurations (REFERENCE.md section 3 table), transcribed independently.
 PRESETS = {
-    "cifar10": dict(rounds=10, weight=0.5, momentum=0.9, alpha=0.5, horizon_dist=4.0,
-                    horizon_num=None, own_cluster="position", mask_zero=False, k=400,
-                    kmeans_iter=200),
-    "cifar100": dict(rounds=10, weight=1.0, momentum=0.9, alpha=1.0, horizon_dist=1.0,
-                     horizon_num=None, own_cluster="position", mask_zero=False, k=400,
-                     kmeans_iter=200),
-    "imagenet-moco": dict(rounds=2, weight=1.5, momentum=0.0, alpha=0.5, horizon_dist=None,
-                          horizon_num=128, own_cluster="none", mask_zero=True, k=20,
-                          kmeans_iter=100),
-    "imagenet-clip": dict(rounds=2, weight=0.05, momentum=0.0, alpha=1.0, horizon_dist=None,
-                          horizon_num=32, own_cluster="position", mask_zero=False, k=20,
-                          kmeans_iter=100),
+    "cifar10": dict(
+        rounds=10,
+        weight=0.5,
+        momentum=0.9,
+        alpha=0.5,
+        horizon_dist=4.0,
+        horizon_num=None,
+        own_cluster="position",
+        mask_zero=False,
+        k=400,
+        kmeans_iter=200,
+    ),
+    "cifar100": dict(
+        rounds=10,
+        weight=1.0,
+        momentum=0.9,
+        alpha=1.0,
+        horizon_dist=1.0,
+        horizon_num=None,
+        own_cluster="position",
+        mask_zero=False,
+        k=400,
+        kmeans_iter=200,
+    ),
+    "imagenet-moco": dict(
+        rounds=2,
+        weight=1.5,
+        momentum=0.0,
+        alpha=0.5,
+        horizon_dist=None,
+        horizon_num=128,
+        own_cluster="none",
+        mask_zero=True,
+        k=20,
+        kmeans_iter=100,
+    ),
+    "imagenet-clip": dict(
+        rounds=2,
+        weight=0.05,
+        momentum=0.0,
+        alpha=1.0,
+        horizon_dist=None,
+        horizon_num=32,
+        own_cluster="position",
+        mask_zero=False,
+        k=20,
+        kmeans_iter=100,
+    ),
 }
 PRESETS["imagenet"] = PRESETS["imagenet-moco"]
 
-REG_KEYS = ("rounds", "weight", "momentum", "alpha", "horizon_dist", "horizon_num",
-            "own_cluster", "mask_zero")
+REG_KEYS = (
+    "rounds",
+    "weight",
+    "momentum",
+    "alpha",
+    "horizon_dist",
+    "horizon_num",
+    "own_cluster",
+    "mask_zero",
+)
 
 
 def reg_params(preset: str, **overrides) -> dict:

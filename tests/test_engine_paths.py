@@ -32,7 +32,9 @@ def _run_with_isa(isa: str, path: str) -> dict:
     if isa:
         env["USL_FAST_ISA"] = isa
     # cwd away from the source tree, which has no compiled module to import
-    subprocess.run([sys.executable, "-c", _SCRIPT, path], check=True, env=env, cwd=os.path.dirname(path))
+    subprocess.run(
+        [sys.executable, "-c", _SCRIPT, path], check=True, env=env, cwd=os.path.dirname(path)
+    )
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
 

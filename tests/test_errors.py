@@ -3,8 +3,6 @@ raised before any work (the `no_engine` fixture makes every engine call fail the
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -29,8 +27,11 @@ def labels(x):
 # --------------------------------------------------------------------------- features
 
 
-@pytest.mark.parametrize("bad", [np.zeros(5, np.float32), np.zeros((2, 3, 4), np.float32),
-                                 np.float32(1.0)], ids=["1d", "3d", "0d"])
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros(5, np.float32), np.zeros((2, 3, 4), np.float32), np.float32(1.0)],
+    ids=["1d", "3d", "0d"],
+)
 def test_wrong_ndim(usl, no_engine, bad):
     with pytest.raises(ValueError, match="`features` must be 2-D"):
         usl.knn(bad, 1)
@@ -50,8 +51,12 @@ def test_empty_input(usl, no_engine, shape):
 def test_nan_inf_in_features(usl, no_engine, x, value):
     bad = x.copy()
     bad[7, 2] = value
-    for call in (lambda: usl.knn(bad, 3), lambda: usl.select(bad, 5),
-                 lambda: usl.kmeans(bad, 3), lambda: usl.density(bad, 3)):
+    for call in (
+        lambda: usl.knn(bad, 3),
+        lambda: usl.select(bad, 5),
+        lambda: usl.kmeans(bad, 3),
+        lambda: usl.density(bad, 3),
+    ):
         with pytest.raises(ValueError, match=r"`features` contains NaN or inf.*row 7, column 2"):
             call()
 
@@ -76,11 +81,16 @@ def test_queries_dimension_mismatch(usl, no_engine, x):
         usl.knn(x, 3, queries=np.zeros((4, 6), np.float32))
 
 
-@pytest.mark.parametrize("bad", [np.array([["a", "b"], ["c", "d"]]),
-                                 np.array([[object(), 1.0]], dtype=object),
-                                 np.array([[1 + 2j, 0j]]),
-                                 [[1.0, 2.0], [3.0]]],
-                         ids=["str", "object", "complex", "ragged"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([["a", "b"], ["c", "d"]]),
+        np.array([[object(), 1.0]], dtype=object),
+        np.array([[1 + 2j, 0j]]),
+        [[1.0, 2.0], [3.0]],
+    ],
+    ids=["str", "object", "complex", "ragged"],
+)
 def test_dtype_that_cannot_convert(usl, no_engine, bad):
     with pytest.raises(TypeError, match="`features`"):
         usl.select(bad, 1)
@@ -197,8 +207,11 @@ def test_labels_out_of_range(usl, no_engine, x, dens):
         usl.regularizer(x, neg, [0, 1], alpha=1.0)
 
 
-@pytest.mark.parametrize("bad", [np.zeros(499, np.int64), np.zeros((500, 1), np.int64),
-                                 np.zeros(501, np.int64)], ids=["short", "2d", "long"])
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros(499, np.int64), np.zeros((500, 1), np.int64), np.zeros(501, np.int64)],
+    ids=["short", "2d", "long"],
+)
 def test_labels_wrong_shape(usl, no_engine, x, dens, bad):
     with pytest.raises(ValueError, match=r"`labels` must have shape \(500,\)"):
         usl.regularized_select(x, dens, bad, 3)
@@ -208,8 +221,11 @@ def test_labels_wrong_shape(usl, no_engine, x, dens, bad):
         usl.cluster_argmax(dens, bad, 3)
 
 
-@pytest.mark.parametrize("bad", [np.zeros(500, np.float64), np.array(["a"] * 500),
-                                 np.zeros(500, bool)], ids=["float", "str", "bool"])
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros(500, np.float64), np.array(["a"] * 500), np.zeros(500, bool)],
+    ids=["float", "str", "bool"],
+)
 def test_labels_non_integer(usl, no_engine, x, dens, bad):
     with pytest.raises(TypeError, match="`labels` must hold integers"):
         usl.regularized_select(x, dens, bad, 3)
@@ -253,13 +269,17 @@ def test_bad_own_cluster(usl, no_engine, x, dens, labels, mode):
         usl.regularized_select(x, dens, labels, 5, own_cluster=mode)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(own_cluster="label"), "`own_cluster` must be"),
-    (dict(own_cluster="cluster"), "`pick_clusters`"),
-    (dict(alpha=-1.0), "`alpha` must be"),
-    (dict(horizon_num=0), "`horizon_num` must be"),
-    (dict(horizon_dist=np.nan), "`horizon_dist` must be"),
-], ids=["own_cluster", "pick_clusters", "alpha", "horizon_num", "horizon_dist"])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(own_cluster="label"), "`own_cluster` must be"),
+        (dict(own_cluster="cluster"), "`pick_clusters`"),
+        (dict(alpha=-1.0), "`alpha` must be"),
+        (dict(horizon_num=0), "`horizon_num` must be"),
+        (dict(horizon_dist=np.nan), "`horizon_dist` must be"),
+    ],
+    ids=["own_cluster", "pick_clusters", "alpha", "horizon_num", "horizon_dist"],
+)
 def test_regularizer_parameter_errors_before_any_work(usl, no_engine, x, labels, kw, match):
     kw = {"alpha": 1.0, **kw}
     with pytest.raises(ValueError, match=match):
@@ -274,10 +294,17 @@ def test_bad_momentum(usl, no_engine, x, dens, labels, mu):
         usl.regularized_select(x, dens, labels, 5, momentum=mu)
 
 
-@pytest.mark.parametrize("kw,name", [(dict(weight=-1.0), "weight"), (dict(alpha=-0.5), "alpha"),
-                                     (dict(rounds=0), "rounds"), (dict(weight=np.inf), "weight"),
-                                     (dict(horizon_dist=-1.0), "horizon_dist"),
-                                     (dict(horizon_dist=None, horizon_num=0), "horizon_num")])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        (dict(weight=-1.0), "weight"),
+        (dict(alpha=-0.5), "alpha"),
+        (dict(rounds=0), "rounds"),
+        (dict(weight=np.inf), "weight"),
+        (dict(horizon_dist=-1.0), "horizon_dist"),
+        (dict(horizon_dist=None, horizon_num=0), "horizon_num"),
+    ],
+)
 def test_bad_regularizer_parameters(usl, no_engine, x, dens, labels, kw, name):
     with pytest.raises(ValueError, match=f"`{name}` must be"):
         usl.select(x, 5, **kw)
@@ -289,7 +316,9 @@ def test_both_horizons_given(usl, no_engine, x, dens, labels):
     with pytest.raises(ValueError, match="`horizon_dist` and `horizon_num`"):
         usl.select(x, 5, horizon_dist=1.0, horizon_num=10)
     with pytest.raises(ValueError, match="`horizon_dist` and `horizon_num`"):
-        usl.regularized_select(x, dens, labels, 5, defaults="imagenet", horizon_dist=1.0, horizon_num=3)
+        usl.regularized_select(
+            x, dens, labels, 5, defaults="imagenet", horizon_dist=1.0, horizon_num=3
+        )
     with pytest.raises(ValueError, match="`horizon_dist` and `horizon_num`"):
         usl.regularizer(x, labels, np.arange(3), horizon_dist=1.0, horizon_num=3)
 
@@ -339,7 +368,12 @@ def test_late_argument_errors_come_before_any_engine_call(usl, no_engine):
     # (no_engine turns any engine call into a test failure).
     rng = np.random.default_rng(1)
     big = rng.standard_normal((2000, 16)).astype(np.float32)
-    for kw in (dict(own_cluster="bad"), dict(threads=0), dict(kmeans_init="nope"),
-               dict(horizon_num=5, horizon_dist=1.0), dict(momentum=1.5)):
+    for kw in (
+        dict(own_cluster="bad"),
+        dict(threads=0),
+        dict(kmeans_init="nope"),
+        dict(horizon_num=5, horizon_dist=1.0),
+        dict(momentum=1.5),
+    ):
         with pytest.raises((ValueError, TypeError)):
             usl.select(big, 100, **kw)

@@ -197,8 +197,14 @@ def test_against_sklearn_lloyd(usl, make_blobs, seed):
     K = 6
     init = x[first_of_each(ids, K)] + np.float32(0.05)  # one per blob, off the data
     res = usl.kmeans(x, K, n_iter=50, init=init)
-    km = cluster.KMeans(n_clusters=K, init=init.astype(np.float64), n_init=1,
-                        algorithm="lloyd", max_iter=50, tol=0.0)
+    km = cluster.KMeans(
+        n_clusters=K,
+        init=init.astype(np.float64),
+        n_init=1,
+        algorithm="lloyd",
+        max_iter=50,
+        tol=0.0,
+    )
     km.fit(x.astype(np.float64))
     np.testing.assert_array_equal(res.labels, km.labels_)
     np.testing.assert_allclose(res.centroids, km.cluster_centers_, atol=1e-4)
@@ -215,6 +221,6 @@ def test_fixed_point_stop_equals_running_every_iteration(usl, monkeypatch):
     short = usl.kmeans(x, 12, n_iter=res.n_iter_run, init=init)
     np.testing.assert_array_equal(res.labels, short.labels)
     np.testing.assert_array_equal(res.centroids, short.centroids)
-    assert np.all(res.inertia[res.n_iter_run - 1:] == res.inertia[res.n_iter_run - 1])
+    assert np.all(res.inertia[res.n_iter_run - 1 :] == res.inertia[res.n_iter_run - 1])
     ref_labels = oracles.lloyd(x, init, 300)[0]
     np.testing.assert_array_equal(res.labels, ref_labels)

@@ -227,8 +227,9 @@ def test_density_matches_oracle(usl, make_unit, n, k):
     np.testing.assert_allclose(dens, oracles.density(x, k), rtol=1e-5)
     # density_from_knn applies the same rule to given distances
     dist, _ = usl.knn(x, k)
-    np.testing.assert_allclose(usl.density_from_knn(dist), oracles.density_from_distances(dist),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        usl.density_from_knn(dist), oracles.density_from_distances(dist), rtol=1e-6
+    )
 
 
 def test_density_hand_values_and_duplicate_floor(usl):

@@ -21,8 +21,7 @@ def shapes(draw, n_min=2, n_max=300):
 
 
 @SETTINGS
-@given(shape=shapes(), k_frac=st.floats(0, 1), threads=st.sampled_from([1, 2]),
-       query=st.booleans())
+@given(shape=shapes(), k_frac=st.floats(0, 1), threads=st.sampled_from([1, 2]), query=st.booleans())
 def test_knn_matches_oracle_distances(usl, make_unit, shape, k_frac, threads, query):
     n, d, seed = shape
     x = make_unit(n, d, seed)
@@ -47,11 +46,14 @@ def test_knn_matches_oracle_distances(usl, make_unit, shape, k_frac, threads, qu
 
 
 @SETTINGS
-@given(shape=shapes(), m_frac=st.floats(0, 1), k_frac=st.floats(0, 1),
-       preset=st.sampled_from(["cifar10", "cifar100", "imagenet-moco", "imagenet-clip"]),
-       init=st.sampled_from(["random", "k-means++"]))
-def test_select_valid_and_thread_independent(usl, make_unit, shape, m_frac, k_frac, preset,
-                                             init):
+@given(
+    shape=shapes(),
+    m_frac=st.floats(0, 1),
+    k_frac=st.floats(0, 1),
+    preset=st.sampled_from(["cifar10", "cifar100", "imagenet-moco", "imagenet-clip"]),
+    init=st.sampled_from(["random", "k-means++"]),
+)
+def test_select_valid_and_thread_independent(usl, make_unit, shape, m_frac, k_frac, preset, init):
     n, d, seed = shape
     x = make_unit(n, d, seed)
     m = 1 + int(m_frac * (n - 1))
@@ -65,20 +67,44 @@ def test_select_valid_and_thread_independent(usl, make_unit, shape, m_frac, k_fr
     assert np.array_equal(a, b)
 
 
-PARAMS = [oracles.reg_params(p) for p in ("cifar10", "cifar100", "imagenet-moco",
-                                           "imagenet-clip")] + [
-    dict(rounds=3, weight=2.0, momentum=0.5, alpha=1.0, horizon_dist=None, horizon_num=4,
-         own_cluster="cluster", mask_zero=False),
-    dict(rounds=4, weight=0.7, momentum=0.2, alpha=0.5, horizon_dist=2.0, horizon_num=None,
-         own_cluster="none", mask_zero=True),
+PARAMS = [
+    oracles.reg_params(p) for p in ("cifar10", "cifar100", "imagenet-moco", "imagenet-clip")
+] + [
+    dict(
+        rounds=3,
+        weight=2.0,
+        momentum=0.5,
+        alpha=1.0,
+        horizon_dist=None,
+        horizon_num=4,
+        own_cluster="cluster",
+        mask_zero=False,
+    ),
+    dict(
+        rounds=4,
+        weight=0.7,
+        momentum=0.2,
+        alpha=0.5,
+        horizon_dist=2.0,
+        horizon_num=None,
+        own_cluster="none",
+        mask_zero=True,
+    ),
 ]
 
 
 @SETTINGS
-@given(shape=shapes(), k_frac=st.floats(0, 1), n_clusters=st.integers(1, 40),
-       m_frac=st.floats(0, 1), params=st.sampled_from(PARAMS), threads=st.sampled_from([1, 2]))
-def test_regularized_select_equals_oracle(usl, make_unit, shape, k_frac, n_clusters, m_frac,
-                                          params, threads):
+@given(
+    shape=shapes(),
+    k_frac=st.floats(0, 1),
+    n_clusters=st.integers(1, 40),
+    m_frac=st.floats(0, 1),
+    params=st.sampled_from(PARAMS),
+    threads=st.sampled_from([1, 2]),
+)
+def test_regularized_select_equals_oracle(
+    usl, make_unit, shape, k_frac, n_clusters, m_frac, params, threads
+):
     n, d, seed = shape
     x = make_unit(n, d, seed)
     k = 1 + int(k_frac * min(n - 2, 19))

@@ -46,16 +46,18 @@ def test_hand_table_imagenet_flavour_masks_after_choosing(usl):
     picks = np.array([0, 2])
     # horizon_num 1 + mask_zero: point 0's nearest pick is itself (D=0): it is chosen, THEN
     # masked -> 1e-10 (the farther pick at D=9 does not take its place).
-    got = usl.regularizer(x, lab, picks, alpha=1.0, horizon_num=1, own_cluster="none",
-                          mask_zero=True)
+    got = usl.regularizer(
+        x, lab, picks, alpha=1.0, horizon_num=1, own_cluster="none", mask_zero=True
+    )
     np.testing.assert_allclose(got, [1e-10, 1.0, 1e-10], rtol=1e-12)
     # own cluster by position: point 2 (label 1) vs its nearest pick (position 1) -> masked;
     # point 0 (label 0) vs pick position 0 -> masked
     got = usl.regularizer(x, lab, picks, alpha=1.0, horizon_num=1, own_cluster="position")
     np.testing.assert_allclose(got, [1e-10, 1.0, 1e-10], rtol=1e-12)
     # horizon 2 = all picks: sum over both
-    got = usl.regularizer(x, lab, picks, alpha=1.0, horizon_num=2, own_cluster="none",
-                          mask_zero=True)
+    got = usl.regularizer(
+        x, lab, picks, alpha=1.0, horizon_num=2, own_cluster="none", mask_zero=True
+    )
     np.testing.assert_allclose(got, [1e-10 + 1 / 9, 1 + 1 / 4, 1 / 9 + 1e-10], rtol=1e-7)
 
 
@@ -69,13 +71,12 @@ def test_position_quirk_hand_case(usl):
     # point 0: pick 0 at D=1 counts, pick 1 masked; points 1 and 2 ARE the picks but
     # their label differs from the pick's position: D = 0 unmasked -> inf; point 3: both.
     np.testing.assert_allclose(pos, [1.0 + 1e-10, np.inf, np.inf, 1 / 25 + 1 / 1], rtol=1e-7)
-    clu = usl.regularizer(x, lab, picks, alpha=1.0, own_cluster="cluster",
-                          pick_clusters=[1, 2])
-    np.testing.assert_allclose(clu, [1e-10 + 1 / 25, 1e-10 + 1 / 16, 1 / 16 + 1e-10,
-                                     1 / 25 + 1e-10], rtol=1e-7)
+    clu = usl.regularizer(x, lab, picks, alpha=1.0, own_cluster="cluster", pick_clusters=[1, 2])
+    np.testing.assert_allclose(
+        clu, [1e-10 + 1 / 25, 1e-10 + 1 / 16, 1 / 16 + 1e-10, 1 / 25 + 1e-10], rtol=1e-7
+    )
     for got, mode in ((pos, "position"), (clu, "cluster")):
-        want = oracles.regularizer(x, lab, picks, alpha=1.0, own_cluster=mode,
-                                   pick_clusters=[1, 2])
+        want = oracles.regularizer(x, lab, picks, alpha=1.0, own_cluster=mode, pick_clusters=[1, 2])
         assert_reg_close(got, want)
 
 
@@ -149,15 +150,18 @@ def test_cluster_argmax_hand_table(usl):
     np.testing.assert_array_equal(got, [1, -1, 4, -1])
     # with a regularizer: scores 0.5, 2, 1, 1, -2 -> cluster 2 now picks 3
     reg = np.array([0.0, 0.0, 1.0, 0.0, 5.0])
-    np.testing.assert_array_equal(usl.cluster_argmax(dens, lab, 4, reg=reg, weight=1.0),
-                                  [1, -1, 3, -1])
+    np.testing.assert_array_equal(
+        usl.cluster_argmax(dens, lab, 4, reg=reg, weight=1.0), [1, -1, 3, -1]
+    )
     # weight scales it: 0.1 -> scores 0.5, 2, 1.9, 1, 2.5
-    np.testing.assert_array_equal(usl.cluster_argmax(dens, lab, 4, reg=reg, weight=0.1),
-                                  [1, -1, 4, -1])
+    np.testing.assert_array_equal(
+        usl.cluster_argmax(dens, lab, 4, reg=reg, weight=0.1), [1, -1, 4, -1]
+    )
     # tie created by the regularizer: 2 - 0 == 3 - 1 -> first (index 1)
     dens2 = np.array([2.0, 3.0], np.float32)
     np.testing.assert_array_equal(
-        usl.cluster_argmax(dens2, [0, 0], 1, reg=np.array([0.0, 1.0]), weight=1.0), [0])
+        usl.cluster_argmax(dens2, [0, 0], 1, reg=np.array([0.0, 1.0]), weight=1.0), [0]
+    )
 
 
 def test_cluster_argmax_all_minus_inf_takes_first_member(usl):
@@ -171,15 +175,17 @@ def test_cluster_argmax_all_minus_inf_takes_first_member(usl):
 
 def test_cluster_argmax_matches_oracle_random(usl):
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _ in range(20):
         n = int(rng.integers(1, 400))
         K = int(rng.integers(1, 60))
         dens = rng.integers(0, 5, n).astype(np.float32)  # many exact ties
         lab = rng.integers(0, K, n)
         reg = rng.integers(0, 3, n).astype(np.float64)
         w = float(rng.choice([0.0, 0.5, 1.0]))
-        np.testing.assert_array_equal(usl.cluster_argmax(dens, lab, K, reg=reg, weight=w),
-                                      oracles.cluster_argmax(dens, lab, K, reg, w))
+        np.testing.assert_array_equal(
+            usl.cluster_argmax(dens, lab, K, reg=reg, weight=w),
+            oracles.cluster_argmax(dens, lab, K, reg, w),
+        )
 
 
 # --------------------------------------------------------------------------- selection loop
@@ -230,25 +236,72 @@ def test_regularized_select_matches_oracle_presets(usl, make_unit, make_sparse_l
 
 
 CUSTOM = [
-    dict(rounds=4, weight=2.0, momentum=0.5, alpha=1.0, horizon_dist=None, horizon_num=3,
-         own_cluster="cluster", mask_zero=False),
-    dict(rounds=3, weight=1.5, momentum=0.0, alpha=0.5, horizon_dist=None, horizon_num=7,
-         own_cluster="none", mask_zero=True),
-    dict(rounds=5, weight=0.8, momentum=0.3, alpha=0.7, horizon_dist=2.0, horizon_num=None,
-         own_cluster="cluster", mask_zero=False),
-    dict(rounds=6, weight=3.0, momentum=1.0, alpha=1.0, horizon_dist=1.5, horizon_num=None,
-         own_cluster="cluster", mask_zero=False),  # mu = 1: reg stays 0
-    dict(rounds=3, weight=0.5, momentum=0.9, alpha=2.0, horizon_dist=None, horizon_num=None,
-         own_cluster="cluster", mask_zero=True),
-    dict(rounds=1, weight=1.0, momentum=0.9, alpha=1.0, horizon_dist=1.0, horizon_num=None,
-         own_cluster="position", mask_zero=False),
+    dict(
+        rounds=4,
+        weight=2.0,
+        momentum=0.5,
+        alpha=1.0,
+        horizon_dist=None,
+        horizon_num=3,
+        own_cluster="cluster",
+        mask_zero=False,
+    ),
+    dict(
+        rounds=3,
+        weight=1.5,
+        momentum=0.0,
+        alpha=0.5,
+        horizon_dist=None,
+        horizon_num=7,
+        own_cluster="none",
+        mask_zero=True,
+    ),
+    dict(
+        rounds=5,
+        weight=0.8,
+        momentum=0.3,
+        alpha=0.7,
+        horizon_dist=2.0,
+        horizon_num=None,
+        own_cluster="cluster",
+        mask_zero=False,
+    ),
+    dict(
+        rounds=6,
+        weight=3.0,
+        momentum=1.0,
+        alpha=1.0,
+        horizon_dist=1.5,
+        horizon_num=None,
+        own_cluster="cluster",
+        mask_zero=False,
+    ),  # mu = 1: reg stays 0
+    dict(
+        rounds=3,
+        weight=0.5,
+        momentum=0.9,
+        alpha=2.0,
+        horizon_dist=None,
+        horizon_num=None,
+        own_cluster="cluster",
+        mask_zero=True,
+    ),
+    dict(
+        rounds=1,
+        weight=1.0,
+        momentum=0.9,
+        alpha=1.0,
+        horizon_dist=1.0,
+        horizon_num=None,
+        own_cluster="position",
+        mask_zero=False,
+    ),
 ]
 
 
 @pytest.mark.parametrize("params", CUSTOM, ids=[f"custom{i}" for i in range(len(CUSTOM))])
 @pytest.mark.parametrize("seed", range(100, 106))
-def test_regularized_select_matches_oracle_custom(usl, make_unit, make_sparse_labels, seed,
-                                                  params):
+def test_regularized_select_matches_oracle_custom(usl, make_unit, make_sparse_labels, seed, params):
     x, dens, lab, K, m = selection_case(seed, make_unit, make_sparse_labels)
     want, fragile = oracle_picks(x, dens, lab, K, m, **params)
     got = usl.regularized_select(x, dens, lab, m, n_clusters=K, **params)
@@ -275,7 +328,8 @@ def test_one_round_is_densest_member_per_cluster(usl, make_unit, make_sparse_lab
 
 
 def test_position_and_cluster_modes_differ_and_each_matches_its_oracle(
-        usl, make_unit, make_sparse_labels):
+    usl, make_unit, make_sparse_labels
+):
     differing = 0
     for seed in range(200, 230):
         x, dens, lab, K, m = selection_case(seed, make_unit, make_sparse_labels)
@@ -283,8 +337,9 @@ def test_position_and_cluster_modes_differ_and_each_matches_its_oracle(
         for mode in ("position", "cluster"):
             params = oracles.reg_params("cifar100", own_cluster=mode)
             want, fragile = oracle_picks(x, dens, lab, K, m, **params)
-            got = usl.regularized_select(x, dens, lab, m, n_clusters=K, defaults="cifar100",
-                                         own_cluster=mode)
+            got = usl.regularized_select(
+                x, dens, lab, m, n_clusters=K, defaults="cifar100", own_cluster=mode
+            )
             assert not fragile, f"seed {seed}: pick another seed range"
             np.testing.assert_array_equal(got, want, err_msg=f"seed {seed} mode {mode}")
             res[mode] = got
@@ -293,10 +348,12 @@ def test_position_and_cluster_modes_differ_and_each_matches_its_oracle(
 
 
 @pytest.mark.parametrize("preset", ["cifar10", "cifar100"])
-@pytest.mark.parametrize("override", [dict(weight=0.0), dict(momentum=1.0)],
-                         ids=["weight0", "momentum1"])
+@pytest.mark.parametrize(
+    "override", [dict(weight=0.0), dict(momentum=1.0)], ids=["weight0", "momentum1"]
+)
 def test_regularizer_without_effect_gives_the_one_round_picks(
-        usl, make_unit, make_sparse_labels, preset, override):
+    usl, make_unit, make_sparse_labels, preset, override
+):
     """weight = 0 (score = density - 0 * reg) or momentum = 1 (reg = 1 * 0 + 0 * new)
     leaves the scores at the densities in every round, so the picks are the one-round
     (densest member per cluster) picks. With skipped cluster ids, the position-mode
@@ -306,8 +363,9 @@ def test_regularizer_without_effect_gives_the_one_round_picks(
     x, dens, lab, K, m = selection_case(7, make_unit, make_sparse_labels)
     once = usl.regularized_select(x, dens, lab, m, n_clusters=K, defaults=preset, rounds=1)
     with np.errstate(invalid="ignore"):
-        want = oracles.regularized_select(x, dens, lab, K, m,
-                                          **oracles.reg_params(preset, **override))
+        want = oracles.regularized_select(
+            x, dens, lab, K, m, **oracles.reg_params(preset, **override)
+        )
     np.testing.assert_array_equal(want, once)
     got = usl.regularized_select(x, dens, lab, m, n_clusters=K, defaults=preset, **override)
     np.testing.assert_array_equal(got, once)
@@ -329,8 +387,9 @@ def test_top_up_when_fewer_nonempty_clusters_than_m(usl, make_unit):
     lab = np.argmin(oracles.sqdist(x, x[:5]), axis=1) * 3  # 5 non-empty of 15 ids
     # one round: the extra picks are the densest points not picked yet
     got = usl.regularized_select(x, dens, lab, 12, n_clusters=15, rounds=1)
-    first = oracles.regularized_select(x, dens, lab, 15, 12, **oracles.reg_params(
-        "cifar10", rounds=1))
+    first = oracles.regularized_select(
+        x, dens, lab, 15, 12, **oracles.reg_params("cifar10", rounds=1)
+    )
     assert first.size == 5
     np.testing.assert_array_equal(got[:5], first)
     rest = np.setdiff1d(np.arange(200), first)
@@ -351,8 +410,16 @@ def test_top_up_never_repeats_a_pick(usl):
     x = np.array([[5.0], [0.0], [0.0]], np.float32)
     dens = np.array([1.0, 2.0, 2.0], np.float32)
     lab = np.zeros(3, np.int64)
-    params = dict(rounds=2, weight=1.0, momentum=0.0, alpha=1.0, horizon_dist=None,
-                  horizon_num=None, own_cluster="none", mask_zero=False)
+    params = dict(
+        rounds=2,
+        weight=1.0,
+        momentum=0.0,
+        alpha=1.0,
+        horizon_dist=None,
+        horizon_num=None,
+        own_cluster="none",
+        mask_zero=False,
+    )
     first, reg, _ = oracles.regularized_select_state(x, dens, lab, 1, 2, **params)
     np.testing.assert_array_equal(first, [0])
     want = oracles.top_up(dens, reg, 1.0, first, 2)
@@ -377,8 +444,9 @@ def test_regularized_select_threads_and_torch(usl, make_unit, make_sparse_labels
     b = usl.regularized_select(x, dens, lab, m, n_clusters=K, threads=2)
     assert np.array_equal(a, b)
     torch = pytest.importorskip("torch")
-    t = usl.regularized_select(torch.from_numpy(x), torch.from_numpy(dens),
-                               torch.from_numpy(lab), m, n_clusters=K)
+    t = usl.regularized_select(
+        torch.from_numpy(x), torch.from_numpy(dens), torch.from_numpy(lab), m, n_clusters=K
+    )
     assert isinstance(t, torch.Tensor) and t.dtype == torch.int64
     np.testing.assert_array_equal(t.numpy(), a)
 
@@ -393,8 +461,16 @@ def test_zero_momentum_forgets_an_infinite_regularizer(usl):
     x = np.array([[0.0], [0.0], [1.0], [5.0]], dtype=np.float32)
     labels = np.array([0, 1, 0, 1])
     dens = np.array([2.0, 1.0, 1.0, 2.0], dtype=np.float32)
-    kw = dict(rounds=3, weight=1.0, momentum=0.0, alpha=1.0, horizon_dist=None, horizon_num=None,
-              own_cluster="none", mask_zero=False)
+    kw = dict(
+        rounds=3,
+        weight=1.0,
+        momentum=0.0,
+        alpha=1.0,
+        horizon_dist=None,
+        horizon_num=None,
+        own_cluster="none",
+        mask_zero=False,
+    )
     got = usl.regularized_select(x, dens, labels, 2, n_clusters=2, **kw)
     assert got.tolist() == [0, 3]
     got2 = usl.regularized_select(x, dens, labels, 2, n_clusters=2, **dict(kw, rounds=2))

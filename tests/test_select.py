@@ -66,17 +66,20 @@ def test_select_equals_composition_oracle(usl, make_unit_blobs, preset):
 def test_select_custom_parameters_equal_composition(usl, make_unit_blobs, seed):
     x = make_unit_blobs(450, 12, 30, seed=seed)
     m, K = 15, 24  # n_clusters > m: the selection stops after m clusters
-    info = usl.select(x, m, defaults="cifar100", k=12, n_clusters=K, kmeans_iter=30,
-                      seed=seed, return_info=True)
-    want, labels, _, n_filled = composition_oracle(x, m, "cifar100", seed=seed, k=12,
-                                                   kmeans_iter=30, n_clusters=K)
+    info = usl.select(
+        x, m, defaults="cifar100", k=12, n_clusters=K, kmeans_iter=30, seed=seed, return_info=True
+    )
+    want, labels, _, n_filled = composition_oracle(
+        x, m, "cifar100", seed=seed, k=12, kmeans_iter=30, n_clusters=K
+    )
     assert n_filled == info.n_filled == 0
     np.testing.assert_array_equal(info.labels, labels)
     np.testing.assert_array_equal(info.indices, want)
     # and the pipeline equals its own parts: kmeans + regularized_select
     km = usl.kmeans(x, K, n_iter=30, seed=seed)
-    part = usl.regularized_select(x, usl.density(x, 12), km.labels, m, n_clusters=K,
-                                  defaults="cifar100")
+    part = usl.regularized_select(
+        x, usl.density(x, 12), km.labels, m, n_clusters=K, defaults="cifar100"
+    )
     np.testing.assert_array_equal(info.indices, part)
 
 

@@ -2,9 +2,16 @@
 compiled tiled-distance engine. ``usl_fast.select(features, m)`` returns the m indices
 to send to annotators."""
 
-from ._backend import _cpu
+from ._backend import _cpu  # noqa: F401  (loads the engine and its OpenBLAS at import)
 from ._ops import KMeansResult, cluster_argmax, density, density_from_knn, kmeans, knn, regularizer
-from ._pipeline import PRESETS, SelectResult, default_n_clusters, random_select, regularized_select, select
+from ._pipeline import (
+    PRESETS,
+    SelectResult,
+    default_n_clusters,
+    random_select,
+    regularized_select,
+    select,
+)
 
 __version__ = "0.1.0"
 

@@ -152,12 +152,16 @@ def kmeans(
                 progress=progress,
             )
         else:
-            raise ValueError(f"`init` must be 'random', 'k-means++' or a (K, d) array (got {init!r})")
+            raise ValueError(
+                f"`init` must be 'random', 'k-means++' or a (K, d) array (got {init!r})"
+            )
         cent = np.ascontiguousarray(x[start])
     else:
         cent, _ = as_features(init, "init")
         if cent.shape != (K, d):
-            raise ValueError(f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {cent.shape}")
+            raise ValueError(
+                f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {cent.shape}"
+            )
         cent = cent.copy()
     labels = np.empty(n, np.int32)
     counts = np.empty(K, np.int64)
@@ -203,7 +207,9 @@ def regularizer(
     lab, _ = as_labels(labels, x.shape[0], None)
     p = np.asarray(picks)
     if p.ndim != 1 or p.size == 0 or not np.issubdtype(p.dtype, np.integer):
-        raise ValueError(f"`picks` must be a non-empty 1-D integer array (got shape {p.shape}, dtype {p.dtype})")
+        raise ValueError(
+            f"`picks` must be a non-empty 1-D integer array (got shape {p.shape}, dtype {p.dtype})"
+        )
     if p.min() < 0 or p.max() >= x.shape[0]:
         raise ValueError(f"`picks` must index rows of `features` in [0, {x.shape[0]})")
     alpha = as_float(alpha, "alpha", 0.0)
@@ -224,7 +230,11 @@ def regularizer(
         tag = np.full(p.size, -1, np.int32)
     if horizon_dist is not None and horizon_num is not None:
         raise ValueError("give at most one of `horizon_dist` and `horizon_num`")
-    hd = np.inf if horizon_dist is None else as_float(horizon_dist, "horizon_dist", 0.0, allow_inf=True)
+    hd = (
+        np.inf
+        if horizon_dist is None
+        else as_float(horizon_dist, "horizon_dist", 0.0, allow_inf=True)
+    )
     hn = 0 if horizon_num is None else as_int(horizon_num, "horizon_num", 1)
     th = threads_arg(threads)
     xn = np.empty(x.shape[0], np.float32)
@@ -235,7 +245,9 @@ def regularizer(
     return out
 
 
-def cluster_argmax(density: Any, labels: Any, n_clusters: int, reg: Any = None, weight: float = 0.0) -> np.ndarray:
+def cluster_argmax(
+    density: Any, labels: Any, n_clusters: int, reg: Any = None, weight: float = 0.0
+) -> np.ndarray:
     """For every cluster c, the member with the largest ``density - weight * reg`` (first
     index on ties), -1 for an empty cluster. (n_clusters,) int64."""
     dens = as_vector(density, len(np.asarray(density)), "density")
@@ -244,7 +256,9 @@ def cluster_argmax(density: Any, labels: Any, n_clusters: int, reg: Any = None, 
     if reg is not None:
         r = np.asarray(reg.detach().cpu().numpy() if hasattr(reg, "detach") else reg)
         if r.shape != dens.shape or not np.issubdtype(r.dtype, np.number):
-            raise ValueError(f"`reg` must be numeric with the shape of `density` {dens.shape} (got {r.shape})")
+            raise ValueError(
+                f"`reg` must be numeric with the shape of `density` {dens.shape} (got {r.shape})"
+            )
         r = np.ascontiguousarray(r, dtype=np.float64)
     weight = as_float(weight, "weight", 0.0)
     if weight == 0.0:

@@ -17,18 +17,54 @@ _UNSET: Any = object()
 
 #: The published configurations (REFERENCE.md section 3). "imagenet" is the MoCo one.
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "cifar10": dict(k=400, kmeans_iter=200, rounds=10, weight=0.5, momentum=0.9,
-                    horizon_dist=4.0, horizon_num=None, alpha=0.5, own_cluster="position",
-                    mask_zero=False),
-    "cifar100": dict(k=400, kmeans_iter=200, rounds=10, weight=1.0, momentum=0.9,
-                     horizon_dist=1.0, horizon_num=None, alpha=1.0, own_cluster="position",
-                     mask_zero=False),
-    "imagenet-moco": dict(k=20, kmeans_iter=100, rounds=2, weight=1.5, momentum=0.0,
-                          horizon_dist=None, horizon_num=128, alpha=0.5, own_cluster="none",
-                          mask_zero=True),
-    "imagenet-clip": dict(k=20, kmeans_iter=100, rounds=2, weight=0.05, momentum=0.0,
-                          horizon_dist=None, horizon_num=32, alpha=1.0, own_cluster="position",
-                          mask_zero=False),
+    "cifar10": dict(
+        k=400,
+        kmeans_iter=200,
+        rounds=10,
+        weight=0.5,
+        momentum=0.9,
+        horizon_dist=4.0,
+        horizon_num=None,
+        alpha=0.5,
+        own_cluster="position",
+        mask_zero=False,
+    ),
+    "cifar100": dict(
+        k=400,
+        kmeans_iter=200,
+        rounds=10,
+        weight=1.0,
+        momentum=0.9,
+        horizon_dist=1.0,
+        horizon_num=None,
+        alpha=1.0,
+        own_cluster="position",
+        mask_zero=False,
+    ),
+    "imagenet-moco": dict(
+        k=20,
+        kmeans_iter=100,
+        rounds=2,
+        weight=1.5,
+        momentum=0.0,
+        horizon_dist=None,
+        horizon_num=128,
+        alpha=0.5,
+        own_cluster="none",
+        mask_zero=True,
+    ),
+    "imagenet-clip": dict(
+        k=20,
+        kmeans_iter=100,
+        rounds=2,
+        weight=0.05,
+        momentum=0.0,
+        horizon_dist=None,
+        horizon_num=32,
+        alpha=1.0,
+        own_cluster="position",
+        mask_zero=False,
+    ),
 }
 PRESETS["imagenet"] = PRESETS["imagenet-moco"]
 
@@ -138,8 +174,19 @@ def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
                 new = np.empty(n, np.float64)
                 pts = np.ascontiguousarray(x[picks])
                 _progress.run(
-                    lambda c: _cpu.regularizer(x, xn, pts, lab, tag, p["alpha"], hd, hn,
-                                               p["mask_zero"], _ops.FAR, new, th, c),
+                    _cpu.regularizer,
+                    x,
+                    xn,
+                    pts,
+                    lab,
+                    tag,
+                    p["alpha"],
+                    hd,
+                    hn,
+                    p["mask_zero"],
+                    _ops.FAR,
+                    new,
+                    th,
                     desc=f"regularizer round {t + 1}",
                 )
                 reg = _blend(reg, new, p["momentum"])
@@ -201,9 +248,19 @@ def regularized_select(
     K = None if n_clusters is None else as_int(n_clusters, "n_clusters", 1)
     lab, K = as_labels(labels, n, K)
     p = _check_reg_params(
-        _resolve(defaults, dict(rounds=rounds, weight=weight, momentum=momentum, alpha=alpha,
-                                horizon_dist=horizon_dist, horizon_num=horizon_num,
-                                own_cluster=own_cluster, mask_zero=mask_zero)),
+        _resolve(
+            defaults,
+            dict(
+                rounds=rounds,
+                weight=weight,
+                momentum=momentum,
+                alpha=alpha,
+                horizon_dist=horizon_dist,
+                horizon_num=horizon_num,
+                own_cluster=own_cluster,
+                mask_zero=mask_zero,
+            ),
+        ),
         n,
     )
     th = threads_arg(threads)
@@ -267,10 +324,21 @@ def select(
     x, back = as_features(features, "features")
     n = x.shape[0]
     m = as_int(m, "m", 1, n, f" = number of points n={n}")
-    p = _resolve(defaults, dict(k=k, kmeans_iter=kmeans_iter, rounds=rounds, weight=weight,
-                                momentum=momentum, alpha=alpha, horizon_dist=horizon_dist,
-                                horizon_num=horizon_num, own_cluster=own_cluster,
-                                mask_zero=mask_zero))
+    p = _resolve(
+        defaults,
+        dict(
+            k=k,
+            kmeans_iter=kmeans_iter,
+            rounds=rounds,
+            weight=weight,
+            momentum=momentum,
+            alpha=alpha,
+            horizon_dist=horizon_dist,
+            horizon_num=horizon_num,
+            own_cluster=own_cluster,
+            mask_zero=mask_zero,
+        ),
+    )
     p["k"] = as_int(p["k"], "k", 1, n - 1, f" and < number of points n={n} (self included)")
     p["kmeans_iter"] = as_int(p["kmeans_iter"], "kmeans_iter", 1)
     if n_clusters is None:
@@ -294,8 +362,15 @@ def select(
     timings["density"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    km = _ops.kmeans(x, K, n_iter=p["kmeans_iter"], init=kmeans_init, seed=p["seed"],
-                     threads=threads, progress=progress)
+    km = _ops.kmeans(
+        x,
+        K,
+        n_iter=p["kmeans_iter"],
+        init=kmeans_init,
+        seed=p["seed"],
+        threads=threads,
+        progress=progress,
+    )
     lab = np.ascontiguousarray(km.labels, dtype=np.int32)
     timings["kmeans"] = time.perf_counter() - t0
 
@@ -307,8 +382,12 @@ def select(
     if not return_info:
         return back(picks)
     return SelectResult(
-        indices=back(picks), labels=back(lab.astype(np.int64)), density=back(dens),
-        n_filled=n_filled, timings=timings, params=p,
+        indices=back(picks),
+        labels=back(lab.astype(np.int64)),
+        density=back(dens),
+        n_filled=n_filled,
+        timings=timings,
+        params=p,
     )
 
 
@@ -325,5 +404,3 @@ def random_select(n: int, m: int, seed: int = 0) -> np.ndarray:
         return np.random.choice(n, size=m, replace=False).astype(np.int64)
     finally:
         np.random.set_state(state)
-
-

@@ -87,7 +87,9 @@ def as_float(value: Any, name: str, low: float | None = None, allow_inf: bool = 
     return v
 
 
-def as_labels(labels: Any, n: int, n_clusters: int | None, name: str = "labels") -> Tuple[np.ndarray, int]:
+def as_labels(
+    labels: Any, n: int, n_clusters: int | None, name: str = "labels"
+) -> Tuple[np.ndarray, int]:
     if _is_torch(labels):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
@@ -117,7 +119,9 @@ def as_vector(values: Any, n: int, name: str, dtype=np.float32) -> np.ndarray:
         raise TypeError(f"`{name}` must be numeric, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
-        raise ValueError(f"`{name}` contains NaN or inf (first at index {int(np.argmin(np.isfinite(arr)))})")
+        raise ValueError(
+            f"`{name}` contains NaN or inf (first at index {int(np.argmin(np.isfinite(arr)))})"
+        )
     return arr
 
 
