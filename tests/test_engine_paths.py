@@ -81,3 +81,77 @@ def test_sampled_threshold_with_clustered_order():
     d1, i1 = usl_fast.knn(x, 150)
     assert np.array_equal(i0, i1)
     np.testing.assert_allclose(d0, d1, rtol=0, atol=1e-5)
+
+
+def _control(cancel: bool) -> np.ndarray:
+    return np.array([0, 0, 1 if cancel else 0], dtype=np.int64)
+
+
+def test_engine_ops_stop_when_cancelled():
+    # The cancel slot is what Ctrl-C sets (usl_fast._progress): every long op must return
+    # early with KeyboardInterrupt instead of running to the end.
+    from usl_fast._backend import _cpu
+
+    x = _unit(3000, 16, 7)
+    n = x.shape[0]
+    with pytest.raises(KeyboardInterrupt):
+        _cpu.knn_self(
+            x,
+            10,
+            np.empty((n, 10), np.float32),
+            np.empty((n, 10), np.int64),
+            0,
+            _control(True),
+            0.0,
+        )
+    with pytest.raises(KeyboardInterrupt):
+        _cpu.knn_query(
+            x, x, 10, np.empty((n, 10), np.float32), np.empty((n, 10), np.int64), 0, _control(True)
+        )
+    cent = x[:8].copy()
+    with pytest.raises(KeyboardInterrupt):
+        _cpu.kmeans_lloyd(
+            x,
+            cent,
+            5,
+            np.empty(n, np.int32),
+            np.empty(8, np.int64),
+            np.empty(5, np.float32),
+            0,
+            _control(True),
+        )
+    xn = (x * x).sum(1).astype(np.float32)
+    with pytest.raises(KeyboardInterrupt):
+        _cpu.regularizer(
+            x,
+            xn,
+            x[:5].copy(),
+            np.zeros(n, np.int32),
+            np.arange(5, dtype=np.int32),
+            0.5,
+            np.inf,
+            0,
+            False,
+            1e10,
+            np.empty(n),
+            0,
+            _control(True),
+        )
+
+
+def test_progress_counts_every_unit():
+    # The engine reports its work units into the control array the progress bar reads.
+    from usl_fast._backend import _cpu
+
+    x = _unit(1000, 8, 8)
+    ctl = _control(False)
+    _cpu.knn_self(x, 5, np.empty((1000, 5), np.float32), np.empty((1000, 5), np.int64), 0, ctl, 0.0)
+    tiles = -(-1000 // 256)
+    assert ctl[1] == tiles * (tiles + 1) // 2 and ctl[0] == ctl[1]
+
+
+def test_progress_bar_in_library_call(capsys):
+    x = _unit(600, 8, 9)
+    usl_fast.select(x, 5, k=10, kmeans_iter=3, rounds=2, progress=True)
+    err = capsys.readouterr().err
+    assert "kNN" in err and "k-means" in err and "regularized selection" in err
