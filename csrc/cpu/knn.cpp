@@ -31,6 +31,19 @@ inline void offer(const TileScan& t, idx_t r, idx_t c, float dv, bool to_row, bo
   if (to_col && dv <= t.cols->thr[j]) t.cols->push(j, dv, static_cast<int32_t>(i));
 }
 
+// The lanes of one SIMD step that passed a threshold test (bit b of mr: row side, of mc:
+// column side), settled and offered one by one.
+inline void offer_lanes(const TileScan& t, idx_t r, idx_t c, const float* dbuf, unsigned mr,
+                        unsigned mc) {
+  unsigned bits = mr | mc;
+  while (bits) {
+    const int b = __builtin_ctz(bits);
+    bits &= bits - 1;
+    const float dv = settle(t, r, c + b, dbuf[b]);
+    offer(t, r, c + b, dv, (mr >> b) & 1u, (mc >> b) & 1u);
+  }
+}
+
 // Portable version of scan_tile (also the reference for the SIMD ones).
 void scan_scalar(const TileScan& t, idx_t r_begin, idx_t r_end, idx_t c_begin) {
   for (idx_t r = r_begin; r < r_end; ++r) {
@@ -75,13 +88,7 @@ __attribute__((target("avx512f"))) void scan_avx512(const TileScan& t) {
                  : static_cast<__mmask16>(0);
       if (!(mr | mc)) continue;
       _mm512_store_ps(dbuf, d);
-      unsigned bits = mr | mc;
-      while (bits) {
-        const int b = __builtin_ctz(bits);
-        bits &= bits - 1;
-        const float dv = settle(t, r, c + b, dbuf[b]);
-        offer(t, r, c + b, dv, (mr >> b) & 1u, (mc >> b) & 1u);
-      }
+      offer_lanes(t, r, c, dbuf, mr, mc);
       ti = _mm512_set1_ps(t.rows->thr[i]);
     }
   }
@@ -120,13 +127,7 @@ __attribute__((target("avx2"))) void scan_avx2(const TileScan& t) {
                  : 0u;
       if (!(mr | mc)) continue;
       _mm256_store_ps(dbuf, d);
-      unsigned bits = mr | mc;
-      while (bits) {
-        const int b = __builtin_ctz(bits);
-        bits &= bits - 1;
-        const float dv = settle(t, r, c + b, dbuf[b]);
-        offer(t, r, c + b, dv, (mr >> b) & 1u, (mc >> b) & 1u);
-      }
+      offer_lanes(t, r, c, dbuf, mr, mc);
       ti = _mm256_set1_ps(t.rows->thr[i]);
     }
     if (nj8 < t.nj) scan_scalar(t, r, r + 1, nj8);
