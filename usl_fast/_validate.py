@@ -56,13 +56,25 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
     if n == 0 or d == 0:
         raise ValueError(f"`{name}` must not be empty, got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
+    bad = _first_non_finite_row(arr)
+    if bad is not None:
+        col = int(np.flatnonzero(~np.isfinite(arr[bad]))[0])
         raise ValueError(
-            f"`{name}` contains NaN or inf (first at row {bad[0]}, column {bad[1]}; "
+            f"`{name}` contains NaN or inf (first at row {bad}, column {col}; "
             "after conversion to float32, values beyond +-3.4e38 become inf)"
         )
     return arr, to_caller
+
+
+def _first_non_finite_row(arr: np.ndarray, chunk_elems: int = 1 << 22) -> "int | None":
+    """Index of the first row holding NaN/inf, or None. Checked in row blocks so that a
+    large (memory-mapped) input never needs a full-size boolean mask."""
+    rows = max(1, chunk_elems // max(1, arr.shape[1]))
+    for start in range(0, arr.shape[0], rows):
+        block = arr[start : start + rows]
+        if not np.isfinite(block).all():
+            return start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+    return None
 
 
 def as_int(value: Any, name: str, low: int, high: int | None = None, high_msg: str = "") -> int:
