@@ -47,9 +47,10 @@ PYBIND11_MODULE(_cpu, m) {
 
   m.def("max_threads", [] { return cpu::resolve_threads(0); });
   m.attr("DEFAULT_SAMPLE_HITS") = cpu::kDefaultSampleHits;
+  m.attr("DEFAULT_MAX_RESERVOIR_BYTES") = cpu::kDefaultMaxReservoirBytes;
 
   m.def("knn_self", [](Arr<float> x, int k, Arr<float> od, Arr<int64_t> oi, int threads,
-                       py::object ctl, double sample_hits) {
+                       py::object ctl, double sample_hits, double max_reservoir_bytes) {
     MatView xv = mat(x);
     need(od, xv.rows * k, "out_dist");
     need(oi, xv.rows * k, "out_idx");
@@ -57,7 +58,7 @@ PYBIND11_MODULE(_cpu, m) {
     float* pd = od.mutable_data();
     int64_t* pi = oi.mutable_data();
     py::gil_scoped_release nogil;
-    cpu::knn_self(xv, k, pd, pi, threads, c, sample_hits);
+    cpu::knn_self(xv, k, pd, pi, threads, c, sample_hits, max_reservoir_bytes);
   });
 
   m.def("knn_query", [](Arr<float> q, Arr<float> base, int k, Arr<float> od, Arr<int64_t> oi,

@@ -103,6 +103,7 @@ def test_engine_ops_stop_when_cancelled():
             0,
             _control(True),
             0.0,
+            1e18,
         )
     with pytest.raises(KeyboardInterrupt):
         _cpu.knn_query(
@@ -145,7 +146,9 @@ def test_progress_counts_every_unit():
 
     x = _unit(1000, 8, 8)
     ctl = _control(False)
-    _cpu.knn_self(x, 5, np.empty((1000, 5), np.float32), np.empty((1000, 5), np.int64), 0, ctl, 0.0)
+    _cpu.knn_self(
+        x, 5, np.empty((1000, 5), np.float32), np.empty((1000, 5), np.int64), 0, ctl, 0.0, 1e18
+    )
     tiles = -(-1000 // 256)
     assert ctl[1] == tiles * (tiles + 1) // 2 and ctl[0] == ctl[1]
 
@@ -155,3 +158,15 @@ def test_progress_bar_in_library_call(capsys):
     usl_fast.select(x, 5, k=10, kmeans_iter=3, rounds=2, progress=True)
     err = capsys.readouterr().err
     assert "kNN" in err and "k-means" in err and "regularized selection" in err
+
+
+def test_over_memory_budget_falls_back_to_query_search():
+    # Past the reservoir budget the self graph is searched row tile by row tile (no
+    # all-rows buffers): same neighbours, self first at exactly 0, duplicates by index.
+    x = _unit(1500, 12, 11)
+    x = np.vstack([x, x[:40]])
+    d0, i0 = usl_fast.knn(x, 30)
+    d1, i1 = usl_fast.knn(x, 30, _max_reservoir_bytes=0)
+    assert np.array_equal(i0, i1)
+    np.testing.assert_allclose(d0, d1, rtol=0, atol=2e-6)
+    assert np.all(d1[:, 0] == 0.0)

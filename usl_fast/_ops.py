@@ -27,6 +27,7 @@ def knn(
     threads: Optional[int] = None,
     progress: bool = False,
     _sample_hits: float = _cpu.DEFAULT_SAMPLE_HITS,
+    _max_reservoir_bytes: float = _cpu.DEFAULT_MAX_RESERVOIR_BYTES,
 ) -> Tuple[Any, Any]:
     """k nearest neighbours by squared Euclidean distance.
 
@@ -58,7 +59,9 @@ def knn(
         dist = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
         _progress.run(
-            lambda c: _cpu.knn_self(x, k, dist, idx, th, c, float(_sample_hits)),
+            lambda c: _cpu.knn_self(
+                x, k, dist, idx, th, c, float(_sample_hits), float(_max_reservoir_bytes)
+            ),
             desc="kNN",
             progress=progress,
         )

@@ -254,9 +254,17 @@ void knn_query(const MatView& q, const MatView& base, int k, float* out_dist, in
 }
 
 void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int threads,
-              const Control& ctl, double sample_hits) {
+              const Control& ctl, double sample_hits, double max_reservoir_bytes) {
   const idx_t n = x.rows, d = x.cols;
   require(k >= 1 && k <= n, "knn_self: 1 <= k <= n");
+  // The symmetric pass keeps every row's reservoir alive at once (8 (2k + 16) bytes a row:
+  // 8 GiB for 1.28M rows at k = 400). Past the budget, search the rows as queries instead:
+  // twice the GEMM work, but only per-thread reservoirs. Same answer (a point meets itself
+  // at a tiny expanded distance, re-computed exactly to 0; ties go to the lower index).
+  if (static_cast<double>(n) * (2.0 * k + 16.0) * 8.0 > max_reservoir_bytes) {
+    knn_query(x, x, k, out_dist, out_idx, threads, ctl);
+    return;
+  }
   std::vector<float> norms(n);
   row_norms(x, norms.data(), threads);
   Reservoir res;

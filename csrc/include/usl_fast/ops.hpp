@@ -20,9 +20,13 @@ void row_norms(const MatView& x, float* out, int threads);
 // out_dist: x.rows * k floats (ascending per row); out_idx: x.rows * k int64.
 // Requires 1 <= k <= x.rows. sample_hits > 0 enables the sampled early-rejection
 // threshold for large k (see knn.cpp; the result is exact either way); 0 disables it.
+// max_reservoir_bytes bounds the symmetric pass's candidate buffers (all rows at once);
+// past it the rows are searched as queries (2x the GEMM work, per-thread buffers only).
 constexpr double kDefaultSampleHits = 24.0;
+constexpr double kDefaultMaxReservoirBytes = 4.0 * (1 << 30);
 void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int threads,
-              const Control& ctl, double sample_hits = kDefaultSampleHits);
+              const Control& ctl, double sample_hits = kDefaultSampleHits,
+              double max_reservoir_bytes = kDefaultMaxReservoirBytes);
 
 // kNN of each query row among the base rows (no self special case).
 // Requires 1 <= k <= base.rows; out arrays are queries.rows * k.

@@ -1,0 +1,94 @@
+"""Argument checks for the torch side of USL-T: every public function validates what a
+user controls before any work, with messages that name the argument, the value and what
+is allowed (the package's convention, see usl_fast._validate)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .._validate import as_float, as_int
+
+__all__ = ["as_float", "as_int", "as_prob", "as_bool", "as_logits", "as_features_torch"]
+
+
+def as_prob(value: Any, name: str, *, open_low: bool = False, open_high: bool = False) -> float:
+    """A real number in [0, 1] (ends excluded where asked)."""
+    v = as_float(value, name)
+    lo_ok = v > 0.0 if open_low else v >= 0.0
+    hi_ok = v < 1.0 if open_high else v <= 1.0
+    if not (lo_ok and hi_ok):
+        lo = "(0" if open_low else "[0"
+        hi = "1)" if open_high else "1]"
+        raise ValueError(f"`{name}` must be in {lo}, {hi} (got {name}={v})")
+    return v
+
+
+def as_positive(value: Any, name: str) -> float:
+    v = as_float(value, name)
+    if not v > 0.0:
+        raise ValueError(f"`{name}` must be > 0 (got {name}={v})")
+    return v
+
+
+def as_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def as_logits(x: Any, name: str, ndim: Tuple[int, ...] = (2,)) -> torch.Tensor:
+    """A floating-point torch tensor with one of the allowed numbers of dimensions."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be floating-point, got dtype {x.dtype}")
+    if x.dim() not in ndim:
+        want = " or ".join(f"{d}-D" for d in ndim)
+        raise ValueError(f"`{name}` must be {want}, got shape {tuple(x.shape)}")
+    if x.shape[-1] < 1 or x.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+    return x
+
+
+def as_features_torch(x: Any, name: str = "features") -> Tuple[torch.Tensor, str]:
+    """(float32 2-D torch tensor on the caller's device, 'numpy' | 'torch').
+
+    numpy / array-likes / torch CPU go through usl_fast's own checks (dtype, shape, NaN)
+    and are converted once; a torch CUDA tensor is checked here and stays on its device.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"`{name}` must hold floating-point values (got torch dtype {x.dtype})")
+        if x.dim() != 2:
+            raise ValueError(f"`{name}` must be 2-D (n_points, dim), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+        t = x.detach().to(torch.float32).contiguous()
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite)[0].tolist()
+            raise ValueError(
+                f"`{name}` contains NaN or inf (first at row {bad[0]}, column {bad[1]})"
+            )
+        return t, "torch"
+    from .._validate import as_features
+
+    arr, _ = as_features(x, name)
+    return torch.from_numpy(arr), "numpy"
+
+
+def as_device(value: Optional[Any], name: str = "device") -> Optional[torch.device]:
+    if value is None:
+        return None
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"`{name}` must name a torch device such as 'cpu' or 'cuda:0' (got {value!r})") from exc
+
+
+def is_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (numbers.Integral, np.integer))
