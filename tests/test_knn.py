@@ -124,6 +124,33 @@ def test_duplicates_across_tiles_ties_to_lower_index(usl, make_unit, n_half):
     np.testing.assert_array_equal(idx, oi)
 
 
+def test_duplicate_groups_in_query_mode_and_signed_zero(usl, make_unit):
+    """Queries against a base set with groups of exact duplicates scattered over tiles
+    (three copies of some rows, one copy with -0.0 where the original has +0.0): each
+    group enters a list lowest index first, all its members at one distance, exactly as
+    the float64 oracle orders them; the symmetric self graph agrees with query mode."""
+    base = make_unit(400, 13, seed=21)
+    base[:, 0][:50] = 0.0
+    extra = base[:50].copy()
+    extra[:, 0] = -0.0
+    x = np.concatenate([base, extra, base[:50]])  # 500 rows, groups of three
+    queries = make_unit(70, 13, seed=22)
+    dist, idx = usl.knn(x, 40, queries=queries)
+    _, oi = oracles.knn(x, 40, queries=queries)
+    np.testing.assert_array_equal(idx, oi)
+    check_knn(x, 40, dist, idx, queries=queries)
+    groups = np.where(idx >= 400, (idx - 400) % 50, idx)
+    for r in range(len(queries)):
+        for g in np.unique(groups[r]):
+            at = groups[r] == g
+            assert len(set(dist[r, at].tolist())) == 1, (r, g)
+    ds, is_ = usl.knn(x, 40)
+    dq, iq = usl.knn(x, 40, queries=x)
+    np.testing.assert_array_equal(is_, iq)
+    _, os_ = oracles.knn(x, 40)
+    np.testing.assert_array_equal(is_, os_)
+
+
 def test_query_mode_matches_oracle(usl, make_unit):
     base = make_unit(600, 20, seed=1)
     for q in (1, 255, 257):

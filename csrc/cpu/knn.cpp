@@ -2,7 +2,9 @@
 // feeds both sides' reservoirs; queries against a base set feed the query side only.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -241,15 +243,116 @@ bool sampled_thresholds(const MatView& x, int k, double hits, int threads, const
   return true;
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Exact duplicates. Rows with equal values are at exactly the same distance from any
+// query, so they must sit together in a kNN list, lower index first. The GEMM cannot
+// promise that: OpenBLAS's kernels round x.y differently depending on where a pair falls
+// in a tile and on which operand side (measured on the Haswell kernel: identical columns of
+// one 256 x 256 product differ in the last bit). So duplicate rows are grouped once
+// (O(n d) hashing + a sort of hashes) and each finished list is repaired: a group that
+// has c members in the list gets its c lowest-index members, all at one directly computed
+// distance, and the list is re-sorted. Rows without duplicates cost nothing.
+
+struct DuplicateGroups {
+  std::vector<int32_t> rep;   // empty: no duplicates; else the lowest index equal to row i
+  std::vector<int32_t> next;  // next higher index in row i's group, -1 after the last
+  bool empty() const { return rep.empty(); }
+  bool duplicated(int64_t j) const { return rep[j] != j || next[j] >= 0; }
+};
+
+// Hash of a row's values; -0.0 and +0.0 are equal values, so they hash alike.
+uint64_t row_hash(const float* r, idx_t d) {
+  uint64_t h = 0x9E3779B97F4A7C15ull;
+  for (idx_t t = 0; t < d; ++t) {
+    const float v = r[t] == 0.0f ? 0.0f : r[t];
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    h = (h ^ bits) * 0x100000001B3ull;
+    h ^= h >> 29;
+  }
+  return h;
+}
+
+bool rows_equal(const float* a, const float* b, idx_t d) {
+  for (idx_t t = 0; t < d; ++t)
+    if (a[t] != b[t]) return false;
+  return true;
+}
+
+DuplicateGroups find_duplicates(const MatView& x, int threads) {
+  const idx_t n = x.rows, d = x.cols;
+  std::vector<std::pair<uint64_t, int32_t>> h(n);
+#pragma omp parallel for schedule(static) num_threads(resolve_threads(threads))
+  for (idx_t i = 0; i < n; ++i) h[i] = {row_hash(x.row(i), d), static_cast<int32_t>(i)};
+  std::sort(h.begin(), h.end());
+  DuplicateGroups g;
+  for (idx_t a = 0, b; a < n; a = b) {
+    for (b = a + 1; b < n && h[b].first == h[a].first;) ++b;
+    if (b - a == 1) continue;
+    // Rows of one hash value, by (values, index): equal rows end up adjacent, in index
+    // order (a hash collision between different rows just splits the run).
+    std::sort(h.begin() + a, h.begin() + b, [&](const auto& p, const auto& q) {
+      const float *u = x.row(p.second), *v = x.row(q.second);
+      for (idx_t t = 0; t < d; ++t)
+        if (u[t] != v[t]) return u[t] < v[t];
+      return p.second < q.second;
+    });
+    for (idx_t t = a + 1; t < b; ++t) {
+      const int32_t prev = h[t - 1].second, cur = h[t].second;
+      if (!rows_equal(x.row(prev), x.row(cur), d)) continue;
+      if (g.empty()) {
+        g.rep.resize(n);
+        for (idx_t i = 0; i < n; ++i) g.rep[i] = static_cast<int32_t>(i);
+        g.next.assign(n, -1);
+      }
+      g.rep[cur] = g.rep[prev];
+      g.next[prev] = cur;
+    }
+  }
+  return g;
+}
+
+// Repairs one finished, sorted list (k entries, base indices) of query row q.
+void tie_duplicates(const float* q, const MatView& base, const DuplicateGroups& g, int k,
+                    float* od, int64_t* oi) {
+  std::vector<std::pair<int32_t, int>> in_group;  // (group, position in the list)
+  for (int t = 0; t < k; ++t)
+    if (oi[t] >= 0 && g.duplicated(oi[t])) in_group.emplace_back(g.rep[oi[t]], t);
+  if (in_group.empty()) return;
+  std::sort(in_group.begin(), in_group.end());
+  int32_t member = -1;
+  float dist = 0.0f;
+  for (size_t u = 0; u < in_group.size(); ++u) {
+    const int32_t group = in_group[u].first;
+    if (u == 0 || group != in_group[u - 1].first) {
+      member = group;  // the lowest index of the group
+      dist = direct_l2(q, base.row(group), base.cols);
+    }
+    oi[in_group[u].second] = member;
+    od[in_group[u].second] = dist;
+    member = g.next[member];
+  }
+  std::vector<uint64_t> keys(k);
+  for (int t = 0; t < k; ++t) keys[t] = pack_key(od[t], static_cast<int32_t>(oi[t]));
+  std::sort(keys.begin(), keys.end());
+  for (int t = 0; t < k; ++t) {
+    od[t] = key_dist(keys[t]);
+    oi[t] = key_index(keys[t]);
+  }
+}
+
 }  // namespace
 
 void knn_query(const MatView& q, const MatView& base, int k, float* out_dist, int64_t* out_idx,
                int threads, const Control& ctl) {
   require(k >= 1 && k <= base.rows, "knn_query: 1 <= k <= base rows");
   require(base.cols == q.cols, "knn_query: same dimension");
+  const DuplicateGroups dup = find_duplicates(base, threads);
   ctl.set_total(num_tiles(q.rows));
   query_topk(q, base, k, threads, ctl, [&](idx_t i, Reservoir& res, idx_t r) {
     res.finish(r, out_dist + i * k, out_idx + i * k);
+    if (!dup.empty()) tie_duplicates(q.row(i), base, dup, k, out_dist + i * k, out_idx + i * k);
   });
 }
 
@@ -342,8 +445,12 @@ void knn_self(const MatView& x, int k, float* out_dist, int64_t* out_idx, int th
     }
   }
 
+  const DuplicateGroups dup = find_duplicates(x, threads);
 #pragma omp parallel for schedule(static) num_threads(resolve_threads(threads))
-  for (idx_t i = 0; i < n; ++i) res.finish(i, out_dist + i * k, out_idx + i * k);
+  for (idx_t i = 0; i < n; ++i) {
+    res.finish(i, out_dist + i * k, out_idx + i * k);
+    if (!dup.empty()) tie_duplicates(x.row(i), x, dup, k, out_dist + i * k, out_idx + i * k);
+  }
 }
 
 }  // namespace cpu
