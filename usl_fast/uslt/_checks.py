@@ -87,7 +87,9 @@ def as_device(value: Optional[Any], name: str = "device") -> Optional[torch.devi
     try:
         return torch.device(value)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"`{name}` must name a torch device such as 'cpu' or 'cuda:0' (got {value!r})") from exc
+        raise ValueError(
+            f"`{name}` must name a torch device such as 'cpu' or 'cuda:0' (got {value!r})"
+        ) from exc
 
 
 def is_int(value: Any) -> bool:

@@ -80,9 +80,9 @@ def global_loss(
         else:
             weight = mask
         denom = weight.sum(dim=1).clamp_min(torch.finfo(strong.dtype).tiny)  # (H,)
-    ce = F.cross_entropy(
-        strong.reshape(-1, K), target.reshape(-1), reduction="none"
-    ).view_as(target)
+    ce = F.cross_entropy(strong.reshape(-1, K), target.reshape(-1), reduction="none").view_as(
+        target
+    )
     # A head with no confident sample contributes 0 * ce = 0 (and a zero gradient).
     return ((weight * ce).sum(dim=1) / denom).sum()
 
