@@ -366,6 +366,33 @@ def test_method_random_equals_random_select(
     )
 
 
+def test_method_uslt_equals_library(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    uslt = pytest.importorskip("usl_fast.uslt")
+    out = tmp_path / "p.npy"
+    argv = ["select", npy, "-m", 6, "-o", out, "--method", "uslt", "--seed", 2]
+    argv += ["--epochs", 5, "--batch-size", 64, "--n-neighbors", 10, "-k", 15]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    want = uslt.USLT(6, epochs=5, batch_size=64, n_neighbors=10, seed=2).fit(feats).indices_
+    np.testing.assert_array_equal(np.load(out), want)
+    assert "--method uslt ignores -k" in err
+    assert re.fullmatch(
+        rf"selected 6 of {N} in \d+\.\d\d s \(load .*USL-T 5 epochs, \d+ clusters non-empty, "
+        r"validate .*train .*select .*\)\n",
+        stdout,
+    ), stdout
+    # USL-T options given to USL are reported as unused, not silently dropped
+    code, _, err = run_cli(
+        ["select", npy, "-m", M, "-o", tmp_path / "q.npy", "--lr", 0.1, *FAST], capsys
+    )
+    assert code == 0 and "--method usl ignores --lr" in err
+    # and bad USL-T values are errors that name the argument
+    code, _, err = run_cli(argv[:-6] + ["--epochs", 0, "--force"], capsys)
+    assert code == 2 and "`epochs`" in err
+
+
 def test_timing_summary_and_progress(
     tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -388,7 +415,7 @@ def test_demo_rows_and_coverage() -> None:
     from usl_fast.demo import run_demo
 
     lines: List[str] = []
-    rows = run_demo(budgets=(10,), seeds=range(5), print_fn=lines.append)
+    rows = run_demo(budgets=(10,), seeds=range(5), print_fn=lines.append, methods=("usl", "random"))
     assert [(r["budget"], r["method"]) for r in rows] == [(10, "usl"), (10, "random")]
     for r in rows:
         assert len(r["coverage"]) == len(r["accuracy"]) == 5
@@ -406,6 +433,28 @@ def test_demo_command(capsys: pytest.CaptureFixture) -> None:
     assert code == 0, err
     assert re.search(r"^\s+10 \| usl\s+\|", stdout, re.M)
     assert re.search(r"^\s+10 \| random\s+\|", stdout, re.M)
+    from usl_fast.demo import have_torch
+
+    assert bool(re.search(r"^\s+10 \| uslt\s+\|", stdout, re.M)) == have_torch()
+    code, stdout, err = run_cli(
+        ["demo", "--seeds", 1, "--budgets", 10, "--methods", "random"], capsys
+    )
+    assert code == 0 and "| usl " not in stdout and "| random" in stdout
+
+
+def test_demo_uslt_rows_match_the_library() -> None:
+    pytest.importorskip("sklearn")
+    uslt = pytest.importorskip("usl_fast.uslt")
+    from usl_fast.demo import digits_features, evaluate_picks, run_demo
+
+    rows = run_demo(budgets=(10,), seeds=[3], print_fn=None, methods=("uslt",))
+    x, y = digits_features()
+    picks = uslt.USLT(n_clusters=10, seed=3).fit(x).indices_
+    cov, acc = evaluate_picks(x, y, picks)
+    assert rows[0]["method"] == "uslt" and rows[0]["coverage"] == [cov]
+    assert rows[0]["accuracy"] == [acc]
+    with pytest.raises(ValueError, match="`methods`"):
+        run_demo(budgets=(10,), seeds=[0], print_fn=None, methods=("kmeans",))
 
 
 def test_demo_without_sklearn_says_how_to_install(

@@ -14,8 +14,9 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,6 +41,18 @@ _SELECT_OPTIONS = (
     "horizon_num",
     "own_cluster",
     "mask_zero",
+)
+
+# USL-T options (argparse dest -> usl_fast.uslt.USLT keyword), forwarded when given.
+_USLT_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "n_heads",
+    "n_neighbors",
+    "head",
+    "head_init",
+    "device",
 )
 
 
@@ -304,14 +317,13 @@ def _cmd_select(args: argparse.Namespace) -> int:
     ids = read_image_ids(args.image_ids, n) if args.image_ids is not None else None
 
     if args.method == "random":
-        ignored = [o for o in _SELECT_OPTIONS if getattr(args, o) is not None]
-        if ignored or args.defaults is not None:
-            names = ["-k" if o == "k" else "--" + o.replace("_", "-") for o in ignored]
-            names += ["--defaults"] if args.defaults is not None else []
-            print(f"{PROG}: note: --method random ignores {', '.join(names)}", file=sys.stderr)
+        _note_ignored(args, _SELECT_OPTIONS + _USLT_OPTIONS, "random", defaults=True)
         picks = usl_fast.random_select(n, args.m, seed=args.seed)
         summary = f"random baseline, seed {args.seed}"
+    elif args.method == "uslt":
+        picks, summary = _run_uslt(args, feats)
     else:
+        _note_ignored(args, _USLT_OPTIONS, "usl")
         kwargs: Dict[str, Any] = {
             o: getattr(args, o) for o in _SELECT_OPTIONS if getattr(args, o) is not None
         }
@@ -352,6 +364,51 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_ignored(
+    args: argparse.Namespace, options: Sequence[str], method: str, defaults: bool = False
+) -> None:
+    """Tell (on stderr) which given options the chosen --method does not use."""
+    given = [o for o in options if getattr(args, o, None) is not None]
+    names = ["-k" if o == "k" else "--" + o.replace("_", "-") for o in given]
+    if defaults and args.defaults is not None:
+        names.append("--defaults")
+    if names:
+        print(f"{PROG}: note: --method {method} ignores {', '.join(names)}", file=sys.stderr)
+
+
+def _run_uslt(args: argparse.Namespace, feats: Any) -> Tuple[np.ndarray, str]:
+    """USL-T head-only selection for `select --method uslt`: (picks, timing summary)."""
+    try:
+        from .uslt import USLT
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    _note_ignored(args, [o for o in _SELECT_OPTIONS if o != "n_clusters"], "uslt", defaults=True)
+    kwargs: Dict[str, Any] = {
+        o: getattr(args, o) for o in _USLT_OPTIONS if getattr(args, o) is not None
+    }
+    if "head_init" in kwargs:
+        kwargs["init"] = kwargs.pop("head_init")
+    n_clusters = args.n_clusters if args.n_clusters is not None else args.m
+    # USLT takes numpy (memory-mapped .npy is read once into memory by its checks).
+    model = USLT(
+        n_clusters,
+        m=args.m,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.no_progress,
+        **kwargs,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        model.fit(np.asarray(feats))
+    for w in caught:
+        print(f"{PROG}: note: {w.message}", file=sys.stderr)
+    picks = np.asarray(model.indices_, dtype=np.int64)
+    summary = ", ".join(f"{k} {v:.2f} s" for k, v in model.timings_.items())
+    summary = f"USL-T {model.epochs_} epochs, {model.n_nonempty_} clusters non-empty, {summary}"
+    return picks, summary
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -359,7 +416,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         demo.require_sklearn()
     except ImportError as exc:
         raise CLIError(str(exc)) from exc
-    demo.run_demo(budgets=tuple(args.budgets), seeds=range(args.seeds), threads=args.threads)
+    demo.run_demo(
+        budgets=tuple(args.budgets),
+        seeds=range(args.seeds),
+        threads=args.threads,
+        methods=args.methods,
+    )
     return 0
 
 
@@ -419,9 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--method",
-        choices=("usl", "random"),
+        choices=("usl", "uslt", "random"),
         default="usl",
-        help="usl, or random = usl_fast.random_select (NumPy legacy seed + choice) [default: usl]",
+        help="usl; uslt = USL-T clustering heads trained on the features (needs torch, "
+        "usl_fast.uslt.USLT); or random = usl_fast.random_select (NumPy legacy seed + "
+        "choice) [default: usl]",
     )
 
     out = sp.add_argument_group("outputs (at least one of -o / --csv)")
@@ -507,12 +571,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--threads", type=int, default=None, help="CPU threads [default: all]")
     g.add_argument("--no-progress", action="store_true", help="hide the per-phase progress bars")
+
+    t = sp.add_argument_group(
+        "USL-T parameters (--method uslt; --n-clusters, --seed, --threads also apply)"
+    )
+    t.add_argument(
+        "--epochs", type=int, default=None, help="[default: >= 100 epochs and >= 600 steps]"
+    )
+    t.add_argument("--batch-size", type=int, default=None, help="[default: 1024]")
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate [default: 3e-3]")
+    t.add_argument("--n-heads", type=int, default=None, help="clustering heads [default: 3]")
+    t.add_argument(
+        "--n-neighbors", type=int, default=None, help="kNN list of the local loss [default: 20]"
+    )
+    t.add_argument(
+        "--head", choices=("cosine", "linear"), default=None, help="head kind [default: cosine]"
+    )
+    t.add_argument(
+        "--head-init",
+        choices=("sample", "k-means++"),
+        default=None,
+        help="starting prototypes of cosine heads [default: sample]",
+    )
+    t.add_argument(
+        "--device", default=None, help="torch device to train on, e.g. cuda:0 [default: cpu]"
+    )
     sp.set_defaults(func=_cmd_select)
 
     dp = sub.add_parser(
         "demo",
-        help="USL vs random picks on scikit-learn's digits (needs scikit-learn)",
-        description="Compare USL with random picks on scikit-learn's bundled digits data "
+        help="USL vs USL-T vs random picks on scikit-learn's digits (needs scikit-learn)",
+        description="Compare USL and USL-T with random picks on scikit-learn's bundled digits data "
         "(no download): classes covered and label-spreading accuracy per budget.",
     )
     dp.add_argument(
@@ -528,6 +617,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.add_argument(
         "--threads", type=_positive_int, default=None, help="CPU threads [default: all]"
+    )
+    dp.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("usl", "uslt", "random"),
+        default=None,
+        help="methods to compare [default: usl uslt random; uslt only with torch installed]",
     )
     dp.set_defaults(func=_cmd_demo)
     return parser
