@@ -37,6 +37,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "kmeans": {"n": 3_000, "d": 32, "K": 50, "n_iter": 10},
         "select": {"n": 3_000, "d": 32, "ms": (40, 250), "kmeans_iter": 20},
         "memory": {"n": 20_000, "d": 32, "k": 20, "m": 40, "kmeans_iter": 10},
+        "uslt": {"n": 2_000, "d": 32, "m": 40, "epochs": 10},
         "rounds": 3,
     },
     "full": {
@@ -45,6 +46,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "kmeans": {"n": 50_000, "d": 128, "K": 2_500, "n_iter": 100},
         "select": {"n": 50_000, "d": 128, "ms": (40, 2_500), "kmeans_iter": 200},
         "memory": {"n": 200_000, "d": 128, "k": 20, "m": 40, "kmeans_iter": 10},
+        "uslt": {"n": 50_000, "d": 128, "m": 40, "epochs": None},
         "rounds": 1,
     },
 }

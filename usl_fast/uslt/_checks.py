@@ -5,6 +5,7 @@ is allowed (the package's convention, see usl_fast._validate)."""
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -78,6 +79,12 @@ def as_features_torch(x: Any, name: str = "features") -> Tuple[torch.Tensor, str
     from .._validate import as_features
 
     arr, _ = as_features(x, name)
+    if not arr.flags.writeable:
+        # A read-only (e.g. memory-mapped) input is shared, not copied: USL-T only reads
+        # it, so torch's warning about non-writable arrays does not apply.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(arr), "numpy"
     return torch.from_numpy(arr), "numpy"
 
 
