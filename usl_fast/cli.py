@@ -409,6 +409,69 @@ def _run_uslt(args: argparse.Namespace, feats: Any) -> Tuple[np.ndarray, str]:
     return picks, summary
 
 
+def _cmd_fixmatch(args: argparse.Namespace) -> int:
+    try:
+        from .ssl import PRESETS, FixMatch, load_cifar, load_digits_split, read_labeled
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    from dataclasses import replace
+
+    if args.dataset == "digits":
+        try:
+            data = load_digits_split()
+        except ImportError as exc:
+            raise CLIError("--dataset digits needs scikit-learn: pip install scikit-learn") from exc
+    else:
+        if args.root is None:
+            raise CLIError(f"--dataset {args.dataset} needs --root DIR (where the data set lies)")
+        try:
+            data = load_cifar(args.root, args.dataset)
+        except FileNotFoundError as exc:
+            raise CLIError(str(exc)) from exc
+    ckpt = os.path.join(args.out, "checkpoint.pt")
+    if args.resume is not None:
+        if args.labeled is not None:
+            print(
+                f"{PROG}: note: --resume takes the labeled set from the checkpoint", file=sys.stderr
+            )
+        run = FixMatch.resume(args.resume, data, device=args.device)
+        if args.steps is not None:
+            run.config.steps = args.steps
+    else:
+        if args.labeled is None:
+            raise CLIError("give --labeled FILE (.npy or the reference .csv) or --resume CKPT")
+        if os.path.exists(ckpt) and not args.force:
+            raise CLIError(f"{ckpt} exists: --resume it, or pass --force to start over")
+        labeled = read_labeled(args.labeled, int(data.train_x.shape[0]))
+        cfg = PRESETS[args.dataset]
+        over = {
+            k: getattr(args, k)
+            for k in ("steps", "batch_size", "eval_every", "lr", "threshold", "mu", "ema")
+            if getattr(args, k) is not None
+        }
+        cfg = replace(cfg, seed=args.seed, **over)
+        run = FixMatch(data, labeled, cfg, device=args.device)
+    os.makedirs(args.out, exist_ok=True)
+    log_path = os.path.join(args.out, "log.txt")
+    c = run.config
+    with open(log_path, "a", encoding="utf-8") as log_file:
+
+        def log(line: str) -> None:
+            print(line, flush=True)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        log(
+            f"FixMatch on {data.name}: {len(run.labeled)} labeled of {data.train_x.shape[0]}, "
+            f"model {c.model}, {c.steps} steps, batch {c.batch_size} + {c.mu}x unlabeled, "
+            f"threshold {c.threshold}, device {run.device}, from step {run.step_count}"
+        )
+        hist = run.train(log=log, checkpoint=ckpt, progress=not args.no_progress)
+    acc = hist.test_acc[-1] if hist.test_acc else run.evaluate()
+    print(f"final test accuracy {100 * acc:.2f}% (EMA model); checkpoint {ckpt}; log {log_path}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -597,6 +660,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="torch device to train on, e.g. cuda:0 [default: cpu]"
     )
     sp.set_defaults(func=_cmd_select)
+
+    fp = sub.add_parser(
+        "fixmatch",
+        help="train the reference FixMatch from a labeled-index file (needs torch)",
+        description="Train FixMatch (Sohn et al. 2020) on CIFAR-10/100 (python-pickle batches "
+        "under --root; never downloaded) or scikit-learn's digits from the picks of "
+        "`usl-fast select`. Evaluates the EMA model on the test split every --eval-every steps, "
+        "saves OUT/checkpoint.pt there, and resumes from one with --resume.",
+    )
+    fp.add_argument("--dataset", choices=("cifar10", "cifar100", "digits"), required=True)
+    fp.add_argument("--root", help="directory holding cifar-10-batches-py / cifar-100-python")
+    fp.add_argument("--labeled", help="picks: .npy (usl-fast select -o) or Index,ImageID .csv")
+    fp.add_argument("--out", default="fixmatch_run", help="checkpoint and log directory")
+    fp.add_argument("--resume", help="continue from this checkpoint")
+    fp.add_argument("--force", action="store_true", help="start over even if OUT has a checkpoint")
+    fp.add_argument(
+        "--steps", type=_positive_int, default=None, help="[preset: 2^20 CIFAR, 2000 digits]"
+    )
+    fp.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="labeled per step [64; digits 16]"
+    )
+    fp.add_argument("--mu", type=_positive_int, default=None, help="unlabeled per labeled [7]")
+    fp.add_argument("--threshold", type=float, default=None, help="pseudo-label confidence [0.95]")
+    fp.add_argument("--lr", type=float, default=None, help="SGD learning rate [0.03]")
+    fp.add_argument("--ema", type=float, default=None, help="EMA decay [0.999; digits 0.99]")
+    fp.add_argument("--eval-every", type=_positive_int, default=None, help="[1024; digits 500]")
+    fp.add_argument("--seed", type=int, default=0, help="model init, batches, augmentations [0]")
+    fp.add_argument("--device", default=None, help="torch device [cuda if available, else cpu]")
+    fp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    fp.set_defaults(func=_cmd_fixmatch)
 
     dp = sub.add_parser(
         "demo",

@@ -1,0 +1,370 @@
+"""The reference FixMatch (usl_fast.ssl): a few real steps on tiny data give finite losses,
+a mask rate in [0, 1] that follows the threshold, an EMA model that differs from the raw one
+and moves by the EMA rule; a checkpoint round-trips and resumes bit for bit; the labeled
+batches only ever hold the given indices; the CIFAR reader and the labeled-index files work
+and fail with clear messages; the WRN-28-2 is the published network's size."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from usl_fast.ssl import (  # noqa: E402
+    PRESETS,
+    FixMatch,
+    FixMatchConfig,
+    ImageData,
+    WideResNet,
+    load_cifar,
+    read_labeled,
+)
+from usl_fast.ssl.fixmatch import IndexStream  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def fake_data(n=120, classes=4, side=8, channels=1, seed=0, name="fake") -> ImageData:
+    """Class c = a bright bar at row 2c on noise: learnable, tiny."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n + 40)
+    x = rng.integers(0, 60, (n + 40, channels, side, side)).astype(np.uint8)
+    for i, c in enumerate(y):
+        x[i, :, 2 * c % side, :] = 250
+    t = torch.from_numpy
+    return ImageData(name, t(x[:n]), t(y[:n]), t(x[n:]), t(y[n:]), classes)
+
+
+def tiny_config(**kw) -> FixMatchConfig:
+    base = replace(PRESETS["digits"], steps=6, batch_size=4, mu=3, eval_every=3, ema=0.9)
+    return replace(base, **kw)
+
+
+def test_steps_are_finite_and_mask_rate_follows_threshold():
+    data = fake_data()
+    labeled = np.array([0, 5, 9, 17, 33, 40, 41, 90])
+    run = FixMatch(data, labeled, tiny_config(), device="cpu")
+    for _ in range(3):
+        st = run.step()
+        assert all(np.isfinite([st.loss, st.loss_x, st.loss_u]))
+        assert 0.0 <= st.mask_rate <= 1.0
+        assert st.loss == pytest.approx(st.loss_x + 1.0 * st.loss_u, rel=1e-5)
+    # threshold 0: every pseudo-label counts; threshold 1: none does (loss_u exactly 0)
+    all_in = FixMatch(data, labeled, tiny_config(threshold=0.0), device="cpu").step()
+    none_in = FixMatch(data, labeled, tiny_config(threshold=1.0), device="cpu").step()
+    assert all_in.mask_rate == 1.0 and all_in.loss_u > 0
+    assert none_in.mask_rate == 0.0 and none_in.loss_u == 0.0
+
+
+def test_lr_schedule_is_fixmatch_cosine():
+    run = FixMatch(fake_data(), np.arange(8), tiny_config(steps=100, lr=0.03), device="cpu")
+    assert run.lr_at(0) == pytest.approx(0.03)
+    assert run.lr_at(50) == pytest.approx(0.03 * np.cos(7 * np.pi * 50 / 1600))
+    assert run.lr_at(100) == pytest.approx(0.03 * np.cos(7 * np.pi / 16))
+    st = run.step()
+    assert st.lr == pytest.approx(0.03)
+    assert run.opt.param_groups[0]["lr"] == pytest.approx(0.03)
+
+
+def test_weight_decay_skips_biases_and_batchnorm():
+    run = FixMatch(fake_data(), np.arange(8), tiny_config(weight_decay=5e-4), device="cpu")
+    decay, no_decay = run.opt.param_groups
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() > 1 for p in decay["params"])
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    n_params = sum(1 for _ in run.model.parameters())
+    assert len(decay["params"]) + len(no_decay["params"]) == n_params
+
+
+def test_ema_differs_from_raw_and_follows_the_rule():
+    data = fake_data()
+    run = FixMatch(data, np.arange(10), tiny_config(ema=0.9), device="cpu")
+    run.step()
+    before = copy.deepcopy(run.ema_model.state_dict())
+    run.step()
+    raw = dict(run.model.named_parameters())
+    for name, p in run.ema_model.named_parameters():
+        want = 0.9 * before[name] + 0.1 * raw[name].detach()
+        torch.testing.assert_close(p, want)
+    diffs = [(p - raw[n]).abs().max().item() for n, p in run.ema_model.named_parameters()]
+    assert max(diffs) > 0, "the EMA model must differ from the raw one"
+    # BatchNorm running statistics are the live model's
+    for (n, b), (_, be) in zip(run.model.named_buffers(), run.ema_model.named_buffers()):
+        assert torch.equal(b, be), n
+    assert not any(p.requires_grad for p in run.ema_model.parameters())
+
+
+def test_labeled_batches_hold_only_the_given_indices(monkeypatch):
+    data = fake_data()
+    labeled = np.array([3, 7, 11])
+    run = FixMatch(data, labeled, tiny_config(batch_size=8), device="cpu")
+    seen = []
+    orig = run.labeled_stream.next
+
+    def spy(size):
+        out = orig(size)
+        seen.append(out.clone())
+        return out
+
+    monkeypatch.setattr(run.labeled_stream, "next", spy)
+    for _ in range(4):
+        run.step()
+    allv = torch.cat(seen)
+    assert allv.numel() == 32 and set(allv.tolist()) == {3, 7, 11}
+    # evenly repeated: each index once per pass of 3
+    counts = np.bincount(allv.numpy(), minlength=12)[[3, 7, 11]]
+    assert counts.max() - counts.min() <= 1
+
+
+def test_index_stream_passes_are_permutations():
+    gen = torch.Generator().manual_seed(0)
+    s = IndexStream(torch.tensor([5, 6, 7, 8, 9]), gen)
+    draws = s.next(15)
+    for k in range(3):
+        assert sorted(draws[5 * k : 5 * k + 5].tolist()) == [5, 6, 7, 8, 9]
+
+
+def test_checkpoint_round_trip_and_exact_resume(tmp_path):
+    data = fake_data()
+    cfg = tiny_config(steps=6, eval_every=3)
+    a = FixMatch(data, np.arange(12), cfg, device="cpu")
+    ck = tmp_path / "run" / "ckpt.pt"
+    a.train(steps=3, log=None, checkpoint=str(ck))
+    assert ck.is_file() and a.step_count == 3
+    b = FixMatch.resume(str(ck), data, device="cpu")
+    assert b.step_count == 3 and b.config == a.config
+    assert torch.equal(b.labeled, a.labeled)
+    for (n, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p, q), n
+    for (n, p), (_, q) in zip(a.ema_model.state_dict().items(), b.ema_model.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert b.history.steps == [3] and b.history.test_acc == a.history.test_acc
+    # both continue identically: same batches, augmentations, updates
+    a.train(log=None)
+    b.train(log=None)
+    assert a.step_count == b.step_count == 6
+    for (n, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p, q), n
+    assert a.history.test_acc == b.history.test_acc
+    with pytest.raises(ValueError, match="trained on 'fake'"):
+        FixMatch.resume(str(ck), fake_data(name="other"), device="cpu")
+
+
+def test_same_seed_same_run_and_global_rng_untouched():
+    data = fake_data()
+    torch.manual_seed(123)
+    ref = torch.rand(3)
+    torch.manual_seed(123)
+    a = FixMatch(data, np.arange(8), tiny_config(), device="cpu")
+    a.step()
+    assert torch.equal(torch.rand(3), ref), "FixMatch must not draw from torch's global RNG"
+    b = FixMatch(data, np.arange(8), tiny_config(), device="cpu")
+    b.step()
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_training_learns_the_toy_task():
+    data = fake_data(n=200, seed=1)
+    cfg = tiny_config(steps=150, batch_size=8, mu=4, eval_every=150, lr=0.05)
+    run = FixMatch(data, np.arange(12), cfg, device="cpu")
+    hist = run.train(log=None)
+    assert hist.steps == [150]
+    assert hist.raw_test_acc[-1] >= 0.9, hist
+
+
+def test_wrn28_2_has_the_published_size():
+    model = WideResNet(28, 2, 10)
+    n = sum(p.numel() for p in model.parameters())
+    assert 1.46e6 < n < 1.48e6, n  # FixMatch reports 1.5M parameters
+    out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="`depth`"):
+        WideResNet(27, 2, 10)
+
+
+def test_config_and_labeled_errors():
+    data = fake_data()
+    with pytest.raises(ValueError, match="`threshold`"):
+        FixMatch(data, np.arange(4), tiny_config(threshold=1.5))
+    with pytest.raises(ValueError, match="`steps`"):
+        FixMatch(data, np.arange(4), tiny_config(steps=0))
+    with pytest.raises(ValueError, match="`model`"):
+        FixMatch(data, np.arange(4), tiny_config(model="resnet"))
+    with pytest.raises(ValueError, match="`ema`"):
+        FixMatch(data, np.arange(4), tiny_config(ema=1.0))
+    with pytest.raises(ValueError, match="`labeled`"):
+        FixMatch(data, np.array([0, 0]), tiny_config())
+    with pytest.raises(ValueError, match="`labeled`"):
+        FixMatch(data, np.array([500]), tiny_config())
+    with pytest.raises(ValueError, match="`labeled`"):
+        FixMatch(data, np.array([0.5]), tiny_config())
+
+
+def write_cifar10(root, n_per_batch=6):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {
+            b"data": rng.integers(0, 256, (n_per_batch, 3072)).astype(np.uint8),
+            b"labels": rng.integers(0, 10, n_per_batch).tolist(),
+        }
+        with open(base / name, "wb") as fh:
+            pickle.dump(d, fh)
+    return base
+
+
+def test_load_cifar10_python_batches(tmp_path):
+    base = write_cifar10(tmp_path)
+    data = load_cifar(str(tmp_path), "cifar10")
+    assert data.train_x.shape == (30, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.test_x.shape == (6, 3, 32, 32) and data.num_classes == 10
+    with open(base / "data_batch_2", "rb") as fh:
+        d = pickle.load(fh, encoding="bytes")
+    # row-major 3072 = 3 planes of 32 x 32 (R, G, B), batches in order
+    np.testing.assert_array_equal(data.train_x[6].numpy().ravel(), d[b"data"][0])
+    assert data.train_y[6:12].tolist() == d[b"labels"]
+
+
+def test_missing_cifar_says_where_to_put_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads") as e:
+        load_cifar(str(tmp_path), "cifar10")
+    assert "cifar-10-batches-py" in str(e.value) and "tar -xzf" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        load_cifar(str(tmp_path), "cifar100")
+
+
+def test_read_labeled_npy_and_reference_csv(tmp_path):
+    import usl_fast
+    from usl_fast import cli
+
+    picks = np.array([9, 2, 31], dtype=np.int64)
+    np.save(tmp_path / "p.npy", picks)
+    np.testing.assert_array_equal(read_labeled(str(tmp_path / "p.npy"), 40), picks)
+    # the CSV that `usl-fast select --csv` writes (sorted, with image ids)
+    cli.write_index_csv(str(tmp_path / "p.csv"), picks, [f"img{i}" for i in range(40)])
+    np.testing.assert_array_equal(read_labeled(str(tmp_path / "p.csv"), 40), np.sort(picks))
+    (tmp_path / "bad.csv").write_text("Index,ImageID\n3,a\nx,b\n")
+    with pytest.raises(ValueError, match="not an integer"):
+        read_labeled(str(tmp_path / "bad.csv"), 40)
+    (tmp_path / "nohead.csv").write_text("3,a\n")
+    with pytest.raises(ValueError, match="Index,ImageID"):
+        read_labeled(str(tmp_path / "nohead.csv"), 40)
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        read_labeled(str(tmp_path / "p.npy"), 5)
+    np.save(tmp_path / "rep.npy", np.array([1, 1]))
+    with pytest.raises(ValueError, match="repeat"):
+        read_labeled(str(tmp_path / "rep.npy"), 5)
+    with pytest.raises(ValueError, match=".npy or .csv"):
+        read_labeled(str(tmp_path / "p.txt"), 5)
+    assert usl_fast is not None
+
+
+# --------------------------------------------------------------------------- CLI and harness
+
+
+def test_cli_fixmatch_digits_trains_checkpoints_and_resumes(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from usl_fast import cli
+
+    picks = tmp_path / "p.npy"
+    np.save(picks, np.arange(0, 200, 10))
+    out = tmp_path / "run"
+    argv = ["fixmatch", "--dataset", "digits", "--labeled", str(picks), "--out", str(out)]
+    argv += ["--steps", "4", "--eval-every", "2", "--batch-size", "4", "--mu", "2", "--no-progress"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "20 labeled of 1347" in text and "step 2/4" in text and "step 4/4" in text
+    assert "final test accuracy" in text
+    assert (out / "checkpoint.pt").is_file() and "step 4/4" in (out / "log.txt").read_text()
+    # a second start refuses to overwrite; --resume continues to a later step
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+    ck = str(out / "checkpoint.pt")
+    resume = ["fixmatch", "--dataset", "digits", "--resume", ck, "--out", str(out)]
+    assert cli.main(resume + ["--steps", "6", "--no-progress"]) == 0
+    assert "from step 4" in capsys.readouterr().out
+    assert torch.load(ck, weights_only=False)["step"] == 6
+
+
+def test_cli_fixmatch_errors(tmp_path, capsys):
+    from usl_fast import cli
+
+    def fails(argv, text):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and text in err, err
+
+    fails(["fixmatch", "--dataset", "cifar10", "--labeled", "x.npy"], "--root")
+    fails(
+        ["fixmatch", "--dataset", "cifar10", "--root", str(tmp_path), "--labeled", "x.npy"],
+        "never downloads",
+    )
+    fails(["fixmatch", "--dataset", "digits", "--out", str(tmp_path / "o")], "--labeled")
+    np.save(tmp_path / "big.npy", np.array([5000]))
+    fails(
+        [
+            "fixmatch",
+            "--dataset",
+            "digits",
+            "--labeled",
+            str(tmp_path / "big.npy"),
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+        "[0, 1347)",
+    )
+
+
+def test_quality_harness_runs_at_tiny_size(tmp_path):
+    """benchmarks/quality/digits_fixmatch.py end to end, every method, a few steps."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import json
+    import pathlib
+
+    path = (
+        pathlib.Path(__file__).resolve().parent.parent
+        / "benchmarks"
+        / "quality"
+        / "digits_fixmatch.py"
+    )
+    spec = importlib.util.spec_from_file_location("digits_fixmatch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    stem = tmp_path / "q"
+    argv = ["--budgets", "10", "--seeds", "1", "--steps", "3", "--workers", "1", "--out", str(stem)]
+    assert mod.main(argv) == 0
+    runs = json.loads(stem.with_suffix(".json").read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == sorted(mod.METHODS)
+    y = mod.__dict__  # the harness's own helpers, checked against hand cases below
+    for r in runs:
+        assert len(set(r["picks"])) == 10 and 0 <= r["accuracy"] <= 1
+    strat = next(r for r in runs if r["method"] == "stratified")
+    assert strat["coverage"] == 10
+    md = stem.with_suffix(".md").read_text()
+    assert "stratified (uses labels)" in md and "| 10 | usl |" in md
+    # k-center greedy: farthest-first on a line picks the ends, then the middle
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]], np.float32)
+    got = y["kcenter_greedy"](x, 3, seed=0)
+    d0 = np.abs(x[:, 0] - x[got[0], 0])
+    assert got[1] == np.argmax(d0) and len(set(got)) == 3
+    d1 = np.minimum(d0, np.abs(x[:, 0] - x[got[1], 0]))
+    assert got[2] == np.argmax(d1)
+    labels = np.repeat(np.arange(10), 5)
+    s = y["stratified"](labels, 23, seed=1)
+    assert np.bincount(labels[s], minlength=10).tolist() == [3, 3, 3] + [2] * 7

@@ -1,0 +1,634 @@
+"""FixMatch (Sohn et al., NeurIPS 2020) as the reference semi-supervised learner to train on
+the picks: the labeled cross-entropy plus the cross-entropy of a strongly augmented view to
+the confident pseudo-label of a weakly augmented one, an EMA of the weights for evaluation.
+Plain PyTorch (no torchvision); data sets live in memory as tensors."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import StrongAugment, WeakAugment, cifar_augment, digits_augment
+
+# --------------------------------------------------------------------------- models
+
+
+class _Normalize(nn.Module):
+    """(x - mean) / std per channel: augmentations work on [0, 1] images, the network
+    sees standardised ones."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class _PreActBlock(nn.Module):
+    """Wide-ResNet block, pre-activation (BN -> LeakyReLU -> conv, twice; He et al. 2016):
+    where the block changes width or stride, the 1x1 shortcut conv takes the activated
+    input too; otherwise the identity path carries the raw input."""
+
+    def __init__(self, cin: int, cout: int, stride: int, bn_momentum: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin, momentum=bn_momentum)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, momentum=bn_momentum)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.act = nn.LeakyReLU(0.1)
+        self.shortcut = (
+            None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.act(self.bn1(x))
+        short = x if self.shortcut is None else self.shortcut(o)
+        o = self.conv2(self.act(self.bn2(self.conv1(o))))
+        return o + short
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen for 32x32 images (Zagoruyko & Komodakis 2016) in FixMatch's form:
+    pre-activation blocks, BatchNorm momentum 0.001, LeakyReLU 0.1, no dropout, Kaiming
+    init. ``WideResNet(28, 2, 10)`` is FixMatch's CIFAR-10 network (1.47M parameters)."""
+
+    def __init__(
+        self,
+        depth: int = 28,
+        widen: int = 2,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        bn_momentum: float = 0.001,
+        mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
+        std: Sequence[float] = (0.2471, 0.2435, 0.2616),
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"`depth` must be 6 n + 4 (got depth={depth})")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.norm = _Normalize(mean, std)
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks: List[nn.Module] = []
+        cin = widths[0]
+        for g, cout in enumerate(widths[1:]):
+            for b in range(n):
+                stride = 2 if (g > 0 and b == 0) else 1
+                blocks.append(_PreActBlock(cin, cout, stride, bn_momentum))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin, momentum=bn_momentum)
+        self.act = nn.LeakyReLU(0.1)
+        self.fc = nn.Linear(cin, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.blocks(self.stem(self.norm(x)))
+        o = F.adaptive_avg_pool2d(self.act(self.bn(o)), 1).flatten(1)
+        return self.fc(o)
+
+
+class SmallCNN(nn.Module):
+    """A small network for 8x8 grey digits: two stages of two 3x3 convs (``width`` and
+    2 ``width`` channels, BN, LeakyReLU 0.1, a 2x2 max-pool between the stages), global
+    average pooling, a linear layer. Width 16 (17k parameters) keeps a 2,000-step
+    FixMatch run near 15 s on one CPU thread."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        width: int = 16,
+        bn_momentum: float = 0.01,
+    ) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int) -> List[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout, momentum=bn_momentum),
+                nn.LeakyReLU(0.1, inplace=True),
+            ]
+
+        self.norm = _Normalize([0.5] * in_channels, [0.5] * in_channels)
+        self.features = nn.Sequential(
+            *conv(in_channels, width),
+            *conv(width, width),
+            nn.MaxPool2d(2),
+            *conv(width, 2 * width),
+            *conv(2 * width, 2 * width),
+        )
+        self.fc = nn.Linear(2 * width, num_classes)
+        _init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.features(self.norm(x))
+        return self.fc(F.adaptive_avg_pool2d(o, 1).flatten(1))
+
+
+def _init_weights(model: nn.Module) -> None:
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="leaky_relu", a=0.1)
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.ones_(mod.weight)
+            nn.init.zeros_(mod.bias)
+        elif isinstance(mod, nn.Linear):
+            nn.init.xavier_normal_(mod.weight)
+            nn.init.zeros_(mod.bias)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class ImageData:
+    """A labeled image data set in memory: ``train_x`` (N, C, H, W) uint8, ``train_y`` (N,)
+    int64, the same for the test split, and the number of classes."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+
+CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def load_cifar(root: str, name: str = "cifar10") -> ImageData:
+    """CIFAR-10/100 from the python-pickle batches (the format of ``cifar-10-python.tar.gz``
+    / ``cifar-100-python.tar.gz``, which torchvision also reads), unpacked under ``root``:
+    ``root/cifar-10-batches-py/{data_batch_1..5, test_batch}`` or
+    ``root/cifar-100-python/{train, test}``. Nothing is ever downloaded."""
+    import pickle
+
+    if name not in CIFAR_DIRS:
+        raise ValueError(f"`dataset` must be one of {tuple(CIFAR_DIRS)} for CIFAR (got {name!r})")
+    base = os.path.join(root, CIFAR_DIRS[name])
+    if name == "cifar10":
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_files, key, classes = ["test_batch"], b"labels", 10
+    else:
+        train_files, test_files, key, classes = ["train"], ["test"], b"fine_labels", 100
+    missing = [f for f in train_files + test_files if not os.path.isfile(os.path.join(base, f))]
+    if missing:
+        archive = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
+        raise FileNotFoundError(
+            f"{name} not found: expected {', '.join(missing)} in {base}. This tool never "
+            f"downloads; get {archive} from the CIFAR page "
+            "(https://www.cs.toronto.edu/~kriz/cifar.html) and unpack it there: "
+            f"tar -xzf {archive} -C {root}"
+        )
+
+    def read(files: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for f in files:
+            with open(os.path.join(base, f), "rb") as fh:
+                d = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[key], dtype=np.int64))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    trx, try_ = read(train_files)
+    tex, tey = read(test_files)
+    return ImageData(name, trx, try_, tex, tey, classes)
+
+
+#: The digits split: a fixed permutation (seed 0, no labels used) -> 1,347 train, 450 test.
+DIGITS_TEST = 450
+
+
+def load_digits_split() -> ImageData:
+    """scikit-learn's bundled 8x8 digits (1,797 images, values 0-16 scaled to 0-255), split
+    by a fixed seeded permutation into 1,347 training and 450 test images."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))
+    tr, te = perm[DIGITS_TEST:], perm[:DIGITS_TEST]
+    return ImageData(
+        "digits",
+        torch.from_numpy(x[tr]),
+        torch.from_numpy(y[tr]),
+        torch.from_numpy(x[te]),
+        torch.from_numpy(y[te]),
+        10,
+    )
+
+
+def read_labeled(path: str, n: int) -> np.ndarray:
+    """Labeled indices from ``usl-fast select``'s outputs: a .npy of int indices (pick
+    order) or the reference CSV (``Index,ImageID`` header, one index per row). Checked:
+    integers in [0, n), no repeats, at least one."""
+    if path.endswith(".npy"):
+        arr = np.load(path, allow_pickle=False)
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"`labeled` {path}: indices must be integers (got dtype {arr.dtype})")
+        idx = arr.astype(np.int64).ravel()
+    elif path.endswith(".csv"):
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        if not rows or [c.strip() for c in rows[0][:1]] != ["Index"]:
+            raise ValueError(f"`labeled` {path}: expected a CSV with header 'Index,ImageID'")
+        try:
+            idx = np.array([int(r[0]) for r in rows[1:] if r], dtype=np.int64)
+        except ValueError as exc:
+            raise ValueError(f"`labeled` {path}: a row's Index is not an integer ({exc})") from None
+    else:
+        raise ValueError(f"`labeled` must be a .npy or .csv file (got {path!r})")
+    if idx.size == 0:
+        raise ValueError(f"`labeled` {path} holds no index")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(
+            f"`labeled` {path}: indices must lie in [0, {n}) for this data set "
+            f"(got values in [{idx.min()}, {idx.max()}])"
+        )
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"`labeled` {path}: indices repeat")
+    return idx
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class FixMatchConfig:
+    """FixMatch's hyper-parameters. The defaults are the published CIFAR-10 ones (REFERENCE.md
+    section 5); ``PRESETS["digits"]`` is the small CPU configuration."""
+
+    model: str = "wrn28-2"  # "wrn28-2", "wrn28-8" or "small-cnn"
+    steps: int = 2**20
+    batch_size: int = 64  # labeled images per step
+    mu: int = 7  # unlabeled images per labeled one
+    threshold: float = 0.95
+    lambda_u: float = 1.0
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    ema: float = 0.999
+    eval_every: int = 1024
+    augment: str = "cifar"  # "cifar" or "digits"
+    seed: int = 0
+
+    def validate(self) -> "FixMatchConfig":
+        if self.model not in MODELS:
+            raise ValueError(f"`model` must be one of {tuple(MODELS)} (got {self.model!r})")
+        if self.augment not in ("cifar", "digits"):
+            raise ValueError(f"`augment` must be 'cifar' or 'digits' (got {self.augment!r})")
+        for name in ("steps", "batch_size", "mu", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1 (got {name}={v!r})")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"`threshold` must be in [0, 1] (got threshold={self.threshold})")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"`ema` must be in [0, 1) (got ema={self.ema})")
+        for name in ("lambda_u", "lr", "weight_decay", "momentum"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"`{name}` must be a finite number >= 0 (got {name}={v!r})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"`seed` must be an integer >= 0 (got seed={self.seed!r})")
+        return self
+
+
+MODELS: Dict[str, Callable[[ImageData], nn.Module]] = {
+    "wrn28-2": lambda d: WideResNet(28, 2, d.num_classes, d.train_x.shape[1]),
+    "wrn28-8": lambda d: WideResNet(28, 8, d.num_classes, d.train_x.shape[1]),
+    "small-cnn": lambda d: SmallCNN(d.num_classes, d.train_x.shape[1]),
+}
+
+#: Published CIFAR settings (WRN-28-8 and weight decay 1e-3 on CIFAR-100), and the small
+#: digits configuration: 2,000 steps of 16 labeled + 112 unlabeled 8x8 images, an EMA
+#: horizon (1 / (1 - 0.99) = 100 steps) short enough for such a run. Chosen before any
+#: selection method was compared with it.
+PRESETS: Dict[str, FixMatchConfig] = {
+    "cifar10": FixMatchConfig(),
+    "cifar100": FixMatchConfig(model="wrn28-8", weight_decay=1e-3),
+    "digits": FixMatchConfig(
+        model="small-cnn",
+        steps=2000,
+        batch_size=16,
+        ema=0.99,
+        eval_every=500,
+        augment="digits",
+    ),
+}
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class IndexStream:
+    """An endless stream of the given indices in batches: one seeded permutation after
+    another (each index once per pass), so a labeled set smaller than the batch repeats
+    evenly. ``state_dict`` / ``load_state_dict`` make a resumed run draw the same batches."""
+
+    def __init__(self, indices: torch.Tensor, generator: torch.Generator) -> None:
+        self.indices = indices.to(torch.int64).cpu()
+        self.gen = generator
+        self.order = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
+        self.pos = 0
+
+    def next(self, size: int) -> torch.Tensor:
+        out = []
+        while size > 0:
+            if self.pos == len(self.order):
+                self.order = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
+                self.pos = 0
+            take = min(size, len(self.order) - self.pos)
+            out.append(self.order[self.pos : self.pos + take])
+            self.pos += take
+            size -= take
+        return torch.cat(out)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"order": self.order.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.order, self.pos = state["order"].clone(), int(state["pos"])
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class StepStats:
+    """One step's numbers: total, labeled and unlabeled losses, the fraction of unlabeled
+    images above the threshold (the mask rate) and the learning rate used."""
+
+    loss: float
+    loss_x: float
+    loss_u: float
+    mask_rate: float
+    lr: float
+
+
+@dataclass
+class History:
+    steps: List[int] = field(default_factory=list)
+    test_acc: List[float] = field(default_factory=list)
+    raw_test_acc: List[float] = field(default_factory=list)
+    mask_rate: List[float] = field(default_factory=list)
+    loss: List[float] = field(default_factory=list)
+
+
+class FixMatch:
+    """FixMatch on an in-memory image data set from the given labeled indices.
+
+    Parameters
+    ----------
+    data : ImageData (``load_cifar``, ``load_digits_split``).
+    labeled : (m,) int indices into ``data.train_x`` whose labels are used; every training
+        image (labeled ones included, as in the reference) is also unlabeled data.
+    config : FixMatchConfig (``PRESETS[...]``), validated.
+    device : torch device (default: CUDA if available, else CPU).
+
+    ``train()`` runs to ``config.steps`` (checkpointing and evaluating on the way);
+    ``evaluate()`` is the test accuracy of the EMA model; ``save`` / ``FixMatch.resume``.
+    Seeds: model init, batch order and augmentations all come from ``config.seed``;
+    torch's global RNG is left alone.
+    """
+
+    def __init__(
+        self,
+        data: ImageData,
+        labeled: Any,
+        config: FixMatchConfig = PRESETS["cifar10"],  # noqa: B008 (never mutated)
+        device: Any = None,
+    ) -> None:
+        self.config = replace(config).validate()
+        self.data = data
+        n = data.train_x.shape[0]
+        lab = np.asarray(labeled)
+        if lab.ndim != 1 or lab.size == 0 or lab.dtype.kind not in "iu":
+            raise ValueError(
+                f"`labeled` must be a non-empty 1-D integer array (got {lab.dtype}, shape {lab.shape})"
+            )
+        if lab.min() < 0 or lab.max() >= n or np.unique(lab).size != lab.size:
+            raise ValueError(f"`labeled` must hold distinct indices in [0, {n})")
+        self.labeled = torch.from_numpy(lab.astype(np.int64))
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        c = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            self.model = MODELS[c.model](data).to(self.device)
+        self.ema_model = copy.deepcopy(self.model)
+        for p in self.ema_model.parameters():
+            p.requires_grad_(False)
+        # No weight decay on biases and BatchNorm parameters (the reference's rule).
+        decay = [p for name, p in self.model.named_parameters() if p.dim() > 1]
+        no_decay = [p for name, p in self.model.named_parameters() if p.dim() <= 1]
+        self.opt = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": c.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=c.lr,
+            momentum=c.momentum,
+            nesterov=c.nesterov,
+        )
+        self.gen = torch.Generator()  # batches and augmentations (CPU: same on any device)
+        self.gen.manual_seed(c.seed + 1)
+        self.labeled_stream = IndexStream(self.labeled, self.gen)
+        self.unlabeled_stream = IndexStream(torch.arange(n), self.gen)
+        self.weak, self.strong = digits_augment() if c.augment == "digits" else cifar_augment()
+        self.step_count = 0
+        self.history = History()
+        # Images stay uint8 in memory; a batch is converted to [0, 1] floats when drawn.
+        self._train_x = data.train_x
+        self._train_y = data.train_y
+
+    # ------------------------------------------------------------------ steps
+
+    def lr_at(self, step: int) -> float:
+        """FixMatch's schedule: lr * cos(7 pi k / (16 K))."""
+        return self.config.lr * math.cos(7.0 * math.pi * step / (16.0 * self.config.steps))
+
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._train_x[idx].float().div_(255.0)
+
+    def step(self) -> StepStats:
+        """One FixMatch step: labeled weak views, unlabeled weak + strong views, one forward
+        pass through the network for all three, SGD, then the EMA update."""
+        c = self.config
+        lr = self.lr_at(self.step_count)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        li = self.labeled_stream.next(c.batch_size)
+        ui = self.unlabeled_stream.next(c.batch_size * c.mu)
+        x_l = self.weak(self._batch(li), self.gen)
+        u = self._batch(ui)
+        u_w, u_s = self.weak(u, self.gen), self.strong(u, self.gen)
+        y_l = self._train_y[li].to(self.device)
+        self.model.train()
+        logits = self.model(torch.cat([x_l, u_w, u_s]).to(self.device))
+        z_l, z_w, z_s = logits.split([len(li), len(ui), len(ui)])
+        loss_x = F.cross_entropy(z_l, y_l)
+        with torch.no_grad():
+            conf, pseudo = torch.softmax(z_w.detach(), dim=1).max(dim=1)
+            mask = (conf >= c.threshold).float()
+        loss_u = (F.cross_entropy(z_s, pseudo, reduction="none") * mask).mean()
+        loss = loss_x + c.lambda_u * loss_u
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self._update_ema()
+        self.step_count += 1
+        parts = (float(loss.detach()), float(loss_x.detach()), float(loss_u.detach()))
+        return StepStats(*parts, float(mask.mean()), lr)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = self.config.ema
+        for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
+            pe.mul_(d).add_(p.detach(), alpha=1.0 - d)
+        # BatchNorm statistics are not trained: the EMA model uses the live ones.
+        for be, b in zip(self.ema_model.buffers(), self.model.buffers()):
+            be.copy_(b)
+
+    @torch.no_grad()
+    def evaluate(self, ema: bool = True, batch_size: int = 1024) -> float:
+        """Top-1 accuracy on the test split (the EMA model unless ``ema=False``)."""
+        model = self.ema_model if ema else self.model
+        model.eval()
+        correct = 0
+        x, y = self.data.test_x, self.data.test_y
+        for s in range(0, len(y), batch_size):
+            z = model(x[s : s + batch_size].float().div_(255.0).to(self.device))
+            correct += int((z.argmax(1).cpu() == y[s : s + batch_size]).sum())
+        return correct / len(y)
+
+    def train(
+        self,
+        steps: Optional[int] = None,
+        log: Optional[Callable[[str], Any]] = print,
+        checkpoint: Optional[str] = None,
+        progress: bool = False,
+    ) -> History:
+        """Train until step ``steps`` (default ``config.steps``), evaluating (and saving
+        ``checkpoint``, when given) every ``config.eval_every`` steps and at the end."""
+        c = self.config
+        end = c.steps if steps is None else min(int(steps), c.steps)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=end, initial=self.step_count, desc="FixMatch", unit="step")
+        t0 = time.perf_counter()
+        acc_mask, acc_loss, n_acc = 0.0, 0.0, 0
+        try:
+            while self.step_count < end:
+                st = self.step()
+                acc_mask += st.mask_rate
+                acc_loss += st.loss
+                n_acc += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step_count % c.eval_every == 0 or self.step_count == end:
+                    acc, raw = self.evaluate(), self.evaluate(ema=False)
+                    h = self.history
+                    h.steps.append(self.step_count)
+                    h.test_acc.append(acc)
+                    h.raw_test_acc.append(raw)
+                    h.mask_rate.append(acc_mask / n_acc)
+                    h.loss.append(acc_loss / n_acc)
+                    acc_mask, acc_loss, n_acc = 0.0, 0.0, 0
+                    if log is not None:
+                        log(
+                            f"step {self.step_count}/{c.steps}: test acc {100 * acc:.2f}% "
+                            f"(EMA; raw {100 * raw:.2f}%), loss {h.loss[-1]:.4f}, "
+                            f"mask rate {h.mask_rate[-1]:.3f}, lr {st.lr:.5f}, "
+                            f"{time.perf_counter() - t0:.1f} s"
+                        )
+                    if checkpoint is not None:
+                        self.save(checkpoint)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "dataset": self.data.name,
+            "labeled": self.labeled.clone(),
+            "step": self.step_count,
+            "model": self.model.state_dict(),
+            "ema_model": self.ema_model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "generator": self.gen.get_state(),
+            "labeled_stream": self.labeled_stream.state_dict(),
+            "unlabeled_stream": self.unlabeled_stream.state_dict(),
+            "history": asdict(self.history),
+        }
+
+    def save(self, path: str) -> None:
+        """Write a checkpoint atomically (a crash mid-write keeps the previous one)."""
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        tmp = path + ".tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def resume(cls, path: str, data: ImageData, device: Any = None) -> "FixMatch":
+        """Rebuild a run from ``save``'s checkpoint on the same data set; training then
+        continues exactly where it stopped (same batches and augmentations)."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("dataset") != data.name:
+            raise ValueError(
+                f"checkpoint {path} was trained on {state.get('dataset')!r}, not {data.name!r}"
+            )
+        run = cls(data, state["labeled"].numpy(), FixMatchConfig(**state["config"]), device)
+        run.model.load_state_dict(state["model"])
+        run.ema_model.load_state_dict(state["ema_model"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.gen.set_state(state["generator"])
+        run.labeled_stream.load_state_dict(state["labeled_stream"])
+        run.unlabeled_stream.load_state_dict(state["unlabeled_stream"])
+        run.step_count = int(state["step"])
+        run.history = History(**state["history"])
+        return run
+
+
+__all__ = [
+    "FixMatch",
+    "FixMatchConfig",
+    "PRESETS",
+    "ImageData",
+    "WideResNet",
+    "SmallCNN",
+    "IndexStream",
+    "StepStats",
+    "History",
+    "load_cifar",
+    "load_digits_split",
+    "read_labeled",
+    "WeakAugment",
+    "StrongAugment",
+]
