@@ -121,6 +121,18 @@ def make_sparse_labels():
     return sparse_cluster_labels
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module (restored afterwards): its tensors are tiny,
+    and on a busy 2-core machine OpenMP barriers make every small op ~50x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def no_engine(monkeypatch):
     """Replace every entry point of the compiled engine by one that fails the test: an

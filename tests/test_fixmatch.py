@@ -26,13 +26,7 @@ from usl_fast.ssl import (  # noqa: E402
 )
 from usl_fast.ssl.fixmatch import IndexStream  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_data(n=120, classes=4, side=8, channels=1, seed=0, name="fake") -> ImageData:

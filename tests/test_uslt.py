@@ -32,15 +32,7 @@ from usl_fast.uslt import (  # noqa: E402
 )
 from usl_fast.uslt._losses import PRIOR_FLOOR, adjusted_target  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The tensors here are tiny: OpenMP threads only add overhead (and on a busy 2-core
-    # machine their barriers make every op ~50x slower). Restored afterwards.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- plain-math helpers

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import StrongAugment, WeakAugment, cifar_augment, digits_augment
+from .augment import cifar_augment, digits_augment
 
 # --------------------------------------------------------------------------- models
 
@@ -614,21 +614,3 @@ class FixMatch:
         run.step_count = int(state["step"])
         run.history = History(**state["history"])
         return run
-
-
-__all__ = [
-    "FixMatch",
-    "FixMatchConfig",
-    "PRESETS",
-    "ImageData",
-    "WideResNet",
-    "SmallCNN",
-    "IndexStream",
-    "StepStats",
-    "History",
-    "load_cifar",
-    "load_digits_split",
-    "read_labeled",
-    "WeakAugment",
-    "StrongAugment",
-]
