@@ -99,6 +99,32 @@ def as_float(value: Any, name: str, low: float | None = None, allow_inf: bool = 
     return v
 
 
+def as_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False (got {name}={value!r})")
+    return bool(value)
+
+
+def as_interval(
+    value: Any,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> float:
+    """A real number in [low, high] (either end excluded where asked; NaN never passes)."""
+    v = as_float(value, name, allow_inf=True)
+    lo_ok = v > low if open_low else v >= low
+    hi_ok = v < high if open_high else v <= high
+    if not (lo_ok and hi_ok):
+        lo = f"({low:g}" if open_low else f"[{low:g}"
+        hi = f"{high:g})" if open_high else f"{high:g}]"
+        raise ValueError(f"`{name}` must be in {lo}, {hi} (got {name}={v:g})")
+    return v
+
+
 def as_labels(
     labels: Any, n: int, n_clusters: int | None, name: str = "labels"
 ) -> Tuple[np.ndarray, int]:

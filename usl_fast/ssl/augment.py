@@ -11,6 +11,8 @@ from typing import Callable, Dict, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._validate import as_bool, as_interval
+
 __all__ = ["WeakAugment", "StrongAugment", "STRONG_OPS", "digits_augment", "cifar_augment"]
 
 #: FixMatch's RandAugment op list (the paper's Table 12), the default of ``StrongAugment``.
@@ -53,23 +55,6 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _as_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False (got {name}={value!r})")
-    return value
-
-
-def _as_real(value: object, name: str, low: float, high: float, high_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number (got {name}={value!r})")
-    v = float(value)
-    ok = low <= v < high if high_open else low <= v <= high
-    if not ok:  # also rejects NaN
-        hi = f"{high:g})" if high_open else f"{high:g}]"
-        raise ValueError(f"`{name}` must be in [{low:g}, {hi} (got {name}={value!r})")
-    return v
 
 
 def _as_ops(ops: Sequence[str] | None) -> tuple[str, ...]:
@@ -337,9 +322,9 @@ class WeakAugment:
     """
 
     def __init__(self, flip: bool = True, translate: float = 0.125, fill: float = 0.5) -> None:
-        self.flip = _as_bool(flip, "flip")
-        self.translate = _as_real(translate, "translate", 0.0, 0.5, high_open=True)
-        self.fill = _as_real(fill, "fill", 0.0, 1.0, high_open=False)
+        self.flip = as_bool(flip, "flip")
+        self.translate = as_interval(translate, "translate", 0.0, 0.5, open_high=True)
+        self.fill = as_interval(fill, "fill", 0.0, 1.0)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_input(x, generator)
@@ -432,7 +417,7 @@ class StrongAugment:
         self.flip = self._weak.flip
         self.translate = self._weak.translate
         self.fill = self._weak.fill
-        self.cutout = _as_real(cutout, "cutout", 0.0, 1.0, high_open=False)
+        self.cutout = as_interval(cutout, "cutout", 0.0, 1.0)
         self.ops = _as_ops(ops)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

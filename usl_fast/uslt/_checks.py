@@ -11,21 +11,14 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-from .._validate import as_float, as_int
+from .._validate import as_bool, as_float, as_int, as_interval
 
 __all__ = ["as_float", "as_int", "as_prob", "as_bool", "as_logits", "as_features_torch"]
 
 
 def as_prob(value: Any, name: str, *, open_low: bool = False, open_high: bool = False) -> float:
     """A real number in [0, 1] (ends excluded where asked)."""
-    v = as_float(value, name)
-    lo_ok = v > 0.0 if open_low else v >= 0.0
-    hi_ok = v < 1.0 if open_high else v <= 1.0
-    if not (lo_ok and hi_ok):
-        lo = "(0" if open_low else "[0"
-        hi = "1)" if open_high else "1]"
-        raise ValueError(f"`{name}` must be in {lo}, {hi} (got {name}={v})")
-    return v
+    return as_interval(value, name, 0.0, 1.0, open_low=open_low, open_high=open_high)
 
 
 def as_positive(value: Any, name: str) -> float:
@@ -33,12 +26,6 @@ def as_positive(value: Any, name: str) -> float:
     if not v > 0.0:
         raise ValueError(f"`{name}` must be > 0 (got {name}={v})")
     return v
-
-
-def as_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def as_logits(x: Any, name: str, ndim: Tuple[int, ...] = (2,)) -> torch.Tensor:
