@@ -190,6 +190,26 @@ def test_training_learns_the_toy_task():
     assert hist.raw_test_acc[-1] < 0.8, hist
 
 
+def test_cifar_configuration_steps_on_rgb_32x32():
+    """The published CIFAR path (WRN-28-2, flip + translate + RandAugment + Cutout, grey
+    fill), two steps on tiny random RGB data: finite losses, the EMA moves."""
+    rng = np.random.default_rng(3)
+    t = torch.from_numpy
+    x = t(rng.integers(0, 256, (24, 3, 32, 32)).astype(np.uint8))
+    y = t(rng.integers(0, 10, 24))
+    data = ImageData("cifar10", x[:16], y[:16], x[16:], y[16:], 10)
+    cfg = replace(PRESETS["cifar10"], batch_size=2, mu=2, steps=4, ema=0.5)
+    assert cfg.model == "wrn28-2" and cfg.augment == "cifar" and cfg.threshold == 0.95
+    run = FixMatch(data, np.array([1, 5, 9]), cfg, device="cpu")
+    assert isinstance(run.model, WideResNet)
+    before = [p.clone() for p in run.ema_model.parameters()]
+    for _ in range(2):
+        st = run.step()
+        assert np.isfinite([st.loss, st.loss_x, st.loss_u]).all() and 0 <= st.mask_rate <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.ema_model.parameters()))
+    assert 0.0 <= run.evaluate() <= 1.0
+
+
 def test_wrn28_2_has_the_published_size():
     model = WideResNet(28, 2, 10)
     n = sum(p.numel() for p in model.parameters())
