@@ -893,12 +893,18 @@ def test_import_without_torch(tmp_path, usl):
         x = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
         dist, idx = usl_fast.knn(x, 3)
         assert idx.shape == (20, 3)
+        for mod in ("usl_fast.uslt", "usl_fast.ssl"):
+            try:
+                __import__(mod)
+            except ImportError as exc:
+                print("IMPORT-ERROR:", mod, exc)
+            else:
+                print("NO-ERROR:", mod)
+        from usl_fast import cli
         try:
-            import usl_fast.uslt
-        except ImportError as exc:
-            print("IMPORT-ERROR:", exc)
-        else:
-            print("NO-ERROR")
+            cli.main(["fixmatch", "--dataset", "digits", "--labeled", "x.npy"])
+        except SystemExit as exc:
+            print("EXIT", exc.code)
         """
     )
     out = subprocess.run(
@@ -910,5 +916,9 @@ def test_import_without_torch(tmp_path, usl):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "IMPORT-ERROR:" in out.stdout, out.stdout
-    assert "pip install usl_fast[torch]" in out.stdout
+    lines = out.stdout.splitlines()
+    for mod in ("usl_fast.uslt", "usl_fast.ssl"):
+        line = next((ln for ln in lines if ln.startswith(f"IMPORT-ERROR: {mod} ")), None)
+        assert line is not None and "pip install usl_fast[torch]" in line, out.stdout
+    # the CLI turns it into its one-line error, exit status 2
+    assert "EXIT 2" in lines and "pip install usl_fast[torch]" in out.stderr, out.stderr
