@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validate import as_float, as_int, as_interval
 from .augment import cifar_augment, digits_augment
 
 # --------------------------------------------------------------------------- models
@@ -294,19 +295,12 @@ class FixMatchConfig:
         if self.augment not in ("cifar", "digits"):
             raise ValueError(f"`augment` must be 'cifar' or 'digits' (got {self.augment!r})")
         for name in ("steps", "batch_size", "mu", "eval_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1 (got {name}={v!r})")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"`threshold` must be in [0, 1] (got threshold={self.threshold})")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"`ema` must be in [0, 1) (got ema={self.ema})")
+            as_int(getattr(self, name), name, 1)
+        as_interval(self.threshold, "threshold", 0.0, 1.0)
+        as_interval(self.ema, "ema", 0.0, 1.0, open_high=True)
         for name in ("lambda_u", "lr", "weight_decay", "momentum"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"`{name}` must be a finite number >= 0 (got {name}={v!r})")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"`seed` must be an integer >= 0 (got seed={self.seed!r})")
+            as_float(getattr(self, name), name, 0.0)
+        as_int(self.seed, "seed", 0)
         return self
 
 
@@ -457,9 +451,6 @@ class FixMatch:
         self.weak, self.strong = digits_augment() if c.augment == "digits" else cifar_augment()
         self.step_count = 0
         self.history = History()
-        # Images stay uint8 in memory; a batch is converted to [0, 1] floats when drawn.
-        self._train_x = data.train_x
-        self._train_y = data.train_y
 
     # ------------------------------------------------------------------ steps
 
@@ -468,7 +459,8 @@ class FixMatch:
         return self.config.lr * math.cos(7.0 * math.pi * step / (16.0 * self.config.steps))
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return self._train_x[idx].float().div_(255.0)
+        # Images stay uint8 in memory; a batch becomes [0, 1] floats when drawn.
+        return self.data.train_x[idx].float().div_(255.0)
 
     def step(self) -> StepStats:
         """One FixMatch step: labeled weak views, unlabeled weak + strong views, one forward
@@ -482,7 +474,7 @@ class FixMatch:
         x_l = self.weak(self._batch(li), self.gen)
         u = self._batch(ui)
         u_w, u_s = self.weak(u, self.gen), self.strong(u, self.gen)
-        y_l = self._train_y[li].to(self.device)
+        y_l = self.data.train_y[li].to(self.device)
         self.model.train()
         logits = self.model(torch.cat([x_l, u_w, u_s]).to(self.device))
         z_l, z_w, z_s = logits.split([len(li), len(ui), len(ui)])
