@@ -23,13 +23,14 @@ images (the demo's stand-in for a self-supervised encoder). The seed drives the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -87,6 +88,16 @@ def select(method: str, x: np.ndarray, y: np.ndarray, m: int, seed: int) -> np.n
     raise ValueError(f"unknown method {method!r}")
 
 
+@functools.lru_cache(maxsize=1)
+def _prepared() -> Tuple[Any, np.ndarray, np.ndarray]:
+    """The digits split, the selection features and the training labels: made once per
+    worker process, shared by all its runs."""
+    from usl_fast.ssl import load_digits_split
+
+    data = load_digits_split()
+    return data, features(data.train_x.numpy()), data.train_y.numpy()
+
+
 def one_run(job: Dict[str, Any]) -> Dict[str, Any]:
     """Select, then train FixMatch; runs in a worker process with one torch thread."""
     import torch
@@ -94,11 +105,9 @@ def one_run(job: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(1)
     from dataclasses import replace
 
-    from usl_fast.ssl import PRESETS, FixMatch, load_digits_split
+    from usl_fast.ssl import PRESETS, FixMatch
 
-    data = load_digits_split()
-    x = features(data.train_x.numpy())
-    y = data.train_y.numpy()
+    data, x, y = _prepared()
     t0 = time.perf_counter()
     picks = select(job["method"], x, y, job["m"], job["seed"])
     t_sel = time.perf_counter() - t0

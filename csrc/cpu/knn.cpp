@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "engine.hpp"
@@ -242,7 +242,6 @@ bool sampled_thresholds(const MatView& x, int k, double hits, int threads, const
   });
   return true;
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Exact duplicates. Rows with equal values are at exactly the same distance from any
