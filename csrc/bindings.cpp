@@ -1,8 +1,13 @@
-// The pybind11 module usl_fast._cpu: arrays arrive validated and allocated by Python
-// (usl_fast/_core.py); this layer only builds views, releases the GIL and calls the op.
+// The pybind11 module usl_fast._cpu. Python (usl_fast/_dispatch.py) validates and allocates;
+// this layer converts nothing: every array must already have the exact dtype, layout and
+// size, outputs must be C-contiguous and writeable, or the call raises TypeError/ValueError.
+// Arrays are borrowed for the duration of the call (the caller's references keep them
+// alive); views are built with the GIL held and the work runs without it.
+#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "tile.hpp"
 #include "usl_fast/ops.hpp"
 
 namespace py = pybind11;
@@ -11,32 +16,71 @@ using namespace usl_fast;
 namespace {
 
 template <class T>
-using Arr = py::array_t<T, py::array::c_style>;
+const char* type_name();
+template <>
+const char* type_name<float>() { return "float32"; }
+template <>
+const char* type_name<double>() { return "float64"; }
+template <>
+const char* type_name<int32_t>() { return "int32"; }
+template <>
+const char* type_name<int64_t>() { return "int64"; }
 
-MatView mat(const Arr<float>& a) {
-  require(a.ndim() == 2, "2-D float32 array");
-  return MatView{a.data(), static_cast<idx_t>(a.shape(0)), static_cast<idx_t>(a.shape(1))};
+template <class T>
+py::array as_array(py::handle h, const char* name) {
+  if (!py::isinstance<py::array_t<T>>(h))
+    throw py::type_error(std::string("usl_fast._cpu: `") + name + "` must be a numpy " +
+                         type_name<T>() + " array (no conversion is done here)");
+  return py::reinterpret_borrow<py::array>(h);
 }
 
-Control control(py::object ctl) {
-  Control c;
-  if (!ctl.is_none()) {
-    auto a = ctl.cast<Arr<int64_t>>();
-    require(a.size() >= 3, "control array of 3 int64");
-    c.slots = a.mutable_data();
-  }
-  return c;
+// A 2-D float32 input whose rows are contiguous and evenly spaced (row stride >= cols).
+View in_mat(py::handle h, const char* name) {
+  py::array a = as_array<float>(h, name);
+  if (a.ndim() != 2) throw py::value_error(std::string("`") + name + "` must be 2-D");
+  const auto rows = a.shape(0), cols = a.shape(1);
+  const auto s0 = a.strides(0), s1 = a.strides(1);
+  if (cols > 1 && s1 != static_cast<py::ssize_t>(sizeof(float)))
+    throw py::value_error(std::string("`") + name + "` must have contiguous rows");
+  if (rows > 1 && (s0 <= 0 || s0 % static_cast<py::ssize_t>(sizeof(float)) != 0 ||
+                   s0 / static_cast<py::ssize_t>(sizeof(float)) < cols))
+    throw py::value_error(std::string("`") + name + "` must have evenly spaced, non-overlapping rows");
+  if (rows > kMaxRows) throw py::value_error(std::string("`") + name + "` has too many rows");
+  const idx_t ld = rows > 1 ? s0 / static_cast<py::ssize_t>(sizeof(float)) : cols;
+  return View{static_cast<const float*>(a.data()), rows, cols, ld};
 }
 
 template <class T>
-void need(const Arr<T>& a, py::ssize_t size, const char* what) {
-  require(a.size() == size, std::string(what) + ": wrong size");
+const T* in_vec(py::handle h, const char* name, py::ssize_t size) {
+  py::array a = as_array<T>(h, name);
+  if (!(a.flags() & py::array::c_style) || a.size() != size)
+    throw py::value_error(std::string("`") + name + "` must be C-contiguous with " +
+                          std::to_string(size) + " elements");
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+T* out_vec(py::handle h, const char* name, py::ssize_t size) {
+  py::array a = as_array<T>(h, name);
+  if (!(a.flags() & py::array::c_style) || a.size() != size)
+    throw py::value_error(std::string("`") + name + "` must be C-contiguous with " +
+                          std::to_string(size) + " elements");
+  if (!a.writeable()) throw py::value_error(std::string("`") + name + "` must be writeable");
+  return static_cast<T*>(a.mutable_data());
+}
+
+Context context(int threads, py::handle ctl) {
+  if (threads < 1) throw py::value_error("`threads` must be >= 1 (resolved by the caller)");
+  Context c;
+  c.threads = threads;
+  if (!ctl.is_none()) c.slots = out_vec<int64_t>(ctl, "control", 4);
+  return c;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
-  m.doc() = "usl_fast CPU engine (tiled squared-L2 distances with epilogues)";
+  m.doc() = "usl_fast CPU engine: one tiled distance driver, exact distances, epilogues";
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -45,111 +89,144 @@ PYBIND11_MODULE(_cpu, m) {
     }
   });
 
-  m.def("max_threads", [] { return cpu::resolve_threads(0); });
-  m.attr("DEFAULT_SAMPLE_HITS") = cpu::kDefaultSampleHits;
-  m.attr("DEFAULT_MAX_RESERVOIR_BYTES") = cpu::kDefaultMaxReservoirBytes;
+  // The OpenMP thread count of the CALLING thread (threadpoolctl / omp_set_num_threads).
+  m.def("max_threads", [] { return omp_get_max_threads(); });
+  m.def("active_isa", [] { return cpu::active_isa(); });
+  m.def("set_alloc_limit", [](int64_t bytes) { cpu::set_alloc_limit(bytes); },
+        "Test hook: engine allocations beyond `bytes` raise MemoryError (< 0: no limit).");
+  m.def("reservoir_bytes_per_row", &cpu::reservoir_bytes_per_row);
+  m.def("filter_rel", [](int64_t d) { return filter_rel(d); });
+  m.def("filter_abs", [](int64_t d) { return filter_abs(d); });
+  m.attr("MAX_SQUARED_NORM") = kMaxSquaredNorm;
+  m.attr("MAX_ROWS") = kMaxRows;
+  m.attr("DEFAULT_SAMPLE_HITS") = cpu::KnnOptions{}.sample_hits;
+  m.attr("DEFAULT_MAX_RESERVOIR_BYTES") = cpu::KnnOptions{}.max_reservoir_bytes;
 
-  m.def("knn_self", [](Arr<float> x, int k, Arr<float> od, Arr<int64_t> oi, int threads,
-                       py::object ctl, double sample_hits, double max_reservoir_bytes) {
-    MatView xv = mat(x);
-    need(od, xv.rows * k, "out_dist");
-    need(oi, xv.rows * k, "out_idx");
-    Control c = control(ctl);
-    float* pd = od.mutable_data();
-    int64_t* pi = oi.mutable_data();
+  m.def("exact_l2_pairs", [](py::handle a, py::handle b, py::handle out) {
+    const View av = in_mat(a, "a"), bv = in_mat(b, "b");
+    if (av.rows != bv.rows || av.cols != bv.cols) throw py::value_error("a and b: same shape");
+    float* po = out_vec<float>(out, "out", av.rows);
     py::gil_scoped_release nogil;
-    cpu::knn_self(xv, k, pd, pi, threads, c, sample_hits, max_reservoir_bytes);
+    for (idx_t i = 0; i < av.rows; ++i) cpu::exact_range(av.row(i), bv, i, 1, po + i);
   });
 
-  m.def("knn_query", [](Arr<float> q, Arr<float> base, int k, Arr<float> od, Arr<int64_t> oi,
-                        int threads, py::object ctl) {
-    MatView qv = mat(q), bv = mat(base);
-    need(od, qv.rows * k, "out_dist");
-    need(oi, qv.rows * k, "out_idx");
-    Control c = control(ctl);
-    float* pd = od.mutable_data();
-    int64_t* pi = oi.mutable_data();
+  m.def("row_norms", [](py::handle x, py::handle out, int threads, py::handle ctl) {
+    const View xv = in_mat(x, "x");
+    float* po = out_vec<float>(out, "out", xv.rows);
+    const Context c = context(threads, ctl);
     py::gil_scoped_release nogil;
-    cpu::knn_query(qv, bv, k, pd, pi, threads, c);
+    cpu::row_norms(xv, po, c);
   });
 
-  m.def("assign_nearest", [](Arr<float> x, Arr<float> cent, Arr<int32_t> ol, Arr<float> od,
-                             int threads) {
-    MatView xv = mat(x), cv = mat(cent);
-    need(ol, xv.rows, "out_label");
-    need(od, xv.rows, "out_dist");
-    int32_t* pl = ol.mutable_data();
-    float* pd = od.mutable_data();
+  m.def("knn", [](py::handle x, py::handle queries, int k, py::handle od, py::handle oi,
+                  int threads, py::handle ctl, double sample_hits, double max_reservoir_bytes) {
+    const View xv = in_mat(x, "x");
+    View qv;
+    const bool self = queries.is_none();
+    if (!self) qv = in_mat(queries, "queries");
+    const idx_t rows = self ? xv.rows : qv.rows;
+    if (k < 1 || k > xv.rows) throw py::value_error("`k` must be in [1, rows of x]");
+    float* pd = out_vec<float>(od, "out_dist", rows * k);
+    int64_t* pi = out_vec<int64_t>(oi, "out_idx", rows * k);
+    const Context c = context(threads, ctl);
+    cpu::KnnOptions opt;
+    opt.sample_hits = sample_hits;
+    opt.max_reservoir_bytes = max_reservoir_bytes;
     py::gil_scoped_release nogil;
-    std::vector<float> xn(xv.rows);
-    cpu::row_norms(xv, xn.data(), threads);
-    cpu::assign_nearest(xv, xn.data(), cv, nullptr, pl, pd, threads);
+    cpu::knn(xv, self ? nullptr : &qv, k, pd, pi, c, opt);
   });
 
-  m.def("kmeans_lloyd", [](Arr<float> x, Arr<float> cent, int n_iter, Arr<int32_t> labels,
-                           Arr<int64_t> counts, Arr<float> inertia, int threads, py::object ctl) {
-    MatView xv = mat(x), cv = mat(cent);
-    need(labels, xv.rows, "labels");
-    need(counts, cv.rows, "counts");
-    need(inertia, n_iter, "inertia");
-    Control c = control(ctl);
-    float* pc = cent.mutable_data();
-    int32_t* pl = labels.mutable_data();
-    int64_t* pn = counts.mutable_data();
-    float* pi = inertia.mutable_data();
-    int K = static_cast<int>(cv.rows);
+  m.def("knn_density", [](py::handle x, int k, double min_mean, py::handle out, int threads,
+                          py::handle ctl, double sample_hits, double max_reservoir_bytes) {
+    const View xv = in_mat(x, "x");
+    if (k < 1 || k > xv.rows) throw py::value_error("`k` must be in [1, rows of x]");
+    float* po = out_vec<float>(out, "out", xv.rows);
+    const Context c = context(threads, ctl);
+    cpu::KnnOptions opt;
+    opt.sample_hits = sample_hits;
+    opt.max_reservoir_bytes = max_reservoir_bytes;
     py::gil_scoped_release nogil;
-    return cpu::kmeans_lloyd(xv, pc, K, n_iter, pl, pn, pi, threads, c);
+    cpu::knn_density(xv, k, min_mean, po, c, opt);
   });
 
-  m.def("kmeanspp_init", [](Arr<float> x, int K, uint64_t seed, Arr<int64_t> out, int threads,
-                            py::object ctl) {
-    MatView xv = mat(x);
-    need(out, K, "out_index");
-    Control c = control(ctl);
-    int64_t* po = out.mutable_data();
+  m.def("assign", [](py::handle x, py::handle xn, py::handle cent, py::handle ol, py::handle od,
+                     int threads, py::handle ctl) {
+    const View xv = in_mat(x, "x"), cv = in_mat(cent, "centroids");
+    const float* pxn = xn.is_none() ? nullptr : in_vec<float>(xn, "x_norms", xv.rows);
+    if (cv.cols != xv.cols || cv.rows < 1) throw py::value_error("`centroids`: (K >= 1, d)");
+    int32_t* pl = out_vec<int32_t>(ol, "out_label", xv.rows);
+    float* pd = od.is_none() ? nullptr : out_vec<float>(od, "out_dist", xv.rows);
+    const Context c = context(threads, ctl);
     py::gil_scoped_release nogil;
-    cpu::kmeanspp_init(xv, K, seed, po, threads, c);
+    cpu::assign(xv, pxn, cv, pl, pd, c);
   });
 
-  m.def("regularizer", [](Arr<float> x, Arr<float> x_norms, Arr<float> picks,
-                          Arr<int32_t> labels, Arr<int32_t> pick_tag, double alpha,
-                          float horizon_dist, int horizon_num, bool mask_zero, double far,
-                          Arr<double> out, int threads, py::object ctl) {
-    MatView xv = mat(x), pv = mat(picks);
-    need(x_norms, xv.rows, "x_norms");
-    need(labels, xv.rows, "labels");
-    need(pick_tag, pv.rows, "pick_tag");
-    need(out, xv.rows, "out");
-    Control c = control(ctl);
-    double* po = out.mutable_data();
+  m.def("segment_sum", [](py::handle x, py::handle labels, int K, py::handle sums,
+                          py::handle counts, int threads) {
+    const View xv = in_mat(x, "x");
+    if (K < 1) throw py::value_error("`K` must be >= 1");
+    const int32_t* pl = in_vec<int32_t>(labels, "labels", xv.rows);
+    double* ps = out_vec<double>(sums, "out_sums", static_cast<py::ssize_t>(K) * xv.cols);
+    int64_t* pc = out_vec<int64_t>(counts, "out_counts", K);
+    const Context c = context(threads, py::none());
     py::gil_scoped_release nogil;
-    cpu::regularizer(xv, x_norms.data(), pv, labels.data(), pick_tag.data(), alpha,
-                     horizon_dist, horizon_num, mask_zero, far, po, threads, c);
+    cpu::segment_sum(xv, pl, K, ps, pc, c);
   });
 
-  m.def("row_norms", [](Arr<float> x, Arr<float> out, int threads) {
-    MatView xv = mat(x);
-    need(out, xv.rows, "out");
-    float* po = out.mutable_data();
+  m.def("min_update", [](py::handle x, py::handle centers, int64_t arg_offset, py::handle mind,
+                         py::handle arg, int threads, py::handle ctl) {
+    const View xv = in_mat(x, "x"), cv = in_mat(centers, "centers");
+    if (cv.cols != xv.cols || cv.rows < 1) throw py::value_error("`centers`: (>= 1, d)");
+    float* pm = out_vec<float>(mind, "inout_min", xv.rows);
+    int64_t* pa = arg.is_none() ? nullptr : out_vec<int64_t>(arg, "inout_arg", xv.rows);
+    const Context c = context(threads, ctl);
     py::gil_scoped_release nogil;
-    cpu::row_norms(xv, po, threads);
+    cpu::min_update(xv, cv, arg_offset, pm, pa, c);
   });
 
-  m.def("segment_argmax", [](Arr<float> density, py::object reg, double weight,
-                             Arr<int32_t> labels, int K, Arr<int64_t> out) {
-    const py::ssize_t n = density.size();
-    need(labels, n, "labels");
-    need(out, K, "out");
-    const double* pr = nullptr;
-    Arr<double> reg_arr;
-    if (!reg.is_none()) {
-      reg_arr = reg.cast<Arr<double>>();
-      need(reg_arr, n, "reg");
-      pr = reg_arr.data();
-    }
-    int64_t* po = out.mutable_data();
+  m.def("range_count", [](py::handle q, py::handle base, float radius, py::handle out,
+                          int threads, py::handle ctl) {
+    const View qv = in_mat(q, "queries"), bv = in_mat(base, "base");
+    if (qv.cols != bv.cols) throw py::value_error("`queries` and `base`: same dimension");
+    int64_t* po = out_vec<int64_t>(out, "out", qv.rows);
+    const Context c = context(threads, ctl);
     py::gil_scoped_release nogil;
-    cpu::segment_argmax(density.data(), pr, weight, labels.data(), n, K, po);
+    cpu::range_count(qv, bv, radius, po, c);
+  });
+
+  m.def("regularizer", [](py::handle x, py::handle picks, py::handle labels, py::handle tag,
+                          double alpha, float horizon_dist, int horizon_num, bool mask_zero,
+                          double far, py::handle out, int threads, py::handle ctl) {
+    const View xv = in_mat(x, "x"), pv = in_mat(picks, "picks");
+    if (pv.cols != xv.cols || pv.rows < 1) throw py::value_error("`picks`: (>= 1, d)");
+    const int32_t* pl = in_vec<int32_t>(labels, "labels", xv.rows);
+    const int32_t* pt = in_vec<int32_t>(tag, "pick_tag", pv.rows);
+    double* po = out_vec<double>(out, "out", xv.rows);
+    const Context c = context(threads, ctl);
+    py::gil_scoped_release nogil;
+    cpu::regularizer(xv, pv, pl, pt, alpha, horizon_dist, horizon_num, mask_zero, far, po, c);
+  });
+
+  m.def("segment_argmax", [](py::handle density, py::handle reg, double weight,
+                             py::handle labels, int K, py::handle out) {
+    py::array da = as_array<float>(density, "density");
+    const py::ssize_t n = da.size();
+    const float* pd = in_vec<float>(density, "density", n);
+    const int32_t* pl = in_vec<int32_t>(labels, "labels", n);
+    const double* pr = reg.is_none() ? nullptr : in_vec<double>(reg, "reg", n);
+    if (K < 1) throw py::value_error("`K` must be >= 1");
+    int64_t* po = out_vec<int64_t>(out, "out", K);
+    py::gil_scoped_release nogil;
+    cpu::segment_argmax(pd, pr, weight, pl, n, K, po);
+  });
+
+  m.def("kmeanspp_init", [](py::handle x, int K, uint64_t seed, py::handle out, int threads,
+                            py::handle ctl) {
+    const View xv = in_mat(x, "x");
+    if (K < 1 || K > xv.rows) throw py::value_error("`K` must be in [1, rows of x]");
+    int64_t* po = out_vec<int64_t>(out, "out_index", K);
+    const Context c = context(threads, ctl);
+    py::gil_scoped_release nogil;
+    cpu::kmeanspp_init(xv, K, seed, po, c);
   });
 }

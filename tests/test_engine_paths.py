@@ -41,7 +41,7 @@ def _run_with_isa(isa: str, path: str) -> dict:
 
 def test_every_isa_path_gives_identical_knn(tmp_path):
     native = _run_with_isa("", str(tmp_path / "native.npz"))
-    for isa in ("avx2", "scalar"):
+    for isa in ("avx2", "portable"):
         other = _run_with_isa(isa, str(tmp_path / f"{isa}.npz"))
         for key in native:
             assert np.array_equal(native[key], other[key]), (isa, key)
@@ -84,7 +84,7 @@ def test_sampled_threshold_with_clustered_order():
 
 
 def _control(cancel: bool) -> np.ndarray:
-    return np.array([0, 0, 1 if cancel else 0], dtype=np.int64)
+    return np.array([0, 0, 1 if cancel else 0, 0], dtype=np.int64)
 
 
 def test_engine_ops_stop_when_cancelled():
@@ -94,38 +94,21 @@ def test_engine_ops_stop_when_cancelled():
 
     x = _unit(3000, 16, 7)
     n = x.shape[0]
-    with pytest.raises(KeyboardInterrupt):
-        _cpu.knn_self(
+    calls = {
+        "knn self": lambda c: _cpu.knn(
+            x, None, 10, np.empty((n, 10), np.float32), np.empty((n, 10), np.int64), 2, c, 0.0, 1e18
+        ),
+        "knn query": lambda c: _cpu.knn(
+            x, x, 10, np.empty((n, 10), np.float32), np.empty((n, 10), np.int64), 2, c, 0.0, 1e18
+        ),
+        "density": lambda c: _cpu.knn_density(
+            x, 10, 1e-12, np.empty(n, np.float32), 2, c, 0.0, 1e18
+        ),
+        "assign": lambda c: _cpu.assign(
+            x, None, x[:8].copy(), np.empty(n, np.int32), np.empty(n, np.float32), 2, c
+        ),
+        "regularizer": lambda c: _cpu.regularizer(
             x,
-            10,
-            np.empty((n, 10), np.float32),
-            np.empty((n, 10), np.int64),
-            0,
-            _control(True),
-            0.0,
-            1e18,
-        )
-    with pytest.raises(KeyboardInterrupt):
-        _cpu.knn_query(
-            x, x, 10, np.empty((n, 10), np.float32), np.empty((n, 10), np.int64), 0, _control(True)
-        )
-    cent = x[:8].copy()
-    with pytest.raises(KeyboardInterrupt):
-        _cpu.kmeans_lloyd(
-            x,
-            cent,
-            5,
-            np.empty(n, np.int32),
-            np.empty(8, np.int64),
-            np.empty(5, np.float32),
-            0,
-            _control(True),
-        )
-    xn = (x * x).sum(1).astype(np.float32)
-    with pytest.raises(KeyboardInterrupt):
-        _cpu.regularizer(
-            x,
-            xn,
             x[:5].copy(),
             np.zeros(n, np.int32),
             np.arange(5, dtype=np.int32),
@@ -135,22 +118,55 @@ def test_engine_ops_stop_when_cancelled():
             False,
             1e10,
             np.empty(n),
-            0,
-            _control(True),
-        )
+            2,
+            c,
+        ),
+        "range count": lambda c: _cpu.range_count(x, x, 0.5, np.empty(n, np.int64), 2, c),
+        "k-means++": lambda c: _cpu.kmeanspp_init(x, 5, 0, np.empty(5, np.int64), 2, c),
+    }
+    for name, call in calls.items():
+        with pytest.raises(KeyboardInterrupt):
+            call(_control(True))
+            pytest.fail(f"{name}: not cancelled")
+        call(_control(False))  # and the same call runs to the end without the flag
 
 
 def test_progress_counts_every_unit():
-    # The engine reports its work units into the control array the progress bar reads.
+    # The engine reports its work units into the control array the progress bar reads;
+    # the count ends exactly at the total (no overshoot), sampled pass included.
     from usl_fast._backend import _cpu
 
     x = _unit(1000, 8, 8)
-    ctl = _control(False)
-    _cpu.knn_self(
-        x, 5, np.empty((1000, 5), np.float32), np.empty((1000, 5), np.int64), 0, ctl, 0.0, 1e18
-    )
     tiles = -(-1000 // 256)
+    ctl = _control(False)
+    _cpu.knn(
+        x,
+        None,
+        5,
+        np.empty((1000, 5), np.float32),
+        np.empty((1000, 5), np.int64),
+        2,
+        ctl,
+        0.0,
+        1e18,
+    )
     assert ctl[1] == tiles * (tiles + 1) // 2 and ctl[0] == ctl[1]
+    for hits in (24.0, 1.0):  # with the sampled pass (hits=1: rows redone, counted too)
+        y = _unit(6000, 8, 9)
+        t = -(-6000 // 256)
+        ctl = _control(False)
+        _cpu.knn(
+            y,
+            None,
+            200,
+            np.empty((6000, 200), np.float32),
+            np.empty((6000, 200), np.int64),
+            2,
+            ctl,
+            hits,
+            1e18,
+        )
+        assert ctl[0] == ctl[1] >= t * (t + 1) // 2 + t
 
 
 def test_progress_bar_in_library_call(capsys):

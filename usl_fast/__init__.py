@@ -3,9 +3,20 @@ compiled tiled-distance engine. ``usl_fast.select(features, m)`` returns the m i
 to send to annotators."""
 
 from ._backend import _cpu  # noqa: F401  (loads the engine and its OpenBLAS at import)
-from ._ops import KMeansResult, cluster_argmax, density, density_from_knn, kmeans, knn, regularizer
+from ._ops import (
+    KMeansResult,
+    cluster_argmax,
+    density,
+    density_from_knn,
+    kmeans,
+    knn,
+    range_count,
+    regularizer,
+)
 from ._pipeline import (
+    PRESET,
     PRESETS,
+    Preset,
     SelectResult,
     default_n_clusters,
     random_select,
@@ -26,7 +37,10 @@ __all__ = [
     "KMeansResult",
     "regularizer",
     "cluster_argmax",
+    "range_count",
     "SelectResult",
     "PRESETS",
+    "Preset",
+    "PRESET",
     "default_n_clusters",
 ]

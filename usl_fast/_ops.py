@@ -1,6 +1,9 @@
 """The building blocks of USL as public functions: kNN, density, k-means, the selection
-regularizer and the per-cluster pick. Each validates its arguments, converts once,
-calls the engine and returns arrays of the caller's library."""
+regularizer, the per-cluster pick and range counts. Each validates its arguments, converts
+once, calls the engine through ``_dispatch`` and returns arrays of the caller's library.
+
+Every distance these functions return or use is the engine's exact squared distance
+(docs/engine.md): the same bits whatever the path, thread count or SIMD width."""
 
 from __future__ import annotations
 
@@ -8,15 +11,21 @@ from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _progress
+from . import _dispatch
 from ._backend import _cpu
-from ._validate import as_features, as_float, as_int, as_labels, as_vector, threads_arg
+from ._dispatch import FAR, MIN_MEAN_DIST
+from ._validate import (
+    _is_torch,
+    _to_torch,
+    as_features,
+    as_float,
+    as_int,
+    as_labels,
+    as_vector,
+    threads_arg,
+)
 
-#: Squared distance the reference substitutes for a masked entry (it still adds far^-alpha).
-FAR = 1e10
-#: Floor on the mean kNN distance: exact duplicates (mean 0) get a large finite density
-#: instead of inf, so scores stay comparable and never turn into NaN.
-MIN_MEAN_DIST = 1e-12
+__all__ = ["FAR", "MIN_MEAN_DIST"]
 
 
 def knn(
@@ -42,29 +51,24 @@ def knn(
         neighbour at distance exactly 0 (as in the reference implementation), and
         symmetry is used (each pair of tiles computed once).
     threads : int, optional
-        OpenMP threads (default: all). Results do not depend on it.
+        OpenMP threads. None: the calling thread's OpenMP setting (what
+        ``threadpoolctl.threadpool_limits`` or ``OMP_NUM_THREADS`` set; all cores by
+        default). Results do not depend on it.
 
     Returns
     -------
-    distances : (rows, k) float32, ascending squared L2 distances.
+    distances : (rows, k) float32, ascending exact squared L2 distances.
     indices : (rows, k) int64. Ties go to the lower index.
 
-    Memory: O((n + q) d + rows k); no (q, n) matrix is formed.
+    Memory: the output lists (12 rows k bytes) plus candidate buffers (8 (2k + 16) + 9
+    bytes per row, per tile row past 4 GiB); no (q, n) matrix is formed.
     """
     x, back = as_features(features, "features")
     n = x.shape[0]
-    th = threads_arg(threads)
+    threads_arg(threads)
+    q = None
     if queries is None:
         k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
-        dist = np.empty((n, k), np.float32)
-        idx = np.empty((n, k), np.int64)
-        _progress.run(
-            lambda c: _cpu.knn_self(
-                x, k, dist, idx, th, c, float(_sample_hits), float(_max_reservoir_bytes)
-            ),
-            desc="kNN",
-            progress=progress,
-        )
     else:
         q, back = as_features(queries, "queries")
         if q.shape[1] != x.shape[1]:
@@ -72,11 +76,9 @@ def knn(
                 f"`queries` must have the same dimension as `features` (got {q.shape[1]} and {x.shape[1]})"
             )
         k = as_int(k, "k", 1, n, f" = number of base points n={n}")
-        dist = np.empty((q.shape[0], k), np.float32)
-        idx = np.empty((q.shape[0], k), np.int64)
-        _progress.run(
-            lambda c: _cpu.knn_query(q, x, k, dist, idx, th, c), desc="kNN", progress=progress
-        )
+    dist, idx = _dispatch.knn(
+        x, k, q, threads, progress, float(_sample_hits), float(_max_reservoir_bytes)
+    )
     return back(dist), back(idx)
 
 
@@ -92,14 +94,30 @@ def density_from_knn(distances: Any) -> np.ndarray:
 
 
 def density(
-    features: Any, k: int = 400, *, threads: Optional[int] = None, progress: bool = False
+    features: Any,
+    k: int = 400,
+    *,
+    threads: Optional[int] = None,
+    progress: bool = False,
+    _sample_hits: float = _cpu.DEFAULT_SAMPLE_HITS,
+    _max_reservoir_bytes: float = _cpu.DEFAULT_MAX_RESERVOIR_BYTES,
 ) -> Any:
     """kNN density of every point: 1 / mean of its k smallest squared distances, itself
-    included (REFERENCE.md section 1). Returns (n,) float32 in the caller's library.
-    Requires 1 <= k < n."""
+    included (the paper's implementation drops the ball-volume constant). Returns (n,)
+    float32 in the caller's library. Requires 1 <= k < n.
+
+    No (n, k) lists are formed: each row's k distances are averaged (float64, ascending)
+    as soon as they are final. Memory beyond the input: 4 n bytes of output plus the
+    candidate buffers, 8 (2k + 16) + 9 bytes per row (per tile row past 4 GiB).
+    """
     x, back = as_features(features, "features")
-    dist, _ = knn(x, k, threads=threads, progress=progress)
-    return back(density_from_knn(dist))
+    n = x.shape[0]
+    k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
+    threads_arg(threads)
+    dens = _dispatch.knn_density(
+        x, k, threads, progress, float(_sample_hits), float(_max_reservoir_bytes)
+    )
+    return back(dens)
 
 
 class KMeansResult(NamedTuple):
@@ -143,21 +161,16 @@ def kmeans(
     K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")
     n_iter = as_int(n_iter, "n_iter", 1)
     seed = as_int(seed, "seed", 0)
-    th = threads_arg(threads)
+    threads_arg(threads)
     if isinstance(init, str):
-        if init == "random":
-            start = np.random.default_rng(seed).permutation(n)[:K]
-        elif init == "k-means++":
-            start = np.empty(K, np.int64)
-            _progress.run(
-                lambda c: _cpu.kmeanspp_init(x, K, seed, start, th, c),
-                desc="k-means++",
-                progress=progress,
-            )
-        else:
+        if init not in ("random", "k-means++"):
             raise ValueError(
                 f"`init` must be 'random', 'k-means++' or a (K, d) array (got {init!r})"
             )
+        if init == "random":
+            start = np.random.default_rng(seed).permutation(n)[:K]
+        else:
+            start = _dispatch.kmeanspp_init(x, K, seed, threads, progress)
         cent = np.ascontiguousarray(x[start])
     else:
         cent, _ = as_features(init, "init")
@@ -165,18 +178,83 @@ def kmeans(
             raise ValueError(
                 f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {cent.shape}"
             )
-        cent = cent.copy()
-    labels = np.empty(n, np.int32)
-    counts = np.empty(K, np.int64)
-    inertia = np.empty(n_iter, np.float32)
-    n_run = _progress.run(
-        lambda c: _cpu.kmeans_lloyd(x, cent, n_iter, labels, counts, inertia, th, c),
-        desc="k-means",
-        progress=progress,
-    )
+        cent = np.array(cent, dtype=np.float32, order="C")
+    labels, counts, inertia, n_run = lloyd(x, cent, n_iter, threads=threads, progress=progress)
     return KMeansResult(
         back(labels.astype(np.int64)), back(cent), back(counts), back(inertia), int(n_run)
     )
+
+
+def lloyd(
+    x: np.ndarray,
+    cent: np.ndarray,
+    n_iter: int,
+    *,
+    threads: Optional[int] = None,
+    progress: bool = False,
+    assign: Any = None,
+    reduce: Any = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Lloyd's iterations from the (K, d) float32 centroids ``cent`` (updated in place), the
+    loop in Python over two engine primitives: ``assign`` (nearest alive centroid, exact
+    distances) and the CSR ``segment_sum`` (float64 member sums in row order). ``assign``
+    and ``reduce`` are the seams for other back ends: ``reduce(sums, counts)`` may combine
+    partial sums across processes before the update (a fixed-order all-reduce keeps the
+    result independent of how the rows were split).
+
+    Returns (labels int32, counts int64, inertia float32 per iteration, iterations run).
+    """
+    n = x.shape[0]
+    K = cent.shape[0]
+    alive = np.ones(K, dtype=bool)
+    inertia = np.empty(n_iter, np.float32)
+    prev: Optional[np.ndarray] = None
+    counts = np.zeros(K, np.int64)
+    labels = np.zeros(n, np.int32)
+    n_run = n_iter
+    xn = _dispatch.row_norms(x, threads) if assign is None else None
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_iter, desc="k-means", unit="iteration", dynamic_ncols=True)
+    try:
+        for it in range(n_iter):
+            # A cluster that ended an assignment empty is dead: it never receives points
+            # again (the reference's NaN centroid, without the NaN).
+            live = np.flatnonzero(alive)
+            c_live = cent if live.size == K else np.ascontiguousarray(cent[live])
+            if assign is None:
+                lab, dist = _dispatch.assign(x, c_live, threads, xn)
+            else:
+                lab, dist = assign(x, c_live, threads)
+            if live.size < K:
+                lab = live.astype(np.int32)[lab]
+            labels = lab
+            inertia[it] = np.float32(dist.sum(dtype=np.float64))
+            # A repeated assignment is a fixed point: the update would rebuild these very
+            # centroids (same members, same summation order) and no cluster dies, so every
+            # remaining iteration repeats this one bit for bit.
+            if prev is not None and np.array_equal(labels, prev):
+                inertia[it + 1 :] = inertia[it]
+                n_run = it + 1
+                if bar is not None:
+                    bar.update(n_iter - it)
+                break
+            sums, counts = _dispatch.segment_sum(x, labels, K, threads)
+            if reduce is not None:
+                sums, counts = reduce(sums, counts)
+            alive &= counts > 0
+            keep = counts > 0
+            cent[keep] = (sums[keep] * (1.0 / counts[keep])[:, None]).astype(np.float32)
+            prev = labels
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    counts = np.bincount(labels, minlength=K).astype(np.int64)
+    return labels, counts, inertia, n_run
 
 
 _OWN = ("position", "cluster", "none")
@@ -194,7 +272,7 @@ def regularizer(
     pick_clusters: Any = None,
     mask_zero: bool = False,
     threads: Optional[int] = None,
-) -> np.ndarray:
+) -> Any:
     """One round's regularizer (REFERENCE.md section 3) for every point: a float64 (n,)
     array ``sum_j f(D[i, j])`` over the picks, where D is the squared distance to pick j,
     f(D) = D^-alpha, and a masked entry counts as D = 1e10.
@@ -206,9 +284,9 @@ def regularizer(
         "cluster" (the pick's real cluster, needs ``pick_clusters``), or "none".
     mask_zero : mask exact zero distances (the ImageNet MoCo flavour).
     """
-    x, _ = as_features(features, "features")
+    x, back = as_features(features, "features")
     lab, _ = as_labels(labels, x.shape[0], None)
-    p = np.asarray(picks)
+    p = np.asarray(picks.detach().cpu().numpy() if _is_torch(picks) else picks)
     if p.ndim != 1 or p.size == 0 or not np.issubdtype(p.dtype, np.integer):
         raise ValueError(
             f"`picks` must be a non-empty 1-D integer array (got shape {p.shape}, dtype {p.dtype})"
@@ -239,20 +317,21 @@ def regularizer(
         else as_float(horizon_dist, "horizon_dist", 0.0, allow_inf=True)
     )
     hn = 0 if horizon_num is None else as_int(horizon_num, "horizon_num", 1)
-    th = threads_arg(threads)
-    xn = np.empty(x.shape[0], np.float32)
-    _cpu.row_norms(x, xn, th)
-    out = np.empty(x.shape[0], np.float64)
+    threads_arg(threads)
+    if hn >= p.size:
+        hn = 0  # the h nearest of fewer than h picks are all of them
     pts = np.ascontiguousarray(x[p])
-    _cpu.regularizer(x, xn, pts, lab, tag, alpha, hd, hn, bool(mask_zero), FAR, out, th, None)
-    return out
+    out = _dispatch.regularizer(x, pts, lab, tag, alpha, hd, hn, bool(mask_zero), threads)
+    return back(out)
 
 
 def cluster_argmax(
     density: Any, labels: Any, n_clusters: int, reg: Any = None, weight: float = 0.0
-) -> np.ndarray:
+) -> Any:
     """For every cluster c, the member with the largest ``density - weight * reg`` (first
-    index on ties), -1 for an empty cluster. (n_clusters,) int64."""
+    index on ties), -1 for an empty cluster. (n_clusters,) int64 in the library of
+    ``density`` (numpy, or torch for a torch tensor)."""
+    back = _to_torch if _is_torch(density) else (lambda a: a)
     dens = as_vector(density, len(np.asarray(density)), "density")
     lab, K = as_labels(labels, dens.shape[0], as_int(n_clusters, "n_clusters", 1))
     r = None
@@ -266,6 +345,33 @@ def cluster_argmax(
     weight = as_float(weight, "weight", 0.0)
     if weight == 0.0:
         r = None  # no regularizer (and no 0 * inf = NaN where reg is inf)
-    out = np.empty(K, np.int64)
-    _cpu.segment_argmax(dens, r, float(weight), lab, K, out)
-    return out
+    return back(_dispatch.segment_argmax(dens, r, float(weight), lab, K))
+
+
+def range_count(
+    features: Any,
+    radius: float,
+    queries: Any = None,
+    *,
+    threads: Optional[int] = None,
+    progress: bool = False,
+) -> Any:
+    """For every query row (default: every row of ``features``), how many rows of
+    ``features`` lie within squared distance ``radius`` (<=, the point itself included in a
+    self count). (rows,) int64 in the caller's library.
+
+    The filter decides most pairs from its bounds alone; only pairs within rounding of the
+    radius are evaluated exactly, so the count is exact for the engine's distance.
+    Memory: no pair list or matrix, O(threads * tile) beyond the output.
+    """
+    x, back = as_features(features, "features")
+    q = x
+    if queries is not None:
+        q, back = as_features(queries, "queries")
+        if q.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"`queries` must have the same dimension as `features` (got {q.shape[1]} and {x.shape[1]})"
+            )
+    radius = as_float(radius, "radius", 0.0, allow_inf=True)
+    threads_arg(threads)
+    return back(_dispatch.range_count(q, x, min(radius, 3.4028234663852886e38), threads, progress))

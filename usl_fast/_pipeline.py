@@ -3,20 +3,68 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from . import _ops, _progress
-from ._backend import _cpu
+from . import _dispatch, _ops
 from ._validate import as_features, as_float, as_int, as_labels, as_vector, threads_arg
 
-_UNSET: Any = object()
 
-#: The published configurations (REFERENCE.md section 3). "imagenet" is the MoCo one.
-PRESETS: Dict[str, Dict[str, Any]] = {
+class _FromPreset:
+    """Default of every parameter that a preset supplies: shows as ``PRESET`` in help()."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "PRESET"
+
+    def __reduce__(self):
+        return (_FromPreset, ())
+
+
+#: Marks "take this parameter from the ``defaults`` preset" (``repr``: ``PRESET``).
+PRESET: Any = _FromPreset()
+_UNSET: Any = PRESET
+
+
+@dataclass(frozen=True)
+class Preset(Mapping):
+    """One published configuration of the paper's implementation (read-only). Also a
+    read-only mapping, so ``PRESETS["cifar10"]["k"]`` and ``dict(PRESETS["cifar10"])`` work."""
+
+    k: int
+    kmeans_iter: int
+    rounds: int
+    weight: float
+    momentum: float
+    horizon_dist: Optional[float]
+    horizon_num: Optional[int]
+    alpha: float
+    own_cluster: str
+    mask_zero: bool
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+
+_PRESET_VALUES: Dict[str, Dict[str, Any]] = {
     "cifar10": dict(
         k=400,
         kmeans_iter=200,
@@ -66,7 +114,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         mask_zero=False,
     ),
 }
-PRESETS["imagenet"] = PRESETS["imagenet-moco"]
+_PRESET_VALUES["imagenet"] = _PRESET_VALUES["imagenet-moco"]
+
+#: The published configurations as frozen ``Preset`` records. "imagenet" is the MoCo one.
+PRESETS: Mapping[str, Preset] = {name: Preset(**v) for name, v in _PRESET_VALUES.items()}
 
 
 def default_n_clusters(defaults: str, m: int) -> int:
@@ -103,7 +154,7 @@ class SelectResult:
 def _resolve(defaults: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(defaults, str) or defaults not in PRESETS:
         raise ValueError(f"`defaults` must be one of {sorted(PRESETS)} (got {defaults!r})")
-    p = dict(PRESETS[defaults])
+    p = dict(dataclasses.asdict(PRESETS[defaults]))
     given = {key: val for key, val in overrides.items() if val is not _UNSET}
     # The two horizons are alternatives: giving one replaces the preset's other one.
     if given.get("horizon_dist") is not None and "horizon_num" not in given:
@@ -146,10 +197,9 @@ def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
     return mu * reg + (1.0 - mu) * new
 
 
-def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
+def _pick_rounds(x, dens, lab, K, m, p, threads, progress) -> tuple:
     n = x.shape[0]
     reg = np.zeros(n, np.float64)
-    best = np.empty(K, np.int64)
     rounds = p["rounds"]
     bar = None
     if progress:
@@ -159,7 +209,9 @@ def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
     try:
         for t in range(rounds):
             # weight 0 means no regularizer at all (not 0 * inf = NaN where reg is inf).
-            _cpu.segment_argmax(dens, reg if p["weight"] > 0 else None, p["weight"], lab, K, best)
+            best = _dispatch.segment_argmax(
+                dens, reg if p["weight"] > 0 else None, p["weight"], lab, K
+            )
             clusters = np.flatnonzero(best >= 0)[:m]
             picks = best[clusters]
             if t < rounds - 1:
@@ -170,13 +222,14 @@ def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
                 else:
                     tag = np.full(picks.size, -1, np.int32)
                 hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
-                hn = 0 if p["horizon_num"] is None else min(p["horizon_num"], picks.size)
-                new = np.empty(n, np.float64)
+                # The h nearest of at most h picks are all of them (the reference pads its
+                # top-h with (inf, index 0) there, which turns a whole cluster's score NaN).
+                hn = 0 if p["horizon_num"] is None else p["horizon_num"]
+                if hn >= picks.size:
+                    hn = 0
                 pts = np.ascontiguousarray(x[picks])
-                _progress.run(
-                    _cpu.regularizer,
+                new = _dispatch.regularizer(
                     x,
-                    xn,
                     pts,
                     lab,
                     tag,
@@ -184,9 +237,7 @@ def _pick_rounds(x, xn, dens, lab, K, m, p, th, progress) -> tuple:
                     hd,
                     hn,
                     p["mask_zero"],
-                    _ops.FAR,
-                    new,
-                    th,
+                    threads,
                     desc=f"regularizer round {t + 1}",
                 )
                 reg = _blend(reg, new, p["momentum"])
@@ -263,10 +314,8 @@ def regularized_select(
         ),
         n,
     )
-    th = threads_arg(threads)
-    xn = np.empty(n, np.float32)
-    _cpu.row_norms(x, xn, th)
-    picks, _ = _pick_rounds(x, xn, dens, lab, K, m, p, th, progress)
+    threads_arg(threads)
+    picks, _ = _pick_rounds(x, dens, lab, K, m, p, threads, progress)
     return back(picks)
 
 
@@ -352,13 +401,11 @@ def select(
         raise ValueError(f"`kmeans_init` must be 'random' or 'k-means++' (got {kmeans_init!r})")
     p["kmeans_init"] = kmeans_init
     p = _check_reg_params(p, n)
-    th = threads_arg(threads)
+    threads_arg(threads)
 
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
-    dist, _ = _ops.knn(x, p["k"], threads=threads, progress=progress)
-    dens = _ops.density_from_knn(dist)
-    del dist
+    dens = _ops.density(x, p["k"], threads=threads, progress=progress)
     timings["density"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -375,9 +422,7 @@ def select(
     timings["kmeans"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    xn = np.empty(n, np.float32)
-    _cpu.row_norms(x, xn, th)
-    picks, n_filled = _pick_rounds(x, xn, dens, lab, K, m, p, th, progress)
+    picks, n_filled = _pick_rounds(x, dens, lab, K, m, p, threads, progress)
     timings["selection"] = time.perf_counter() - t0
     if not return_info:
         return back(picks)

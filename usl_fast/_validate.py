@@ -11,12 +11,21 @@ from typing import Any, Tuple
 
 import numpy as np
 
+#: Largest squared row norm the engine accepts: 2**124 (~2.1e37), so that every norm sum,
+#: inner product and distance stays finite in float32 (|x| up to ~4.6e18).
+MAX_SQUARED_NORM = 2.0**124
+#: Rows are indexed with int32 inside the engine.
+MAX_ROWS = 2**31 - 1
+
 
 def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
-    """Return (float32 C-contiguous 2-D numpy view or copy, converter back to caller's library).
+    """Return (float32 2-D numpy array with contiguous, evenly spaced rows; a converter of
+    results back to the caller's library).
 
-    The converter turns a numpy result into the caller's array type (numpy stays numpy;
-    a torch CPU tensor in gives torch tensors out).
+    No copy is made when the input already is float32 with contiguous rows (C-ordered,
+    a row-strided view, read-only or memory-mapped); anything else is converted once.
+    Errors: not 2-D or empty, non-numeric, NaN/inf, more than 2**31 - 1 rows, or a row whose
+    squared norm exceeds 2**124 (float32 distances would overflow), each naming the row.
     """
     to_caller = _identity
     if _is_torch(x):
@@ -55,26 +64,49 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
     n, d = arr.shape
     if n == 0 or d == 0:
         raise ValueError(f"`{name}` must not be empty, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    bad = _first_non_finite_row(arr)
-    if bad is not None:
-        col = int(np.flatnonzero(~np.isfinite(arr[bad]))[0])
-        raise ValueError(
-            f"`{name}` contains NaN or inf (first at row {bad}, column {col}; "
-            "after conversion to float32, values beyond +-3.4e38 become inf)"
-        )
+    if n > MAX_ROWS:
+        raise ValueError(f"`{name}` has {n} rows; at most {MAX_ROWS} (2**31 - 1) are supported")
+    if not _engine_layout(arr):
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    _check_rows(arr, name)
     return arr, to_caller
 
 
-def _first_non_finite_row(arr: np.ndarray, chunk_elems: int = 1 << 22) -> "int | None":
-    """Index of the first row holding NaN/inf, or None. Checked in row blocks so that a
-    large (memory-mapped) input never needs a full-size boolean mask."""
+def _engine_layout(arr: np.ndarray) -> bool:
+    """float32 (native byte order) with contiguous rows at a constant, non-overlapping,
+    positive stride: what the engine reads in place."""
+    if arr.dtype != np.dtype(np.float32):
+        return False
+    n, d = arr.shape
+    s0, s1 = arr.strides
+    if d > 1 and s1 != 4:
+        return False
+    return n == 1 or (s0 > 0 and s0 % 4 == 0 and s0 // 4 >= d)
+
+
+def _check_rows(arr: np.ndarray, name: str, chunk_elems: int = 1 << 21) -> None:
+    """One pass in row blocks (a large memory-mapped input never needs a full-size
+    temporary): the first row holding NaN/inf, or a squared norm beyond MAX_SQUARED_NORM."""
     rows = max(1, chunk_elems // max(1, arr.shape[1]))
     for start in range(0, arr.shape[0], rows):
         block = arr[start : start + rows]
-        if not np.isfinite(block).all():
-            return start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-    return None
+        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        ok = sq <= MAX_SQUARED_NORM  # False for NaN too
+        if ok.all():
+            continue
+        bad = start + int(np.flatnonzero(~ok)[0])
+        row = arr[bad]
+        if not np.isfinite(row).all():
+            col = int(np.flatnonzero(~np.isfinite(row))[0])
+            raise ValueError(
+                f"`{name}` contains NaN or inf (first at row {bad}, column {col}; "
+                "after conversion to float32, values beyond +-3.4e38 become inf)"
+            )
+        raise ValueError(
+            f"`{name}` row {bad} has squared norm {float(sq[bad - start]):.3g}, above the "
+            f"largest the float32 engine accepts ({MAX_SQUARED_NORM:.3g} = 2**124, i.e. |x| up "
+            "to ~4.6e18); rescale the features (e.g. L2-normalise them)"
+        )
 
 
 def as_int(value: Any, name: str, low: int, high: int | None = None, high_msg: str = "") -> int:

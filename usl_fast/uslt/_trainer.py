@@ -440,12 +440,11 @@ class USLT:
 
 def _kmeanspp_rows(X: torch.Tensor, K: int, seed: int) -> torch.Tensor:
     """K row indices of X by k-means++ D^2 sampling (the CPU engine's seeding)."""
-    from .. import _cpu
+    from .. import _dispatch
+    from .._validate import as_features
 
-    x = np.ascontiguousarray(X.detach().cpu().numpy(), dtype=np.float32)
-    out = np.empty(K, np.int64)
-    _cpu.kmeanspp_init(x, K, seed, out, 0, None)
-    return torch.from_numpy(out)
+    x, _ = as_features(X.detach().cpu(), "features")
+    return torch.from_numpy(_dispatch.kmeanspp_init(x, K, seed, None))
 
 
 def _as_neighbors(neighbors: Any, n: int) -> torch.Tensor:

@@ -1,0 +1,488 @@
+// CPU back-end primitives under the tile driver: the one call into BLAS, per-thread tiles,
+// the allocation budget, SIMD versions of the exact kernel (bit-identical to l2.hpp) and
+// the top-k filter scan. SIMD code is compiled only where the compiler targets x86-64 and
+// the build is not USL_FAST_ISA=portable; which path runs is chosen once, at run time.
+#include <cblas.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "tile.hpp"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(USL_FAST_PORTABLE)
+#define USL_FAST_X86 1
+#include <immintrin.h>
+#endif
+
+namespace usl_fast {
+namespace cpu {
+
+// ----------------------------------------------------------------------------- BLAS
+namespace {
+// Every caller already runs inside its own OpenMP thread on a private tile, so OpenBLAS's
+// own thread pool would only compete with ours.
+struct BlasSingleThread {
+  BlasSingleThread() { scipy_openblas_set_num_threads(1); }
+};
+const BlasSingleThread blas_single_thread_once;
+}  // namespace
+
+void gemm_nt(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
+             float* c, idx_t ldc) {
+  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
+                    static_cast<blasint>(n), static_cast<blasint>(d), 1.0f, a,
+                    static_cast<blasint>(lda), b, static_cast<blasint>(ldb), 0.0f, c,
+                    static_cast<blasint>(ldc));
+}
+
+float* thread_tile() {
+  // Allocated once per OpenMP thread (OpenMP keeps its pool between regions): a fresh
+  // 256 KiB buffer per call costs page faults on every k-means iteration.
+  thread_local std::unique_ptr<float[]> tile;
+  if (!tile) tile.reset(new float[static_cast<size_t>(kTile) * kTile]);
+  return tile.get();
+}
+
+// ----------------------------------------------------------------------------- memory
+namespace {
+std::atomic<int64_t> g_limit{-1};
+std::atomic<int64_t> g_used{0};
+}  // namespace
+
+void set_alloc_limit(int64_t bytes) {
+  g_limit.store(bytes);
+  g_used.store(0);
+}
+
+void* checked_alloc(size_t bytes) {
+  const int64_t limit = g_limit.load(std::memory_order_relaxed);
+  if (limit >= 0) {
+    const int64_t now = g_used.fetch_add(static_cast<int64_t>(bytes)) + static_cast<int64_t>(bytes);
+    if (now > limit) {
+      g_used.fetch_sub(static_cast<int64_t>(bytes));
+      throw std::bad_alloc();
+    }
+  }
+  void* p = std::malloc(bytes ? bytes : 1);
+  if (!p) {
+    if (limit >= 0) g_used.fetch_sub(static_cast<int64_t>(bytes));
+    throw std::bad_alloc();
+  }
+  return p;
+}
+
+void checked_free(void* p, size_t bytes) noexcept {
+  std::free(p);
+  if (g_limit.load(std::memory_order_relaxed) >= 0) g_used.fetch_sub(static_cast<int64_t>(bytes));
+}
+
+// ----------------------------------------------------------------------------- ISA
+int active_isa() {
+  static const int isa = [] {
+#ifdef USL_FAST_X86
+    const bool avx512 = __builtin_cpu_supports("avx512f");
+    const bool avx2 = __builtin_cpu_supports("avx2");
+    const char* env = std::getenv("USL_FAST_ISA");
+    const std::string want = env ? env : "";
+    if (want == "portable" || want == "scalar") return 0;
+    if (want == "avx2") return avx2 ? 1 : 0;
+    return avx512 ? 2 : avx2 ? 1 : 0;
+#else
+    return 0;
+#endif
+  }();
+  return isa;
+}
+
+// ----------------------------------------------------------------------------- exact
+namespace {
+
+#ifdef USL_FAST_X86
+// Four pairs at once (a against b[0..3]): four independent add chains keep the FP units
+// busy where one pair alone would wait on its adds' latency. The float32 differences of 16
+// coordinates are split into two float64 halves, which go to lanes 0-7 in order, so lane l
+// still sums t % 8 == l in ascending t.
+__attribute__((target("avx512f,fma"))) void exact4_avx512(const float* a, const float* const* b,
+                                                      idx_t d, float* out) {
+  __m512d acc[4];
+  for (int p = 0; p < 4; ++p) acc[p] = _mm512_setzero_pd();
+  idx_t t = 0;
+  for (; t + 16 <= d; t += 16) {
+    const __m512 va = _mm512_loadu_ps(a + t);
+    for (int p = 0; p < 4; ++p) {
+      const __m512 df = _mm512_sub_ps(va, _mm512_loadu_ps(b[p] + t));
+      const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(df));
+      const __m512d hi =
+          _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(df), 1)));
+      // lo * lo is exact in float64, so the fused multiply-add rounds like mul + add.
+      acc[p] = _mm512_fmadd_pd(lo, lo, acc[p]);
+      acc[p] = _mm512_fmadd_pd(hi, hi, acc[p]);
+    }
+  }
+  if (t + 8 <= d) {
+    const __m256 va = _mm256_loadu_ps(a + t);
+    for (int p = 0; p < 4; ++p) {
+      const __m512d df = _mm512_cvtps_pd(_mm256_sub_ps(va, _mm256_loadu_ps(b[p] + t)));
+      acc[p] = _mm512_fmadd_pd(df, df, acc[p]);
+    }
+    t += 8;
+  }
+  for (int p = 0; p < 4; ++p) {
+    alignas(64) double s[8];
+    _mm512_store_pd(s, acc[p]);
+    for (int l = 0; t + l < d; ++l) {
+      const double df = static_cast<double>(a[t + l] - b[p][t + l]);
+      s[l] += df * df;
+    }
+    out[p] = static_cast<float>(exact_lanes_combine(s));
+  }
+}
+
+// One pair (the last n % 4 of a batch).
+__attribute__((target("avx512f,fma"))) float exact1_avx512(const float* a, const float* b,
+                                                           idx_t d) {
+  __m512d acc = _mm512_setzero_pd();
+  idx_t t = 0;
+  for (; t + 8 <= d; t += 8) {
+    const __m512d df = _mm512_cvtps_pd(_mm256_sub_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t)));
+    acc = _mm512_fmadd_pd(df, df, acc);
+  }
+  alignas(64) double s[8];
+  _mm512_store_pd(s, acc);
+  for (int l = 0; t + l < d; ++l) {
+    const double df = static_cast<double>(a[t + l] - b[t + l]);
+    s[l] += df * df;
+  }
+  return static_cast<float>(exact_lanes_combine(s));
+}
+
+__attribute__((target("avx2,fma"))) float exact1_avx2(const float* a, const float* b, idx_t d) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  idx_t t = 0;
+  for (; t + 8 <= d; t += 8) {
+    const __m256 df = _mm256_sub_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t));
+    const __m256d dl = _mm256_cvtps_pd(_mm256_castps256_ps128(df));
+    const __m256d dh = _mm256_cvtps_pd(_mm256_extractf128_ps(df, 1));
+    lo = _mm256_fmadd_pd(dl, dl, lo);
+    hi = _mm256_fmadd_pd(dh, dh, hi);
+  }
+  alignas(32) double s[8];
+  _mm256_store_pd(s, lo);
+  _mm256_store_pd(s + 4, hi);
+  for (int l = 0; t + l < d; ++l) {
+    const double df = static_cast<double>(a[t + l] - b[t + l]);
+    s[l] += df * df;
+  }
+  return static_cast<float>(exact_lanes_combine(s));
+}
+
+__attribute__((target("avx2,fma"))) void exact4_avx2(const float* a, const float* const* b, idx_t d,
+                                                 float* out) {
+  __m256d lo[4], hi[4];
+  for (int p = 0; p < 4; ++p) lo[p] = hi[p] = _mm256_setzero_pd();
+  idx_t t = 0;
+  for (; t + 8 <= d; t += 8) {
+    const __m256 va = _mm256_loadu_ps(a + t);
+    for (int p = 0; p < 4; ++p) {
+      const __m256 df = _mm256_sub_ps(va, _mm256_loadu_ps(b[p] + t));
+      const __m256d dl = _mm256_cvtps_pd(_mm256_castps256_ps128(df));
+      const __m256d dh = _mm256_cvtps_pd(_mm256_extractf128_ps(df, 1));
+      lo[p] = _mm256_fmadd_pd(dl, dl, lo[p]);
+      hi[p] = _mm256_fmadd_pd(dh, dh, hi[p]);
+    }
+  }
+  for (int p = 0; p < 4; ++p) {
+    alignas(32) double s[8];
+    _mm256_store_pd(s, lo[p]);
+    _mm256_store_pd(s + 4, hi[p]);
+    for (int l = 0; t + l < d; ++l) {
+      const double df = static_cast<double>(a[t + l] - b[p][t + l]);
+      s[l] += df * df;
+    }
+    out[p] = static_cast<float>(exact_lanes_combine(s));
+  }
+}
+#endif
+
+// exact_l2 of a against n rows given by pointers: four at a time on SIMD paths, the
+// portable header kernel otherwise (and for the last n % 4).
+void exact_many(int isa, const float* a, const float* const* b, idx_t n, idx_t d, float* out) {
+  idx_t t = 0;
+#ifdef USL_FAST_X86
+  if (isa == 2) {
+    for (; t + 4 <= n; t += 4) exact4_avx512(a, b + t, d, out + t);
+  } else if (isa == 1) {
+    for (; t + 4 <= n; t += 4) exact4_avx2(a, b + t, d, out + t);
+  }
+  if (isa == 2) {
+    for (; t < n; ++t) out[t] = exact1_avx512(a, b[t], d);
+  } else if (isa == 1) {
+    for (; t < n; ++t) out[t] = exact1_avx2(a, b[t], d);
+  }
+#endif
+  (void)isa;
+  for (; t < n; ++t) out[t] = exact_l2(a, b[t], d);
+}
+
+}  // namespace
+
+void exact_gather(const float* a, const View& base, const int32_t* idx, idx_t n, float* out) {
+  const int isa = active_isa();
+  const float* ptr[64];
+  for (idx_t t0 = 0; t0 < n; t0 += 64) {
+    const idx_t m = std::min<idx_t>(64, n - t0);
+    for (idx_t t = 0; t < m; ++t) ptr[t] = base.row(idx[t0 + t]);
+    exact_many(isa, a, ptr, m, base.cols, out + t0);
+  }
+}
+
+void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out) {
+  const int isa = active_isa();
+  const float* ptr[64];
+  for (idx_t t0 = 0; t0 < n; t0 += 64) {
+    const idx_t m = std::min<idx_t>(64, n - t0);
+    for (idx_t t = 0; t < m; ++t) ptr[t] = base.row(j0 + t0 + t);
+    exact_many(isa, a, ptr, m, base.cols, out + t0);
+  }
+}
+
+float exact_pair(const float* a, const float* b, idx_t d) {
+  float out;
+  exact_many(active_isa(), a, &b, 1, d, &out);
+  return out;
+}
+
+void row_norms(const View& x, float* out, const Context& ctx) {
+  const idx_t d = x.cols;
+  // exact_l2 against the zero vector: fl(b_t - 0) = b_t, so this is exact_norm.
+  const std::vector<float> zero(static_cast<size_t>(d), 0.0f);
+  const int isa = active_isa();
+  const idx_t blocks = (x.rows + 63) / 64;
+  ctx.ran_with(ctx.threads);
+#pragma omp parallel for schedule(static) num_threads(ctx.threads)
+  for (idx_t b = 0; b < blocks; ++b) {
+    const float* ptr[64];
+    const idx_t i0 = b * 64, m = std::min<idx_t>(64, x.rows - i0);
+    for (idx_t t = 0; t < m; ++t) ptr[t] = x.row(i0 + t);
+    exact_many(isa, zero.data(), ptr, m, d, out + i0);
+  }
+}
+
+// ----------------------------------------------------------------------------- top-k scan
+namespace {
+
+// Pairs of one tile row whose lower bound passed a threshold wait in `Pending` and are
+// evaluated in batches (four pairs per SIMD call), then each is kept on every side whose
+// threshold its exact value still passes. Thresholds seen while pairs wait are at most a
+// few steps stale, which only adds evaluations, never changes the result.
+struct Pending {
+  static constexpr int kCap = 32;
+  const float* ptr[kCap + 16];
+  idx_t col[kCap + 16];
+  float v[kCap + 16];
+  int n = 0;
+};
+
+inline void flush(int isa, const Tile& t, idx_t r, TopK* rows, idx_t row_off, TopK* cols,
+                  Pending& p) {
+  if (!p.n) return;
+  const idx_t i = t.i0 + r;
+  exact_many(isa, t.rows.row(i), p.ptr, p.n, t.cols.cols, p.v);
+  for (int u = 0; u < p.n; ++u) {
+    const idx_t j = t.j0 + p.col[u];
+    if (p.v[u] <= rows->thresholds()[row_off + r])
+      rows->push(row_off + r, p.v[u], static_cast<int32_t>(j));
+    if (cols && p.v[u] <= cols->thresholds()[j]) cols->push(j, p.v[u], static_cast<int32_t>(i));
+  }
+  p.n = 0;
+}
+
+inline void offer(int isa, const Tile& t, idx_t r, idx_t c, unsigned bits, TopK* rows,
+                  idx_t row_off, TopK* cols, Pending& p) {
+  while (bits) {
+    const int b = __builtin_ctz(bits);
+    bits &= bits - 1;
+    p.col[p.n] = c + b;
+    p.ptr[p.n++] = t.cols.row(t.j0 + c + b);
+  }
+  if (p.n >= Pending::kCap) flush(isa, t, r, rows, row_off, cols, p);
+}
+
+void scan_portable(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, int isa,
+                   idx_t c_begin, idx_t r_begin, idx_t r_end, Pending& p) {
+  for (idx_t r = r_begin; r < r_end; ++r) {
+    const float* ip = t.ip + r * t.ldt;
+    for (idx_t c = c_begin; c < t.nj; ++c) {
+      const float s = t.rn[r] + t.cn[c];
+      const float l = (s - 2.0f * ip[c]) - t.rel * s;
+      if (l <= rows->thresholds()[row_off + r] || (cols && l <= cols->thresholds()[t.j0 + c]))
+        offer(isa, t, r, c, 1u, rows, row_off, cols, p);
+    }
+    flush(isa, t, r, rows, row_off, cols, p);
+  }
+}
+
+#ifdef USL_FAST_X86
+// 16 lanes a step: the same roundings as scan_portable, one compare against the row
+// threshold and one against the 16 column thresholds; almost every step rejects all lanes.
+__attribute__((target("avx512f"))) void scan_avx512(const Tile& t, TopK* rows, idx_t row_off,
+                                                    TopK* cols) {
+  Pending p;
+  const __m512 two = _mm512_set1_ps(2.0f), rel = _mm512_set1_ps(t.rel);
+  for (idx_t r = 0; r < t.mi; ++r) {
+    const float* ip = t.ip + r * t.ldt;
+    const __m512 xn = _mm512_set1_ps(t.rn[r]);
+    __m512 tr = _mm512_set1_ps(rows->thresholds()[row_off + r]);
+    for (idx_t c = 0; c < t.nj; c += 16) {
+      const idx_t left = t.nj - c;
+      const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                        : static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
+      const __m512 e = _mm512_sub_ps(s, _mm512_mul_ps(two, _mm512_maskz_loadu_ps(live, ip + c)));
+      const __m512 l = _mm512_sub_ps(e, _mm512_mul_ps(rel, s));
+      __mmask16 m = _mm512_mask_cmp_ps_mask(live, l, tr, _CMP_LE_OQ);
+      if (cols)
+        m |= _mm512_mask_cmp_ps_mask(live, l, _mm512_maskz_loadu_ps(live, cols->thresholds() + t.j0 + c),
+                                     _CMP_LE_OQ);
+      if (!m) continue;
+      offer(2, t, r, c, static_cast<unsigned>(m), rows, row_off, cols, p);
+      tr = _mm512_set1_ps(rows->thresholds()[row_off + r]);
+    }
+    flush(2, t, r, rows, row_off, cols, p);
+  }
+}
+
+__attribute__((target("avx2"))) void scan_avx2(const Tile& t, TopK* rows, idx_t row_off,
+                                               TopK* cols) {
+  Pending p;
+  const __m256 two = _mm256_set1_ps(2.0f), rel = _mm256_set1_ps(t.rel);
+  const idx_t nj8 = t.nj - t.nj % 8;
+  for (idx_t r = 0; r < t.mi; ++r) {
+    const float* ip = t.ip + r * t.ldt;
+    const __m256 xn = _mm256_set1_ps(t.rn[r]);
+    __m256 tr = _mm256_set1_ps(rows->thresholds()[row_off + r]);
+    for (idx_t c = 0; c < nj8; c += 8) {
+      const __m256 s = _mm256_add_ps(xn, _mm256_loadu_ps(t.cn + c));
+      const __m256 e = _mm256_sub_ps(s, _mm256_mul_ps(two, _mm256_loadu_ps(ip + c)));
+      const __m256 l = _mm256_sub_ps(e, _mm256_mul_ps(rel, s));
+      unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(l, tr, _CMP_LE_OQ)));
+      if (cols)
+        bits |= static_cast<unsigned>(_mm256_movemask_ps(
+            _mm256_cmp_ps(l, _mm256_loadu_ps(cols->thresholds() + t.j0 + c), _CMP_LE_OQ)));
+      if (!bits) continue;
+      offer(1, t, r, c, bits, rows, row_off, cols, p);
+      tr = _mm256_set1_ps(rows->thresholds()[row_off + r]);
+    }
+    flush(1, t, r, rows, row_off, cols, p);
+    if (nj8 < t.nj) scan_portable(t, rows, row_off, cols, 1, nj8, r, r + 1, p);
+  }
+}
+#endif
+
+}  // namespace
+
+// ----------------------------------------------------------------------------- arg-min
+namespace {
+
+void argmin_portable(const Tile& t, idx_t r, float best, int32_t* out, idx_t& n) {
+  const float* ip = t.ip + r * t.ldt;
+  float U = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : U)
+  for (idx_t c = 0; c < t.nj; ++c) {
+    const float s = t.rn[r] + t.cn[c];
+    const float u = (s - 2.0f * ip[c]) + t.rel * s;
+    U = u < U ? u : U;
+  }
+  float thr = round_up(static_cast<double>(U) + 2.0 * t.abs);
+  thr = best < thr ? best : thr;
+  for (idx_t c = 0; c < t.nj; ++c) {
+    const float s = t.rn[r] + t.cn[c];
+    if ((s - 2.0f * ip[c]) - t.rel * s <= thr) out[n++] = static_cast<int32_t>(t.j0 + c);
+  }
+}
+
+#ifdef USL_FAST_X86
+__attribute__((target("avx512f"))) void argmin_avx512(const Tile& t, idx_t r, float best,
+                                                      int32_t* out, idx_t& n) {
+  const float* ip = t.ip + r * t.ldt;
+  const __m512 two = _mm512_set1_ps(2.0f), rel = _mm512_set1_ps(t.rel);
+  const __m512 xn = _mm512_set1_ps(t.rn[r]);
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 umin = inf;
+  for (idx_t c = 0; c < t.nj; c += 16) {
+    const idx_t left = t.nj - c;
+    const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
+    const __m512 u = _mm512_add_ps(_mm512_sub_ps(s, _mm512_mul_ps(two, _mm512_maskz_loadu_ps(live, ip + c))),
+                                   _mm512_mul_ps(rel, s));
+    umin = _mm512_mask_min_ps(umin, live, umin, u);
+  }
+  float thr = round_up(static_cast<double>(_mm512_reduce_min_ps(umin)) + 2.0 * t.abs);
+  thr = best < thr ? best : thr;
+  const __m512 vt = _mm512_set1_ps(thr);
+  for (idx_t c = 0; c < t.nj; c += 16) {
+    const idx_t left = t.nj - c;
+    const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
+    const __m512 l = _mm512_sub_ps(_mm512_sub_ps(s, _mm512_mul_ps(two, _mm512_maskz_loadu_ps(live, ip + c))),
+                                   _mm512_mul_ps(rel, s));
+    unsigned bits = _mm512_mask_cmp_ps_mask(live, l, vt, _CMP_LE_OQ);
+    while (bits) {
+      const int b = __builtin_ctz(bits);
+      bits &= bits - 1;
+      out[n++] = static_cast<int32_t>(t.j0 + c + b);
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+void argmin_candidates(const Tile& t, idx_t r, float best, int32_t* out, idx_t& n) {
+#ifdef USL_FAST_X86
+  if (active_isa() == 2) return argmin_avx512(t, r, best, out, n);
+#endif
+  argmin_portable(t, r, best, out, n);
+}
+
+// A row (or column) that has no threshold yet (+inf: nothing kept so far) starts from the
+// k-th smallest filter UPPER bound among this tile's pairs: at least k candidates are
+// surely within it, so it bounds the k-th exact distance. Without it, the first 2k + 16
+// pairs of every row would all be evaluated exactly before the first compaction.
+void seed_thresholds(const Tile& t, TopK* rows, idx_t row_off, TopK* cols) {
+  const int k = rows->k();
+  float u[kTile];
+  if (t.nj >= k)
+    for (idx_t r = 0; r < t.mi; ++r) {
+      float& thr = rows->thresholds()[row_off + r];
+      if (thr != std::numeric_limits<float>::infinity()) continue;
+      for (idx_t c = 0; c < t.nj; ++c) u[c] = t.upper(r, c);
+      std::nth_element(u, u + (k - 1), u + t.nj);
+      thr = round_up(static_cast<double>(u[k - 1]) + t.abs);
+    }
+  if (cols && t.mi >= k)
+    for (idx_t c = 0; c < t.nj; ++c) {
+      float& thr = cols->thresholds()[t.j0 + c];
+      if (thr != std::numeric_limits<float>::infinity()) continue;
+      for (idx_t r = 0; r < t.mi; ++r) u[r] = t.upper(r, c);
+      std::nth_element(u, u + (k - 1), u + t.mi);
+      thr = round_up(static_cast<double>(u[k - 1]) + t.abs);
+    }
+}
+
+void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, ScanScratch&) {
+  const int isa = active_isa();
+  seed_thresholds(t, rows, row_off, cols);
+#ifdef USL_FAST_X86
+  if (isa == 2) return scan_avx512(t, rows, row_off, cols);
+  if (isa == 1) return scan_avx2(t, rows, row_off, cols);
+#endif
+  Pending p;
+  scan_portable(t, rows, row_off, cols, isa, 0, 0, t.mi, p);
+}
+
+}  // namespace cpu
+}  // namespace usl_fast

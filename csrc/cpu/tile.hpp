@@ -1,0 +1,346 @@
+// The CPU tile engine: ONE driver that walks (row tile, column tile) pairs, computes the
+// tile's inner products with a single-threaded SGEMM while the operands sit in L2, and hands
+// the tile to an epilogue. The inner products only FILTER (usl_fast/l2.hpp): whatever an
+// epilogue keeps, it keeps by exact_l2 values. Epilogues: top-k (kNN, density, arg-min,
+// min-update), masked power-sum / top-h (regularizer), range count.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "usl_fast/common.hpp"
+#include "usl_fast/l2.hpp"
+
+namespace usl_fast {
+namespace cpu {
+
+// Rows per tile side. 256 x 256 floats = 256 KiB: the tile and both operand panels
+// (256 x d each) stay in a 1-2 MiB L2 for d up to ~512, and OpenBLAS runs at full speed on
+// a 256 x 256 x d product (measured: benchmarks/bench_knn.py).
+constexpr idx_t kTile = 256;
+
+inline idx_t num_tiles(idx_t n) { return (n + kTile - 1) / kTile; }
+
+// ---------------------------------------------------------------------------------------
+// Memory: every buffer whose size grows with the input goes through checked_alloc, which
+// honours a test-only budget (set_alloc_limit) so tests can inject an allocation failure
+// anywhere, inside OpenMP regions included.
+void* checked_alloc(size_t bytes);
+void checked_free(void* p, size_t bytes) noexcept;
+void set_alloc_limit(int64_t bytes);  // < 0: no limit
+
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(size_t n) { reset(n); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { release(); }
+  void reset(size_t n) {
+    release();
+    if (n) p_ = static_cast<T*>(checked_alloc(n * sizeof(T)));
+    n_ = n;
+  }
+  void fill(const T& v) { std::fill(p_, p_ + n_, v); }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
+  size_t size() const { return n_; }
+
+ private:
+  void release() {
+    if (p_) checked_free(p_, n_ * sizeof(T));
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------
+// Exceptions never leave an OpenMP region: each task runs through Guard::run, the first
+// exception is kept, every thread then skips its remaining tasks, and the caller rethrows
+// after the region (std::bad_alloc reaches Python as MemoryError).
+class Guard {
+ public:
+  template <class F>
+  void run(F&& f) {
+    if (stop_.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(usl_fast_guard)
+      {
+        if (!error_) error_ = std::current_exception();
+      }
+      stop_.store(true, std::memory_order_relaxed);
+    }
+  }
+  bool stopped() const { return stop_.load(std::memory_order_relaxed); }
+  void check_cancel(const Context& ctx) {
+    if (ctx.cancelled()) throw Cancelled();
+  }
+  void rethrow() {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::exception_ptr error_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Back-end primitives of the CPU (tile.cpp).
+
+// C[m x n] = A[m x d] * B[n x d]^T (row-major, leading dimensions lda, ldb, ldc), one thread.
+void gemm_nt(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
+             float* c, idx_t ldc);
+
+// The calling thread's kTile x kTile scratch tile (allocated once per OpenMP thread).
+float* thread_tile();
+
+// Which SIMD path runs: 0 portable, 1 AVX2, 2 AVX-512. USL_FAST_ISA=portable|avx2|avx512
+// narrows it (tests compare every path); a build with USL_FAST_ISA=portable has only 0.
+int active_isa();
+
+// exact_l2 of row a against base rows idx[0..n) and against rows j0..j0+n (SIMD versions of
+// l2.hpp's kernel, identical bits), and of one pair.
+void exact_gather(const float* a, const View& base, const int32_t* idx, idx_t n, float* out);
+void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out);
+float exact_pair(const float* a, const float* b, idx_t d);
+
+// exact_norm of every row, threads over rows.
+void row_norms(const View& x, float* out, const Context& ctx);
+
+// ---------------------------------------------------------------------------------------
+// One tile handed to an epilogue: rows [0, mi) are global rows i0 + r of the row set,
+// columns [0, nj) are global rows j0 + c of the column set; ip[r * ldt + c] their inner
+// product. `lower(r, c)` is the filter's lower bound of the exact distance (never above it).
+struct Tile {
+  const float* ip;
+  idx_t ldt, i0, mi, j0, nj;
+  const float* rn;  // the tile rows' squared norms (mi)
+  const float* cn;  // the tile columns' squared norms (nj)
+  float rel, abs;   // filter_rel(d), filter_abs(d)
+  bool diagonal;    // symmetric pass, I == J
+  View rows, cols;  // the whole row and column sets (global indices)
+
+  // e = fl(fl(rn + cn) - 2 ip): the estimate; e - rel s: its lower bound (abs is added to
+  // the thresholds instead, see TopK).
+  float estimate(idx_t r, idx_t c) const { return (rn[r] + cn[c]) - 2.0f * ip[r * ldt + c]; }
+  float lower(idx_t r, idx_t c) const {
+    const float s = rn[r] + cn[c];
+    return (s - 2.0f * ip[r * ldt + c]) - rel * s;
+  }
+  float upper(idx_t r, idx_t c) const {
+    const float s = rn[r] + cn[c];
+    return (s - 2.0f * ip[r * ldt + c]) + rel * s + abs;
+  }
+};
+
+inline float round_up(double v) {
+  const float f = static_cast<float>(v);
+  return static_cast<double>(f) >= v ? f : std::nextafter(f, std::numeric_limits<float>::infinity());
+}
+
+// ---------------------------------------------------------------------------------------
+// Top-k by exact distance. Per row: a buffer of packed (exact distance, index) keys and an
+// acceptance threshold thr = (k-th best exact distance so far) + filter_abs, +inf until k
+// were kept. The scan offers a pair only when the filter's lower bound passes thr; such a
+// pair is evaluated with exact_l2 right then, while both rows are still in cache (measured:
+// 4-8x cheaper than evaluating the survivors at the end, whose rows are scattered), and
+// kept when its exact value passes too. Compaction keeps the k smallest keys, so the final
+// k are the k smallest (distance, index) pairs of everything that could be among them,
+// whatever order the pairs came in.
+class TopK {
+ public:
+  void init(idx_t rows, int k, float abs) {
+    k_ = k;
+    cap_ = 2 * k + 16;
+    abs_ = abs;
+    keys_.reset(static_cast<size_t>(rows) * cap_);
+    count_.reset(rows);
+    thr_.reset(rows);
+    reset(0);
+  }
+  // Local row r is global row origin + r from now on; every row starts empty.
+  void reset(idx_t origin) {
+    origin_ = origin;
+    count_.fill(0);
+    thr_.fill(std::numeric_limits<float>::infinity());
+  }
+  idx_t origin() const { return origin_; }
+  int k() const { return k_; }
+  float* thresholds() { return thr_.data(); }
+  const float* thresholds() const { return thr_.data(); }
+
+  // Start row r with a known upper bound tau of its k-th exact distance (sampled pass).
+  void start_below(idx_t r, float tau) { thr_[r] = round_up(static_cast<double>(tau) + abs_); }
+
+  // Keep candidate j at exact distance v (the caller checked v <= thr).
+  void push(idx_t r, float v, int32_t j) {
+    const int c = count_[r];
+    keys_[static_cast<size_t>(r) * cap_ + c] = pack_key(v, j);
+    count_[r] = c + 1;
+    if (c + 1 == cap_) compact(r);
+  }
+
+  // The k nearest of row r, ascending keys (fewer if fewer were kept); returns how many.
+  int finish(idx_t r, uint64_t* keys_out) {
+    uint64_t* kr = keys_.data() + static_cast<size_t>(r) * cap_;
+    const int n = count_[r];
+    const int kk = std::min(k_, n);
+    if (n > kk) std::nth_element(kr, kr + (kk - 1), kr + n);
+    std::sort(kr, kr + kk);
+    std::copy(kr, kr + kk, keys_out);
+    return kk;
+  }
+
+ private:
+  void compact(idx_t r) {
+    uint64_t* kr = keys_.data() + static_cast<size_t>(r) * cap_;
+    std::nth_element(kr, kr + (k_ - 1), kr + count_[r]);
+    count_[r] = k_;
+    thr_[r] = std::min(thr_[r], round_up(static_cast<double>(key_dist(kr[k_ - 1])) + abs_));
+  }
+
+  int k_ = 0, cap_ = 0;
+  idx_t origin_ = 0;
+  float abs_ = 0.0f;
+  Buffer<uint64_t> keys_;  // rows * cap; only [0, count) of a row is meaningful
+  Buffer<int32_t> count_;
+  Buffer<float> thr_;
+};
+
+// Offers every pair of a tile whose lower bound passes the row's threshold (and, in the
+// symmetric pass, the column's) to the reservoirs (tile.cpp; SIMD per active_isa()).
+// rows: reservoir of the tile's rows, local row of tile row r = row_off + r;
+// cols (symmetric off-diagonal tiles only): reservoir of the columns, row = j0 + c.
+// Per-thread scratch of a scan (none needed today; kept so scans can grow state).
+struct ScanScratch {};
+void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, ScanScratch& scratch);
+
+// Arg-min candidates of tile row r: the columns whose filter lower bound is <= min(the
+// tile row's smallest upper bound + abs, best), appended to out (global column indices).
+// `best` is the row's best exact distance so far + abs (+inf if none).
+void argmin_candidates(const Tile& t, idx_t r, float best, int32_t* out, idx_t& n);
+
+// ---------------------------------------------------------------------------------------
+// The drivers.
+
+// Rectangular: every row tile of x against every column tile of y, row tiles spread over
+// threads (dynamic), column tiles in ascending order within a row tile. Epi::Local is
+// constructed once per thread from the Epi; it gets begin(i0, mi), tile(const Tile&) per
+// column tile, end(i0, mi). One progress unit per row tile.
+template <class Epi>
+void for_each_tile(const View& x, const float* xn, const View& y, const float* yn, Epi& epi,
+                   const Context& ctx) {
+  const idx_t n = x.rows, m = y.rows, d = x.cols;
+  const idx_t TR = num_tiles(n), TC = num_tiles(m);
+  const float rel = filter_rel(d), abs = filter_abs(d);
+  Guard guard;
+  ctx.ran_with(ctx.threads);
+#pragma omp parallel num_threads(ctx.threads)
+  {
+    std::unique_ptr<typename Epi::Local> loc;
+    float* tile = nullptr;
+    guard.run([&] {
+      loc.reset(new typename Epi::Local(epi));
+      tile = thread_tile();
+    });
+#pragma omp for schedule(dynamic, 1)
+    for (idx_t I = 0; I < TR; ++I) {
+      guard.run([&] {
+        guard.check_cancel(ctx);
+        const idx_t i0 = I * kTile, mi = std::min(kTile, n - i0);
+        loc->begin(i0, mi);
+        for (idx_t J = 0; J < TC; ++J) {
+          const idx_t j0 = J * kTile, nj = std::min(kTile, m - j0);
+          gemm_nt(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, tile, kTile);
+          loc->tile(Tile{tile, kTile, i0, mi, j0, nj, xn + i0, yn + j0, rel, abs, false, x, y});
+        }
+        loc->end(i0, mi);
+        ctx.add(1);
+      });
+    }
+  }
+  guard.rethrow();
+}
+
+// Symmetric: each unordered pair of row tiles of x once (diagonal tiles included), for an
+// epilogue that updates both sides (Epi::pair(const Tile&, bool diagonal)). Pairs are
+// scheduled as a round-robin tournament: within a round no two pairs share a tile, so
+// threads touch disjoint rows without locks. One progress unit per tile pair.
+template <class Epi>
+void for_each_tile_pair(const View& x, const float* xn, Epi& epi, const Context& ctx) {
+  const idx_t n = x.rows, d = x.cols;
+  const idx_t T = num_tiles(n);
+  const idx_t P = (T % 2 == 0) ? T : T + 1;
+  std::vector<std::vector<std::pair<idx_t, idx_t>>> rounds;
+  for (idx_t r = 0; r + 1 < P; ++r) {
+    std::vector<std::pair<idx_t, idx_t>> pairs;
+    if (P - 1 < T) pairs.emplace_back(r, P - 1);
+    for (idx_t s = 1; s < P / 2; ++s) {
+      const idx_t a = (r + s) % (P - 1), b = (r - s + (P - 1)) % (P - 1);
+      if (a < T && b < T) pairs.emplace_back(std::min(a, b), std::max(a, b));
+    }
+    rounds.push_back(std::move(pairs));
+  }
+  {
+    std::vector<std::pair<idx_t, idx_t>> diag;
+    for (idx_t t = 0; t < T; ++t) diag.emplace_back(t, t);
+    rounds.push_back(std::move(diag));
+  }
+  const float rel = filter_rel(d), abs = filter_abs(d);
+  Guard guard;
+  ctx.ran_with(ctx.threads);
+#pragma omp parallel num_threads(ctx.threads)
+  {
+    std::unique_ptr<typename Epi::Local> loc;
+    float* tile = nullptr;
+    guard.run([&] {
+      loc.reset(new typename Epi::Local(epi));
+      tile = thread_tile();
+    });
+    for (const auto& pairs : rounds) {
+#pragma omp for schedule(dynamic, 1)
+      for (size_t p = 0; p < pairs.size(); ++p) {
+        guard.run([&] {
+          guard.check_cancel(ctx);
+          const idx_t I = pairs[p].first, J = pairs[p].second;
+          const idx_t i0 = I * kTile, j0 = J * kTile;
+          const idx_t mi = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
+          gemm_nt(x.row(i0), x.ld, mi, x.row(j0), x.ld, nj, d, tile, kTile);
+          loc->pair(Tile{tile, kTile, i0, mi, j0, nj, xn + i0, xn + j0, rel, abs, I == J, x, x});
+          ctx.add(1);
+        });
+      }
+    }
+  }
+  guard.rethrow();
+}
+
+// Rows [0, n) split over threads (static), for the per-row passes after a driver.
+template <class F>
+void parallel_rows(idx_t n, const Context& ctx, F&& f) {
+  Guard guard;
+#pragma omp parallel num_threads(ctx.threads)
+  {
+#pragma omp for schedule(dynamic, 256)
+    for (idx_t i = 0; i < n; ++i) guard.run([&] { f(i); });
+  }
+  guard.rethrow();
+}
+
+}  // namespace cpu
+}  // namespace usl_fast

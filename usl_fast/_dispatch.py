@@ -1,0 +1,256 @@
+"""The one module that calls into the compiled engine.
+
+Arrays arrive here validated (``_validate``): float32 with contiguous, evenly spaced rows,
+finite, squared norms within range. This module resolves the thread count in the caller's
+thread, checks that the outputs it is about to allocate fit in memory, allocates them
+(numpy), and runs the op with progress and Ctrl-C support. The public functions convert
+results back to the caller's array library.
+
+Back ends: today the CPU engine (``usl_fast._cpu``) serves numpy arrays and torch CPU
+tensors. The op names and arguments are those of ``csrc/include/usl_fast/ops.hpp``, which
+a CUDA back end implements under the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _progress
+from ._backend import _cpu
+
+#: Squared distance the reference substitutes for a masked entry (it still adds far^-alpha).
+FAR = 1e10
+#: Floor on the mean kNN distance: exact duplicates (mean 0) get a large finite density
+#: instead of inf, so scores stay comparable and never turn into NaN.
+MIN_MEAN_DIST = 1e-12
+
+
+def resolve_threads(threads: Optional[int]) -> int:
+    """``threads`` if given, else the OpenMP setting of the calling thread (what
+    ``threadpoolctl.threadpool_limits``, ``omp_set_num_threads`` or ``OMP_NUM_THREADS`` set)."""
+    return int(threads) if threads else int(_cpu.max_threads())
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the OS says a new allocation can use (MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Raise MemoryError naming the sizes when ``nbytes`` more cannot fit, before allocating."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise MemoryError(
+            f"usl_fast: {what} needs about {nbytes / 2**30:.2f} GiB, but only "
+            f"{avail / 2**30:.2f} GiB of memory is available"
+        )
+
+
+def knn_reservoir_bytes(n: int, k: int, max_reservoir_bytes: float) -> float:
+    """Bytes of candidate buffers the self kNN pass keeps (all rows, or per thread past
+    the budget)."""
+    per_row = _cpu.reservoir_bytes_per_row(k)
+    if n * per_row <= max_reservoir_bytes:
+        return n * per_row
+    return 256 * per_row * max(1, os.cpu_count() or 1)
+
+
+def row_norms(x: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
+    th = resolve_threads(threads)
+    out = np.empty(x.shape[0], np.float32)
+    _cpu.row_norms(x, out, th, None)
+    return out
+
+
+def exact_l2_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(a.shape[0], np.float32)
+    _cpu.exact_l2_pairs(a, b, out)
+    return out
+
+
+def knn(
+    x: np.ndarray,
+    k: int,
+    queries: Optional[np.ndarray],
+    threads: Optional[int],
+    progress: bool,
+    sample_hits: float,
+    max_reservoir_bytes: float,
+) -> Tuple[np.ndarray, np.ndarray]:
+    rows = x.shape[0] if queries is None else queries.shape[0]
+    check_memory(
+        rows * k * 12 + knn_reservoir_bytes(x.shape[0], k, max_reservoir_bytes),
+        f"the kNN lists ({rows} x {k}) and their candidate buffers",
+    )
+    th = resolve_threads(threads)
+    dist = np.empty((rows, k), np.float32)
+    idx = np.empty((rows, k), np.int64)
+    _progress.run(
+        _cpu.knn,
+        x,
+        queries,
+        k,
+        dist,
+        idx,
+        th,
+        desc="kNN",
+        unit="tile",
+        progress=progress,
+        extra=(float(sample_hits), float(max_reservoir_bytes)),
+    )
+    return dist, idx
+
+
+def knn_density(
+    x: np.ndarray,
+    k: int,
+    threads: Optional[int],
+    progress: bool,
+    sample_hits: float,
+    max_reservoir_bytes: float,
+) -> np.ndarray:
+    n = x.shape[0]
+    check_memory(
+        n * 4 + knn_reservoir_bytes(n, k, max_reservoir_bytes),
+        f"the kNN density of {n} points (k={k}: candidate buffers)",
+    )
+    th = resolve_threads(threads)
+    out = np.empty(n, np.float32)
+    _progress.run(
+        _cpu.knn_density,
+        x,
+        k,
+        MIN_MEAN_DIST,
+        out,
+        th,
+        desc="kNN density",
+        unit="tile",
+        progress=progress,
+        extra=(float(sample_hits), float(max_reservoir_bytes)),
+    )
+    return out
+
+
+def assign(
+    x: np.ndarray,
+    centroids: np.ndarray,
+    threads: Optional[int],
+    x_norms: Optional[np.ndarray] = None,
+):
+    th = resolve_threads(threads)
+    labels = np.empty(x.shape[0], np.int32)
+    dist = np.empty(x.shape[0], np.float32)
+    # One k-means iteration: run in the caller's thread (the Lloyd loop is in Python, so
+    # Ctrl-C lands between iterations) and skip a thread start per iteration.
+    _cpu.assign(x, x_norms, centroids, labels, dist, th, None)
+    return labels, dist
+
+
+def segment_sum(x: np.ndarray, labels: np.ndarray, K: int, threads: Optional[int]):
+    th = resolve_threads(threads)
+    sums = np.empty((K, x.shape[1]), np.float64)
+    counts = np.empty(K, np.int64)
+    _cpu.segment_sum(x, labels, K, sums, counts, th)
+    return sums, counts
+
+
+def min_update(
+    x: np.ndarray,
+    centers: np.ndarray,
+    arg_offset: int,
+    mind: np.ndarray,
+    arg: Optional[np.ndarray],
+    threads: Optional[int],
+) -> None:
+    th = resolve_threads(threads)
+    _progress.run(_cpu.min_update, x, centers, int(arg_offset), mind, arg, th, desc="min-update")
+
+
+def range_count(
+    queries: np.ndarray, base: np.ndarray, radius: float, threads: Optional[int], progress: bool
+) -> np.ndarray:
+    th = resolve_threads(threads)
+    out = np.empty(queries.shape[0], np.int64)
+    _progress.run(
+        _cpu.range_count,
+        queries,
+        base,
+        float(radius),
+        out,
+        th,
+        desc="range count",
+        progress=progress,
+    )
+    return out
+
+
+def regularizer(
+    x: np.ndarray,
+    picks: np.ndarray,
+    labels: np.ndarray,
+    tag: np.ndarray,
+    alpha: float,
+    horizon_dist: float,
+    horizon_num: int,
+    mask_zero: bool,
+    threads: Optional[int],
+    desc: str = "regularizer",
+) -> np.ndarray:
+    th = resolve_threads(threads)
+    out = np.empty(x.shape[0], np.float64)
+    _progress.run(
+        _cpu.regularizer,
+        x,
+        picks,
+        labels,
+        tag,
+        float(alpha),
+        float(horizon_dist),
+        int(horizon_num),
+        bool(mask_zero),
+        FAR,
+        out,
+        th,
+        desc=desc,
+    )
+    return out
+
+
+def segment_argmax(
+    density: np.ndarray, reg: Optional[np.ndarray], weight: float, labels: np.ndarray, K: int
+) -> np.ndarray:
+    out = np.empty(K, np.int64)
+    _cpu.segment_argmax(density, reg, float(weight), labels, int(K), out)
+    return out
+
+
+def kmeanspp_init(
+    x: np.ndarray, K: int, seed: int, threads: Optional[int], progress: bool = False
+) -> np.ndarray:
+    th = resolve_threads(threads)
+    out = np.empty(K, np.int64)
+    _progress.run(
+        _cpu.kmeanspp_init,
+        x,
+        int(K),
+        int(seed),
+        out,
+        th,
+        desc="k-means++",
+        unit="center",
+        progress=progress,
+    )
+    return out
