@@ -34,6 +34,37 @@ def sqdist(a, b) -> np.ndarray:
     return out
 
 
+def exact_l2(a, b) -> np.ndarray:
+    """(len(a), len(b)) float32: the engine's definition of distance (docs/engine.md),
+    transcribed: per pair, the float32 difference of each coordinate, widened to float64
+    and squared; lane t % 8 sums its coordinates in ascending t in float64; the lanes are
+    combined as ((0+1)+(2+3))+((4+5)+(6+7)) and the total rounded once to float32."""
+    a32 = np.asarray(a, dtype=np.float32)
+    b32 = np.asarray(b, dtype=np.float32)
+    d = a32.shape[1]
+    out = np.empty((a32.shape[0], b32.shape[0]), np.float32)
+    for i in range(a32.shape[0]):
+        df = (a32[i] - b32).astype(np.float64)  # one float32 subtraction per coordinate
+        sq = df * df
+        lanes = np.zeros((b32.shape[0], 8))
+        for t in range(d):
+            lanes[:, t % 8] = lanes[:, t % 8] + sq[:, t]
+        L = [lanes[:, lane] for lane in range(8)]
+        total = ((L[0] + L[1]) + (L[2] + L[3])) + ((L[4] + L[5]) + (L[6] + L[7]))
+        out[i] = total.astype(np.float32)
+    return out
+
+
+def knn_exact(features, k: int, queries=None) -> tuple[np.ndarray, np.ndarray]:
+    """kNN under the engine's distance: (distances float32 (q, k), indices int64), ties to
+    the lower index."""
+    x = np.asarray(features, dtype=np.float32)
+    q = x if queries is None else np.asarray(queries, dtype=np.float32)
+    D = exact_l2(q, x)
+    idx = _order(D)[:, :k]
+    return np.take_along_axis(D, idx, axis=1), idx.astype(np.int64)
+
+
 def _order(D: np.ndarray) -> np.ndarray:
     """Per row, column indices sorted by (distance, index): ties go to the lower index."""
     cols = np.broadcast_to(np.arange(D.shape[1]), D.shape)

@@ -59,10 +59,16 @@ def check_memory(nbytes: float, what: str) -> None:
         )
 
 
+def reservoir_bytes_per_row(k: int) -> float:
+    """Candidate buffer of one row: 2k + 16 packed keys, a count and a threshold (the
+    engine's own figure is ``_cpu.reservoir_bytes_per_row``; a test keeps them equal)."""
+    return 8.0 * (2 * k + 16) + 8.0
+
+
 def knn_reservoir_bytes(n: int, k: int, max_reservoir_bytes: float) -> float:
     """Bytes of candidate buffers the self kNN pass keeps (all rows, or per thread past
     the budget)."""
-    per_row = _cpu.reservoir_bytes_per_row(k)
+    per_row = reservoir_bytes_per_row(k)
     if n * per_row <= max_reservoir_bytes:
         return n * per_row
     return 256 * per_row * max(1, os.cpu_count() or 1)

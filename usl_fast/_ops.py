@@ -123,7 +123,7 @@ def density(
 class KMeansResult(NamedTuple):
     """labels: (n,) int64, the last assignment; centroids: (K, d) float32 (an empty
     cluster keeps its last position); counts: (K,) int64 members per cluster (0 for an
-    empty one); inertia: (n_iter,) float32 sum of squared distances per iteration;
+    empty one); inertia: (n_iter,) float64 sum of squared distances per iteration;
     n_iter_run: iterations computed - once an assignment repeats the previous one, every
     later iteration would repeat it exactly, so the run stops there with the same result
     (and the same inertia for the remaining iterations)."""
@@ -202,12 +202,12 @@ def lloyd(
     partial sums across processes before the update (a fixed-order all-reduce keeps the
     result independent of how the rows were split).
 
-    Returns (labels int32, counts int64, inertia float32 per iteration, iterations run).
+    Returns (labels int32, counts int64, inertia float64 per iteration, iterations run).
     """
     n = x.shape[0]
     K = cent.shape[0]
     alive = np.ones(K, dtype=bool)
-    inertia = np.empty(n_iter, np.float32)
+    inertia = np.empty(n_iter, np.float64)
     prev: Optional[np.ndarray] = None
     counts = np.zeros(K, np.int64)
     labels = np.zeros(n, np.int32)
@@ -231,7 +231,7 @@ def lloyd(
             if live.size < K:
                 lab = live.astype(np.int32)[lab]
             labels = lab
-            inertia[it] = np.float32(dist.sum(dtype=np.float64))
+            inertia[it] = dist.sum(dtype=np.float64)
             # A repeated assignment is a fixed point: the update would rebuild these very
             # centroids (same members, same summation order) and no cluster dies, so every
             # remaining iteration repeats this one bit for bit.

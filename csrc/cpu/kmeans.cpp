@@ -36,10 +36,10 @@ void segment_sum(const View& x, const int32_t* labels, int K, double* out_sums,
     }
   }
   Guard guard;
-  ctx.ran_with(T);
 #pragma omp parallel num_threads(T)
   guard.run([&] {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (t == 0) ctx.ran_with(nt);
     // Fewer threads than asked (a nested or limited region): one thread does every range.
     const int lo = nt == T ? bounds[t] : (t == 0 ? 0 : K);
     const int hi = nt == T ? bounds[t + 1] : (t == 0 ? K : K);
@@ -78,7 +78,6 @@ void kmeanspp_init(const View& x, int K, uint64_t seed, int64_t* out_index, cons
   mind.fill(std::numeric_limits<double>::infinity());
   idx_t cur = static_cast<idx_t>(rng.next() % static_cast<uint64_t>(n));
   ctx.set_total(K);
-  ctx.ran_with(ctx.threads);
   Buffer<uint8_t> used(n);
   used.fill(0);
   for (int c = 0; c < K; ++c) {

@@ -259,7 +259,6 @@ void row_norms(const View& x, float* out, const Context& ctx) {
   const std::vector<float> zero(static_cast<size_t>(d), 0.0f);
   const int isa = active_isa();
   const idx_t blocks = (x.rows + 63) / 64;
-  ctx.ran_with(ctx.threads);
 #pragma omp parallel for schedule(static) num_threads(ctx.threads)
   for (idx_t b = 0; b < blocks; ++b) {
     const float* ptr[64];

@@ -249,9 +249,10 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
   const idx_t TR = num_tiles(n), TC = num_tiles(m);
   const float rel = filter_rel(d), abs = filter_abs(d);
   Guard guard;
-  ctx.ran_with(ctx.threads);
 #pragma omp parallel num_threads(ctx.threads)
   {
+#pragma omp single nowait
+    ctx.ran_with(omp_get_num_threads());  // what really ran (tests assert it)
     std::unique_ptr<typename Epi::Local> loc;
     float* tile = nullptr;
     guard.run([&] {
@@ -303,9 +304,10 @@ void for_each_tile_pair(const View& x, const float* xn, Epi& epi, const Context&
   }
   const float rel = filter_rel(d), abs = filter_abs(d);
   Guard guard;
-  ctx.ran_with(ctx.threads);
 #pragma omp parallel num_threads(ctx.threads)
   {
+#pragma omp single nowait
+    ctx.ran_with(omp_get_num_threads());
     std::unique_ptr<typename Epi::Local> loc;
     float* tile = nullptr;
     guard.run([&] {

@@ -1,0 +1,450 @@
+"""Engine v2: one exact distance everywhere.
+
+Every distance the engine returns or uses is ``exact_l2`` (docs/engine.md); the GEMM only
+filters. These tests hold the engine to a float64 NumPy transcription of that definition
+(tests/oracles.py) bit for bit, and check what follows from it: symmetry, duplicates that
+tie by index with no special code, and identical arrays from every path (symmetric pass,
+query pass, sampled threshold, reservoir budget, 1 or 2 threads)."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import oracles
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import usl_fast
+from usl_fast import _dispatch, _progress
+from usl_fast._backend import _cpu
+
+SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+
+
+@st.composite
+def point_sets(draw, max_n=70, max_d=20, scales=(1e-30, 1e-3, 1.0, 1e3, 1e15)):
+    """Random float32 rows at one magnitude, with exact duplicates, -0.0 and zero rows."""
+    n = draw(st.integers(2, max_n))
+    d = draw(st.integers(1, max_d))
+    scale = draw(st.sampled_from(scales))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d)) * scale).astype(np.float32)
+    n_dup = draw(st.integers(0, n // 2))
+    for _ in range(n_dup):
+        x[rng.integers(n)] = x[rng.integers(n)]
+    if draw(st.booleans()):
+        x[rng.integers(n)] = -0.0
+    return x
+
+
+# --------------------------------------------------------------------------- the kernel
+
+
+@SETTINGS
+@given(point_sets(max_n=40, max_d=70, scales=(1e-40, 1e-30, 1e-3, 1.0, 1e18)))
+def test_kernel_is_the_documented_definition(x):
+    # Every SIMD path of exact_l2 (the active one here; other ISAs in test_isa_paths) gives
+    # the bits of the transcription, subnormal and huge coordinates included.
+    y = x[::-1].copy()
+    got = _dispatch.exact_l2_pairs(x, y)
+    want = np.diag(oracles.exact_l2(x, y))
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def test_kernel_symmetry_and_zero():
+    rng = np.random.default_rng(0)
+    for d in (1, 7, 8, 9, 16, 17, 128, 131):
+        a = rng.standard_normal((50, d)).astype(np.float32)
+        b = rng.standard_normal((50, d)).astype(np.float32)
+        ab = _dispatch.exact_l2_pairs(a, b)
+        ba = _dispatch.exact_l2_pairs(b, a)
+        assert np.array_equal(ab.view(np.int32), ba.view(np.int32))
+        assert np.all(_dispatch.exact_l2_pairs(a, a.copy()) == 0.0)
+        # and it is accurate: within 3 float32 ulp of the float64 distance
+        ref = ((a.astype(np.float64) - b) ** 2).sum(1)
+        assert np.all(np.abs(ab - ref) <= 3 * np.spacing(ref.astype(np.float32)))
+
+
+# --------------------------------------------------------------------------- kNN
+
+
+@SETTINGS
+@given(point_sets(), st.data())
+def test_knn_equals_exact_oracle(x, data):
+    n = x.shape[0]
+    k = data.draw(st.integers(1, n - 1))
+    dist, idx = usl_fast.knn(x, k)
+    want_d, want_i = oracles.knn_exact(x, k)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_array_equal(dist.view(np.int32), want_d.view(np.int32))
+    # d(i, j) == d(j, i) bit for bit: the oracle's full matrix is symmetric, and every
+    # listed distance is that matrix's entry.
+    D = oracles.exact_l2(x, x)
+    assert np.array_equal(D, D.T)
+    q = x[: max(1, n // 3)]
+    qd, qi = usl_fast.knn(x, k, queries=q)
+    wd, wi = oracles.knn_exact(x, k, queries=q)
+    np.testing.assert_array_equal(qi, wi)
+    np.testing.assert_array_equal(qd.view(np.int32), wd.view(np.int32))
+
+
+def test_identical_rows_tie_by_index_without_repair():
+    # Ten copies of one row scattered through the data (different tiles, different
+    # positions inside a tile), and a third point within rounding of them.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((900, 12)).astype(np.float32)
+    where = np.array([5, 77, 255, 256, 300, 511, 512, 640, 700, 899])
+    x[where] = x[5]
+    x[400] = x[5] + np.float32(1e-7)
+    dist, idx = usl_fast.knn(x, 15)
+    for i in where:
+        row = idx[i]
+        # the ten copies at distance 0, lowest index first, then the near point
+        np.testing.assert_array_equal(row[:10], where)
+        assert np.all(dist[i, :10] == 0.0) and row[10] == 400
+    want_d, want_i = oracles.knn_exact(x, 15)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_array_equal(dist, want_d)
+
+
+def _unit_with_dups(n, d, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = x.astype(np.float32)
+    x[rng.integers(n, size=n // 20)] = x[rng.integers(n, size=n // 20)]
+    return x
+
+
+@pytest.mark.parametrize("k", [1, 20, 150])
+def test_every_path_returns_identical_arrays(k):
+    x = _unit_with_dups(3000, 24, k)
+    ref_d, ref_i = usl_fast.knn(x, k, threads=2)
+    assert _progress.last_control[3] == 2, "two threads must really run"
+    variants = {
+        "1 thread": dict(threads=1),
+        "no sampled threshold": dict(_sample_hits=0.0),
+        "sampled threshold failing on many rows": dict(_sample_hits=1.0),
+        "query pass (over the reservoir budget)": dict(_max_reservoir_bytes=0),
+    }
+    for name, kw in variants.items():
+        d, i = usl_fast.knn(x, k, **kw)
+        assert np.array_equal(i, ref_i), name
+        assert np.array_equal(d.view(np.int32), ref_d.view(np.int32)), name
+    qd, qi = usl_fast.knn(x, k, queries=x)  # x as queries against itself
+    assert np.array_equal(qi, ref_i) and np.array_equal(qd, ref_d)
+    # The density epilogue (no lists) gives the mean of those very distances.
+    s = np.zeros(x.shape[0])
+    for t in range(k):  # ascending, as the engine sums
+        s = s + ref_d[:, t].astype(np.float64)
+    want = (1.0 / np.maximum(s / k, _dispatch.MIN_MEAN_DIST)).astype(np.float32)
+    for kw in ({}, {"threads": 1}, {"_max_reservoir_bytes": 0}, {"_sample_hits": 1.0}):
+        np.testing.assert_array_equal(usl_fast.density(x, k, **kw), want)
+
+
+def test_threads_none_follows_the_callers_openmp_setting():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x = _unit_with_dups(2000, 8, 1)
+    usl_fast.knn(x, 5)
+    assert _progress.last_control[3] == _cpu.max_threads()
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        usl_fast.knn(x, 5)
+        assert _progress.last_control[3] == 1
+    with threadpoolctl.threadpool_limits(2, user_api="openmp"):
+        usl_fast.knn(x, 5)
+        assert _progress.last_control[3] == 2
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+def test_kmeans_identical_centroids_tie_to_the_lower_index():
+    x = _unit_with_dups(1500, 10, 2)
+    init = x[[3, 10, 3, 40]].copy()  # centroids 0 and 2 identical
+    res = usl_fast.kmeans(x, 4, n_iter=1, init=init)
+    assert not np.any(res.labels == 2) and res.counts[2] == 0
+    # and the labels are the exact-distance arg-min
+    D = oracles.exact_l2(x, init)
+    np.testing.assert_array_equal(res.labels, np.argmin(D, axis=1))
+    assert res.inertia[0] == np.min(D, axis=1).sum(dtype=np.float64)
+
+
+def test_kmeans_same_for_any_thread_count():
+    x = _unit_with_dups(4000, 16, 4)
+    a = usl_fast.kmeans(x, 37, n_iter=30, threads=1)
+    b = usl_fast.kmeans(x, 37, n_iter=30, threads=2)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
+def test_segment_sum_is_row_ordered_float64():
+    x = _unit_with_dups(3001, 9, 5)
+    lab = np.random.default_rng(0).integers(0, 13, 3001).astype(np.int32)
+    for th in (1, 2):
+        sums, counts = _dispatch.segment_sum(x, lab, 13, th)
+        for c in range(13):
+            s = np.zeros(9)
+            for row in x[lab == c]:  # ascending rows, float64
+                s = s + row.astype(np.float64)
+            np.testing.assert_array_equal(sums[c], s)
+        np.testing.assert_array_equal(counts, np.bincount(lab, minlength=13))
+
+
+# --------------------------------------------------------------------------- regularizer
+
+
+@pytest.mark.parametrize("preset", ["cifar10", "cifar100", "imagenet-moco", "imagenet-clip"])
+def test_identical_rows_get_identical_regularizer(preset):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((43, 8)).astype(np.float32)
+    x[37] = x[0]
+    labels = rng.integers(0, 6, 43)
+    labels[37] = labels[0]
+    p = usl_fast.PRESETS[preset]
+    kw = dict(alpha=p.alpha, own_cluster="none" if preset == "imagenet-moco" else "position")
+    kw.update(mask_zero=p.mask_zero)
+    if p.horizon_num is not None:
+        kw["horizon_num"] = 3
+    else:
+        kw["horizon_dist"] = p.horizon_dist
+    reg = usl_fast.regularizer(x, labels, np.array([1, 2, 5, 9, 20]), **kw)
+    assert reg[0] == reg[37]
+
+
+def test_regularized_select_picks_the_first_of_identical_rows():
+    # The case found by running the paper's code beside v1: n = 43, d = 8, rows 0 and 37
+    # identical, cifar100 preset, 2 rounds. The first copy must win whatever the seed.
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((43, 8)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x[37] = x[0]
+        dens = usl_fast.density(x, 5)
+        assert dens[0] == dens[37]
+        labels = rng.integers(0, 5, 43)
+        labels[37] = labels[0]
+        picks = usl_fast.regularized_select(x, dens, labels, 5, defaults="cifar100", rounds=2)
+        assert 37 not in picks
+        want, _, fragile = oracles.regularized_select_state(
+            x, dens, labels, 5, 5, **oracles.reg_params("cifar100", rounds=2)
+        )
+        if not fragile:
+            np.testing.assert_array_equal(picks, want)
+
+
+@SETTINGS
+@given(point_sets(max_n=60, max_d=10, scales=(1.0,)), st.data())
+def test_regularized_select_equals_oracle_with_duplicates(x, data):
+    n = x.shape[0]
+    assume(n >= 6)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6).astype(np.float32)
+    x = x.astype(np.float32)
+    preset = data.draw(st.sampled_from(["cifar10", "cifar100", "imagenet-moco", "imagenet-clip"]))
+    K = data.draw(st.integers(2, min(8, n - 1)))
+    labels = data.draw(st.lists(st.integers(0, K - 1), min_size=n, max_size=n))
+    labels = np.array(labels)
+    dens = usl_fast.density(x, 3)
+    m = data.draw(st.integers(1, K))
+    kw = {} if preset.startswith("cifar") else {"horizon_num": data.draw(st.integers(1, 4))}
+    params = oracles.reg_params(preset, rounds=3, **kw)
+    want, _, fragile = oracles.regularized_select_state(x, dens, labels, K, m, **params)
+    assume(not fragile and want.size == m)
+    got = usl_fast.regularized_select(
+        x, dens, labels, m, n_clusters=K, defaults=preset, rounds=3, **kw
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------- other epilogues
+
+
+@SETTINGS
+@given(point_sets(max_n=80, max_d=12), st.data())
+def test_range_count_equals_exact_oracle(x, data):
+    D = oracles.exact_l2(x, x)
+    # radii at exact distance values (the boundary is inclusive) and in between
+    r = float(data.draw(st.sampled_from(sorted(set(D.ravel().tolist())))))
+    for radius in (r, float(np.nextafter(np.float32(r), np.float32(np.inf))), 0.0):
+        got = usl_fast.range_count(x, radius)
+        np.testing.assert_array_equal(got, (D <= np.float32(radius)).sum(1))
+
+
+def test_min_update_equals_exact_oracle():
+    x = _unit_with_dups(1200, 6, 9)
+    centers = x[[4, 99, 4, 800]].copy()
+    mind = np.full(1200, np.inf, np.float32)
+    arg = np.full(1200, -1, np.int64)
+    _dispatch.min_update(x, centers[:2], 0, mind, arg, 2)
+    _dispatch.min_update(x, centers[2:], 2, mind, arg, 2)
+    D = oracles.exact_l2(x, centers)
+    np.testing.assert_array_equal(mind, D.min(1))
+    np.testing.assert_array_equal(arg, np.argmin(D, axis=1))  # ties keep the earlier center
+    assert not np.any(arg == 2)
+
+
+# --------------------------------------------------------------------------- extremes and layouts
+
+
+@pytest.mark.parametrize("value", [1e19, 1e30, -3e18 * 4])
+def test_row_whose_squared_norm_would_overflow_is_named(value):
+    x = np.ones((30, 4), np.float32)
+    x[17, 2] = value
+    with pytest.raises(ValueError, match=r"`features` row 17 has squared norm .* 2\*\*124"):
+        usl_fast.knn(x, 3)
+    with pytest.raises(ValueError, match="row 17"):
+        usl_fast.select(x, 2, k=3)
+
+
+def test_largest_accepted_magnitude_works():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((200, 4)) * 1e18).astype(np.float32)
+    d, i = usl_fast.knn(x, 5)
+    wd, wi = oracles.knn_exact(x, 5)
+    np.testing.assert_array_equal(i, wi)
+    np.testing.assert_array_equal(d, wd)
+    assert np.all(np.isfinite(d))
+    res = usl_fast.kmeans(x, 4, n_iter=5)
+    assert np.all(np.isfinite(res.centroids)) and res.labels.min() >= 0
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-42, 0.0])
+def test_tiny_subnormal_and_zero_magnitudes(scale):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((120, 5)) * scale).astype(np.float32)
+    x[::7] = -0.0
+    d, i = usl_fast.knn(x, 10)
+    wd, wi = oracles.knn_exact(x, 10)
+    np.testing.assert_array_equal(i, wi)
+    np.testing.assert_array_equal(d, wd)
+    picks = usl_fast.select(x, 6, k=10, kmeans_iter=5, rounds=2)
+    assert len(np.unique(picks)) == 6
+
+
+def test_smallest_sizes():
+    x1 = np.ones((1, 3), np.float32)
+    with pytest.raises(ValueError, match="`k`"):
+        usl_fast.knn(x1, 1)
+    assert usl_fast.kmeans(x1, 1, n_iter=3).labels.tolist() == [0]
+    x = _unit_with_dups(9, 3, 0)
+    d, i = usl_fast.knn(x, 8)  # k = n - 1
+    assert i.shape == (9, 8)
+    picks = usl_fast.select(x, 9, k=8, kmeans_iter=3, rounds=2)  # m = n
+    assert sorted(picks.tolist()) == list(range(9))
+
+
+def test_layouts_give_the_same_answer_without_copies(tmp_path):
+    x = _unit_with_dups(700, 16, 6)
+    ref = usl_fast.knn(x, 7)
+    fortran = np.asfortranarray(x)
+    ro = x.copy()
+    ro.flags.writeable = False
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mm = np.load(path, mmap_mode="r")
+    wide = np.zeros((700, 40), np.float32)
+    wide[:, 3:19] = x
+    strided = wide[:, 3:19]  # rows 160 bytes apart, 64 used
+    every_other = np.repeat(x, 2, axis=0)[::2]
+    for name, v in dict(
+        fortran=fortran, readonly=ro, memmap=mm, strided=strided, every_other=every_other
+    ).items():
+        d, i = usl_fast.knn(v, 7)
+        assert np.array_equal(i, ref[1]) and np.array_equal(d, ref[0]), name
+    from usl_fast._validate import as_features
+
+    for v in (ro, mm, strided, every_other):  # read in place
+        assert np.shares_memory(as_features(v)[0], v)
+
+
+def test_bindings_convert_nothing():
+    x = _unit_with_dups(100, 4, 0)
+    good_d = np.empty((100, 3), np.float32)
+    good_i = np.empty((100, 3), np.int64)
+    with pytest.raises(TypeError, match="out_idx.*int64"):
+        _cpu.knn(x, None, 3, good_d, good_i.astype(np.int32), 1, None, 0.0, 1e18)
+    with pytest.raises(TypeError, match="out_dist.*float32"):
+        _cpu.knn(x, None, 3, np.empty((100, 3), np.float16), good_i, 1, None, 0.0, 1e18)
+    with pytest.raises(TypeError, match="`x`"):
+        _cpu.knn(x.astype(np.float64), None, 3, good_d, good_i, 1, None, 0.0, 1e18)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cpu.knn(x, None, 3, np.asfortranarray(good_d), good_i, 1, None, 0.0, 1e18)
+    ro = good_d.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _cpu.knn(x, None, 3, ro, good_i, 1, None, 0.0, 1e18)
+    with pytest.raises(TypeError, match="control"):
+        _cpu.knn(x, None, 3, good_d, good_i, 1, np.zeros(4, np.int32), 0.0, 1e18)
+    with pytest.raises(ValueError, match="control"):
+        _cpu.knn(x, None, 3, good_d, good_i, 1, np.zeros(3, np.int64), 0.0, 1e18)
+    with pytest.raises(ValueError, match="threads"):
+        _cpu.knn(x, None, 3, good_d, good_i, 0, None, 0.0, 1e18)
+    with pytest.raises(ValueError, match="`x`"):
+        _cpu.knn(np.asfortranarray(x), None, 3, good_d, good_i, 1, None, 0.0, 1e18)
+
+
+@pytest.mark.parametrize("max_reservoir_bytes", [1e18, 0.0])
+def test_allocation_failure_reaches_python_as_memoryerror(max_reservoir_bytes):
+    # 0 bytes of budget: the query pass, whose buffers are allocated inside the OpenMP
+    # region by every thread.
+    x = _unit_with_dups(3000, 8, 1)
+    ref = usl_fast.knn(x, 40, _max_reservoir_bytes=max_reservoir_bytes)
+    _cpu.set_alloc_limit(50_000)
+    try:
+        with pytest.raises(MemoryError):
+            usl_fast.knn(x, 40, _max_reservoir_bytes=max_reservoir_bytes)
+        with pytest.raises(MemoryError):
+            usl_fast.density(x, 40, _max_reservoir_bytes=max_reservoir_bytes)
+    finally:
+        _cpu.set_alloc_limit(-1)
+    again = usl_fast.knn(x, 40, _max_reservoir_bytes=max_reservoir_bytes)
+    assert np.array_equal(again[1], ref[1])
+
+
+def test_reservoir_formula_matches_the_engine():
+    for k in (1, 20, 400, 1024):
+        assert _dispatch.reservoir_bytes_per_row(k) == _cpu.reservoir_bytes_per_row(k)
+
+
+def test_memory_estimate_is_checked_before_allocating(monkeypatch, no_engine):
+    x = _unit_with_dups(500, 8, 1)
+    monkeypatch.setattr(_dispatch, "available_memory", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"needs about .* GiB, but only .* GiB"):
+        usl_fast.density(x, 20)
+    with pytest.raises(MemoryError, match="kNN lists"):
+        usl_fast.knn(x, 20)
+
+
+# --------------------------------------------------------------------------- the Python layer
+
+
+def test_help_shows_real_defaults():
+    sig = inspect.signature(usl_fast.select)
+    assert "object at" not in str(sig)
+    assert repr(sig.parameters["k"].default) == "PRESET"
+    assert sig.parameters["seed"].default == 0
+    p = usl_fast.PRESETS["cifar10"]
+    assert p.k == 400 and p["k"] == 400 and dict(p)["rounds"] == 10
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.k = 3
+
+
+def test_every_public_function_returns_the_callers_library():
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(_unit_with_dups(300, 6, 3))
+    labels = torch.arange(300) % 7
+    reg = usl_fast.regularizer(x, labels, torch.tensor([1, 2, 3]))
+    assert isinstance(reg, torch.Tensor)
+    dens = usl_fast.density(x, 5)
+    assert isinstance(dens, torch.Tensor)
+    best = usl_fast.cluster_argmax(dens, labels, 7)
+    assert isinstance(best, torch.Tensor)
+    assert isinstance(usl_fast.range_count(x, 0.5), torch.Tensor)
+    best_np = usl_fast.cluster_argmax(dens.numpy(), labels.numpy(), 7)
+    np.testing.assert_array_equal(best.numpy(), best_np)
