@@ -1,6 +1,7 @@
 """Peak memory of usl_fast.select (ImageNet flavour, k = 20) in a fresh process: how far
-the peak resident set grows during the call, against what the inputs and the kNN lists
-must occupy, and against the n x n / n x m matrices USL never forms."""
+the peak resident set grows during the call, against the formula README states (the kNN
+candidate buffers plus a few per-point vectors; the features are read in place and no
+(n, k) lists exist), and against the n x n / n x m matrices USL never forms."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: Allowed peak growth during select(): C_INPUT * (features + kNN lists) + SLACK_BYTES.
-#: Expected: the kNN distances + indices (12 B per entry) and their float64 copy for the
-#: mean (8 B), or the features' finiteness mask (1 B per value), whichever is alive at the
-#: peak; SLACK covers allocator and OpenMP/BLAS per-thread buffers.
+#: Allowed peak growth during select(): C_INPUT * expected_bytes(n, k) + SLACK_BYTES, where
+#: expected = the self kNN pass's candidate buffers, 8 (2k + 16) + 8 bytes per row, plus
+#: PER_POINT bytes per row of per-point vectors alive at the same time (norms 4, density 4).
+#: SLACK covers allocator, OpenMP / BLAS per-thread tiles and the row-block validation pass.
 C_INPUT = 1.25
 SLACK_BYTES = 32 * 2**20
+PER_POINT = 8
+
+
+def expected_bytes(n: int, k: int) -> int:
+    return n * (8 * (2 * k + 16) + 8 + PER_POINT)
 
 CHILD = r"""
 import json, os, resource, sys, time
@@ -100,8 +106,8 @@ def test_select_peak_memory(bench, cfg, threads):
     # before the call would overstate the growth by at most pre_call_peak_gap_bytes.
     growth = out["peak_after"] - out["rss_before"]
     input_bytes = n * d * 4
-    knn_bytes = n * k * 12  # float32 distance + int64 index per entry
-    bound = C_INPUT * (input_bytes + knn_bytes) + SLACK_BYTES
+    knn_bytes = expected_bytes(n, k)  # candidate buffers + per-point vectors
+    bound = C_INPUT * knn_bytes + SLACK_BYTES
     MiB = 2**20
     bench.extra_info.update(
         measured=(
@@ -120,20 +126,21 @@ def test_select_peak_memory(bench, cfg, threads):
         input_bytes=input_bytes,
         knn_bytes=knn_bytes,
         bound_bytes=bound,
-        growth_over_input_plus_knn=growth / (input_bytes + knn_bytes),
+        growth_over_formula=growth / knn_bytes,
         n_by_n_float32_bytes=n * n * 4,
         n_by_m_float64_bytes=n * m * 8,
     )
     bench.extra_info["summary"] = {
         "peak RSS growth in select()": (
-            f"{growth / MiB:.1f} MiB = {growth / (input_bytes + knn_bytes):.2f} x "
-            f"(features {input_bytes / MiB:.1f} MiB + kNN lists {knn_bytes / MiB:.1f} MiB); "
+            f"{growth / MiB:.1f} MiB = {growth / knn_bytes:.2f} x the formula "
+            f"n (16k + 144) B = {knn_bytes / MiB:.1f} MiB (features {input_bytes / MiB:.1f} MiB, "
+            "read in place); "
             f"n x n float32 would be {n * n * 4 / MiB:.0f} MiB, n x m float64 "
             f"{n * m * 8 / MiB:.1f} MiB; select() {out['select_seconds']:.2f} s"
         )
     }
     assert growth <= bound, (
         f"select() grew the peak RSS by {growth / MiB:.1f} MiB, more than "
-        f"{C_INPUT} x (features + kNN lists) + {SLACK_BYTES / MiB:.0f} MiB = {bound / MiB:.1f} MiB"
+        f"{C_INPUT} x n (16k + 144) B + {SLACK_BYTES / MiB:.0f} MiB = {bound / MiB:.1f} MiB"
     )
     assert growth < n * n * 4 / 10, "peak growth is within 10x of an n x n float32 matrix"

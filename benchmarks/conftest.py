@@ -40,6 +40,12 @@ SCALES: dict[str, dict[str, Any]] = {
         "uslt": {"n": 2_000, "d": 32, "m": 40, "epochs": 10},
         "rounds": 3,
     },
+    # select() at ImageNet-1k size (not in CI: about an hour on 2 cores); only
+    # bench_imagenet.py runs at this scale, every other benchmark skips.
+    "imagenet": {
+        "imagenet": {"n": 1_281_167, "d": 128, "m": 2_911, "n_centers": 1_000},
+        "rounds": 1,
+    },
     "full": {
         "knn": {"n": 50_000, "d": 128, "ks": (20, 400)},
         "gemm": {"m": 4096, "n": 4096, "k": 512},
@@ -67,7 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--scale",
         choices=sorted(SCALES),
         default="tiny",
-        help="problem sizes: tiny (CI, seconds) or full (the sizes README quotes, minutes)",
+        help="problem sizes: tiny (CI, seconds), full (the sizes README quotes, minutes) or "
+        "imagenet (select() on 1,281,167 x 128, about an hour on 2 cores)",
     )
     group.addoption(
         "--threads",
@@ -148,7 +155,18 @@ def scale(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def cfg(scale: str) -> dict[str, Any]:
-    return SCALES[scale]
+    return _ScaleConfig(scale, SCALES[scale])
+
+
+class _ScaleConfig(dict):
+    """The sizes of one scale; a benchmark with no entry at this scale is skipped."""
+
+    def __init__(self, scale: str, values: dict[str, Any]):
+        super().__init__(values)
+        self.scale = scale
+
+    def __missing__(self, key: str) -> Any:
+        pytest.skip(f"no {key!r} benchmark at --scale={self.scale}")
 
 
 @pytest.fixture(scope="session")

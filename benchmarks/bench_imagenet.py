@@ -1,0 +1,79 @@
+"""select() at ImageNet-1k size on this machine: 1,281,167 x 128 unit vectors from a
+1,000-component mixture, defaults="imagenet", m = 2,911. Runs only with --scale=imagenet
+(about an hour on 2 cores); reports each phase, the GEMM limit of the kNN pass measured in
+the same session, and the peak RSS growth beside README's formula."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from conftest import clustered_vectors
+
+
+def _gemm_gflops(d: int) -> float:
+    a = np.random.default_rng(0).standard_normal((4096, d), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((8192, d), dtype=np.float32)
+    a @ b.T
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a @ b.T
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 4096 * 8192 * d / best / 1e9
+
+
+def _vm(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # VmHWM := current RSS (Linux >= 4.0)
+        f.write("5")
+
+
+def test_select_imagenet_scale(bench, cfg, threads):
+    c = cfg["imagenet"]
+    n, d, m = c["n"], c["d"], c["m"]
+    import usl_fast
+
+    x = clustered_vectors(n, d, n_centers=c["n_centers"])
+    bench.group = f"select imagenet n={n} d={d} m={m}"
+    gflops = _gemm_gflops(d)
+    _reset_peak()
+    rss0 = _vm("VmRSS")
+    info: dict = {}
+
+    def once():
+        info["res"] = usl_fast.select(x, m, defaults="imagenet", return_info=True, progress=True)
+
+    bench.time(once)
+    res = info["res"]
+    assert np.unique(np.asarray(res.indices)).size == m
+    t = res.timings
+    limit = n * n * d / (gflops * 1e9)  # symmetric pass: n^2 d multiply-adds = n^2 d flops x2 / 2
+    peak = _vm("VmHWM")
+    formula = n * (8 * (2 * 20 + 16) + 8 + 8)
+    bench.extra_info.update(
+        impl="usl_fast",
+        n=n,
+        d=d,
+        m=m,
+        phases=t,
+        numpy_sgemm_gflops=gflops,
+        knn_gemm_limit_seconds=limit,
+        peak_rss_growth_bytes=peak - rss0,
+        formula_bytes=formula,
+    )
+    bench.extra_info["summary"] = {
+        "phases": ", ".join(f"{k} {v:.0f} s" for k, v in t.items())
+        + f"; total {sum(t.values()):.0f} s",
+        "kNN density vs GEMM limit": f"{t['density'] / limit:.2f} x (limit {limit:.0f} s at "
+        f"{gflops:.0f} GFLOP/s NumPy sgemm)",
+        "peak RSS growth": f"{(peak - rss0) / 2**20:.0f} MiB (formula n (16k + 144) B = "
+        f"{formula / 2**20:.0f} MiB; features {n * d * 4 / 2**20:.0f} MiB, read in place)",
+    }
