@@ -27,6 +27,11 @@ template <>
 const char* type_name<int64_t>() { return "int64"; }
 
 template <class T>
+bool aligned(const py::array& a) {
+  return reinterpret_cast<uintptr_t>(a.data()) % alignof(T) == 0;
+}
+
+template <class T>
 py::array as_array(py::handle h, const char* name) {
   if (!py::isinstance<py::array_t<T>>(h))
     throw py::type_error(std::string("usl_fast._cpu: `") + name + "` must be a numpy " +
@@ -47,14 +52,19 @@ View in_mat(py::handle h, const char* name) {
     throw py::value_error(std::string("`") + name + "` must have evenly spaced, non-overlapping rows");
   if (rows > kMaxRows) throw py::value_error(std::string("`") + name + "` has too many rows");
   const idx_t ld = rows > 1 ? s0 / static_cast<py::ssize_t>(sizeof(float)) : cols;
+  // BLAS takes 32-bit leading dimensions; scalar float access needs 4-byte alignment.
+  if (ld > 2147483647 || cols > 2147483647)
+    throw py::value_error(std::string("`") + name + "`: row stride beyond 2^31 - 1 elements");
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(float) != 0)
+    throw py::value_error(std::string("`") + name + "` must be aligned to 4 bytes");
   return View{static_cast<const float*>(a.data()), rows, cols, ld};
 }
 
 template <class T>
 const T* in_vec(py::handle h, const char* name, py::ssize_t size) {
   py::array a = as_array<T>(h, name);
-  if (!(a.flags() & py::array::c_style) || a.size() != size)
-    throw py::value_error(std::string("`") + name + "` must be C-contiguous with " +
+  if (!(a.flags() & py::array::c_style) || !aligned<T>(a) || a.size() != size)
+    throw py::value_error(std::string("`") + name + "` must be aligned and C-contiguous with " +
                           std::to_string(size) + " elements");
   return static_cast<const T*>(a.data());
 }
@@ -62,8 +72,8 @@ const T* in_vec(py::handle h, const char* name, py::ssize_t size) {
 template <class T>
 T* out_vec(py::handle h, const char* name, py::ssize_t size) {
   py::array a = as_array<T>(h, name);
-  if (!(a.flags() & py::array::c_style) || a.size() != size)
-    throw py::value_error(std::string("`") + name + "` must be C-contiguous with " +
+  if (!(a.flags() & py::array::c_style) || !aligned<T>(a) || a.size() != size)
+    throw py::value_error(std::string("`") + name + "` must be aligned and C-contiguous with " +
                           std::to_string(size) + " elements");
   if (!a.writeable()) throw py::value_error(std::string("`") + name + "` must be writeable");
   return static_cast<T*>(a.mutable_data());

@@ -70,7 +70,9 @@ def test_every_isa_path_gives_identical_results(tmp_path):
                 key,
             )
     if missing:
-        pytest.skip(f"this build or CPU cannot run the {', '.join(missing)} path(s); compared the others")
+        pytest.skip(
+            f"this build or CPU cannot run the {', '.join(missing)} path(s); compared the others"
+        )
 
 
 def _unit(n, d, seed):

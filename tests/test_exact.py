@@ -264,14 +264,37 @@ def test_regularized_select_equals_oracle_with_duplicates(x, data):
 
 
 @SETTINGS
-@given(point_sets(max_n=80, max_d=12), st.data())
+@given(point_sets(max_n=80, max_d=12, scales=(1e-30, 1e-21, 1e-3, 1.0, 1e15)), st.data())
 def test_range_count_equals_exact_oracle(x, data):
     D = oracles.exact_l2(x, x)
     # radii at exact distance values (the boundary is inclusive) and in between
     r = float(data.draw(st.sampled_from(sorted(set(D.ravel().tolist())))))
-    for radius in (r, float(np.nextafter(np.float32(r), np.float32(np.inf))), 0.0):
+    for radius in (r, float(np.nextafter(np.float32(r), np.float32(np.inf))), 0.0, r * (1 + 1e-9)):
         got = usl_fast.range_count(x, radius)
-        np.testing.assert_array_equal(got, (D <= np.float32(radius)).sum(1))
+        np.testing.assert_array_equal(got, (D.astype(np.float64) <= radius).sum(1))
+
+
+@pytest.mark.parametrize("scale", [1e-21, 1e-19])
+def test_subnormal_products_keep_every_pair_in_range_and_horizon(scale):
+    # Squares below float32's normal range: the GEMM's underflow error exceeds its
+    # relative bound, and only the absolute term keeps the filter honest.
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 12)) * scale).astype(np.float32)
+    x[10] = x[3]
+    D = oracles.exact_l2(x, x)
+    np.testing.assert_array_equal(usl_fast.range_count(x, 0.0), (D <= 0).sum(1))
+    labels = np.arange(64) % 4
+    picks = np.array([3, 20, 41])
+    h = float(np.sort(D[0])[5])
+    reg = usl_fast.regularizer(x, labels, picks, horizon_dist=h, own_cluster="none", alpha=1.0)
+    Dp = oracles.exact_l2(x, x[picks]).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        terms = np.where(Dp >= h, 1.0 / oracles.FAR, 1.0 / Dp)
+    want = np.zeros(64)
+    for j in range(picks.size):  # ascending pick order, as the engine sums
+        want = want + terms[:, j]
+    np.testing.assert_array_equal(reg, want)
+    assert np.isinf(reg[3]) and np.isinf(reg[10])  # their own pick at distance 0, unmasked
 
 
 def test_min_update_equals_exact_oracle():
@@ -448,3 +471,26 @@ def test_every_public_function_returns_the_callers_library():
     assert isinstance(usl_fast.range_count(x, 0.5), torch.Tensor)
     best_np = usl_fast.cluster_argmax(dens.numpy(), labels.numpy(), 7)
     np.testing.assert_array_equal(best.numpy(), best_np)
+
+
+def test_lloyd_seam_for_split_rows():
+    # The Python loop's seams: with `reduce` (partial sums combined across processes) a
+    # local fixed point must not stop the run, and the counts are the reduced ones.
+    from usl_fast._ops import lloyd
+
+    x = _unit_with_dups(2000, 8, 3)
+    init = x[:12].copy()
+    plain = usl_fast.kmeans(x, 12, n_iter=60, init=init)
+    assert plain.n_iter_run < 60
+    calls = []
+
+    def reduce(sums, counts):
+        calls.append(1)
+        return sums, counts
+
+    cent = init.copy()
+    labels, counts, inertia, n_run = lloyd(x, cent, 60, reduce=reduce)
+    assert n_run == 60 and len(calls) == 60
+    np.testing.assert_array_equal(labels, plain.labels)
+    np.testing.assert_array_equal(cent, plain.centroids)
+    np.testing.assert_array_equal(counts, plain.counts)

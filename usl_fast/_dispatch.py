@@ -190,17 +190,35 @@ def range_count(
 ) -> np.ndarray:
     th = resolve_threads(threads)
     out = np.empty(queries.shape[0], np.int64)
+    # Distances are float32: E <= radius iff E <= the largest float32 <= radius.
     _progress.run(
         _cpu.range_count,
         queries,
         base,
-        float(radius),
+        _float32_at_most(radius),
         out,
         th,
         desc="range count",
         progress=progress,
     )
     return out
+
+
+def _float32_at_most(v: float) -> float:
+    """The largest float32 <= v (v >= 0; beyond float32's range: its largest value)."""
+    f = np.float32(min(v, 3.4028234663852886e38))
+    if float(f) > v:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return float(f)
+
+
+def _float32_at_least(v: float) -> float:
+    """The smallest float32 >= v (v >= 0; inf stays inf)."""
+    with np.errstate(over="ignore"):
+        f = np.float32(v)
+    if float(f) < v:
+        f = np.nextafter(f, np.float32(np.inf))
+    return float(f)
 
 
 def regularizer(
@@ -224,7 +242,8 @@ def regularizer(
         labels,
         tag,
         float(alpha),
-        float(horizon_dist),
+        # a float32 distance E is >= horizon iff E >= the smallest float32 >= horizon
+        _float32_at_least(horizon_dist),
         int(horizon_num),
         bool(mask_zero),
         FAR,

@@ -43,13 +43,15 @@ def knn(
     Parameters
     ----------
     features : (n, d) array-like (numpy, torch CPU tensor), float16/32/64
-        The base set. Converted once to float32 C-contiguous.
+        The base set. Read in place when float32 with contiguous rows, else converted
+        once to float32.
     k : int
         Neighbours per row. Self-search: 1 <= k < n; queries: 1 <= k <= n.
     queries : (q, d) array-like, optional
-        If None, the self kNN graph of ``features``: every point is its own first
-        neighbour at distance exactly 0 (as in the reference implementation), and
-        symmetry is used (each pair of tiles computed once).
+        If None, the self kNN graph of ``features``: every point is in its own list at
+        distance exactly 0 (as in the reference implementation) - first, unless exact
+        duplicates with a lower index tie with it - and symmetry is used (each pair of
+        tiles computed once).
     threads : int, optional
         OpenMP threads. None: the calling thread's OpenMP setting (what
         ``threadpoolctl.threadpool_limits`` or ``OMP_NUM_THREADS`` set; all cores by
@@ -60,7 +62,7 @@ def knn(
     distances : (rows, k) float32, ascending exact squared L2 distances.
     indices : (rows, k) int64. Ties go to the lower index.
 
-    Memory: the output lists (12 rows k bytes) plus candidate buffers (8 (2k + 16) + 9
+    Memory: the output lists (12 rows k bytes) plus candidate buffers (8 (2k + 16) + 8
     bytes per row, per tile row past 4 GiB); no (q, n) matrix is formed.
     """
     x, back = as_features(features, "features")
@@ -108,7 +110,7 @@ def density(
 
     No (n, k) lists are formed: each row's k distances are averaged (float64, ascending)
     as soon as they are final. Memory beyond the input: 4 n bytes of output plus the
-    candidate buffers, 8 (2k + 16) + 9 bytes per row (per tile row past 4 GiB).
+    candidate buffers, 8 (2k + 16) + 8 bytes per row (per tile row past 4 GiB).
     """
     x, back = as_features(features, "features")
     n = x.shape[0]
@@ -200,7 +202,9 @@ def lloyd(
     distances) and the CSR ``segment_sum`` (float64 member sums in row order). ``assign``
     and ``reduce`` are the seams for other back ends: ``reduce(sums, counts)`` may combine
     partial sums across processes before the update (a fixed-order all-reduce keeps the
-    result independent of how the rows were split).
+    result independent of how the rows were split); with it, the fixed-point early stop is
+    off (a local fixed point is not a global one) and the counts returned are the reduced
+    ones. ``assign`` must return fresh arrays.
 
     Returns (labels int32, counts int64, inertia float64 per iteration, iterations run).
     """
@@ -235,7 +239,9 @@ def lloyd(
             # A repeated assignment is a fixed point: the update would rebuild these very
             # centroids (same members, same summation order) and no cluster dies, so every
             # remaining iteration repeats this one bit for bit.
-            if prev is not None and np.array_equal(labels, prev):
+            # With `reduce` (rows split across processes) a local fixed point says nothing
+            # about the other processes' rows, so every iteration runs.
+            if reduce is None and prev is not None and np.array_equal(labels, prev):
                 inertia[it + 1 :] = inertia[it]
                 n_run = it + 1
                 if bar is not None:
@@ -247,13 +253,15 @@ def lloyd(
             alive &= counts > 0
             keep = counts > 0
             cent[keep] = (sums[keep] * (1.0 / counts[keep])[:, None]).astype(np.float32)
-            prev = labels
+            prev = labels.copy()
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    counts = np.bincount(labels, minlength=K).astype(np.int64)
+    if reduce is None:
+        counts = np.bincount(labels, minlength=K).astype(np.int64)
+    # else: the reduced counts of the last assignment (all processes' rows)
     return labels, counts, inertia, n_run
 
 
@@ -374,4 +382,4 @@ def range_count(
             )
     radius = as_float(radius, "radius", 0.0, allow_inf=True)
     threads_arg(threads)
-    return back(_dispatch.range_count(q, x, min(radius, 3.4028234663852886e38), threads, progress))
+    return back(_dispatch.range_count(q, x, radius, threads, progress))

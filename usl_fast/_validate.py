@@ -73,15 +73,16 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
 
 
 def _engine_layout(arr: np.ndarray) -> bool:
-    """float32 (native byte order) with contiguous rows at a constant, non-overlapping,
-    positive stride: what the engine reads in place."""
-    if arr.dtype != np.dtype(np.float32):
+    """Aligned float32 (native byte order) with contiguous rows at a constant,
+    non-overlapping, positive stride below 2**31 elements: what the engine reads in place."""
+    if arr.dtype != np.dtype(np.float32) or not arr.flags.aligned:
         return False
     n, d = arr.shape
     s0, s1 = arr.strides
     if d > 1 and s1 != 4:
         return False
-    return n == 1 or (s0 > 0 and s0 % 4 == 0 and s0 // 4 >= d)
+    # BLAS takes 32-bit leading dimensions: a wider row stride is copied.
+    return n == 1 or (s0 > 0 and s0 % 4 == 0 and d <= s0 // 4 <= 2**31 - 1)
 
 
 def _check_rows(arr: np.ndarray, name: str, chunk_elems: int = 1 << 21) -> None:

@@ -63,7 +63,6 @@ struct RectTopK {
   struct Local {
     RectTopK& e;
     TopK res;
-    ScanScratch scratch;
     std::vector<uint64_t> keys;
     explicit Local(RectTopK& epi) : e(epi), keys(epi.k) {
       res.init(kTile, e.k, filter_abs(e.rows.cols));
@@ -73,7 +72,7 @@ struct RectTopK {
       if (e.start)
         for (idx_t r = 0; r < mi; ++r) res.start_below(r, e.start[i0 + r]);
     }
-    void tile(const Tile& t) { scan_topk(t, &res, 0, nullptr, scratch); }
+    void tile(const Tile& t) { scan_topk(t, &res, 0, nullptr); }
     void end(idx_t i0, idx_t mi) {
       for (idx_t r = 0; r < mi; ++r) {
         const int kk = res.finish(r, keys.data());
@@ -94,10 +93,9 @@ struct SymTopK {
   TopK* res;
   struct Local {
     SymTopK& e;
-    ScanScratch scratch;
     explicit Local(SymTopK& epi) : e(epi) {}
     // A diagonal tile holds both (i, j) and (j, i): feed the rows only.
-    void pair(const Tile& t) { scan_topk(t, e.res, t.i0, t.diagonal ? nullptr : e.res, scratch); }
+    void pair(const Tile& t) { scan_topk(t, e.res, t.i0, t.diagonal ? nullptr : e.res); }
   };
 };
 
@@ -114,7 +112,7 @@ constexpr double kSampleSigmas = 2.0;
 bool sampled_bounds(const View& x, const float* xn, int k, double hits, const Context& ctx,
                     Buffer<float>& tau) {
   const idx_t n = x.rows, d = x.cols;
-  if (hits <= 0.0) return false;
+  if (!(hits > 0.0) || !(hits < 1e6)) return false;  // off, or not a usable sample size
   const idx_t s_want = static_cast<idx_t>(std::ceil(hits * static_cast<double>(n) / k));
   const int q = static_cast<int>(std::ceil(hits + kSampleSigmas * std::sqrt(hits) + 1.0));
   if (s_want * 4 > n || q * 2 > k || q >= s_want) return false;
@@ -162,7 +160,8 @@ void self_topk(const View& x, int k, const Sink& sink, const Context& ctx, const
   Guard guard;
 #pragma omp parallel num_threads(ctx.threads)
   {
-    std::vector<uint64_t> keys(k);
+    std::vector<uint64_t> keys;
+    guard.run([&] { keys.resize(k); });
 #pragma omp for schedule(dynamic, 256)
     for (idx_t i = 0; i < n; ++i)
       guard.run([&] {

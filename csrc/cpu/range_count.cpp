@@ -20,11 +20,13 @@ struct RangeCount {
     explicit Local(RangeCount& epi) : e(epi), cnt(kTile), need(kTile), vals(kTile) {}
     void begin(idx_t, idx_t) { std::fill(cnt.begin(), cnt.end(), 0); }
     void tile(const Tile& t) {
+      // Surely out: lower - abs > radius.
+      const float out_above = round_up(static_cast<double>(e.radius) + t.abs);
       for (idx_t r = 0; r < t.mi; ++r) {
         idx_t nneed = 0;
         int64_t c_in = 0;
         for (idx_t c = 0; c < t.nj; ++c) {
-          if (t.lower(r, c) > e.radius) continue;
+          if (t.lower(r, c) > out_above) continue;
           if (t.upper(r, c) <= e.radius) {
             ++c_in;
             continue;

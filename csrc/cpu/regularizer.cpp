@@ -50,6 +50,8 @@ struct PowerSum {
     void tile(const Tile& t) {
       const RegParams& p = e.p;
       const bool finite_h = std::isfinite(p.horizon_dist);
+      // Surely beyond the horizon: lower - abs >= horizon_dist.
+      const float beyond = round_up(static_cast<double>(p.horizon_dist) + t.abs);
       for (idx_t r = 0; r < t.mi; ++r) {
         const idx_t i = t.i0 + r;
         const int32_t label = p.labels[i];
@@ -57,7 +59,7 @@ struct PowerSum {
         for (idx_t c = 0; c < t.nj; ++c) {
           const idx_t j = t.j0 + c;
           // 0: masked without needing the distance; 1: needs the exact value.
-          const bool far = p.tag[j] == label || (finite_h && t.lower(r, c) >= p.horizon_dist);
+          const bool far = p.tag[j] == label || (finite_h && t.lower(r, c) >= beyond);
           cls[c] = far ? 0 : 1;
           if (!far) need[nneed++] = static_cast<int32_t>(j);
         }
@@ -88,13 +90,12 @@ struct TopH {
   struct Local {
     TopH& e;
     TopK res;
-    ScanScratch scratch;
     std::vector<uint64_t> keys;
     explicit Local(TopH& epi) : e(epi), keys(epi.p.horizon_num) {
       res.init(kTile, e.p.horizon_num, filter_abs(e.p.x.cols));
     }
     void begin(idx_t i0, idx_t) { res.reset(i0); }
-    void tile(const Tile& t) { scan_topk(t, &res, 0, nullptr, scratch); }
+    void tile(const Tile& t) { scan_topk(t, &res, 0, nullptr); }
     void end(idx_t i0, idx_t mi) {
       const RegParams& p = e.p;
       for (idx_t r = 0; r < mi; ++r) {

@@ -81,8 +81,11 @@ void checked_free(void* p, size_t bytes) noexcept {
 int active_isa() {
   static const int isa = [] {
 #ifdef USL_FAST_X86
-    const bool avx512 = __builtin_cpu_supports("avx512f");
-    const bool avx2 = __builtin_cpu_supports("avx2");
+    // The exact kernels use FMA (harmless: the square they add is exact), so both SIMD
+    // paths need it too.
+    const bool fma = __builtin_cpu_supports("fma");
+    const bool avx512 = __builtin_cpu_supports("avx512f") && fma;
+    const bool avx2 = __builtin_cpu_supports("avx2") && fma;
     const char* env = std::getenv("USL_FAST_ISA");
     const std::string want = env ? env : "";
     if (want == "portable" || want == "scalar") return 0;
@@ -472,7 +475,7 @@ void seed_thresholds(const Tile& t, TopK* rows, idx_t row_off, TopK* cols) {
     }
 }
 
-void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, ScanScratch&) {
+void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols) {
   const int isa = active_isa();
   seed_thresholds(t, rows, row_off, cols);
 #ifdef USL_FAST_X86

@@ -125,7 +125,9 @@ void row_norms(const View& x, float* out, const Context& ctx);
 // ---------------------------------------------------------------------------------------
 // One tile handed to an epilogue: rows [0, mi) are global rows i0 + r of the row set,
 // columns [0, nj) are global rows j0 + c of the column set; ip[r * ldt + c] their inner
-// product. `lower(r, c)` is the filter's lower bound of the exact distance (never above it).
+// product. The exact distance E of a pair satisfies lower(r, c) - abs <= E <= upper(r, c):
+// `lower` leaves abs out so that callers fold it into their threshold (once per tile, not
+// once per pair); every comparison against `lower` must therefore use threshold + abs.
 struct Tile {
   const float* ip;
   idx_t ldt, i0, mi, j0, nj;
@@ -135,9 +137,8 @@ struct Tile {
   bool diagonal;    // symmetric pass, I == J
   View rows, cols;  // the whole row and column sets (global indices)
 
-  // e = fl(fl(rn + cn) - 2 ip): the estimate; e - rel s: its lower bound (abs is added to
-  // the thresholds instead, see TopK).
-  float estimate(idx_t r, idx_t c) const { return (rn[r] + cn[c]) - 2.0f * ip[r * ldt + c]; }
+  // e = fl(fl(rn + cn) - 2 ip) is the estimate; e - rel s its lower bound (abs is added to
+  // the thresholds instead, see TopK) and e + rel s + abs its upper bound.
   float lower(idx_t r, idx_t c) const {
     const float s = rn[r] + cn[c];
     return (s - 2.0f * ip[r * ldt + c]) - rel * s;
@@ -226,9 +227,7 @@ class TopK {
 // symmetric pass, the column's) to the reservoirs (tile.cpp; SIMD per active_isa()).
 // rows: reservoir of the tile's rows, local row of tile row r = row_off + r;
 // cols (symmetric off-diagonal tiles only): reservoir of the columns, row = j0 + c.
-// Per-thread scratch of a scan (none needed today; kept so scans can grow state).
-struct ScanScratch {};
-void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, ScanScratch& scratch);
+void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols);
 
 // Arg-min candidates of tile row r: the columns whose filter lower bound is <= min(the
 // tile row's smallest upper bound + abs, best), appended to out (global column indices).

@@ -24,8 +24,9 @@ struct KnnOptions {
 };
 double reservoir_bytes_per_row(int k);
 
-// k nearest rows of x for every query row (queries == nullptr: the self graph, every row its
-// own first neighbour at distance 0), ascending (distance, index). out_*: rows * k.
+// k nearest rows of x for every query row (queries == nullptr: the self graph, every row in
+// its own list at distance 0, after any lower-index exact duplicates), ascending
+// (distance, index). out_*: rows * k.
 void knn(const View& x, const View* queries, int k, float* out_dist, int64_t* out_idx,
          const Context& ctx, const KnnOptions& opt);
 
