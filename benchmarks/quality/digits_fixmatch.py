@@ -171,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--out", default=str(RESULTS / "quality_digits"), help="output stem (.md/.json)"
     )
+    ap.add_argument(
+        "--extend",
+        default=None,
+        help="a previous run's .json: its runs are kept and only the missing jobs run (to "
+        "finish an interrupted run); the table covers both",
+    )
     args = ap.parse_args(argv)
     jobs = [
         dict(method=meth, m=m, seed=s, steps=args.steps)
@@ -178,8 +184,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in range(args.seeds)
         for meth in args.methods
     ]
-    t0 = time.perf_counter()
     rows: List[Dict[str, Any]] = []
+    previous_elapsed = 0.0
+    if args.extend:
+        prev = json.loads(pathlib.Path(args.extend).read_text())
+        have = {(r["method"], r["m"], r["seed"]) for r in prev["runs"]}
+        rows = [
+            r
+            for r in prev["runs"]
+            if (r["method"], r["m"], r["seed"]) in {(j["method"], j["m"], j["seed"]) for j in jobs}
+        ]
+        jobs = [j for j in jobs if (j["method"], j["m"], j["seed"]) not in have]
+        previous_elapsed = float(prev.get("elapsed_s", 0.0))
+        print(f"kept {len(rows)} runs of {args.extend}; {len(jobs)} to run", flush=True)
+    t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers) if args.workers > 1 else _Inline() as pool:
         for r in pool.map(one_run, jobs):
             rows.append(r)
@@ -189,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"mask {r['mask_rate']:.2f} select {r['select_s']:.1f} s train {r['train_s']:.1f} s",
                 flush=True,
             )
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 + previous_elapsed
     lines = table(rows, args.budgets, args.methods)
     steps = args.steps or 2000
     head = [
@@ -198,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python benchmarks/quality/digits_fixmatch.py "
         f"--budgets {' '.join(map(str, args.budgets))} --seeds {args.seeds}"
         + (f" --steps {args.steps}" if args.steps else "")
-        + f"` ({elapsed / 60:.1f} min, {args.workers} worker process(es), one torch thread each).",
+        + "`"
+        + (f", finished with `--extend {args.extend}`" if args.extend else "")
+        + f" ({elapsed / 60:.1f} min in all, {args.workers} worker process(es), one torch "
+        "thread each).",
         f"FixMatch: usl_fast.ssl.PRESETS['digits'] ({steps} steps), test accuracy of the EMA "
         "model on the 450 held-out images after the last step; mean +- std over seeds "
         f"0-{args.seeds - 1}.",
