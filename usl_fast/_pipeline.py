@@ -368,7 +368,9 @@ def select(
     (m,) int64 indices in pick order (numpy, or torch if a torch tensor came in), or a
     SelectResult.
 
-    Memory: O(n d + n k) - no n x n or n x m matrix is ever formed.
+    Memory beyond the features (read in place when float32 with contiguous rows): about
+    n (16 k + 144) bytes at the peak (the kNN pass's candidate buffers; no (n, k) lists),
+    checked against available memory first; no n x n or n x m matrix is ever formed.
     """
     x, back = as_features(features, "features")
     n = x.shape[0]
