@@ -125,8 +125,8 @@ def knn_density(
     k: int,
     threads: Optional[int],
     progress: bool,
-    sample_hits: float,
-    max_reservoir_bytes: float,
+    sample_hits: float = _cpu.DEFAULT_SAMPLE_HITS,
+    max_reservoir_bytes: float = _cpu.DEFAULT_MAX_RESERVOIR_BYTES,
 ) -> np.ndarray:
     n = x.shape[0]
     check_memory(

@@ -169,11 +169,7 @@ def kmeans(
             raise ValueError(
                 f"`init` must be 'random', 'k-means++' or a (K, d) array (got {init!r})"
             )
-        if init == "random":
-            start = np.random.default_rng(seed).permutation(n)[:K]
-        else:
-            start = _dispatch.kmeanspp_init(x, K, seed, threads, progress)
-        cent = np.ascontiguousarray(x[start])
+        cent = initial_rows(x, K, init, seed, threads, progress)
     else:
         cent, _ = as_features(init, "init")
         if cent.shape != (K, d):
@@ -185,6 +181,18 @@ def kmeans(
     return KMeansResult(
         back(labels.astype(np.int64)), back(cent), back(counts), back(inertia), int(n_run)
     )
+
+
+def initial_rows(
+    x: np.ndarray, K: int, init: str, seed: int, threads: Optional[int], progress: bool
+) -> np.ndarray:
+    """The (K, d) initial centroids of a validated ``init`` string: the rows at the first K
+    positions of ``default_rng(seed).permutation(n)`` ("random"), or k-means++ seeding."""
+    if init == "random":
+        start = np.random.default_rng(seed).permutation(x.shape[0])[:K]
+    else:
+        start = _dispatch.kmeanspp_init(x, K, seed, threads, progress)
+    return np.ascontiguousarray(x[start])
 
 
 def lloyd(
@@ -250,9 +258,8 @@ def lloyd(
             sums, counts = _dispatch.segment_sum(x, labels, K, threads)
             if reduce is not None:
                 sums, counts = reduce(sums, counts)
-            alive &= counts > 0
-            keep = counts > 0
-            cent[keep] = (sums[keep] * (1.0 / counts[keep])[:, None]).astype(np.float32)
+            alive &= counts > 0  # and a live cluster has members: update exactly those
+            cent[alive] = (sums[alive] * (1.0 / counts[alive])[:, None]).astype(np.float32)
             prev = labels.copy()
             if bar is not None:
                 bar.update(1)
@@ -326,8 +333,6 @@ def regularizer(
     )
     hn = 0 if horizon_num is None else as_int(horizon_num, "horizon_num", 1)
     threads_arg(threads)
-    if hn >= p.size:
-        hn = 0  # the h nearest of fewer than h picks are all of them
     pts = np.ascontiguousarray(x[p])
     out = _dispatch.regularizer(x, pts, lab, tag, alpha, hd, hn, bool(mask_zero), threads)
     return back(out)

@@ -222,11 +222,8 @@ def _pick_rounds(x, dens, lab, K, m, p, threads, progress) -> tuple:
                 else:
                     tag = np.full(picks.size, -1, np.int32)
                 hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
-                # The h nearest of at most h picks are all of them (the reference pads its
-                # top-h with (inf, index 0) there, which turns a whole cluster's score NaN).
+                # (with at most h picks the engine sums over all of them: docs/parity.md)
                 hn = 0 if p["horizon_num"] is None else p["horizon_num"]
-                if hn >= picks.size:
-                    hn = 0
                 pts = np.ascontiguousarray(x[picks])
                 new = _dispatch.regularizer(
                     x,
@@ -405,22 +402,16 @@ def select(
     p = _check_reg_params(p, n)
     threads_arg(threads)
 
+    # x and every parameter are validated above: straight to the engine from here (the
+    # public density() / kmeans() would validate x again, a full pass over the features).
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
-    dens = _ops.density(x, p["k"], threads=threads, progress=progress)
+    dens = _dispatch.knn_density(x, p["k"], threads, progress)
     timings["density"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    km = _ops.kmeans(
-        x,
-        K,
-        n_iter=p["kmeans_iter"],
-        init=kmeans_init,
-        seed=p["seed"],
-        threads=threads,
-        progress=progress,
-    )
-    lab = np.ascontiguousarray(km.labels, dtype=np.int32)
+    cent = _ops.initial_rows(x, K, kmeans_init, p["seed"], threads, progress)
+    lab, _, _, _ = _ops.lloyd(x, cent, p["kmeans_iter"], threads=threads, progress=progress)
     timings["kmeans"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

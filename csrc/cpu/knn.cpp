@@ -68,7 +68,7 @@ struct RectTopK {
       res.init(kTile, e.k, filter_abs(e.rows.cols));
     }
     void begin(idx_t i0, idx_t mi) {
-      res.reset(i0);
+      res.reset();
       if (e.start)
         for (idx_t r = 0; r < mi; ++r) res.start_below(r, e.start[i0 + r]);
     }
@@ -129,8 +129,7 @@ bool sampled_bounds(const View& x, const float* xn, int k, double hits, const Co
 template <class Sink>
 void self_topk(const View& x, int k, const Sink& sink, const Context& ctx, const KnnOptions& opt) {
   const idx_t n = x.rows;
-  Buffer<float> xn(n);
-  row_norms(x, xn.data(), ctx);
+  const Buffer<float> xn = norms(x, ctx);
   // The symmetric pass keeps every row's reservoir alive at once (8 (2k + 16) + 8 bytes a
   // row). Past the budget, search the rows as queries: twice the GEMM work, per-thread
   // reservoirs only, the same answer (exact distances do not depend on the path).
@@ -205,9 +204,7 @@ void knn(const View& x, const View* queries, int k, float* out_dist, int64_t* ou
   const ListSink sink{out_dist, out_idx, k};
   if (!queries) return self_topk(x, k, sink, ctx, opt);
   require(queries->cols == x.cols, "knn: same dimension");
-  Buffer<float> qn(queries->rows), bn(x.rows);
-  row_norms(*queries, qn.data(), ctx);
-  row_norms(x, bn.data(), ctx);
+  const Buffer<float> qn = norms(*queries, ctx), bn = norms(x, ctx);
   ctx.set_total(num_tiles(queries->rows));
   rect_topk(*queries, qn.data(), x, bn.data(), k, nullptr, sink, ctx);
 }
@@ -268,12 +265,12 @@ void assign(const View& x, const float* x_norms, const View& cent, int32_t* out_
             float* out_dist, const Context& ctx) {
   require(cent.cols == x.cols && cent.rows >= 1, "assign: centroids");
   require(cent.rows <= kMaxRows, "assign: centroids fit in int32");
-  Buffer<float> xn(x_norms ? 0 : x.rows), cn(cent.rows);
+  Buffer<float> xn;
   if (!x_norms) {
-    row_norms(x, xn.data(), ctx);
+    xn = norms(x, ctx);
     x_norms = xn.data();
   }
-  row_norms(cent, cn.data(), ctx);
+  const Buffer<float> cn = norms(cent, ctx);
   ctx.set_total(num_tiles(x.rows));
   auto sink = [&](idx_t i, const uint64_t* keys, int) {
     out_label[i] = key_index(keys[0]);
@@ -287,9 +284,7 @@ void assign(const View& x, const float* x_norms, const View& cent, int32_t* out_
 void min_update(const View& x, const View& centers, int64_t arg_offset, float* inout_min,
                 int64_t* inout_arg, const Context& ctx) {
   require(centers.cols == x.cols && centers.rows >= 1, "min_update: centers");
-  Buffer<float> xn(x.rows), cn(centers.rows);
-  row_norms(x, xn.data(), ctx);
-  row_norms(centers, cn.data(), ctx);
+  const Buffer<float> xn = norms(x, ctx), cn = norms(centers, ctx);
   ctx.set_total(num_tiles(x.rows));
   auto sink = [&](idx_t i, const uint64_t* keys, int) {
     const float dv = key_dist(keys[0]);

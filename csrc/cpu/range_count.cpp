@@ -9,7 +9,6 @@ namespace cpu {
 
 namespace {
 struct RangeCount {
-  View q, base;
   float radius;
   int64_t* out;
   struct Local {
@@ -34,7 +33,7 @@ struct RangeCount {
           need[nneed++] = static_cast<int32_t>(t.j0 + c);
         }
         if (nneed) {
-          exact_gather(e.q.row(t.i0 + r), e.base, need.data(), nneed, vals.data());
+          exact_gather(t.rows.row(t.i0 + r), t.cols, need.data(), nneed, vals.data());
         }
         for (idx_t u = 0; u < nneed; ++u) c_in += vals[u] <= e.radius;
         cnt[r] += c_in;
@@ -51,11 +50,9 @@ void range_count(const View& q, const View& base, float radius, int64_t* out_cou
                  const Context& ctx) {
   require(q.cols == base.cols, "range_count: same dimension");
   require(base.rows <= kMaxRows, "range_count: rows fit in int32");
-  Buffer<float> qn(q.rows), bn(base.rows);
-  row_norms(q, qn.data(), ctx);
-  row_norms(base, bn.data(), ctx);
+  const Buffer<float> qn = norms(q, ctx), bn = norms(base, ctx);
   ctx.set_total(num_tiles(q.rows));
-  RangeCount epi{q, base, radius, out_count};
+  RangeCount epi{radius, out_count};
   for_each_tile(q, qn.data(), base, bn.data(), epi, ctx);
 }
 

@@ -21,9 +21,7 @@ inline double neg_pow(double dv, double alpha) {
 }
 
 struct RegParams {
-  View x, picks;
-  const float* xn;
-  const float* pn;
+  idx_t d;
   const int32_t* labels;
   const int32_t* tag;
   double alpha, far_term;
@@ -64,7 +62,7 @@ struct PowerSum {
           if (!far) need[nneed++] = static_cast<int32_t>(j);
         }
         if (nneed) {
-          exact_gather(p.x.row(i), p.picks, need.data(), nneed, vals.data());
+          exact_gather(t.rows.row(i), t.cols, need.data(), nneed, vals.data());
         }
         double s = sum[r];
         idx_t q = 0;
@@ -92,9 +90,9 @@ struct TopH {
     TopK res;
     std::vector<uint64_t> keys;
     explicit Local(TopH& epi) : e(epi), keys(epi.p.horizon_num) {
-      res.init(kTile, e.p.horizon_num, filter_abs(e.p.x.cols));
+      res.init(kTile, e.p.horizon_num, filter_abs(e.p.d));
     }
-    void begin(idx_t i0, idx_t) { res.reset(i0); }
+    void begin(idx_t, idx_t) { res.reset(); }
     void tile(const Tile& t) { scan_topk(t, &res, 0, nullptr); }
     void end(idx_t i0, idx_t mi) {
       const RegParams& p = e.p;
@@ -121,13 +119,13 @@ void regularizer(const View& x, const View& picks, const int32_t* labels, const 
                  double* out, const Context& ctx) {
   require(picks.cols == x.cols && picks.rows >= 1, "regularizer: picks");
   require(picks.rows <= kMaxRows, "regularizer: picks fit in int32");
-  Buffer<float> xn(x.rows), pn(picks.rows);
-  row_norms(x, xn.data(), ctx);
-  row_norms(picks, pn.data(), ctx);
-  const RegParams p{x,         picks,      xn.data(),    pn.data(), labels,
-                    pick_tag,  alpha,      neg_pow(far, alpha),     horizon_dist,
-                    horizon_num, mask_zero, out};
+  const Buffer<float> xn = norms(x, ctx), pn = norms(picks, ctx);
+  const RegParams p{x.cols, labels,       pick_tag,  alpha,    neg_pow(far, alpha),
+                    horizon_dist, horizon_num, mask_zero, out};
   ctx.set_total(num_tiles(x.rows));
+  // The h nearest of at most h picks are all of them: the power-sum. (The reference's
+  // top-h pads the missing slots with (inf, index 0) instead, and its own-position mask then
+  // turns every score of cluster 0 into NaN; docs/parity.md.)
   if (horizon_num > 0 && horizon_num < picks.rows) {
     TopH epi{p};
     for_each_tile(x, xn.data(), picks, pn.data(), epi, ctx);

@@ -215,12 +215,9 @@ void exact_many(int isa, const float* a, const float* const* b, idx_t n, idx_t d
 #ifdef USL_FAST_X86
   if (isa == 2) {
     for (; t + 4 <= n; t += 4) exact4_avx512(a, b + t, d, out + t);
-  } else if (isa == 1) {
-    for (; t + 4 <= n; t += 4) exact4_avx2(a, b + t, d, out + t);
-  }
-  if (isa == 2) {
     for (; t < n; ++t) out[t] = exact1_avx512(a, b[t], d);
   } else if (isa == 1) {
+    for (; t + 4 <= n; t += 4) exact4_avx2(a, b + t, d, out + t);
     for (; t < n; ++t) out[t] = exact1_avx2(a, b[t], d);
   }
 #endif
@@ -250,15 +247,9 @@ void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out
   }
 }
 
-float exact_pair(const float* a, const float* b, idx_t d) {
-  float out;
-  exact_many(active_isa(), a, &b, 1, d, &out);
-  return out;
-}
-
 void row_norms(const View& x, float* out, const Context& ctx) {
   const idx_t d = x.cols;
-  // exact_l2 against the zero vector: fl(b_t - 0) = b_t, so this is exact_norm.
+  // exact_l2 against the zero vector: fl(0 - b_t) = -b_t, the same square.
   const std::vector<float> zero(static_cast<size_t>(d), 0.0f);
   const int isa = active_isa();
   const idx_t blocks = (x.rows + 63) / 64;
@@ -314,10 +305,8 @@ inline void offer(int isa, const Tile& t, idx_t r, idx_t c, unsigned bits, TopK*
 void scan_portable(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, int isa,
                    idx_t c_begin, idx_t r_begin, idx_t r_end, Pending& p) {
   for (idx_t r = r_begin; r < r_end; ++r) {
-    const float* ip = t.ip + r * t.ldt;
     for (idx_t c = c_begin; c < t.nj; ++c) {
-      const float s = t.rn[r] + t.cn[c];
-      const float l = (s - 2.0f * ip[c]) - t.rel * s;
+      const float l = t.lower(r, c);
       if (l <= rows->thresholds()[row_off + r] || (cols && l <= cols->thresholds()[t.j0 + c]))
         offer(isa, t, r, c, 1u, rows, row_off, cols, p);
     }
@@ -398,10 +387,8 @@ void argmin_portable(const Tile& t, idx_t r, float best, int32_t* out, idx_t& n)
   }
   float thr = round_up(static_cast<double>(U) + 2.0 * t.abs);
   thr = best < thr ? best : thr;
-  for (idx_t c = 0; c < t.nj; ++c) {
-    const float s = t.rn[r] + t.cn[c];
-    if ((s - 2.0f * ip[c]) - t.rel * s <= thr) out[n++] = static_cast<int32_t>(t.j0 + c);
-  }
+  for (idx_t c = 0; c < t.nj; ++c)
+    if (t.lower(r, c) <= thr) out[n++] = static_cast<int32_t>(t.j0 + c);
 }
 
 #ifdef USL_FAST_X86

@@ -44,6 +44,18 @@ class Buffer {
   explicit Buffer(size_t n) { reset(n); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : p_(o.p_), n_(o.n_) {
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      std::swap(p_, o.p_);
+      std::swap(n_, o.n_);
+    }
+    return *this;
+  }
   ~Buffer() { release(); }
   void reset(size_t n) {
     release();
@@ -86,7 +98,6 @@ class Guard {
       stop_.store(true, std::memory_order_relaxed);
     }
   }
-  bool stopped() const { return stop_.load(std::memory_order_relaxed); }
   void check_cancel(const Context& ctx) {
     if (ctx.cancelled()) throw Cancelled();
   }
@@ -114,13 +125,19 @@ float* thread_tile();
 int active_isa();
 
 // exact_l2 of row a against base rows idx[0..n) and against rows j0..j0+n (SIMD versions of
-// l2.hpp's kernel, identical bits), and of one pair.
+// l2.hpp's kernel, identical bits).
 void exact_gather(const float* a, const View& base, const int32_t* idx, idx_t n, float* out);
 void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out);
-float exact_pair(const float* a, const float* b, idx_t d);
 
-// exact_norm of every row, threads over rows.
+// Squared norm of every row (exact_l2 against the zero vector), threads over rows.
 void row_norms(const View& x, float* out, const Context& ctx);
+
+// The same, into a new buffer (the filter needs the norms of both sides of every op).
+inline Buffer<float> norms(const View& x, const Context& ctx) {
+  Buffer<float> out(x.rows);
+  row_norms(x, out.data(), ctx);
+  return out;
+}
 
 // ---------------------------------------------------------------------------------------
 // One tile handed to an epilogue: rows [0, mi) are global rows i0 + r of the row set,
@@ -172,15 +189,13 @@ class TopK {
     keys_.reset(static_cast<size_t>(rows) * cap_);
     count_.reset(rows);
     thr_.reset(rows);
-    reset(0);
+    reset();
   }
-  // Local row r is global row origin + r from now on; every row starts empty.
-  void reset(idx_t origin) {
-    origin_ = origin;
+  // Every row starts empty (a per-thread reservoir is reused for the next row tile).
+  void reset() {
     count_.fill(0);
     thr_.fill(std::numeric_limits<float>::infinity());
   }
-  idx_t origin() const { return origin_; }
   int k() const { return k_; }
   float* thresholds() { return thr_.data(); }
   const float* thresholds() const { return thr_.data(); }
@@ -216,7 +231,6 @@ class TopK {
   }
 
   int k_ = 0, cap_ = 0;
-  idx_t origin_ = 0;
   float abs_ = 0.0f;
   Buffer<uint64_t> keys_;  // rows * cap; only [0, count) of a row is meaningful
   Buffer<int32_t> count_;

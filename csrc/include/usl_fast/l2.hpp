@@ -44,24 +44,8 @@ USL_HD float exact_l2(const float* a, const float* b, idx_t d) {
   return static_cast<float>(exact_lanes_combine(s));
 }
 
-// Squared norm with the same rounding rules (exact_l2 against the zero vector).
-USL_HD float exact_norm(const float* a, idx_t d) {
-  double s[kLanes] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  idx_t t = 0;
-  for (; t + kLanes <= d; t += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const double v = static_cast<double>(a[t + l]);
-      s[l] += v * v;
-    }
-  for (int l = 0; t + l < d; ++l) {
-    const double v = static_cast<double>(a[t + l]);
-    s[l] += v * v;
-  }
-  return static_cast<float>(exact_lanes_combine(s));
-}
-
 // ---------------------------------------------------------------------------------------
-// The filter's error bound. With u = 2^-24, norms na = exact_norm(a), nb = exact_norm(b)
+// The filter's error bound. With u = 2^-24, norms na = exact_l2(a, 0), nb = exact_l2(b, 0)
 // and ip any float32 evaluation of a.b (any summation order, with or without FMA: a BLAS
 // GEMM, a tensor-core TF32 product once its own u is used), the estimate
 //     e = fl(fl(na + nb) - 2 ip)

@@ -12,7 +12,7 @@
 namespace usl_fast {
 namespace cpu {
 
-// Squared norms (exact_norm) of the rows of x.
+// Squared norms of the rows of x: exact_l2 against the zero vector.
 void row_norms(const View& x, float* out, const Context& ctx);
 
 struct KnnOptions {
