@@ -204,6 +204,21 @@ PYBIND11_MODULE(_cpu, m) {
     cpu::range_count(qv, bv, radius, po, c);
   });
 
+  m.def("range_search", [](py::handle q, py::handle base, float radius, py::handle offsets,
+                           py::handle out, int threads, py::handle ctl) {
+    const View qv = in_mat(q, "queries"), bv = in_mat(base, "base");
+    if (qv.cols != bv.cols) throw py::value_error("`queries` and `base`: same dimension");
+    const int64_t* po = in_vec<int64_t>(offsets, "offsets", qv.rows + 1);
+    if (po[0] != 0) throw py::value_error("`offsets` must start at 0");
+    for (py::ssize_t i = 0; i < qv.rows; ++i) {
+      if (po[i + 1] < po[i]) throw py::value_error("`offsets` must be non-decreasing");
+    }
+    int32_t* pi = out_vec<int32_t>(out, "out", static_cast<py::ssize_t>(po[qv.rows]));
+    const Context c = context(threads, ctl);
+    py::gil_scoped_release nogil;
+    cpu::range_search(qv, bv, radius, po, pi, c);
+  });
+
   m.def("regularizer", [](py::handle x, py::handle picks, py::handle labels, py::handle tag,
                           double alpha, float horizon_dist, int horizon_num, bool mask_zero,
                           double far, py::handle out, int threads, py::handle ctl) {

@@ -3,6 +3,16 @@ compiled tiled-distance engine. ``usl_fast.select(features, m)`` returns the m i
 to send to annotators."""
 
 from ._backend import _cpu  # noqa: F401  (loads the engine and its OpenBLAS at import)
+from ._methods import (
+    METHODS,
+    USL,
+    KCenterGreedy,
+    ProbCover,
+    RandomSelect,
+    Selector,
+    TypiClust,
+    probcover_delta,
+)
 from ._ops import (
     KMeansResult,
     cluster_argmax,
@@ -28,6 +38,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "select",
+    "USL",
+    "TypiClust",
+    "ProbCover",
+    "KCenterGreedy",
+    "RandomSelect",
+    "Selector",
+    "METHODS",
+    "probcover_delta",
     "regularized_select",
     "random_select",
     "knn",

@@ -93,8 +93,8 @@ def knn(
     queries: Optional[np.ndarray],
     threads: Optional[int],
     progress: bool,
-    sample_hits: float,
-    max_reservoir_bytes: float,
+    sample_hits: float = _cpu.DEFAULT_SAMPLE_HITS,
+    max_reservoir_bytes: float = _cpu.DEFAULT_MAX_RESERVOIR_BYTES,
 ) -> Tuple[np.ndarray, np.ndarray]:
     rows = x.shape[0] if queries is None else queries.shape[0]
     check_memory(
@@ -202,6 +202,44 @@ def range_count(
         progress=progress,
     )
     return out
+
+
+def range_search(
+    queries: np.ndarray,
+    base: np.ndarray,
+    radius: float,
+    threads: Optional[int],
+    progress: bool,
+    max_edges: Optional[int] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """CSR (offsets int64 (q+1,), indices int32) of the base rows within squared distance
+    ``radius`` of each query row, ascending per row. Two passes: the counts first, so the
+    list is allocated once at its exact size, after checking ``max_edges`` and memory."""
+    counts = range_count(queries, base, radius, threads, progress)
+    offsets = np.zeros(queries.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    if max_edges is not None and total > max_edges:
+        raise ValueError(
+            f"the radius gives {total:,} pairs (mean {total / max(queries.shape[0], 1):.1f} a "
+            f"point), more than `max_edges`={max_edges:,}: use a smaller radius or raise max_edges "
+            f"(memory: 4 bytes a pair)"
+        )
+    check_memory(4.0 * total, f"the neighbour list of {total:,} pairs")
+    out = np.empty(total, np.int32)
+    th = resolve_threads(threads)
+    _progress.run(
+        _cpu.range_search,
+        queries,
+        base,
+        _float32_at_most(radius),
+        offsets,
+        out,
+        th,
+        desc="range search",
+        progress=progress,
+    )
+    return offsets, out
 
 
 def _float32_at_most(v: float) -> float:

@@ -135,12 +135,17 @@ class SelectResult:
     """What ``select(..., return_info=True)`` returns.
 
     indices : (m,) int64 picks in pick order (cluster order), caller's library.
-    labels : (n,) int64 cluster of every point (k-means, or the labels given).
-    density : (n,) float32 kNN density.
+    labels : (n,) int64 cluster of every point (k-means, or the labels given); None for a
+        method without clusters.
+    density : (n,) float32 kNN density (USL; None for the other methods).
     n_filled : picks added after the per-cluster ones because fewer than m clusters were
         non-empty (0 in the normal case); they are the highest-scoring remaining points.
     timings : seconds per phase.
     params : the resolved parameters.
+    method : the method that chose the picks.
+    scores : (n,) the method's per-point score (USL: density - weight * reg of the last
+        round; the other methods: see their estimators), or None.
+    labeled : the indices given as already labeled (empty for a first round).
     """
 
     indices: Any
@@ -149,6 +154,9 @@ class SelectResult:
     n_filled: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
     params: Dict[str, Any] = field(default_factory=dict)
+    method: str = "usl"
+    scores: Any = None
+    labeled: Any = None
 
 
 def _resolve(defaults: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
@@ -197,34 +205,59 @@ def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
     return mu * reg + (1.0 - mu) * new
 
 
-def _pick_rounds(x, dens, lab, K, m, p, threads, progress) -> tuple:
+def _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed=None) -> tuple:
+    """The regularized rounds. ``fixed``: indices labeled earlier (a later round): their
+    clusters give no pick, they are never picked, and they join every round's regularizer
+    as picks already made (tagged with their own cluster). Returns (picks, n_filled, the
+    last round's score, float64)."""
     n = x.shape[0]
     reg = np.zeros(n, np.float64)
     rounds = p["rounds"]
+    own = p["own_cluster"]
+    if fixed is not None and fixed.size:
+        # Points of covered clusters (and the labeled points) go to a dummy cluster K that
+        # the per-cluster arg-max computes and we drop.
+        covered = np.zeros(K + 1, dtype=bool)
+        covered[lab[fixed]] = True
+        cand = np.where(covered[lab], K, lab).astype(np.int32)
+        K_cand = K + 1
+        # "position" compares pick numbers with cluster ids, the reference's quirk; with
+        # labeled points there is no reference behaviour to keep, so use real clusters.
+        if own == "position":
+            own = "cluster"
+    else:
+        fixed = np.zeros(0, np.int64)
+        cand, K_cand = lab, K
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=rounds, desc="regularized selection", dynamic_ncols=True)
+        bar = tqdm(total=rounds, desc="regularized selection", unit="round", dynamic_ncols=True)
     try:
         for t in range(rounds):
             # weight 0 means no regularizer at all (not 0 * inf = NaN where reg is inf).
             best = _dispatch.segment_argmax(
-                dens, reg if p["weight"] > 0 else None, p["weight"], lab, K
-            )
+                dens, reg if p["weight"] > 0 else None, p["weight"], cand, K_cand
+            )[:K]
             clusters = np.flatnonzero(best >= 0)[:m]
             picks = best[clusters]
             if t < rounds - 1:
-                if p["own_cluster"] == "position":
+                if own == "position":
                     tag = np.arange(picks.size, dtype=np.int32)
-                elif p["own_cluster"] == "cluster":
+                elif own == "cluster":
                     tag = clusters.astype(np.int32)
                 else:
                     tag = np.full(picks.size, -1, np.int32)
                 hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
                 # (with at most h picks the engine sums over all of them: docs/parity.md)
                 hn = 0 if p["horizon_num"] is None else p["horizon_num"]
-                pts = np.ascontiguousarray(x[picks])
+                if fixed.size:
+                    every = np.concatenate([fixed, picks])
+                    ftag = lab[fixed] if own != "none" else np.full(fixed.size, -1, np.int32)
+                    tag = np.concatenate([ftag.astype(np.int32), tag])
+                else:
+                    every = picks
+                pts = np.ascontiguousarray(x[every])
                 new = _dispatch.regularizer(
                     x,
                     pts,
@@ -243,22 +276,23 @@ def _pick_rounds(x, dens, lab, K, m, p, threads, progress) -> tuple:
     finally:
         if bar is not None:
             bar.close()
+    score = dens.astype(np.float64)
+    if p["weight"] > 0:
+        score = score - p["weight"] * reg
     n_filled = 0
     if picks.size < m:
-        # Fewer non-empty clusters than picks wanted: top up with the best-scoring points
-        # not picked yet (score of the last round), and report how many.
-        score = dens.astype(np.float64)
-        if p["weight"] > 0:
-            score = score - p["weight"] * reg
+        # Fewer non-empty (uncovered) clusters than picks wanted: top up with the
+        # best-scoring points not picked (nor labeled) yet, and report how many.
         rest = np.ones(n, dtype=bool)
         rest[picks] = False
+        rest[fixed] = False
         candidates = np.flatnonzero(rest)
         # Stable sort on -score: ties (including -inf scores) go to the lower index.
         order = candidates[np.argsort(-score[candidates], kind="stable")]
         extra = order[: m - picks.size]
         n_filled = int(extra.size)
         picks = np.concatenate([picks, extra])
-    return picks.astype(np.int64), n_filled
+    return picks.astype(np.int64), n_filled, score
 
 
 def regularized_select(
@@ -312,86 +346,86 @@ def regularized_select(
         n,
     )
     threads_arg(threads)
-    picks, _ = _pick_rounds(x, dens, lab, K, m, p, threads, progress)
+    picks, _, _ = _pick_rounds(x, dens, lab, K, m, p, threads, progress)
     return back(picks)
 
 
-def select(
-    features: Any,
-    m: int,
-    *,
-    defaults: str = "cifar10",
-    k: Any = _UNSET,
-    n_clusters: Optional[int] = None,
-    kmeans_iter: Any = _UNSET,
-    kmeans_init: Any = "random",
-    rounds: Any = _UNSET,
-    weight: Any = _UNSET,
-    momentum: Any = _UNSET,
-    alpha: Any = _UNSET,
-    horizon_dist: Any = _UNSET,
-    horizon_num: Any = _UNSET,
-    own_cluster: Any = _UNSET,
-    mask_zero: Any = _UNSET,
-    seed: int = 0,
-    threads: Optional[int] = None,
-    progress: bool = False,
-    return_info: bool = False,
-) -> Any:
-    """Choose ``m`` points to label with Unsupervised Selective Labeling (USL).
+def _unit_norm_warning(x: np.ndarray, p: Dict[str, Any], given: Dict[str, Any]) -> None:
+    """Warn when the features are far from unit norm and the preset's regularizer (tuned
+    for L2-normalised features) would silently do nothing."""
+    if p["weight"] <= 0 or "horizon_dist" in given or "horizon_num" in given:
+        return
+    rows = x[:: max(1, x.shape[0] // 4096)].astype(np.float64)
+    med = float(np.median(np.einsum("ij,ij->i", rows, rows)))
+    if 0.25 <= med <= 4.0:
+        return
+    import warnings
 
-    Parameters
-    ----------
-    features : (n, d) numpy array or torch CPU tensor (float16/32/64)
-        One row per unlabeled instance, usually L2-normalised self-supervised features.
-        Converted once to float32; NaN/inf is an error.
-    m : int
-        Labeling budget, 1 <= m <= n.
-    defaults : {"cifar10", "cifar100", "imagenet" (= "imagenet-moco"), "imagenet-clip"}
-        Which published configuration supplies every parameter not given.
-    k : kNN size for the density (self included), 1 <= k < n.
-    n_clusters : k-means K (default: m, or the published K for m=2,500 / 12,820), >= m.
-    kmeans_iter, kmeans_init, seed : Lloyd iterations (fixed count), init ("random" as the
-        reference, or "k-means++"), and the seed that makes everything reproducible.
-    rounds, weight, momentum, alpha, horizon_dist, horizon_num, own_cluster, mask_zero :
-        the regularizer (see ``regularized_select``). own_cluster="cluster" fixes the
-        reference's position-vs-label quirk.
-    threads : OpenMP threads (default all); results do not depend on it.
-    progress : tqdm bars per phase.
-    return_info : return a ``SelectResult`` (labels, densities, timings) instead.
-
-    Returns
-    -------
-    (m,) int64 indices in pick order (numpy, or torch if a torch tensor came in), or a
-    SelectResult.
-
-    Memory beyond the features (read in place when float32 with contiguous rows): about
-    n (16 k + 144) bytes at the peak (the kNN pass's candidate buffers; no (n, k) lists),
-    checked against available memory first; no n x n or n x m matrix is ever formed.
-    """
-    x, back = as_features(features, "features")
-    n = x.shape[0]
-    m = as_int(m, "m", 1, n, f" = number of points n={n}")
-    p = _resolve(
-        defaults,
-        dict(
-            k=k,
-            kmeans_iter=kmeans_iter,
-            rounds=rounds,
-            weight=weight,
-            momentum=momentum,
-            alpha=alpha,
-            horizon_dist=horizon_dist,
-            horizon_num=horizon_num,
-            own_cluster=own_cluster,
-            mask_zero=mask_zero,
-        ),
+    warnings.warn(
+        f"usl_fast.select: the features' median row norm is {np.sqrt(med):.3g}, far from 1. "
+        "The preset's regularizer (horizon_dist, alpha) is tuned for L2-normalised features; "
+        + (
+            "at this scale every pick is past its horizon and the regularizer has no effect "
+            "(the same picks as weight=0). "
+            if med > 4.0
+            else "at this scale it dominates the density. "
+        )
+        + "Pass normalize=True (CLI: --normalize) to L2-normalise a copy first, or set "
+        "horizon_dist / weight for your scale.",
+        UserWarning,
+        stacklevel=4,
     )
+
+
+def _usl(
+    x: np.ndarray,
+    m: int,
+    fixed: np.ndarray,
+    *,
+    defaults: str,
+    k: Any,
+    n_clusters: Optional[int],
+    kmeans_iter: Any,
+    kmeans_init: Any,
+    rounds: Any,
+    weight: Any,
+    momentum: Any,
+    alpha: Any,
+    horizon_dist: Any,
+    horizon_num: Any,
+    own_cluster: Any,
+    mask_zero: Any,
+    seed: int,
+    threads: Optional[int],
+    progress: bool,
+) -> SelectResult:
+    """USL on validated float32 features ``x`` (numpy results); ``fixed``: labeled indices."""
+    n = x.shape[0]
+    overrides = dict(
+        k=k,
+        kmeans_iter=kmeans_iter,
+        rounds=rounds,
+        weight=weight,
+        momentum=momentum,
+        alpha=alpha,
+        horizon_dist=horizon_dist,
+        horizon_num=horizon_num,
+        own_cluster=own_cluster,
+        mask_zero=mask_zero,
+    )
+    given = {key: v for key, v in overrides.items() if v is not _UNSET}
+    p = _resolve(defaults, overrides)
+    if "k" not in given and isinstance(p["k"], int) and p["k"] > n - 1:
+        raise ValueError(
+            f"`k`={p['k']} comes from the defaults={defaults!r} preset and must be < number of "
+            f"points n={n} (self included): pass k=... to override it (e.g. k={min(20, n - 1)})"
+        )
     p["k"] = as_int(p["k"], "k", 1, n - 1, f" and < number of points n={n} (self included)")
     p["kmeans_iter"] = as_int(p["kmeans_iter"], "kmeans_iter", 1)
     if n_clusters is None:
         # The published K can exceed a small data set (m = 2,500 -> K = 2,501): clamp it.
-        K = min(default_n_clusters(defaults, m), n)
+        # A later round adds one cluster per labeled point (their clusters are covered).
+        K = min(default_n_clusters(defaults, m) + fixed.size, n)
     else:
         K = as_int(n_clusters, "n_clusters", m, n, f" = number of points n={n}")
     p["n_clusters"] = K
@@ -401,6 +435,7 @@ def select(
     p["kmeans_init"] = kmeans_init
     p = _check_reg_params(p, n)
     threads_arg(threads)
+    _unit_norm_warning(x, p, given)
 
     # x and every parameter are validated above: straight to the engine from here (the
     # public density() / kmeans() would validate x again, a full pass over the features).
@@ -415,18 +450,240 @@ def select(
     timings["kmeans"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    picks, n_filled = _pick_rounds(x, dens, lab, K, m, p, threads, progress)
+    picks, n_filled, score = _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed)
     timings["selection"] = time.perf_counter() - t0
-    if not return_info:
-        return back(picks)
     return SelectResult(
-        indices=back(picks),
-        labels=back(lab.astype(np.int64)),
-        density=back(dens),
+        indices=picks,
+        labels=lab.astype(np.int64),
+        density=dens,
         n_filled=n_filled,
         timings=timings,
         params=p,
+        method="usl",
+        scores=score,
+        labeled=fixed,
     )
+
+
+def select(
+    features: Any,
+    m: int,
+    *,
+    method: str = "usl",
+    labeled: Any = None,
+    defaults: str = "cifar10",
+    k: Any = _UNSET,
+    n_clusters: Optional[int] = None,
+    kmeans_iter: Any = _UNSET,
+    kmeans_init: Any = "random",
+    rounds: Any = _UNSET,
+    weight: Any = _UNSET,
+    momentum: Any = _UNSET,
+    alpha: Any = _UNSET,
+    horizon_dist: Any = _UNSET,
+    horizon_num: Any = _UNSET,
+    own_cluster: Any = _UNSET,
+    mask_zero: Any = _UNSET,
+    normalize: Optional[bool] = None,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    progress: bool = False,
+    return_info: bool = False,
+    **method_params: Any,
+) -> Any:
+    """Choose ``m`` points to label: Unsupervised Selective Labeling (USL) by default, or
+    another cold-start method.
+
+    Parameters
+    ----------
+    features : (n, d) numpy array or torch CPU tensor (float16/32/64)
+        One row per unlabeled instance, usually L2-normalised self-supervised features.
+        Read in place when float32 with contiguous rows; NaN/inf is an error.
+    m : int
+        Labeling budget: new picks, 1 <= m <= n - len(labeled).
+    method : {"usl", "typiclust", "probcover", "kcenter", "random", "uslt"}
+        The selection method; the functional form of the estimators ``USL``,
+        ``TypiClust``, ``ProbCover``, ``KCenterGreedy``, ``RandomSelect`` and
+        ``usl_fast.uslt.USLT`` (needs torch). Parameters of another method go in
+        ``**method_params`` (e.g. ``method="probcover", delta=0.5``); the USL parameters
+        below apply to method="usl" only.
+    labeled : 1-D integer indices labeled in earlier rounds (a later round). The m picks
+        are new: never one of these, never repeated. USL covers the labeled points'
+        clusters first and counts them as picks in the regularizer (docs/methods.md).
+    defaults : {"cifar10", "cifar100", "imagenet" (= "imagenet-moco"), "imagenet-clip"}
+        Which published configuration supplies every USL parameter not given.
+    k : kNN size for the density (self included), 1 <= k < n.
+    n_clusters : k-means K (default: m, or the published K for m=2,500 / 12,820; plus
+        len(labeled) in a later round), >= m.
+    kmeans_iter, kmeans_init, seed : Lloyd iterations (fixed count), init ("random" as the
+        reference, or "k-means++"), and the seed that makes everything reproducible.
+    rounds, weight, momentum, alpha, horizon_dist, horizon_num, own_cluster, mask_zero :
+        the regularizer (see ``regularized_select``). own_cluster="cluster" fixes the
+        reference's position-vs-label quirk.
+    normalize : L2-normalise a copy of the features first (default: the method's own
+        default; False for USL, whose presets expect features that already are).
+    threads : OpenMP threads (default all); results do not depend on it.
+    progress : tqdm bars per phase.
+    return_info : return a ``SelectResult`` (labels, densities, scores, timings) instead.
+
+    Returns
+    -------
+    (m,) int64 indices in pick order (numpy, or torch if a torch tensor came in), or a
+    SelectResult.
+
+    Memory of USL beyond the features: about n (16 k + 144) bytes at the peak (the kNN
+    pass's candidate buffers; no (n, k) lists), checked against available memory first;
+    no n x n or n x m matrix is ever formed.
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"`method` must be a string (got {method!r})")
+    if method != "usl":
+        return _select_other(
+            features,
+            m,
+            method,
+            labeled,
+            dict(
+                defaults=(defaults, "cifar10"),
+                k=(k, _UNSET),
+                n_clusters=(n_clusters, None),
+                kmeans_iter=(kmeans_iter, _UNSET),
+                kmeans_init=(kmeans_init, "random"),
+                rounds=(rounds, _UNSET),
+                weight=(weight, _UNSET),
+                momentum=(momentum, _UNSET),
+                alpha=(alpha, _UNSET),
+                horizon_dist=(horizon_dist, _UNSET),
+                horizon_num=(horizon_num, _UNSET),
+                own_cluster=(own_cluster, _UNSET),
+                mask_zero=(mask_zero, _UNSET),
+            ),
+            normalize,
+            seed,
+            threads,
+            progress,
+            return_info,
+            method_params,
+        )
+    if method_params:
+        raise TypeError(
+            f"select() got unexpected keyword arguments for method='usl': {sorted(method_params)}"
+        )
+    from ._methods import as_labeled, unit_rows
+
+    x, back = as_features(features, "features")
+    n = x.shape[0]
+    fixed = as_labeled(labeled, n)
+    free = n - fixed.size
+    if free < 1:
+        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
+    m = as_int(
+        m,
+        "m",
+        1,
+        free,
+        f" = number of points n={n}"
+        if not fixed.size
+        else f" = number of unlabeled points (n={n} minus {fixed.size} labeled)",
+    )
+    if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"`normalize` must be True or False (got normalize={normalize!r})")
+    if normalize:
+        x = unit_rows(x)
+    res = _usl(
+        x,
+        m,
+        fixed,
+        defaults=defaults,
+        k=k,
+        n_clusters=n_clusters,
+        kmeans_iter=kmeans_iter,
+        kmeans_init=kmeans_init,
+        rounds=rounds,
+        weight=weight,
+        momentum=momentum,
+        alpha=alpha,
+        horizon_dist=horizon_dist,
+        horizon_num=horizon_num,
+        own_cluster=own_cluster,
+        mask_zero=mask_zero,
+        seed=seed,
+        threads=threads,
+        progress=progress,
+    )
+    if not return_info:
+        return back(res.indices)
+    for f in ("indices", "labels", "density", "scores", "labeled"):
+        setattr(res, f, back(getattr(res, f)))
+    return res
+
+
+def _select_other(
+    features, m, method, labeled, usl_args, normalize, seed, threads, progress, return_info, params
+):
+    from ._methods import METHODS, method_names
+
+    if method not in method_names():
+        raise ValueError(f"`method` must be one of {list(method_names())} (got {method!r})")
+    for name, (val, default) in usl_args.items():
+        if val is not default:
+            raise TypeError(
+                f"`{name}` is a USL parameter; method={method!r} does not take it "
+                f"(its parameters: see usl_fast.{_class_name(method)})"
+            )
+    kw = dict(params)
+    kw.update(seed=seed)
+    if method == "uslt":
+        from .uslt import USLT
+
+        n_lab = 0 if labeled is None else len(labeled)
+        kw.setdefault("n_clusters", int(m) + n_lab if isinstance(m, int) else m)
+        kw.setdefault("m", m)
+        if normalize is not None:
+            kw["normalize"] = normalize
+        kw.update(threads=threads, progress=progress)
+        est = USLT(**kw).fit(features, labeled=labeled)
+        density = None
+    else:
+        cls = METHODS[method]
+        names = cls._param_names()
+        for key in list(kw):
+            if key not in names:
+                raise TypeError(
+                    f"method={method!r} ({cls.__name__}) has no parameter {key!r}; "
+                    f"its parameters are {list(names)}"
+                )
+        if "threads" in names:
+            kw.update(threads=threads, progress=progress)
+        if normalize is not None:
+            if "normalize" not in names:
+                raise TypeError(f"method={method!r} has no `normalize` parameter")
+            kw["normalize"] = normalize
+        est = cls(**kw).fit(features, m, labeled)
+        density = getattr(est, "density_", None)
+    if not return_info:
+        return est.indices_
+    return SelectResult(
+        indices=est.indices_,
+        labels=est.labels_,
+        density=density,
+        n_filled=int(getattr(est, "n_filled_", 0) or 0),
+        timings=dict(est.timings_),
+        params=est.get_params(),
+        method=method,
+        scores=getattr(est, "scores_", getattr(est, "confidence_", None)),
+        labeled=getattr(est, "labeled_", None),
+    )
+
+
+def _class_name(method: str) -> str:
+    return {
+        "typiclust": "TypiClust",
+        "probcover": "ProbCover",
+        "kcenter": "KCenterGreedy",
+        "random": "RandomSelect",
+        "uslt": "uslt.USLT",
+    }.get(method, "select")
 
 
 def random_select(n: int, m: int, seed: int = 0) -> np.ndarray:

@@ -55,6 +55,12 @@ void min_update(const View& x, const View& centers, int64_t arg_offset, float* i
 void range_count(const View& q, const View& base, float radius, int64_t* out_count,
                  const Context& ctx);
 
+// The same pairs as a CSR list: the base rows within `radius` of query row i, ascending, in
+// out_index[offsets[i], offsets[i + 1]); offsets (q.rows + 1) are the prefix sums of
+// range_count's counts (an engine error, not corruption, if they disagree).
+void range_search(const View& q, const View& base, float radius, const int64_t* offsets,
+                  int32_t* out_index, const Context& ctx);
+
 // One round of the selection regularizer, per row i of x:
 //   D[i, j] = exact_l2(x_i, picks_j);
 //   horizon_num > 0 (and < picks): only the horizon_num smallest (D, j) of the row count;

@@ -1,0 +1,817 @@
+"""Every cold-start selection method as an estimator with one protocol (scikit-learn
+conventions): parameters in ``__init__``, ``fit(X, m, labeled=None)`` returns self, fitted
+attributes end in ``_``, ``get_params`` / ``set_params``, a repr that shows what differs
+from the defaults. Each method runs on the engine's exact distance (docs/engine.md); none
+forms an n x n or n x m matrix. The rules, their papers and every default: docs/methods.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _dispatch, _ops
+from ._validate import (
+    _is_torch,
+    as_bool,
+    as_features,
+    as_float,
+    as_int,
+    as_interval,
+    threads_arg,
+)
+
+__all__ = [
+    "Selector",
+    "USL",
+    "TypiClust",
+    "ProbCover",
+    "KCenterGreedy",
+    "RandomSelect",
+    "probcover_delta",
+    "METHODS",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Shared argument handling.
+
+
+def as_labeled(labeled: Any, n: int) -> np.ndarray:
+    """The already-labeled indices as int64 (caller's order kept); [] when None."""
+    if labeled is None:
+        return np.zeros(0, np.int64)
+    if _is_torch(labeled):
+        labeled = labeled.detach().cpu().numpy()
+    arr = np.asarray(labeled)
+    if arr.ndim != 1:
+        raise ValueError(f"`labeled` must be a 1-D array of indices (got shape {arr.shape})")
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"`labeled` must hold integer indices (got dtype {arr.dtype})")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(
+            f"`labeled` indices must lie in [0, n) = [0, {n}) (got values in [{lo}, {hi}])"
+        )
+    arr = arr.astype(np.int64)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if uniq.size != arr.size:
+        raise ValueError(f"`labeled` repeats index {int(uniq[np.argmax(counts > 1)])}")
+    return arr
+
+
+def unit_rows(x: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """A float32 copy of x with every row scaled to unit L2 norm (norms in float64; a zero
+    row stays zero)."""
+    out = np.empty(x.shape, np.float32)
+    for s in range(0, x.shape[0], chunk_rows):
+        b = x[s : s + chunk_rows].astype(np.float64)
+        nrm = np.sqrt(np.einsum("ij,ij->i", b, b))
+        nrm[nrm == 0] = 1.0
+        out[s : s + chunk_rows] = b / nrm[:, None]
+    return out
+
+
+def _mask(n: int, idx: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    out[idx] = True
+    return out
+
+
+class Selector:
+    """Base of every selection method (see the module docstring for the protocol).
+
+    After ``fit(X, m, labeled=None)``: ``indices_`` (m,) the new picks in pick order
+    (int64, the caller's library), never a labeled index, never repeated; ``labels_`` (n,)
+    cluster of each point or None; ``scores_`` (n,) the method's per-point score or None;
+    ``labeled_`` the labeled indices given; ``n_features_in_``; ``timings_`` seconds per
+    phase.
+    """
+
+    #: name accepted by ``usl_fast.select(..., method=...)``
+    method = ""
+
+    # -- scikit-learn's estimator conventions ---------------------------------------
+    @classmethod
+    def _param_names(cls) -> Sequence[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        """The constructor parameters and their current values."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "Selector":
+        """Set constructor parameters by name (validated at the next ``fit``); returns self."""
+        names = self._param_names()
+        for key, val in params.items():
+            if key not in names:
+                raise ValueError(
+                    f"{type(self).__name__} has no parameter {key!r}; its parameters are {list(names)}"
+                )
+            setattr(self, key, val)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__)
+        changed = []
+        for name, p in sig.parameters.items():
+            if name == "self":
+                continue
+            val = getattr(self, name)
+            default = p.default
+            same = val is default
+            if not same:
+                try:
+                    same = bool(val == default)
+                except Exception:
+                    same = False
+            if not same:
+                changed.append(f"{name}={val!r}")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    # -- the protocol ------------------------------------------------------------------
+    def fit(self, X: Any, m: int, labeled: Any = None) -> "Selector":
+        """Choose ``m`` new points of ``X`` to label; ``labeled``: indices labeled in
+        earlier rounds (never returned again). Returns self."""
+        t_start = time.perf_counter()
+        x, back = as_features(X, "X")
+        n = x.shape[0]
+        lab = as_labeled(labeled, n)
+        free = n - lab.size
+        if free < 1:
+            raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
+        m = as_int(
+            m, "m", 1, free, f" = number of unlabeled points (n={n} minus {lab.size} labeled)"
+        )
+        self._validate(n)
+        if getattr(self, "normalize", False):
+            x = unit_rows(x)
+        timings: Dict[str, float] = {"validate": time.perf_counter() - t_start}
+        out = self._select(x, m, lab, timings)
+        idx = np.asarray(out.pop("indices"), dtype=np.int64)
+        # The protocol's promises, checked on every fit (cheap next to any method).
+        if idx.shape != (m,) or np.unique(idx).size != m or (lab.size and _mask(n, lab)[idx].any()):
+            raise AssertionError(f"{type(self).__name__}: internal error, invalid picks")
+        self.indices_ = back(idx)
+        self.labels_ = None if out.get("labels") is None else back(out.pop("labels"))
+        self.scores_ = None if out.get("scores") is None else back(out.pop("scores"))
+        out.pop("labels", None)
+        out.pop("scores", None)
+        for key, val in out.items():
+            setattr(self, key + "_", back(val) if isinstance(val, np.ndarray) else val)
+        self.labeled_ = back(lab)
+        self.n_features_in_ = x.shape[1]
+        self.timings_ = timings
+        return self
+
+    def fit_select(self, X: Any, m: int, labeled: Any = None) -> Any:
+        """``fit(X, m, labeled).indices_``."""
+        return self.fit(X, m, labeled).indices_
+
+    def _validate(self, n: int) -> None:  # pragma: no cover - every method overrides it
+        raise NotImplementedError
+
+    def _select(self, x: np.ndarray, m: int, lab: np.ndarray, timings: Dict[str, float]) -> dict:
+        raise NotImplementedError  # pragma: no cover
+
+
+def _seed(v: Any) -> int:
+    return as_int(v, "seed", 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Random.
+
+
+class RandomSelect(Selector):
+    """The authors' random baseline: NumPy's legacy generator seeded with ``seed``, then
+    ``choice(pool, m, replace=False)`` where the pool is 0..n-1 (first round: the same
+    indices as ``usl_fast.random_select``) or the unlabeled indices in ascending order.
+    The global NumPy generator's state is saved and restored."""
+
+    method = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def _validate(self, n: int) -> None:
+        _seed(self.seed)
+
+    def _select(self, x, m, lab, timings):
+        n = x.shape[0]
+        pool = np.flatnonzero(~_mask(n, lab)) if lab.size else None
+        state = np.random.get_state()
+        try:
+            np.random.seed(_seed(self.seed))
+            if pool is None:
+                idx = np.random.choice(n, size=m, replace=False)
+            else:
+                idx = np.random.choice(pool, size=m, replace=False)
+        finally:
+            np.random.set_state(state)
+        return {"indices": idx.astype(np.int64), "labels": None, "scores": None}
+
+
+# ---------------------------------------------------------------------------------------
+# k-center greedy.
+
+
+class KCenterGreedy(Selector):
+    """k-center greedy (Sener & Savarese, ICLR 2018, the "core-set" baseline):
+    farthest-first traversal. Start from the labeled points (or, with none, one point
+    drawn by ``numpy.random.default_rng(seed).integers(n)``), then repeatedly pick the point
+    whose squared distance to its nearest chosen point is largest (first index on ties).
+    The running nearest distance is the engine's min-update epilogue: O(n) memory, one
+    pass over the features per pick.
+
+    scores_ : (n,) float32 squared distance of every point to its nearest chosen point
+        (labeled or picked) after the last pick; ``radius_`` is its maximum over the points
+        not chosen (the covering radius, squared)."""
+
+    method = "kcenter"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        normalize: bool = False,
+        threads: Optional[int] = None,
+        progress: bool = False,
+    ):
+        self.seed = seed
+        self.normalize = normalize
+        self.threads = threads
+        self.progress = progress
+
+    def _validate(self, n: int) -> None:
+        _seed(self.seed)
+        as_bool(self.normalize, "normalize")
+        threads_arg(self.threads)
+
+    def _select(self, x, m, lab, timings):
+        n = x.shape[0]
+        t0 = time.perf_counter()
+        mind = np.full(n, np.inf, np.float32)
+        chosen = np.zeros(n, dtype=bool)
+        picks = []
+        if lab.size:
+            _dispatch.min_update(x, np.ascontiguousarray(x[lab]), 0, mind, None, self.threads)
+            chosen[lab] = True
+        else:
+            first = int(np.random.default_rng(_seed(self.seed)).integers(n))
+            picks.append(first)
+            chosen[first] = True
+            _dispatch.min_update(x, x[first : first + 1], 0, mind, None, self.threads)
+        bar = _bar(self.progress, m, "k-center greedy", "pick")
+        if bar is not None:
+            bar.update(len(picks))
+        try:
+            while len(picks) < m:
+                # Chosen points are at distance 0 but so can be their duplicates: mask them.
+                score = np.where(chosen, np.float32(-1.0), mind)
+                i = int(np.argmax(score))
+                picks.append(i)
+                chosen[i] = True
+                _dispatch.min_update(x, x[i : i + 1], 0, mind, None, self.threads)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        timings["select"] = time.perf_counter() - t0
+        rest = ~chosen
+        radius = float(mind[rest].max()) if rest.any() else 0.0
+        return {
+            "indices": np.asarray(picks, np.int64),
+            "labels": None,
+            "scores": mind,
+            "radius": radius,
+        }
+
+
+def _bar(progress: bool, total: int, desc: str, unit: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------
+# TypiClust.
+
+
+class TypiClust(Selector):
+    """TypiClust (Hacohen, Dekel & Weinshall, ICML 2022), the authors' rule.
+
+    1. k-means with K = min(|labeled| + m, max_clusters) clusters (the engine's Lloyd,
+       k-means++ seeding from ``seed``, at most ``kmeans_iter`` iterations).
+    2. Clusters with at most ``min_cluster_size`` points (labeled ones counted) are dropped.
+    3. The kept clusters are ordered once by (labeled members ascending, size descending,
+       cluster id ascending) and visited round-robin in that order, one pick a visit.
+    4. A visit picks the most typical remaining member (not labeled, not picked yet):
+       typicality = 1 / (mean distance to its k' nearest remaining members + 1e-5),
+       k' = min(k, r // 2) for r remaining members, distance = squared L2 (the authors'
+       faiss IndexFlatL2) or plain L2 with ``metric="euclidean"``; first index on ties. A
+       cluster with one remaining member gives that member; an exhausted one is skipped.
+
+    scores_ : (n,) float64 typicality of each point within its whole cluster (labeled
+        members left out) before any pick; NaN for labeled points and dropped clusters.
+    labels_ : (n,) k-means clusters.  n_clusters_ : K used.  kept_clusters_ : the visiting
+    order (cluster ids).
+    """
+
+    method = "typiclust"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        max_clusters: int = 500,
+        min_cluster_size: int = 5,
+        k: int = 20,
+        metric: str = "sqeuclidean",
+        kmeans_iter: int = 300,
+        normalize: bool = True,
+        threads: Optional[int] = None,
+        progress: bool = False,
+    ):
+        self.seed = seed
+        self.max_clusters = max_clusters
+        self.min_cluster_size = min_cluster_size
+        self.k = k
+        self.metric = metric
+        self.kmeans_iter = kmeans_iter
+        self.normalize = normalize
+        self.threads = threads
+        self.progress = progress
+
+    def _validate(self, n: int) -> None:
+        _seed(self.seed)
+        as_int(self.max_clusters, "max_clusters", 1)
+        as_int(self.min_cluster_size, "min_cluster_size", 0)
+        as_int(self.k, "k", 1)
+        if self.metric not in ("sqeuclidean", "euclidean"):
+            raise ValueError(
+                f"`metric` must be 'sqeuclidean' (the authors') or 'euclidean' (got {self.metric!r})"
+            )
+        as_int(self.kmeans_iter, "kmeans_iter", 1)
+        as_bool(self.normalize, "normalize")
+        threads_arg(self.threads)
+
+    def _typicality(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Typicality of each of ``rows`` within the set ``rows`` (float64)."""
+        r = rows.size
+        kk = min(self.k, r // 2)
+        if kk == 0:
+            return np.full(r, np.inf)
+        sub = np.ascontiguousarray(x[rows])
+        dist, _ = _dispatch.knn(sub, kk + 1, None, self.threads, False)
+        d = dist[:, 1:].astype(np.float64)
+        if self.metric == "euclidean":
+            d = np.sqrt(d)
+        return 1.0 / (d.mean(axis=1) + 1e-5)
+
+    def _select(self, x, m, lab, timings):
+        n = x.shape[0]
+        t0 = time.perf_counter()
+        K = min(lab.size + m, as_int(self.max_clusters, "max_clusters", 1), n)
+        cent = _ops.initial_rows(x, K, "k-means++", _seed(self.seed), self.threads, self.progress)
+        labels, counts, _, _ = _ops.lloyd(
+            x, cent, self.kmeans_iter, threads=self.threads, progress=self.progress
+        )
+        timings["kmeans"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        labels = labels.astype(np.int64)
+        existing = np.bincount(labels[lab], minlength=K)
+        kept = np.flatnonzero(counts > self.min_cluster_size)
+        if kept.size == 0:
+            raise ValueError(
+                f"TypiClust: no cluster has more than min_cluster_size={self.min_cluster_size} "
+                f"points (K={K} clusters of {n} points); lower `min_cluster_size`"
+            )
+        order = kept[np.lexsort((kept, -counts[kept], existing[kept]))]
+        free = ~_mask(n, lab)
+        # Members of every kept cluster, labeled ones left out, ascending index.
+        by_cluster = np.argsort(labels, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        members = {}
+        scores = np.full(n, np.nan)
+        for c in kept:
+            rows = by_cluster[starts[c] : starts[c + 1]]
+            rows = rows[free[rows]]
+            members[int(c)] = rows
+        picks = []
+        bar = _bar(self.progress, m, "typiclust", "pick")
+        try:
+            visit = 0
+            misses = 0
+            while len(picks) < m:
+                c = int(order[visit % order.size])
+                visit += 1
+                rows = members[c]
+                if rows.size == 0:
+                    misses += 1
+                    if misses >= order.size:
+                        break  # every kept cluster exhausted: the fill below takes over
+                    continue
+                misses = 0
+                typ = self._typicality(x, rows)
+                if visit <= order.size:  # first visit: the whole cluster
+                    scores[rows] = typ
+                j = int(np.argmax(typ))
+                picks.append(int(rows[j]))
+                members[c] = np.delete(rows, j)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        n_filled = 0
+        if len(picks) < m:
+            # Every kept cluster ran out of members: the rest are the lowest-index points
+            # not chosen (all in dropped clusters); n_filled_ says how many.
+            taken = _mask(n, np.asarray(picks, np.int64)) | ~free
+            rest = np.flatnonzero(~taken)
+            extra = rest[: m - len(picks)]
+            n_filled = int(extra.size)
+            picks.extend(int(i) for i in extra)
+        # Clusters never visited (more kept clusters than picks) still get their scores.
+        for c in kept:
+            rows = by_cluster[starts[c] : starts[c + 1]]
+            rows = rows[free[rows]]
+            if rows.size and np.isnan(scores[rows[0]]):
+                scores[rows] = self._typicality(x, rows)
+        timings["select"] = time.perf_counter() - t0
+        return {
+            "indices": np.asarray(picks, np.int64),
+            "labels": labels,
+            "scores": scores,
+            "n_clusters": K,
+            "kept_clusters": order,
+            "n_filled": n_filled,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# ProbCover.
+
+
+def _strictly_below(v: float) -> float:
+    """The squared radius R such that, for a float32 distance E, E <= R iff E < v."""
+    f = np.float32(min(v, 3.4028234663852886e38))
+    if float(f) >= v:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return float(max(f, np.float32(-1.0)))
+
+
+def _nearest_other_cluster(x: np.ndarray, labels: np.ndarray, threads: Optional[int]) -> np.ndarray:
+    """Squared distance of every point to the nearest point with a different label (inf if
+    none): the rows sorted by label once, then each cluster against the contiguous rows
+    before and after it (min-update epilogue), so nothing but one sorted copy is made."""
+    n = x.shape[0]
+    order = np.argsort(labels, kind="stable")
+    xs = np.ascontiguousarray(x[order])
+    ls = labels[order]
+    bounds = np.flatnonzero(np.diff(ls)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [n]])
+    out_sorted = np.full(n, np.inf, np.float32)
+    for s, e in zip(starts, ends):
+        part = out_sorted[s:e]
+        if s > 0:
+            _dispatch.min_update(xs[s:e], xs[:s], 0, part, None, threads)
+        if e < n:
+            _dispatch.min_update(xs[s:e], xs[e:], 0, part, None, threads)
+        out_sorted[s:e] = part
+    out = np.empty(n, np.float32)
+    out[order] = out_sorted
+    return out
+
+
+def probcover_delta(
+    X: Any,
+    n_classes: Optional[int] = None,
+    *,
+    labels: Any = None,
+    alpha: float = 0.95,
+    deltas: Any = None,
+    seed: int = 0,
+    kmeans_iter: int = 300,
+    normalize: bool = True,
+    threads: Optional[int] = None,
+) -> float:
+    """The ProbCover ball size by the purity rule (Yehuda et al., NeurIPS 2022): with
+    pseudo-labels from k-means with K = ``n_classes`` (or ``labels`` given), a point's
+    delta-ball is pure when every point strictly within delta has its label; purity(delta)
+    is the fraction of points with a pure ball; return the largest delta with purity >=
+    ``alpha``.
+
+    deltas=None: the exact largest delta (purity only changes at a point's distance to
+    its nearest other-label point, so the answer is one of those distances). Given a grid
+    of candidates: the largest one that passes (purity falls as delta grows, so scanning
+    up to the first failure gives the same). Memory O(n); one pass over all pairs.
+    """
+    x, _ = as_features(X, "X")
+    n = x.shape[0]
+    if as_bool(normalize, "normalize"):
+        x = unit_rows(x)
+    alpha = as_interval(alpha, "alpha", 0.0, 1.0, open_low=True)
+    if labels is None:
+        if n_classes is None:
+            raise ValueError("give `n_classes` (k-means pseudo-labels) or `labels`")
+        K = as_int(n_classes, "n_classes", 2, n, f" = number of points n={n}")
+        cent = _ops.initial_rows(x, K, "k-means++", as_int(seed, "seed", 0), threads, False)
+        lab, _, _, _ = _ops.lloyd(x, cent, as_int(kmeans_iter, "kmeans_iter", 1), threads=threads)
+    else:
+        from ._validate import as_labels
+
+        lab, _ = as_labels(labels, n, None)
+    other = _nearest_other_cluster(x, lab, threads).astype(np.float64)
+    need = int(np.ceil(alpha * n - 1e-9))
+    # Ball of delta is pure iff other >= delta^2; purity(delta) = #(other >= delta^2) / n.
+    if deltas is None:
+        v = np.sort(other)[::-1]
+        best_sq = v[need - 1]
+        return float(np.sqrt(best_sq)) if np.isfinite(best_sq) else float("inf")
+    grid = np.asarray(deltas, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or (grid <= 0).any():
+        raise ValueError("`deltas` must be a non-empty 1-D array of positive finite numbers")
+    ok = [float(d) for d in np.sort(grid) if np.count_nonzero(other >= d * d) >= need]
+    if not ok:
+        raise ValueError(
+            f"no delta in `deltas` reaches purity {alpha}: the smallest, {grid.min():g}, "
+            f"gives {np.count_nonzero(other >= grid.min() ** 2) / n:.3f}; try smaller deltas"
+        )
+    return ok[-1]
+
+
+class ProbCover(Selector):
+    """ProbCover (Yehuda, Dekel, Hacohen & Weinshall, NeurIPS 2022), the authors' rule.
+
+    The delta-ball graph: an edge i -> j when ||x_i - x_j|| < delta (strict, self loops
+    included; the engine's range search, memory 4 bytes an edge plus 8 a point, refused
+    past ``max_edges``). Every point in a labeled point's ball is covered first; then each
+    pick is the point whose ball holds the most uncovered points (first index on ties),
+    and its ball becomes covered. Once everything is covered the remaining picks are drawn
+    uniformly from the points not chosen (``numpy.random.default_rng(seed)``), where the
+    authors' code would repeat one index.
+
+    delta : ball radius (plain L2; the authors' default 0.6 on unit-norm features), or
+        None to choose it with ``probcover_delta`` from ``n_classes`` k-means
+        pseudo-labels and purity >= ``alpha``.
+
+    scores_ : (n,) int64 ball size (degree) of every point.  coverage_ : fraction of
+    points covered after the picks.  delta_ : the delta used.  n_edges_ : edges stored.
+    n_random_ : picks drawn after full coverage.
+    """
+
+    method = "probcover"
+
+    def __init__(
+        self,
+        delta: Optional[float] = 0.6,
+        n_classes: Optional[int] = None,
+        alpha: float = 0.95,
+        seed: int = 0,
+        max_edges: Optional[int] = None,
+        normalize: bool = True,
+        threads: Optional[int] = None,
+        progress: bool = False,
+    ):
+        self.delta = delta
+        self.n_classes = n_classes
+        self.alpha = alpha
+        self.seed = seed
+        self.max_edges = max_edges
+        self.normalize = normalize
+        self.threads = threads
+        self.progress = progress
+
+    def _validate(self, n: int) -> None:
+        if self.delta is None:
+            if self.n_classes is None:
+                raise ValueError(
+                    "ProbCover needs `delta` or, to choose delta by purity, `n_classes` "
+                    "(the number of classes, for the k-means pseudo-labels)"
+                )
+            as_int(self.n_classes, "n_classes", 2, n, f" = number of points n={n}")
+        else:
+            d = as_float(self.delta, "delta", 0.0)
+            if d <= 0:
+                raise ValueError(f"`delta` must be > 0 (got delta={d})")
+        as_interval(self.alpha, "alpha", 0.0, 1.0, open_low=True)
+        _seed(self.seed)
+        if self.max_edges is not None:
+            as_int(self.max_edges, "max_edges", 1)
+        as_bool(self.normalize, "normalize")
+        threads_arg(self.threads)
+
+    def _select(self, x, m, lab, timings):
+        n = x.shape[0]
+        t0 = time.perf_counter()
+        delta = self.delta
+        if delta is None:
+            delta = probcover_delta(
+                x,
+                self.n_classes,
+                alpha=self.alpha,
+                seed=self.seed,
+                normalize=False,  # x is already as the user asked
+                threads=self.threads,
+            )
+            timings["delta"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        delta = float(delta)
+        offsets, nbr = _dispatch.range_search(
+            x, x, _strictly_below(delta * delta), self.threads, self.progress, self.max_edges
+        )
+        timings["graph"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        degree = np.diff(offsets)  # balls are symmetric: in-degree == out-degree
+        scores = degree.copy()
+        live = degree.copy()  # uncovered points in each ball
+        covered = np.zeros(n, dtype=bool)
+        chosen = np.zeros(n, dtype=bool)
+
+        def cover(centers: np.ndarray) -> None:
+            new = _gather(offsets, nbr, centers)
+            new = np.unique(new[~covered[new]])
+            if new.size == 0:
+                return
+            covered[new] = True
+            # Each newly covered point leaves the ball of every point whose ball holds it,
+            # which (symmetry) are exactly the points in its own ball.
+            hit = _gather(offsets, nbr, new)
+            if hit.size > n // 8:
+                live[:] -= np.bincount(hit, minlength=n)
+            else:
+                np.subtract.at(live, hit, 1)
+
+        if lab.size:
+            chosen[lab] = True
+            cover(lab)
+        picks = []
+        bar = _bar(self.progress, m, "probcover", "pick")
+        try:
+            while len(picks) < m:
+                i = int(np.argmax(live))
+                if live[i] == 0:
+                    break
+                picks.append(i)
+                chosen[i] = True
+                cover(np.array([i]))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        n_random = m - len(picks)
+        if n_random:
+            pool = np.flatnonzero(~chosen)
+            extra = np.random.default_rng(_seed(self.seed)).choice(pool, n_random, replace=False)
+            picks.extend(int(i) for i in extra)
+        timings["select"] = time.perf_counter() - t0
+        return {
+            "indices": np.asarray(picks, np.int64),
+            "labels": None,
+            "scores": scores,
+            "coverage": float(covered.mean()),
+            "delta": delta,
+            "n_edges": int(offsets[-1]),
+            "n_random": int(n_random),
+        }
+
+
+def _gather(offsets: np.ndarray, nbr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Concatenated CSR rows ``rows`` of (offsets, nbr) as int64."""
+    starts = offsets[rows]
+    lens = offsets[rows + 1] - starts
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    return nbr[np.arange(total) + shift].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# USL as an estimator.
+
+
+class USL(Selector):
+    """USL (Wang, Lian & Yu, ECCV 2022): kNN density, k-means, regularized per-cluster
+    arg-max; the estimator form of ``usl_fast.select`` (same parameters, same picks).
+
+    With ``labeled``: K = (the preset's K for m) + |labeled| clusters; a cluster holding a
+    labeled point is covered and gives no pick; the labeled points enter the regularizer
+    as picks already made (every round), and the m new picks come from the uncovered
+    clusters in cluster order (docs/methods.md says why).
+
+    labels_ : k-means clusters.  density_ : kNN density.  scores_ : density - weight * reg
+    of the last round.  n_filled_ : picks taken outside the per-cluster rule.
+    """
+
+    method = "usl"
+
+    def __init__(
+        self,
+        defaults: str = "cifar10",
+        k: Any = None,
+        n_clusters: Optional[int] = None,
+        kmeans_iter: Any = None,
+        kmeans_init: str = "random",
+        rounds: Any = None,
+        weight: Any = None,
+        momentum: Any = None,
+        alpha: Any = None,
+        horizon_dist: Any = None,
+        horizon_num: Any = None,
+        own_cluster: Any = None,
+        mask_zero: Any = None,
+        normalize: bool = False,
+        seed: int = 0,
+        threads: Optional[int] = None,
+        progress: bool = False,
+    ):
+        self.defaults = defaults
+        self.k = k
+        self.n_clusters = n_clusters
+        self.kmeans_iter = kmeans_iter
+        self.kmeans_init = kmeans_init
+        self.rounds = rounds
+        self.weight = weight
+        self.momentum = momentum
+        self.alpha = alpha
+        self.horizon_dist = horizon_dist
+        self.horizon_num = horizon_num
+        self.own_cluster = own_cluster
+        self.mask_zero = mask_zero
+        self.normalize = normalize
+        self.seed = seed
+        self.threads = threads
+        self.progress = progress
+
+    _PRESET_KEYS = (
+        "k",
+        "kmeans_iter",
+        "rounds",
+        "weight",
+        "momentum",
+        "alpha",
+        "own_cluster",
+        "mask_zero",
+    )
+
+    def _validate(self, n: int) -> None:
+        as_bool(self.normalize, "normalize")  # the rest is validated by the pipeline
+
+    def _kwargs(self) -> Dict[str, Any]:
+        from ._pipeline import PRESET
+
+        kw: Dict[str, Any] = {}
+        for key in self._PRESET_KEYS:
+            v = getattr(self, key)
+            kw[key] = PRESET if v is None else v
+        # None is a meaningful horizon value (the other one is used): only pass if given.
+        for key in ("horizon_dist", "horizon_num"):
+            v = getattr(self, key)
+            kw[key] = PRESET if v is None else v
+        kw.update(
+            defaults=self.defaults,
+            n_clusters=self.n_clusters,
+            kmeans_init=self.kmeans_init,
+            seed=self.seed,
+            threads=self.threads,
+            progress=self.progress,
+        )
+        return kw
+
+    def _select(self, x, m, lab, timings):
+        from ._pipeline import _usl
+
+        res = _usl(x, m, lab, **self._kwargs())
+        timings.update(res.timings)
+        return {
+            "indices": res.indices,
+            "labels": res.labels,
+            "scores": res.scores,
+            "density": res.density,
+            "n_filled": res.n_filled,
+            "params": res.params,
+        }
+
+
+#: method name -> estimator class (``usl_fast.select(..., method=name)``; "uslt" needs torch)
+METHODS: Dict[str, type] = {
+    cls.method: cls for cls in (USL, TypiClust, ProbCover, KCenterGreedy, RandomSelect)
+}
+
+
+def method_names() -> Tuple[str, ...]:
+    return tuple(METHODS) + ("uslt",)
