@@ -446,3 +446,108 @@ def random_select(n: int, m: int, seed: int) -> np.ndarray:
         return np.random.choice(n, m, replace=False)
     finally:
         np.random.set_state(state)
+
+
+# --------------------------------------------------------------------------- other methods
+# Each a direct transcription of its paper's rule on a dense distance matrix (the engine's
+# exact distance, so ties and thresholds are decided on the same values).
+
+
+def kcenter_greedy(features, m: int, first: int | None = None, labeled=()) -> np.ndarray:
+    """Farthest-first traversal: from the labeled points (or the point `first`), repeatedly
+    the point farthest from everything chosen, first index on ties."""
+    D = exact_l2(features, features).astype(np.float64)
+    n = D.shape[0]
+    chosen = list(labeled) if len(labeled) else [first]
+    picks = [] if len(labeled) else [first]
+    mind = D[:, chosen].min(axis=1)
+    while len(picks) < m:
+        score = mind.copy()
+        score[chosen] = -1.0
+        i = int(np.argmax(score))
+        picks.append(i)
+        chosen.append(i)
+        mind = np.minimum(mind, D[:, i])
+    assert len(set(picks)) == len(picks) and n >= m
+    return np.asarray(picks, np.int64)
+
+
+def typiclust(
+    features,
+    labels,
+    m: int,
+    labeled=(),
+    *,
+    k: int = 20,
+    min_cluster_size: int = 5,
+    metric: str = "sqeuclidean",
+) -> np.ndarray:
+    """The authors' TypiClust loop on given cluster labels: clusters with more than
+    min_cluster_size points, sorted by (labeled count, -size, id), visited round-robin;
+    each visit takes the remaining member (not labeled, not picked) with the largest
+    1 / (mean distance to its min(k, r // 2) nearest other remaining members + 1e-5)."""
+    lab = np.asarray(labels, dtype=np.int64)
+    labeled = np.asarray(labeled, dtype=np.int64)
+    K = int(lab.max()) + 1
+    sizes = np.bincount(lab, minlength=K)
+    existing = np.bincount(lab[labeled], minlength=K)
+    clusters = [c for c in range(K) if sizes[c] > min_cluster_size]
+    clusters.sort(key=lambda c: (existing[c], -sizes[c], c))
+    D = exact_l2(features, features).astype(np.float64)
+    if metric == "euclidean":
+        D = np.sqrt(D)
+    gone = np.zeros(lab.size, dtype=bool)
+    gone[labeled] = True
+    picks = []
+    i = 0
+    while len(picks) < m:
+        c = clusters[i % len(clusters)]
+        i += 1
+        rows = np.flatnonzero((lab == c) & ~gone)
+        if rows.size == 0:
+            continue
+        kk = min(k, rows.size // 2)
+        if kk == 0:
+            best = rows[0]
+        else:
+            sub = D[np.ix_(rows, rows)]
+            typ = []
+            for a in range(rows.size):
+                # the kk smallest distances to other members (self left out by position;
+                # a duplicate at distance 0 counts as a neighbour, as in faiss)
+                others = np.delete(sub[a], a)
+                typ.append(1.0 / (np.sort(others)[:kk].mean() + 1e-5))
+            best = rows[int(np.argmax(typ))]
+        picks.append(int(best))
+        gone[best] = True
+    return np.asarray(picks, np.int64)
+
+
+def probcover(features, m: int, delta: float, labeled=()) -> tuple[np.ndarray, int]:
+    """The authors' ProbCover greedy: edges i -> j when ||x_i - x_j|| < delta (self loops
+    included); the labeled points' balls are covered first; each pick is the point whose
+    ball holds the most uncovered points (first on ties). Returns (greedy picks, number of
+    picks still wanted once everything is covered)."""
+    E = exact_l2(features, features).astype(np.float64)
+    A = E < delta * delta  # E is a float32 value widened exactly; delta^2 in float64
+    covered = np.zeros(A.shape[0], dtype=bool)
+    for lab_i in labeled:
+        covered |= A[lab_i]
+    picks = []
+    while len(picks) < m:
+        deg = (A & ~covered[None, :]).sum(axis=1)
+        i = int(np.argmax(deg))
+        if deg[i] == 0:
+            break
+        picks.append(i)
+        covered |= A[i]
+    return np.asarray(picks, np.int64), m - len(picks)
+
+
+def purity(features, labels, delta: float) -> float:
+    """Fraction of points whose delta-ball (strictly within delta) holds only their label."""
+    E = exact_l2(features, features).astype(np.float64)
+    lab = np.asarray(labels)
+    inside = E < delta * delta
+    pure = ~(inside & (lab[:, None] != lab[None, :])).any(axis=1)
+    return float(pure.mean())

@@ -537,8 +537,13 @@ def probcover_delta(
     # Ball of delta is pure iff other >= delta^2; purity(delta) = #(other >= delta^2) / n.
     if deltas is None:
         v = np.sort(other)[::-1]
-        best_sq = v[need - 1]
-        return float(np.sqrt(best_sq)) if np.isfinite(best_sq) else float("inf")
+        best_sq = float(v[need - 1])
+        if not np.isfinite(best_sq):
+            return float("inf")
+        d = float(np.sqrt(best_sq))
+        while d * d > best_sq:  # the largest delta whose square (as ProbCover forms it) <= v
+            d = float(np.nextafter(d, 0.0))
+        return d
     grid = np.asarray(deltas, dtype=np.float64)
     if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or (grid <= 0).any():
         raise ValueError("`deltas` must be a non-empty 1-D array of positive finite numbers")
