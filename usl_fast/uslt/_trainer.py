@@ -127,7 +127,11 @@ class USLT:
     threads : int, optional
         CPU threads of the kNN search (default all).
     progress : bool
-        A tqdm bar per epoch (off by default; the CLI turns it on).
+        A tqdm bar counting epochs (off by default; the CLI turns it on). After each
+        epoch it shows ``loss`` (mean total loss of the epoch), ``confident`` (percentage
+        of the epoch's samples whose weak-view top probability exceeds ``tau``, the ones
+        the global loss learns from) and ``clusters used`` (non-empty clusters of head 0
+        on up to 8 batches, out of ``n_clusters``).
 
     Attributes (after ``fit``)
     --------------------------
@@ -325,7 +329,15 @@ class USLT:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=epochs, desc="USL-T epochs", unit="epoch", dynamic_ncols=True)
+            bar = tqdm(
+                total=epochs,
+                desc="USL-T training",
+                # tqdm glues the unit to the counts and the rate: " epochs" reads "3/100 epochs"
+                unit=" epoch" if epochs == 1 else " epochs",
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} "
+                "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+                dynamic_ncols=True,
+            )
         head.train()
         try:
             for epoch in range(epochs):
@@ -387,7 +399,10 @@ class USLT:
                 )
                 history.append(rec)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{avg[0]:.3f}", conf=f"{avg[3]:.2f}", used=used)
+                    bar.set_postfix_str(
+                        f"loss {avg[0]:.3f}, {100 * avg[3]:.0f}% confident (p > {self.tau:g}), "
+                        f"clusters used {used}/{K}"
+                    )
                     bar.update(1)
         finally:
             if bar is not None:
