@@ -5,6 +5,13 @@ ran]. The engine counts its work units into it; on Ctrl-C the main thread sets t
 slot, the engine stops at the next unit, and KeyboardInterrupt reaches the caller. The
 thread count is resolved in the CALLER's thread before the worker starts (see
 ``_dispatch.resolve_threads``), so OpenMP settings made there still apply.
+
+The bar (``progress=True``) is drawn only once the engine has announced its total, so it
+shows ``done/total``, a percentage and an ETA from its first line, and it names its unit:
+"tiles" for the distance ops, where a tile is one block of 256 points checked against
+the others (a 256 x 256 block of pairs in the self-kNN pass, 256 rows against all
+columns elsewhere; the kNN total also counts one sampling pass and, when needed, the
+re-check of a few rows, which the engine adds to the total when it starts them).
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ import numpy as np
 #: The control array of the last engine call made through ``run`` (tests read slot 3).
 last_control: Optional[np.ndarray] = None
 
+#: How the engine's unit names read on a bar (plural; shown after ``done/total``).
+UNIT_NAMES = {"tile": "tiles", "center": "centers"}
+
+#: tqdm's default layout with the unit after the counts: "kNN: 45%|####  | 9/20 tiles [...]".
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
 
 def run(
     fn: Callable[..., Any],
@@ -26,7 +39,11 @@ def run(
     progress: bool = False,
     extra: tuple = (),
 ) -> Any:
-    """``fn(*args, control, *extra)`` in a worker thread; its result or its exception."""
+    """``fn(*args, control, *extra)`` in a worker thread; its result or its exception.
+
+    With ``progress=True`` a tqdm bar named ``desc`` counts ``unit``s (``UNIT_NAMES``)
+    on stderr, created when the engine sets its total (or when the call ends first).
+    """
     global last_control
     ctl = np.zeros(4, dtype=np.int64)
     last_control = ctl
@@ -42,37 +59,56 @@ def run(
     # Ctrl-C (and to draw the bar); it gets the thread count resolved in the caller's thread.
     worker = threading.Thread(target=work, name=f"usl_fast:{desc}", daemon=True)
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc=desc, total=None, unit=unit, leave=True, dynamic_ncols=True)
     worker.start()
     try:
         while worker.is_alive():
             worker.join(timeout=0.1)
-            if bar is not None:
-                _update(bar, ctl)
+            if progress:
+                bar = _update(bar, ctl, desc, unit)
     except KeyboardInterrupt:
         ctl[2] = 1
         worker.join()
         if bar is not None:
             bar.close()
         raise
+    if progress and "error" not in box:
+        bar = _update(bar, ctl, desc, unit, final=True)
     if bar is not None:
-        _update(bar, ctl)
         bar.close()
     if "error" in box:
         raise box["error"]
     return box.get("value")
 
 
-def _update(bar: Any, ctl: np.ndarray) -> None:
-    total = int(ctl[1])
-    if total and bar.total != total:
+def _new_bar(desc: str, total: int, unit: str) -> Any:
+    from tqdm.auto import tqdm
+
+    name = UNIT_NAMES.get(unit, unit)
+    return tqdm(
+        desc=desc,
+        total=total,
+        unit=" " + name,  # tqdm glues the unit to the rate: "2925.39 tiles/s"
+        bar_format=BAR_FORMAT,
+        leave=True,
+        dynamic_ncols=True,
+    )
+
+
+def _update(bar: Any, ctl: np.ndarray, desc: str, unit: str, final: bool = False) -> Any:
+    """Bring ``bar`` to the control array's state; create it once a total is known (or at
+    the end). Returns the bar (None while there is nothing to show yet)."""
+    total, done = int(ctl[1]), int(ctl[0])
+    if final:
+        total = max(total, done)  # never end past the total
+    if bar is None:
+        if total <= 0:
+            return None
+        bar = _new_bar(desc, total, unit)
+    if total > 0 and bar.total != total:
+        # The kNN adds units when it must re-check rows; the bar follows.
         bar.total = total
         bar.refresh()
-    done = int(ctl[0])
-    if total:
-        done = min(done, total)
+    done = min(done, bar.total)
     if done > bar.n:
         bar.update(done - bar.n)
+    return bar
