@@ -369,3 +369,22 @@ def test_preset_k_larger_than_n_says_where_it_came_from():
     x = unit_vectors(100, 4, seed=0)
     with pytest.raises(ValueError, match=r"k`=400 comes from the defaults='cifar10' preset.*k="):
         usl_fast.select(x, 5)
+
+
+def test_uslt_later_round():
+    pytest.importorskip("torch")
+    from usl_fast.uslt import USLT
+
+    x = unit_blobs(300, 8, n_blobs=6, seed=0)
+    first = usl_fast.select(x, 6, method="uslt", epochs=3, seed=0)
+    r = usl_fast.select(x, 6, method="uslt", labeled=first, epochs=3, seed=0, return_info=True)
+    assert r.indices.shape == (6,) and not np.isin(r.indices, first).any()
+    assert np.unique(r.indices).size == 6
+    assert r.params["n_clusters"] == 12
+    est = USLT(n_clusters=12, m=6, epochs=3, seed=0).fit(x, labeled=first)
+    assert np.array_equal(est.indices_, r.indices)
+    # picks from clusters (not filled) never share a cluster with a labeled point
+    main = est.indices_[~est.filled_]
+    assert not set(est.labels_[main].tolist()) & set(est.labels_[first].tolist())
+    with pytest.raises(ValueError, match="raise n_clusters"):
+        USLT(n_clusters=8, m=6, epochs=1).fit(x, labeled=first)

@@ -669,11 +669,19 @@ def _select_other(
         density=density,
         n_filled=int(getattr(est, "n_filled_", 0) or 0),
         timings=dict(est.timings_),
-        params=est.get_params(),
+        params=_params_of(est),
         method=method,
         scores=getattr(est, "scores_", getattr(est, "confidence_", None)),
         labeled=getattr(est, "labeled_", None),
     )
+
+
+def _params_of(est: Any) -> Dict[str, Any]:
+    """An estimator's constructor parameters (USLT predates get_params)."""
+    import inspect
+
+    names = [p for p in inspect.signature(type(est).__init__).parameters if p != "self"]
+    return {name: getattr(est, name) for name in names if hasattr(est, name)}
 
 
 def _class_name(method: str) -> str:

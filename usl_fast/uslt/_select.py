@@ -57,7 +57,9 @@ def _doubt_and_argmax(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torc
     return doubt, arg, torch.exp(zmax - lse)
 
 
-def _select(chunks: Chunks, n: int, H: int, K: int, m: int, assign_head) -> SelectionResult:
+def _select(
+    chunks: Chunks, n: int, H: int, K: int, m: int, assign_head, labeled=None
+) -> SelectionResult:
     from .. import cluster_argmax  # the engine's segmented arg-max (first index on ties)
 
     labels_all = torch.empty((H, n), dtype=torch.int64)
@@ -77,8 +79,20 @@ def _select(chunks: Chunks, n: int, H: int, K: int, m: int, assign_head) -> Sele
         h = int(assign_head)
     labels = labels_all[h]
     sizes = sizes_all[h]
-    # Most confident member = smallest mean doubt (exact float64 ranking), first on ties.
-    best = cluster_argmax(np.zeros(n, np.float32), labels.numpy(), K, reg=doubt.numpy(), weight=1.0)
+    lab_np = labels.numpy()
+    fixed = np.zeros(0, np.int64) if labeled is None else np.asarray(labeled, np.int64)
+    if fixed.size:
+        # A later round: clusters holding a labeled point are covered and give no pick;
+        # their members (and the labeled points) go to a dummy cluster K that is dropped.
+        covered = np.zeros(K + 1, dtype=bool)
+        covered[lab_np[fixed]] = True
+        cand = np.where(covered[lab_np], K, lab_np)
+        best = cluster_argmax(np.zeros(n, np.float32), cand, K + 1, reg=doubt.numpy(), weight=1.0)[
+            :K
+        ]
+    else:
+        # Most confident member = smallest mean doubt (exact float64 ranking), first on ties.
+        best = cluster_argmax(np.zeros(n, np.float32), lab_np, K, reg=doubt.numpy(), weight=1.0)
     nonempty = np.flatnonzero(best >= 0)
     if nonempty.size > m:
         # K > m: keep the m largest clusters (ties to the lower id), listed in id order.
@@ -87,7 +101,9 @@ def _select(chunks: Chunks, n: int, H: int, K: int, m: int, assign_head) -> Sele
     picks = [int(i) for i in best[nonempty]]
     n_main = len(picks)
     if n_main < m:
-        picks += _fill(chunks, h, sizes.numpy(), m - n_main, set(picks), m)
+        picks += _fill(
+            chunks, h, sizes.numpy(), m - n_main, set(picks) | set(fixed.tolist()), m + fixed.size
+        )
     filled = torch.zeros(m, dtype=torch.bool)
     filled[n_main:] = True
     return SelectionResult(

@@ -217,7 +217,7 @@ class USLT:
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, features: Any, neighbors: Any = None) -> "USLT":
+    def fit(self, features: Any, neighbors: Any = None, labeled: Any = None) -> "USLT":
         """Train the heads on ``features`` and select.
 
         Parameters
@@ -227,6 +227,10 @@ class USLT:
         neighbors : (n, k) integer array/tensor, optional
             A precomputed kNN list (each row: other points, nearest first). Default:
             ``knn_neighbors(features, n_neighbors)``, computed on the CPU.
+        labeled : 1-D integer indices labeled in earlier rounds, optional
+            A later round: a cluster holding a labeled point gives no pick, and no pick
+            is a labeled point (use n_clusters = m + len(labeled) so that m clusters are
+            left; ``usl_fast.select(..., method="uslt", labeled=...)`` does).
 
         Returns
         -------
@@ -245,6 +249,18 @@ class USLT:
                 f"`n_neighbors` must be <= number of points n={n} minus 1 (got n_neighbors={self.n_neighbors})"
             )
         nbr = None if neighbors is None else _as_neighbors(neighbors, n)
+        from .._methods import as_labeled
+
+        fixed = as_labeled(labeled, n)
+        if fixed.size and self.m is None:
+            m = K - fixed.size
+        if fixed.size and m > K - fixed.size:
+            raise ValueError(
+                f"with {fixed.size} labeled points at most n_clusters - {fixed.size} = "
+                f"{K - fixed.size} clusters are left for new picks (got m={m}): raise n_clusters"
+            )
+        if m > n - fixed.size:
+            raise ValueError(f"`m`={m} exceeds the {n - fixed.size} unlabeled points")
         device = self.device if self.device is not None else in_device
         X = X.to(device)
         if self.normalize:
@@ -263,7 +279,7 @@ class USLT:
         timings["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        res = _select(self._chunks(head, X), n, self.n_heads, K, m, self.assign_head)
+        res = _select(self._chunks(head, X), n, self.n_heads, K, m, self.assign_head, fixed)
         timings["select"] = time.perf_counter() - t0
 
         self.head_ = head
@@ -279,6 +295,7 @@ class USLT:
         self.n_nonempty_ = res.n_nonempty
         self.assign_head_ = res.assign_head
         self.timings_ = timings
+        self.labeled_ = _back(torch.from_numpy(fixed), kind, in_device)
         if res.n_filled:
             import warnings
 
