@@ -70,25 +70,59 @@ def require_sklearn() -> None:
         ) from exc
 
 
+def pixel_features(images: Any) -> np.ndarray:
+    """The demo's stand-in for an encoder: standardise every pixel, project on the first
+    ``N_COMPONENTS`` principal components, L2-normalise the rows. No labels are used.
+
+    Parameters
+    ----------
+    images : (n, ...) array of pixel values (any numeric dtype; flattened per image).
+
+    Returns
+    -------
+    (n, 32) float32, unit-norm rows.
+    """
+    require_sklearn()
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(images)
+    x = StandardScaler().fit_transform(x.reshape(x.shape[0], -1).astype(np.float64))
+    x = PCA(n_components=N_COMPONENTS, svd_solver="full").fit_transform(x)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
 def digits_features() -> Tuple[np.ndarray, np.ndarray]:
     """The demo's features and labels.
 
     Returns
     -------
-    features : (1797, 32) float32, unit-norm rows (standardise -> PCA(32) -> L2-normalise;
+    features : (1797, 32) float32, unit-norm rows (``pixel_features`` of all digits;
         computed without the labels).
     labels : (1797,) int64 digit classes 0-9, used only for evaluation.
     """
     require_sklearn()
     from sklearn.datasets import load_digits
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
 
     data = load_digits()
-    x = StandardScaler().fit_transform(data.data)
-    x = PCA(n_components=N_COMPONENTS, svd_solver="full").fit_transform(x)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32), data.target.astype(np.int64)
+    return pixel_features(data.data), data.target.astype(np.int64)
+
+
+def digits_train_features() -> np.ndarray:
+    """Features of the 1,347 training images that ``usl-fast fixmatch --dataset digits``
+    trains on (``usl_fast.ssl.load_digits_split``), in its order: picks made on them are
+    valid ``--labeled`` indices. ``pixel_features`` of those images (uint8, 0-255), as in
+    ``benchmarks/quality/digits_fixmatch.py``. Needs scikit-learn and PyTorch.
+
+    Returns
+    -------
+    (1347, 32) float32, unit-norm rows.
+    """
+    require_sklearn()
+    from .ssl import load_digits_split  # ImportError saying how to install torch
+
+    return pixel_features(load_digits_split().train_x.numpy())
 
 
 def evaluate_picks(
@@ -132,6 +166,13 @@ def evaluate_picks(
     return int(np.unique(labels[picks]).size), acc
 
 
+#: How to get USL-T when PyTorch is missing (the version CI tests, or the package extra).
+TORCH_INSTALL = 'pip install torch==2.13.0 (or pip install "usl_fast[torch]")'
+
+#: Method names as the report prints them.
+METHOD_NAMES = {"usl": "USL", "uslt": "USL-T", "random": "random"}
+
+
 def have_torch() -> bool:
     """Whether USL-T (PyTorch) can run here."""
     try:
@@ -158,7 +199,15 @@ def run_demo(
     print_fn : called with each line of the report; None prints nothing.
     threads : CPU threads for ``usl_fast.select`` / the kNN of USL-T (default all).
     methods : any of "usl", "uslt", "random", in the order to report them (default: all
-        three, "uslt" only when PyTorch is installed).
+        three; without PyTorch "uslt" is left out and the report says so, and why).
+
+    Raises
+    ------
+    ValueError
+        ``seeds`` empty, or ``methods`` empty or holding an unknown name.
+    ImportError
+        ``methods`` names "uslt" but PyTorch is not installed (the message says how to
+        install it); raised before any work.
 
     Returns
     -------
@@ -172,11 +221,17 @@ def run_demo(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("`seeds` must not be empty")
+    notes: List[str] = []
     if methods is None:
-        methods = ("usl", "uslt", "random") if have_torch() else ("usl", "random")
+        methods = METHODS
+        if not have_torch():
+            methods = tuple(m for m in METHODS if m != "uslt")
+            notes.append(f"USL-T skipped: PyTorch is not installed; to include it: {TORCH_INSTALL}")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"`methods` must be a non-empty list of {METHODS} (got {methods!r})")
+    if "uslt" in methods and not have_torch():
+        raise ImportError(f"the demo's USL-T (methods 'uslt') needs PyTorch: {TORCH_INSTALL}")
     t0 = time.perf_counter()
     x, y = digits_features()
     n = x.shape[0]
@@ -214,20 +269,26 @@ def run_demo(
                 )
             )
     if print_fn is not None:
-        for line in format_table(rows, n=n, elapsed=time.perf_counter() - t0):
+        for line in format_table(rows, n=n, elapsed=time.perf_counter() - t0, notes=notes):
             print_fn(line)
     return rows
 
 
-def format_table(rows: Sequence[Dict[str, Any]], n: int, elapsed: float) -> List[str]:
-    """The report printed by ``run_demo``, as lines."""
+def format_table(
+    rows: Sequence[Dict[str, Any]], n: int, elapsed: float, notes: Sequence[str] = ()
+) -> List[str]:
+    """The report printed by ``run_demo``, as lines; ``notes`` (e.g. why a method was
+    skipped) are printed under the header."""
     n_seeds = len(rows[0]["seeds"]) if rows else 0
+    shown = list(dict.fromkeys(r["method"] for r in rows))  # methods run, in report order
+    names = " / ".join(METHOD_NAMES.get(m, m) for m in shown)
     lines = [
-        f"USL / USL-T / random picks on scikit-learn digits (n={n}, 10 classes), {n_seeds} seed(s)",
+        f"{names} picks on scikit-learn digits (n={n}, 10 classes), {n_seeds} seed(s)",
         f"features: standardise -> PCA({N_COMPONENTS}) -> L2-normalise; "
         f"USL: {USL_DEFAULTS} preset with k={USL_K}",
         f"evaluation: LabelSpreading(kernel='knn', n_neighbors={SPREADING_NEIGHBORS}, "
         f"alpha={SPREADING_ALPHA}) from the picks' labels, accuracy on all other points",
+        *notes,
         "",
         "budget | method | classes covered (mean) | label-spreading accuracy",
         "-------+--------+------------------------+--------------------------",
