@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -51,15 +51,19 @@ def run_cli(argv: Sequence[object], capsys: pytest.CaptureFixture) -> Tuple[int,
     return code, out, err
 
 
-def read_csv_rows(path: Path) -> List[Tuple[int, str]]:
+def read_csv_rows(path: Path) -> List[Tuple[int, Optional[str]]]:
+    """(Index, ImageID) rows; ImageID is None in a file written without --image-ids."""
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
-    assert lines[0] == "Index,ImageID"
+    assert lines[0] in ("Index,ImageID", "Index")
     assert lines[-1] == "", "file must end with a newline"
-    rows = []
+    rows: List[Tuple[int, Optional[str]]] = []
     for line in lines[1:-1]:
-        idx, image_id = line.split(",", 1)
-        rows.append((int(idx), image_id))
+        if lines[0] == "Index":
+            rows.append((int(line), None))
+        else:
+            idx, image_id = line.split(",", 1)
+            rows.append((int(idx), image_id))
     return rows
 
 
@@ -109,7 +113,7 @@ def test_defaults_choices_are_the_presets() -> None:
 
 def test_subcommand_required(capsys: pytest.CaptureFixture) -> None:
     code, _, err = run_cli([], capsys)
-    assert code == 2 and "select" in err
+    assert code == 2 and "{select,fixmatch,demo" in err
 
 
 # ------------------------------------------------------------------------- select
@@ -246,10 +250,10 @@ def test_pt_without_torch_says_how_to_install(
 
 
 def test_output_name_kept_exactly(tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "picks.bin"  # np.save(path) would have written picks.bin.npy
+    out = tmp_path / "picks.NPY"  # np.save(path) would have written picks.NPY.npy
     code, _, err = run_cli(["select", npy, "-m", M, "-o", out, *FAST], capsys)
     assert code == 0, err
-    assert out.exists() and not (tmp_path / "picks.bin.npy").exists()
+    assert out.exists() and not (tmp_path / "picks.NPY.npy").exists()
     assert np.load(out).shape == (M,)
 
 
@@ -291,14 +295,17 @@ def test_csv_and_complement_format(
     assert sel.read_text().startswith(f"Index,ImageID\n{first},{ids[first]}\n")
 
 
-def test_csv_without_image_ids_has_empty_column(
+def test_csv_without_image_ids_has_only_the_index_column(
     tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
 ) -> None:
     sel = tmp_path / "sel.csv"
     code, _, err = run_cli(["select", npy, "-m", M, "--csv", sel, *FAST], capsys)
     assert code == 0, err
     want = sorted(usl_fast.select(feats, M, **FAST_KW).tolist())
-    assert sel.read_text() == "Index,ImageID\n" + "".join(f"{i},\n" for i in want)
+    assert sel.read_text() == "Index\n" + "".join(f"{i}\n" for i in want)
+    # and usl-fast fixmatch reads it back
+    ssl = pytest.importorskip("usl_fast.ssl")
+    np.testing.assert_array_equal(ssl.read_labeled(str(sel), N), want)
 
 
 @pytest.mark.parametrize("n_lines", [N - 1, N + 1])

@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,6 +58,36 @@ _USLT_OPTIONS = (
 
 class CLIError(Exception):
     """A user-facing error: printed as ``usl-fast: error: <message>``, exit status 2."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``[default: X]`` to an option's help unless the help already states its
+    default (or the default is None/False, i.e. "not given" / a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        # identity, not ==: a default of 0 is shown (0 == False)
+        if "default" in text or d is None or d is False or d is argparse.SUPPRESS:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text  # a required positional: its default is never used
+        return f"{text} [default: %(default)s]".strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with no prefix matching (``--k`` must not mean ``--kmeans-iter``), the
+    help formatter above, and one-line errors: ``usl-fast select: error: <message>; see
+    usl-fast select --help`` (exit status 2) instead of the usage block."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())  # one line, whatever argparse put in it
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 # --------------------------------------------------------------------------- input
@@ -267,21 +297,111 @@ def write_picks_npy(path: str, picks: np.ndarray) -> None:
     _write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), binary=True)
 
 
+def write_picks_txt(path: str, picks: np.ndarray) -> None:
+    """One index per line (decimal, ``\\n`` endings), in pick order."""
+    arr = np.asarray(picks, dtype=np.int64)
+    _write_atomic(path, lambda f: f.write("".join(f"{int(i)}\n" for i in arr)), binary=False)
+
+
 def write_index_csv(path: str, indices: np.ndarray, image_ids: Optional[List[str]]) -> None:
-    """The reference's CSV: header ``Index,ImageID``, rows sorted by index ascending,
-    ImageID empty when no ids are given (what pandas ``to_csv(index=False)`` writes, with
-    ``\\n`` line endings and minimal quoting)."""
+    """The reference's CSV: header ``Index,ImageID``, rows sorted by index ascending (what
+    pandas ``to_csv(index=False)`` writes, with ``\\n`` line endings and minimal quoting).
+    Without image ids the ImageID column is left out (header ``Index``): an empty column
+    would look like data that was lost."""
     rows = np.sort(np.asarray(indices, dtype=np.int64))
 
     def write(f: Any) -> None:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["Index", "ImageID"])
         if image_ids is None:
-            w.writerows((int(i), "") for i in rows)
+            w.writerow(["Index"])
+            w.writerows((int(i),) for i in rows)
         else:
+            w.writerow(["Index", "ImageID"])
             w.writerows((int(i), image_ids[i]) for i in rows)
 
     _write_atomic(path, write, binary=False)
+
+
+#: -o/--output formats by file extension (lower-cased) and what each writes.
+PICKS_FORMATS = {
+    ".npy": "int64 .npy, pick order",
+    ".txt": "text, one index per line, pick order",
+    ".csv": "the --csv format: Index[,ImageID], sorted ascending",
+}
+
+
+def picks_format(path: str, option: str = "-o/--output") -> str:
+    """The format (a key of ``PICKS_FORMATS``) chosen by ``path``'s extension.
+
+    Raises
+    ------
+    CLIError
+        The extension is not one of ``PICKS_FORMATS``: the message names the option,
+        the path and the allowed extensions.
+    """
+    ext = Path(path).suffix.lower()
+    if ext not in PICKS_FORMATS:
+        allowed = "; ".join(f"{e} ({what})" for e, what in PICKS_FORMATS.items())
+        raise CLIError(f"{option} {path!r}: the extension must be one of {allowed}")
+    return ext
+
+
+def _require_suffix(path: Optional[str], option: str, suffix: str, what: str) -> None:
+    if path is not None and Path(path).suffix.lower() != suffix:
+        raise CLIError(f"{option} {path!r}: must end in {suffix} ({what})")
+
+
+def write_picks(path: str, picks: np.ndarray, image_ids: Optional[List[str]]) -> None:
+    """Write ``picks`` to ``path`` in the format its extension names (``PICKS_FORMATS``)."""
+    fmt = picks_format(path)
+    if fmt == ".npy":
+        write_picks_npy(path, picks)
+    elif fmt == ".txt":
+        write_picks_txt(path, picks)
+    else:
+        write_index_csv(path, picks, image_ids)
+
+
+def _json_default(obj: Any) -> Any:
+    """What json.dumps cannot encode by itself: numpy scalars/arrays, tensors, tuples."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def info_arrays(result: Any) -> Dict[str, np.ndarray]:
+    """Every field of a ``SelectResult`` (or any dataclass) as a numpy array for ``.npz``.
+
+    Walks ``dataclasses.fields(result)``, so fields added to the result later are saved
+    too. None fields are skipped; arrays and tensors become numpy arrays; numbers, bools
+    and strings become 0-d arrays; dicts, lists and anything else that numpy would store
+    as a pickled object become a 0-d string array holding JSON (read back with
+    ``json.loads(str(npz[name]))``).
+    """
+    import dataclasses
+    import json
+
+    out: Dict[str, np.ndarray] = {}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if value is None:
+            continue
+        if hasattr(value, "detach"):  # a torch tensor, on any device
+            value = value.detach().cpu().numpy()
+        if isinstance(value, (dict, list, tuple)):
+            arr = np.asarray(json.dumps(value, default=_json_default, sort_keys=False))
+        else:
+            arr = np.asarray(value)
+            if arr.dtype.kind == "O":  # np.savez would pickle it
+                arr = np.asarray(json.dumps(value, default=_json_default))
+        out[f.name] = arr
+    return out
+
+
+def write_info_npz(path: str, result: Any) -> None:
+    """``info_arrays(result)`` as an uncompressed ``.npz`` (no pickles), atomically."""
+    arrays = info_arrays(result)
+    _write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def complement(picks: np.ndarray, n: int) -> np.ndarray:
@@ -299,11 +419,23 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     if args.output is None and args.csv is None:
-        raise CLIError("give at least one output: -o/--output PICKS.npy and/or --csv PICKS.csv")
-    if args.image_ids is not None and args.csv is None and args.complement_csv is None:
-        raise CLIError("--image-ids is only used with --csv / --complement-csv")
+        raise CLIError(
+            "give at least one output: -o/--output PICKS.npy|.txt|.csv and/or --csv PICKS.csv"
+        )
+    out_fmt = picks_format(args.output) if args.output is not None else None
+    _require_suffix(args.csv, "--csv", ".csv", "the picks as CSV")
+    _require_suffix(args.complement_csv, "--complement-csv", ".csv", "the other indices as CSV")
+    _require_suffix(args.save_info, "--save-info", ".npz", "a numpy archive")
+    writes_csv = args.csv is not None or args.complement_csv is not None or out_fmt == ".csv"
+    if args.image_ids is not None and not writes_csv:
+        raise CLIError("--image-ids is only used with --csv / --complement-csv / -o PICKS.csv")
+    if args.save_info is not None and args.method != "usl":
+        raise CLIError(
+            f"--save-info saves usl_fast.select's SelectResult, so it needs --method usl "
+            f"(got --method {args.method})"
+        )
     inputs = [args.features] + ([args.image_ids] if args.image_ids else [])
-    _check_outputs([args.output, args.csv, args.complement_csv], args.force, inputs)
+    _check_outputs([args.output, args.csv, args.complement_csv, args.save_info], args.force, inputs)
 
     feats = load_features(args.features, args.key)
     if args.normalize:
@@ -316,6 +448,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     # Read the ids before the (possibly long) selection so a wrong file fails at once.
     ids = read_image_ids(args.image_ids, n) if args.image_ids is not None else None
 
+    res: Any = None  # usl_fast.select's SelectResult (--method usl only)
     if args.method == "random":
         _note_ignored(args, _SELECT_OPTIONS + _USLT_OPTIONS, "random", defaults=True)
         picks = usl_fast.random_select(n, args.m, seed=args.seed)
@@ -354,7 +487,9 @@ def _cmd_select(args: argparse.Namespace) -> int:
     summary = f"load {t_load:.2f} s, {summary}"
 
     if args.output is not None:
-        write_picks_npy(args.output, picks)
+        write_picks(args.output, picks, ids)
+    if args.save_info is not None:
+        write_info_npz(args.save_info, res)
     if args.csv is not None:
         write_index_csv(args.csv, picks, ids)
     if args.complement_csv is not None:
@@ -405,8 +540,19 @@ def _run_uslt(args: argparse.Namespace, feats: Any) -> Tuple[np.ndarray, str]:
         print(f"{PROG}: note: {w.message}", file=sys.stderr)
     picks = np.asarray(model.indices_, dtype=np.int64)
     summary = ", ".join(f"{k} {v:.2f} s" for k, v in model.timings_.items())
-    summary = f"USL-T {model.epochs_} epochs, {model.n_nonempty_} clusters non-empty, {summary}"
+    epochs = f"{model.epochs_} epoch" + ("" if model.epochs_ == 1 else "s")
+    summary = f"USL-T {epochs}, {model.n_nonempty_} clusters non-empty, {summary}"
     return picks, summary
+
+
+def _require_file(path: Optional[str], option: str, what: str) -> None:
+    """A CLIError naming ``option`` and ``path`` unless ``path`` (when given) is a file."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise CLIError(f"{option} {path!r} is a directory; it must be {what}")
+    if not os.path.isfile(path):
+        raise CLIError(f"{option} {path!r}: no such file; it must be {what}")
 
 
 def _cmd_fixmatch(args: argparse.Namespace) -> int:
@@ -415,6 +561,14 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CLIError(str(exc)) from exc
     from dataclasses import replace
+
+    # Paths are checked before training; the data set's own files are checked first (its
+    # loader says where to put them), then --labeled, before anything is trained.
+    _require_file(args.resume, "--resume", "a checkpoint written by usl-fast fixmatch")
+    if args.resume is None and args.labeled is None:
+        raise CLIError("give --labeled PICKS (.npy or the reference .csv) or --resume CKPT")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out {args.out!r} exists and is not a directory")
 
     if args.dataset == "digits":
         try:
@@ -438,11 +592,28 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
         if args.steps is not None:
             run.config.steps = args.steps
     else:
-        if args.labeled is None:
-            raise CLIError("give --labeled FILE (.npy or the reference .csv) or --resume CKPT")
+        _require_file(args.labeled, "--labeled", "a .npy or .csv of picks from usl-fast select")
+        if Path(args.labeled).suffix.lower() not in (".npy", ".csv"):
+            raise CLIError(
+                f"--labeled {args.labeled!r}: must be a .npy (usl-fast select -o PICKS.npy) "
+                "or .csv (usl-fast select --csv PICKS.csv) file"
+            )
         if os.path.exists(ckpt) and not args.force:
             raise CLIError(f"{ckpt} exists: --resume it, or pass --force to start over")
-        labeled = read_labeled(args.labeled, int(data.train_x.shape[0]))
+        n_train = int(data.train_x.shape[0])
+        try:
+            labeled = read_labeled(args.labeled, n_train)
+        except ValueError as exc:
+            hint = (
+                " (the picks must come from features of the same training split: for "
+                "digits, usl_fast.demo.digits_train_features(); see README)"
+                if args.dataset == "digits"
+                else ""
+            )
+            raise CLIError(
+                f"--labeled: {exc}; it must index the {n_train} training images of "
+                f"--dataset {args.dataset}{hint}"
+            ) from exc
         cfg = PRESETS[args.dataset]
         over = {
             k: getattr(args, k)
@@ -479,6 +650,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         demo.require_sklearn()
     except ImportError as exc:
         raise CLIError(str(exc)) from exc
+    if args.methods is not None and "uslt" in args.methods and not demo.have_torch():
+        raise CLIError(
+            f"--methods uslt needs PyTorch, which is not installed: {demo.TORCH_INSTALL}"
+        )
     demo.run_demo(
         budgets=tuple(args.budgets),
         seeds=range(args.seeds),
@@ -502,16 +677,16 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``usl-fast`` (subcommands ``select`` and ``demo``)."""
+    """The argparse parser of ``usl-fast`` (subcommands ``select``, ``fixmatch``, ``demo``)."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Unsupervised Selective Labeling (USL, Wang, Lian & Yu, ECCV 2022): "
         "choose which unlabeled instances to send for labeling.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{select,demo}")
+    sub = parser.add_subparsers(dest="command")
     sub.required = True
 
     sp = sub.add_parser(
@@ -555,13 +730,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "-o",
         "--output",
-        metavar="PICKS.npy",
-        help="write the picks as int64 .npy, in pick (cluster) order",
+        metavar="PICKS",
+        help="write the picks; the extension picks the format: .npy (int64, pick order), "
+        ".txt (one index per line, pick order) or .csv (as --csv)",
     )
     out.add_argument(
         "--csv",
         metavar="PICKS.csv",
-        help="write the picks sorted ascending as CSV with header Index,ImageID",
+        help="write the picks sorted ascending as CSV: header Index,ImageID with "
+        "--image-ids, else a single Index column",
     )
     out.add_argument(
         "--complement-csv",
@@ -573,6 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="ImageID column for the CSVs: one id per line, exactly n lines",
     )
+    out.add_argument(
+        "--save-info",
+        metavar="INFO.npz",
+        help="also save usl_fast.select's SelectResult (--method usl): picks, cluster labels, "
+        "densities, n_filled, and timings and params as JSON strings",
+    )
     out.add_argument("--force", action="store_true", help="overwrite existing output files")
 
     g = sp.add_argument_group("USL parameters (default: from --defaults)")
@@ -582,7 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="published configuration supplying every parameter not given [default: cifar10]",
     )
-    g.add_argument("-k", type=int, default=None, help="kNN size of the density, self included")
+    g.add_argument(
+        "-k", "--k", dest="k", type=int, default=None, help="kNN size of the density, self included"
+    )
     g.add_argument(
         "--n-clusters",
         type=int,
@@ -669,25 +854,57 @@ def build_parser() -> argparse.ArgumentParser:
         "`usl-fast select`. Evaluates the EMA model on the test split every --eval-every steps, "
         "saves OUT/checkpoint.pt there, and resumes from one with --resume.",
     )
-    fp.add_argument("--dataset", choices=("cifar10", "cifar100", "digits"), required=True)
+    fp.add_argument(
+        "--dataset",
+        choices=("cifar10", "cifar100", "digits"),
+        required=True,
+        help="digits = scikit-learn's digits split by usl_fast.ssl.load_digits_split: the "
+        "picks index its 1,347 training images",
+    )
     fp.add_argument("--root", help="directory holding cifar-10-batches-py / cifar-100-python")
-    fp.add_argument("--labeled", help="picks: .npy (usl-fast select -o) or Index,ImageID .csv")
-    fp.add_argument("--out", default="fixmatch_run", help="checkpoint and log directory")
-    fp.add_argument("--resume", help="continue from this checkpoint")
+    fp.add_argument(
+        "--labeled",
+        metavar="PICKS",
+        help="picks: .npy (usl-fast select -o) or Index[,ImageID] .csv, indices into the "
+        "training split",
+    )
+    fp.add_argument(
+        "--out", default="fixmatch_run", metavar="DIR", help="checkpoint and log directory"
+    )
+    fp.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint file")
     fp.add_argument("--force", action="store_true", help="start over even if OUT has a checkpoint")
     fp.add_argument(
-        "--steps", type=_positive_int, default=None, help="[preset: 2^20 CIFAR, 2000 digits]"
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="training steps [default: 2^20 CIFAR, 2000 digits]",
     )
     fp.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="labeled per step [64; digits 16]"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="labeled images per step [default: 64; digits 16]",
     )
-    fp.add_argument("--mu", type=_positive_int, default=None, help="unlabeled per labeled [7]")
-    fp.add_argument("--threshold", type=float, default=None, help="pseudo-label confidence [0.95]")
-    fp.add_argument("--lr", type=float, default=None, help="SGD learning rate [0.03]")
-    fp.add_argument("--ema", type=float, default=None, help="EMA decay [0.999; digits 0.99]")
-    fp.add_argument("--eval-every", type=_positive_int, default=None, help="[1024; digits 500]")
-    fp.add_argument("--seed", type=int, default=0, help="model init, batches, augmentations [0]")
-    fp.add_argument("--device", default=None, help="torch device [cuda if available, else cpu]")
+    fp.add_argument(
+        "--mu", type=_positive_int, default=None, help="unlabeled per labeled [default: 7]"
+    )
+    fp.add_argument(
+        "--threshold", type=float, default=None, help="pseudo-label confidence [default: 0.95]"
+    )
+    fp.add_argument("--lr", type=float, default=None, help="SGD learning rate [default: 0.03]")
+    fp.add_argument(
+        "--ema", type=float, default=None, help="EMA decay [default: 0.999; digits 0.99]"
+    )
+    fp.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=None,
+        help="steps between evaluations [default: 1024; digits 500]",
+    )
+    fp.add_argument("--seed", type=int, default=0, help="model init, batches, augmentations")
+    fp.add_argument(
+        "--device", default=None, help="torch device [default: cuda if available, else cpu]"
+    )
     fp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     fp.set_defaults(func=_cmd_fixmatch)
 
@@ -716,9 +933,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=("usl", "uslt", "random"),
         default=None,
-        help="methods to compare [default: usl uslt random; uslt only with torch installed]",
+        help="methods to compare [default: usl uslt random; without torch installed, uslt "
+        "is skipped and the report says so]",
     )
     dp.set_defaults(func=_cmd_demo)
+    # The list shown by --help and by the "required" error: every registered subcommand.
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return parser
 
 
@@ -729,7 +949,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ``usl-fast: error: <message>`` to stderr, Ctrl-C raises ``SystemExit(130)``.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse reports these from the top-level parser; name the subcommand instead.
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (CLIError, ValueError, TypeError) as exc:

@@ -1,0 +1,433 @@
+"""What a new user of ``usl-fast`` reported, one test (or more) per item: the subcommand
+list comes from the registered subcommands, parse errors are one line and options are
+never abbreviated, ``-o``'s extension sets the format, path errors name the option,
+``--help`` shows defaults, the demo says when USL-T is skipped, progress bars start with
+a total and name their unit, ``--save-info`` round-trips ``SelectResult``, and README's
+FixMatch-on-digits lines run as written."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+import pytest
+
+import usl_fast
+from usl_fast import _progress, cli
+
+N, D, M = 300, 16, 10
+FAST = ["-k", "15", "--kmeans-iter", "30", "--rounds", "4", "--no-progress"]
+FAST_KW = dict(k=15, kmeans_iter=30, rounds=4)
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def feats() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((6, D))
+    x = centers[rng.integers(0, 6, N)] + 0.4 * rng.standard_normal((N, D))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+@pytest.fixture
+def npy(tmp_path: Path, feats: np.ndarray) -> Path:
+    p = tmp_path / "feats.npy"
+    np.save(p, feats)
+    return p
+
+
+def run_cli(argv: Sequence[object], capsys: pytest.CaptureFixture) -> Tuple[int, str, str]:
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subcommands() -> Dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def all_parsers() -> List[argparse.ArgumentParser]:
+    return [cli.build_parser(), *subcommands().values()]
+
+
+def tqdm_to(buf: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> List[Dict[str, Any]]:
+    """Make every ``from tqdm.auto import tqdm`` draw into ``buf``; returns the kwargs of
+    each bar created."""
+    import tqdm.auto
+    import tqdm.std
+
+    made: List[Dict[str, Any]] = []
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        made.append(kwargs)
+        return tqdm.std.tqdm(*args, file=buf, mininterval=0, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", make)
+    return made
+
+
+def frames(buf: io.StringIO) -> List[str]:
+    """The bar states tqdm drew, in order (it rewrites one line with '\\r')."""
+    return [f.strip() for f in re.split(r"[\r\n]", buf.getvalue()) if f.strip()]
+
+
+# ----------------------------------------------- 1. the subcommand list, 4. parsing
+
+
+def test_help_and_bare_command_list_every_registered_subcommand(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    names = list(subcommands())
+    assert {"select", "fixmatch", "demo"} <= set(names)
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0 and "{" + ",".join(names) + "}" in out
+    code, _, err = run_cli([], capsys)
+    assert code == 2 and "{" + ",".join(names) + "}" in err
+
+
+@pytest.mark.parametrize(
+    "argv, prog, text",
+    [
+        (["select", "f.npy"], "usl-fast select", "-m/--budget"),
+        (["select", "f.npy", "-m", "ten"], "usl-fast select", "-m/--budget"),
+        (["select", "f.npy", "-m", "3", "--kmeans", "3"], "usl-fast select", "--kmeans"),
+        (["demo", "--seeds", "0"], "usl-fast demo", "--seeds"),
+        (["fixmatch"], "usl-fast fixmatch", "--dataset"),
+        (["nope"], "usl-fast", "invalid choice"),
+    ],
+)
+def test_parse_errors_are_one_line_with_a_hint(
+    argv: List[str], prog: str, text: str, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"{prog}: error: ") and text in err
+    assert err.rstrip().endswith(f"; see {prog} --help")
+
+
+def test_no_option_is_abbreviated() -> None:
+    for p in all_parsers():
+        assert p.allow_abbrev is False, p.prog
+
+
+def test_double_dash_k_is_exactly_k(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    fast = [o if o != "-k" else "--k" for o in FAST]
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", tmp_path / "a.npy", *fast], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), usl_fast.select(feats, M, **FAST_KW))
+
+
+# ------------------------------------------------------------------ 7. defaults shown
+
+
+def test_help_shows_every_default() -> None:
+    for p in all_parsers():
+        fmt = p._get_formatter()
+        for a in p._actions:
+            d = a.default
+            if d is None or d is False or d is argparse.SUPPRESS:
+                continue
+            help_text = fmt._get_help_string(a) % {"default": d}
+            assert "default" in help_text, (p.prog, a.dest, help_text)
+    text = subcommands()["fixmatch"].format_help()
+    assert "[default: fixmatch_run]" in " ".join(text.split())
+    assert "[default: 0]" in subcommands()["fixmatch"].format_help()  # --seed 0 too
+
+
+# ----------------------------------------------------- 5. -o format, 8. CSV columns
+
+
+def test_output_txt_is_one_index_per_line_in_pick_order(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "picks.txt"
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", out, *FAST], capsys)
+    assert code == 0, err
+    want = usl_fast.select(feats, M, **FAST_KW)
+    assert out.read_text() == "".join(f"{int(i)}\n" for i in want)
+    np.testing.assert_array_equal(np.loadtxt(out, dtype=np.int64), want)
+
+
+def test_output_csv_is_the_csv_format(
+    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", a, "--csv", b, *FAST], capsys)
+    assert code == 0, err
+    assert a.read_text() == b.read_text() and a.read_text().startswith("Index\n")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"img{i}\n" for i in range(N)))
+    c = tmp_path / "c.csv"
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", c, "--image-ids", ids, *FAST], capsys)
+    assert code == 0, err
+    lines = c.read_text().splitlines()
+    assert lines[0] == "Index,ImageID" and all(
+        line == f"{line.split(',')[0]},img{line.split(',')[0]}" for line in lines[1:]
+    )
+
+
+@pytest.mark.parametrize(
+    "option, name, allowed",
+    [
+        ("-o", "picks.bin", ".npy"),
+        ("-o", "picks", ".txt"),
+        ("--csv", "picks.txt", ".csv"),
+        ("--complement-csv", "rest.npy", ".csv"),
+        ("--save-info", "info.json", ".npz"),
+    ],
+)
+def test_unknown_output_extension_is_refused_before_any_work(
+    tmp_path: Path, option: str, name: str, allowed: str, capsys: pytest.CaptureFixture
+) -> None:
+    # FEATURES does not exist: the extension error must come first.
+    argv = ["select", tmp_path / "missing.npy", "-m", M, option, tmp_path / name]
+    if option != "-o" and option != "--csv":
+        argv += ["-o", tmp_path / "p.npy"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and option in err and name in err and allowed in err, err
+    assert "FEATURES" not in err and not (tmp_path / name).exists()
+
+
+# ----------------------------------------------------------------- 12. --save-info
+
+
+def test_save_info_round_trips_select_result(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    info = tmp_path / "info.npz"
+    code, _, err = run_cli(
+        ["select", npy, "-m", M, "-o", tmp_path / "p.npy", "--save-info", info, *FAST], capsys
+    )
+    assert code == 0, err
+    want = usl_fast.select(feats, M, return_info=True, **FAST_KW)
+    with np.load(info, allow_pickle=False) as z:
+        saved = {k: z[k] for k in z.files}
+    expected = {f.name for f in dataclasses.fields(want) if getattr(want, f.name) is not None}
+    assert set(saved) == expected
+    np.testing.assert_array_equal(saved["indices"], want.indices)
+    np.testing.assert_array_equal(saved["labels"], want.labels)
+    np.testing.assert_array_equal(saved["density"], want.density)
+    assert int(saved["n_filled"]) == want.n_filled
+    params = json.loads(str(saved["params"]))
+    assert params == json.loads(json.dumps(want.params, default=cli._json_default))
+    assert set(json.loads(str(saved["timings"]))) == set(want.timings)
+
+
+def test_save_info_saves_fields_added_later() -> None:
+    @dataclasses.dataclass
+    class Later:
+        indices: Any
+        method: str = "usl"
+        scores: Any = None
+        labeled: Any = None
+        extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    arrays = cli.info_arrays(
+        Later(np.arange(3), labeled=np.array([5, 7]), extra={"a": np.float32(1.5)})
+    )
+    assert set(arrays) == {"indices", "method", "labeled", "extra"}  # None skipped
+    assert str(arrays["method"]) == "usl" and arrays["labeled"].tolist() == [5, 7]
+    assert json.loads(str(arrays["extra"])) == {"a": 1.5}
+    assert all(a.dtype.kind != "O" for a in arrays.values())
+
+
+def test_save_info_needs_method_usl(
+    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["select", npy, "-m", M, "-o", tmp_path / "p.npy", "--method", "random"]
+    code, _, err = run_cli(argv + ["--save-info", tmp_path / "i.npz"], capsys)
+    assert code == 2 and "--save-info" in err and "--method usl" in err
+    assert not (tmp_path / "p.npy").exists()
+
+
+# ---------------------------------------------------------- 6. fixmatch path errors
+
+
+@pytest.mark.parametrize("option", ["--resume", "--labeled"])
+def test_fixmatch_missing_file_names_the_option(
+    tmp_path: Path, option: str, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    missing = tmp_path / "missing.pt"
+    argv = ["fixmatch", "--dataset", "digits", option, missing, "--out", tmp_path / "run"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and err.startswith("usl-fast: error: ")
+    assert option in err and str(missing) in err and "no such file" in err
+    assert "Errno" not in err and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------ 2. demo without torch
+
+
+def test_demo_without_torch_says_uslt_was_skipped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("sklearn")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    code, out, err = run_cli(["demo", "--seeds", 1, "--budgets", 10], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("USL / random picks") and "USL-T" not in lines[0]
+    (note,) = [line for line in lines if "USL-T" in line]
+    assert "skipped" in note and "PyTorch is not installed" in note
+    assert "pip install torch==2.13.0" in note and "usl_fast[torch]" in note
+    assert not re.search(r"\| uslt", out)
+    # asking for it explicitly is an error naming the option, before any work
+    code, out, err = run_cli(["demo", "--seeds", 1, "--methods", "uslt"], capsys)
+    assert code == 2 and "--methods uslt" in err and "pip install torch==2.13.0" in err
+
+
+def test_demo_header_names_the_methods_run(capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("sklearn")
+    code, out, err = run_cli(["demo", "--seeds", 1, "--budgets", 10, "--methods", "random"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("random picks on scikit-learn digits")
+    assert "skipped" not in out
+
+
+# -------------------------------------------------------------- 9. progress bars
+
+
+def test_engine_bar_starts_with_total_percentage_and_unit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buf = io.StringIO()
+    made = tqdm_to(buf, monkeypatch)
+
+    def engine(ctl: np.ndarray) -> str:
+        ctl[0] = 2  # work counted before the total is known must not show as "2it"
+        time.sleep(0.15)
+        ctl[1] = 6
+        for _ in range(4):
+            time.sleep(0.05)
+            ctl[0] += 1
+        return "done"
+
+    assert _progress.run(engine, desc="kNN", unit="tile", progress=True) == "done"
+    assert len(made) == 1 and made[0]["total"] == 6 and made[0]["unit"].strip() == "tiles"
+    shown = frames(buf)
+    assert shown[0].startswith("kNN:   0%") and "0/6 tiles" in shown[0]
+    assert shown[-1].startswith("kNN: 100%") and "6/6 tiles" in shown[-1]
+    assert not any(re.search(r"\d+(it|tile)\b", f) for f in shown)
+
+
+def test_engine_bar_never_ends_past_its_total(monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.StringIO()
+    tqdm_to(buf, monkeypatch)
+
+    def engine(ctl: np.ndarray) -> None:
+        ctl[1], ctl[0] = 3, 5  # an engine that counts more than it announced
+
+    _progress.run(engine, desc="x", progress=True)
+    assert "5/5 tiles" in frames(buf)[-1] and "100%" in frames(buf)[-1]
+
+
+def test_knn_bar_shows_total_from_its_first_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.StringIO()
+    made = tqdm_to(buf, monkeypatch)
+    x = np.random.default_rng(1).standard_normal((700, 8)).astype(np.float32)
+    usl_fast.knn(x, 5, progress=True)
+    assert made and made[0]["total"] > 0
+    first, last = frames(buf)[0], frames(buf)[-1]
+    assert re.search(r"0/\d+ tiles", first), first
+    total = made[0]["total"]
+    assert "100%" in last and re.search(r"(\d+)/\1 tiles", last), last
+    assert total <= int(re.search(r"/(\d+) tiles", last).group(1))
+
+
+# ------------------------------------------------------------------ 10. USL-T bar
+
+
+def test_uslt_bar_names_its_figures_and_pluralises(
+    monkeypatch: pytest.MonkeyPatch, feats: np.ndarray
+) -> None:
+    uslt = pytest.importorskip("usl_fast.uslt")
+    for epochs, unit in [(1, "1/1 epoch "), (2, "2/2 epochs ")]:
+        buf = io.StringIO()
+        tqdm_to(buf, monkeypatch)
+        uslt.USLT(6, epochs=epochs, batch_size=64, n_neighbors=10, progress=True).fit(feats)
+        bars = [f for f in frames(buf) if f.startswith("USL-T training")]
+        last = bars[-1]
+        assert unit in last, last
+        assert re.search(r"loss \d+\.\d{3}, \d+% confident \(p > 0\.95\), clusters used \d/6", last)
+        assert "conf=" not in last and "used=" not in last
+    doc = uslt.USLT.__doc__
+    assert "confident" in doc and "clusters used" in doc
+
+
+def test_uslt_summary_pluralises_epochs(
+    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("usl_fast.uslt")
+    argv = ["select", npy, "-m", 6, "-o", tmp_path / "p.npy", "--method", "uslt"]
+    argv += ["--epochs", 1, "--batch-size", 64, "--n-neighbors", 10, "--no-progress"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "USL-T 1 epoch," in out
+
+
+# --------------------------------------------------- 11. README's FixMatch on digits
+
+
+def readme_digits_lines() -> List[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    (block,) = [b for b in blocks if "--dataset digits" in b]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_fixmatch_digits_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    lines = readme_digits_lines()
+    assert [shlex.split(line)[0] for line in lines] == ["python", "usl-fast", "usl-fast"]
+    for line in lines:
+        argv = shlex.split(line)
+        if argv[0] == "python":
+            assert argv[1] == "-c"
+            exec(compile(argv[2], "README.md", "exec"), {})
+            continue
+        assert argv[0] == "usl-fast"
+        tiny = ["--no-progress"]  # and, for FixMatch, a few small steps
+        if argv[1] == "fixmatch":
+            tiny += ["--steps", "2", "--eval-every", "2", "--batch-size", "4", "--mu", "2"]
+        code, out, err = run_cli(argv[1:] + tiny, capsys)
+        assert code == 0, (line, err)
+    assert "40 labeled of 1347" in out and "final test accuracy" in out
+    from usl_fast.demo import digits_train_features
+
+    np.testing.assert_array_equal(np.load("digits_train.npy"), digits_train_features())
+
+
+def test_fixmatch_out_of_range_picks_say_which_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    picks = tmp_path / "p.npy"
+    np.save(picks, np.array([1, 1500]))  # an index into all 1,797 digits
+    argv = ["fixmatch", "--dataset", "digits", "--labeled", picks, "--out", tmp_path / "r"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "--labeled" in err and "[0, 1347)" in err
+    assert "digits_train_features" in err
