@@ -7,17 +7,28 @@ report test accuracy on the 450 held-out images and the classes the picks cover.
     python benchmarks/quality/digits_fixmatch.py --budgets 10 --seeds 1 --steps 50  # smoke
 
 Methods (selection sees only the training images' features, never labels, except
-"stratified"):
-  random      usl_fast.random_select (the authors' baseline)
+"stratified"); settings fixed before any comparison was run:
+  random      usl_fast.RandomSelect (the authors' baseline)
   stratified  m / 10 random images of each class - CHEATS: it reads the labels; an
               upper-bound-ish reference, not a selection method
   usl         usl_fast.select, CIFAR-10 preset with k = 20 (as the demo)
   uslt        usl_fast.uslt.USLT(n_clusters=m) defaults
-  kcenter     k-center greedy (farthest-first traversal from a seeded random start)
+  kcenter     usl_fast.KCenterGreedy (farthest-first from a seeded random start)
+  typiclust   usl_fast.TypiClust defaults (the authors': k = 20, clusters > 5 points, cap 500)
+  probcover   usl_fast.ProbCover(delta=None, n_classes=10): delta by the paper's purity rule
+              (alpha = 0.95 on 10 k-means pseudo-labels)
+Second round (`--round2`, default on): the same methods pick 20, then 20 more with
+labeled= the first 20 (stratified and random: two draws of the same rule); FixMatch trains
+on the 40, reported beside the one-shot 40.
+Each configuration also gets a label-spreading score (scikit-learn LabelSpreading, kNN
+kernel, 10 neighbours, alpha 0.2, on the selection features): accuracy on the training
+images that were not picked - a cheap, training-free view of the same picks.
 Features for selection: standardise -> PCA(32) -> L2-normalise, fitted on the training
 images (the demo's stand-in for a self-supervised encoder). The seed drives the selection
 (k-means init, random draw, USL-T, k-center start) AND FixMatch's init and batches, so each
 (method, budget, seed) is one independent run. Writes benchmarks/results/quality_digits.{md,json}.
+With --extend, runs of an earlier .json are kept only if the current code picks exactly the
+same indices for them (checked, so a kept row is what this code would produce).
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-METHODS = ("random", "stratified", "usl", "uslt", "kcenter")
+METHODS = ("random", "stratified", "usl", "uslt", "kcenter", "typiclust", "probcover")
 RESULTS = pathlib.Path(__file__).resolve().parent.parent / "results"
 
 
@@ -49,19 +60,6 @@ def features(train_x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def kcenter_greedy(x: np.ndarray, m: int, seed: int) -> np.ndarray:
-    """Farthest-first traversal: a seeded random first point, then repeatedly the point
-    farthest (squared L2) from everything picked so far; ties to the lower index."""
-    rng = np.random.default_rng(seed)
-    picks = [int(rng.integers(len(x)))]
-    d = ((x - x[picks[0]]) ** 2).sum(1, dtype=np.float64)
-    for _ in range(m - 1):
-        i = int(np.argmax(d))
-        picks.append(i)
-        d = np.minimum(d, ((x - x[i]) ** 2).sum(1, dtype=np.float64))
-    return np.asarray(picks, dtype=np.int64)
-
-
 def stratified(y: np.ndarray, m: int, seed: int, classes: int = 10) -> np.ndarray:
     """m // classes random images per class, the remainder to the lowest classes (uses labels)."""
     rng = np.random.default_rng(seed)
@@ -70,22 +68,51 @@ def stratified(y: np.ndarray, m: int, seed: int, classes: int = 10) -> np.ndarra
     return np.concatenate(out).astype(np.int64)
 
 
-def select(method: str, x: np.ndarray, y: np.ndarray, m: int, seed: int) -> np.ndarray:
+def select(
+    method: str, x: np.ndarray, y: np.ndarray, m: int, seed: int, labeled: Any = None
+) -> np.ndarray:
     import usl_fast
 
-    if method == "random":
-        return np.asarray(usl_fast.random_select(len(x), m, seed=seed))
     if method == "stratified":
-        return stratified(y, m, seed)
+        if labeled is None:
+            return stratified(y, m, seed)
+        # a second draw of the same rule among the images not labeled yet
+        pool = np.setdiff1d(np.arange(len(y)), labeled)
+        return pool[stratified(y[pool], m, seed + 1000)]
+    kw: Dict[str, Any] = dict(seed=seed, threads=1, labeled=labeled)
     if method == "usl":
-        return np.asarray(usl_fast.select(x, m, defaults="cifar10", k=20, seed=seed, threads=1))
-    if method == "uslt":
-        from usl_fast.uslt import USLT
+        kw.update(defaults="cifar10", k=20)
+    elif method == "probcover":
+        kw.update(delta=None, n_classes=10)
+    elif method == "random":
+        kw.pop("threads")
+    return np.asarray(usl_fast.select(x, m, method=method, **kw))
 
-        return np.asarray(USLT(n_clusters=m, seed=seed, threads=1).fit(x).indices_)
-    if method == "kcenter":
-        return kcenter_greedy(x, m, seed)
-    raise ValueError(f"unknown method {method!r}")
+
+def picks_for(job: Dict[str, Any], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The job's picks: m at once, or (round2) m/2 then m/2 more with labeled=."""
+    if not job.get("round2"):
+        return select(job["method"], x, y, job["m"], job["seed"])
+    first = select(job["method"], x, y, job["m"] // 2, job["seed"])
+    second = select(job["method"], x, y, job["m"] - first.size, job["seed"], labeled=first)
+    assert not np.isin(second, first).any()
+    return np.concatenate([first, second])
+
+
+def label_spreading(x: np.ndarray, y: np.ndarray, picks: np.ndarray) -> float:
+    """Accuracy of scikit-learn's LabelSpreading (kNN kernel, 10 neighbours, alpha 0.2)
+    from the picks' labels, on the training images not picked."""
+    from sklearn.semi_supervised import LabelSpreading
+
+    yy = np.full(len(y), -1)
+    yy[picks] = y[picks]
+    ls = LabelSpreading(kernel="knn", n_neighbors=10, alpha=0.2, max_iter=1000).fit(x, yy)
+    rest = np.setdiff1d(np.arange(len(y)), picks)
+    return float((ls.transduction_[rest] == y[rest]).mean())
+
+
+def _key(r: Dict[str, Any]) -> Tuple[str, int, int, bool]:
+    return (r["method"], r["m"], r["seed"], bool(r.get("round2", False)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,8 +136,9 @@ def one_run(job: Dict[str, Any]) -> Dict[str, Any]:
 
     data, x, y = _prepared()
     t0 = time.perf_counter()
-    picks = select(job["method"], x, y, job["m"], job["seed"])
+    picks = picks_for(job, x, y)
     t_sel = time.perf_counter() - t0
+    spread = label_spreading(x, y, picks)
     assert len(picks) == job["m"] and np.unique(picks).size == job["m"]
     cfg = replace(PRESETS["digits"], seed=job["seed"])
     if job.get("steps"):
@@ -121,6 +149,7 @@ def one_run(job: Dict[str, Any]) -> Dict[str, Any]:
     return dict(
         job,
         coverage=int(np.unique(y[picks]).size),
+        label_spreading=spread,
         accuracy=hist.test_acc[-1],
         raw_accuracy=hist.raw_test_acc[-1],
         mask_rate=hist.mask_rate[-1],
@@ -146,18 +175,31 @@ class _Inline:
 
 def table(rows: List[Dict[str, Any]], budgets: Sequence[int], methods: Sequence[str]) -> List[str]:
     out = [
-        "| budget | method | classes covered (of 10) | FixMatch test accuracy (EMA) |",
-        "| ---: | --- | ---: | ---: |",
+        "| budget | method | classes covered (of 10) | label spreading accuracy | "
+        "FixMatch test accuracy (EMA) |",
+        "| ---: | --- | ---: | ---: | ---: |",
     ]
-    for m in budgets:
+    groups = [(m, False) for m in budgets]
+    if any(r.get("round2") for r in rows):
+        groups.append((max(r["m"] for r in rows if r.get("round2")), True))
+    for m, r2 in groups:
         for meth in methods:
-            rs = [r for r in rows if r["m"] == m and r["method"] == meth]
+            rs = [
+                r
+                for r in rows
+                if r["m"] == m and r["method"] == meth and bool(r.get("round2")) == r2
+            ]
             if not rs:
                 continue
             acc = np.array([r["accuracy"] for r in rs]) * 100
             cov = np.mean([r["coverage"] for r in rs])
+            ls = np.array([r["label_spreading"] for r in rs]) * 100
             name = "stratified (uses labels)" if meth == "stratified" else meth
-            out.append(f"| {m} | {name} | {cov:.1f} | {acc.mean():.1f}% +- {acc.std():.1f}% |")
+            budget = f"{m // 2} + {m - m // 2}" if r2 else str(m)
+            out.append(
+                f"| {budget} | {name} | {cov:.1f} | {ls.mean():.1f}% +- {ls.std():.1f}% | "
+                f"{acc.mean():.1f}% +- {acc.std():.1f}% |"
+            )
     return out
 
 
@@ -169,6 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="FixMatch steps [preset: 2000]")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument(
+        "--round2",
+        type=int,
+        default=40,
+        help="total budget of the two-round runs (half, then half more with labeled=); 0: none",
+    )
+    ap.add_argument(
         "--out", default=str(RESULTS / "quality_digits"), help="output stem (.md/.json)"
     )
     ap.add_argument(
@@ -179,22 +227,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     jobs = [
-        dict(method=meth, m=m, seed=s, steps=args.steps)
+        dict(method=meth, m=m, seed=s, steps=args.steps, round2=False)
         for m in args.budgets
         for s in range(args.seeds)
         for meth in args.methods
     ]
+    if args.round2:
+        jobs += [
+            dict(method=meth, m=args.round2, seed=s, steps=args.steps, round2=True)
+            for s in range(args.seeds)
+            for meth in args.methods
+        ]
     rows: List[Dict[str, Any]] = []
     previous_elapsed = 0.0
     if args.extend:
         prev = json.loads(pathlib.Path(args.extend).read_text())
-        have = {(r["method"], r["m"], r["seed"]) for r in prev["runs"]}
-        rows = [
-            r
-            for r in prev["runs"]
-            if (r["method"], r["m"], r["seed"]) in {(j["method"], j["m"], j["seed"]) for j in jobs}
-        ]
-        jobs = [j for j in jobs if (j["method"], j["m"], j["seed"]) not in have]
+        wanted = {_key(j) for j in jobs}
+        _, x, y = _prepared()
+        for r in prev["runs"]:
+            if _key(r) not in wanted:
+                continue
+            picks = picks_for(r, x, y)
+            if not np.array_equal(picks, np.asarray(r["picks"])):
+                print(f"not kept (the current code picks differently): {_key(r)}", flush=True)
+                continue
+            if "label_spreading" not in r:
+                r["label_spreading"] = label_spreading(x, y, picks)
+            r.setdefault("round2", False)
+            rows.append(r)
+        have = {_key(r) for r in rows}
+        jobs = [j for j in jobs if _key(j) not in have]
         previous_elapsed = float(prev.get("elapsed_s", 0.0))
         print(f"kept {len(rows)} runs of {args.extend}; {len(jobs)} to run", flush=True)
     t0 = time.perf_counter()
@@ -202,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in pool.map(one_run, jobs):
             rows.append(r)
             print(
-                f"m={r['m']:>3} seed={r['seed']} {r['method']:<10} classes {r['coverage']:>2} "
+                f"m={r['m']:>3}{'r2' if r['round2'] else '  '} seed={r['seed']} {r['method']:<10} "
+                f"classes {r['coverage']:>2} spread {100 * r['label_spreading']:5.1f}% "
                 f"acc {100 * r['accuracy']:5.1f}% (raw {100 * r['raw_accuracy']:5.1f}%) "
                 f"mask {r['mask_rate']:.2f} select {r['select_s']:.1f} s train {r['train_s']:.1f} s",
                 flush=True,
@@ -216,13 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Command: `python benchmarks/quality/digits_fixmatch.py "
         f"--budgets {' '.join(map(str, args.budgets))} --seeds {args.seeds}"
         + (f" --steps {args.steps}" if args.steps else "")
+        + (f" --round2 {args.round2}" if args.round2 != 40 else "")
         + "`"
         + (f", finished with `--extend {args.extend}`" if args.extend else "")
         + f" ({elapsed / 60:.1f} min in all, {args.workers} worker process(es), one torch "
         "thread each).",
         f"FixMatch: usl_fast.ssl.PRESETS['digits'] ({steps} steps), test accuracy of the EMA "
-        "model on the 450 held-out images after the last step; mean +- std over seeds "
-        f"0-{args.seeds - 1}.",
+        "model on the 450 held-out images after the last step; label spreading: accuracy on "
+        "the training images not picked; mean +- std over seeds "
+        f"0-{args.seeds - 1}. Rows '20 + 20': 20 picks, then 20 more with labeled= the first.",
         "",
     ]
     text = "\n".join(head + lines) + "\n"
