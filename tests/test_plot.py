@@ -105,6 +105,17 @@ def test_log_axis_when_densities_span_decades(data):
     assert fig.axes[1].get_xscale() == "linear"
 
 
+def test_many_picks_get_smaller_marks_and_translucent_ticks(data):
+    x, _, _, ids = data
+    few = plot.draw(plot.prepare(x, np.arange(40), labels=ids, density=np.ones(300)))
+    many = plot.draw(plot.prepare(x, np.arange(240), labels=ids, density=np.ones(300)))
+    assert few.axes[0].collections[-1].get_sizes()[0] == 190
+    assert many.axes[0].collections[-1].get_sizes()[0] == pytest.approx(95)  # sqrt(60 / 240)
+    rug = [[ln for ln in f.axes[1].lines if ln.get_marker() == "|"][0] for f in (few, many)]
+    assert rug[0].get_alpha() == 1.0
+    assert rug[1].get_alpha() == pytest.approx(0.25)
+
+
 # --------------------------------------------------------------------------- data preparation
 
 

@@ -316,6 +316,12 @@ def _percentile_of(values: np.ndarray, sorted_all: np.ndarray) -> float:
     )
 
 
+def _rug_alpha(count: int) -> float:
+    """Opaque ticks up to 60 marks; past that, translucent so that overlapping ticks read
+    as shades of the marks' own density instead of one solid bar."""
+    return float(np.clip(60.0 / max(count, 1), 0.08, 1.0))
+
+
 def _ordinal(p: float) -> str:
     q = int(round(p))
     suffix = "th" if 10 <= q % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(q % 10, "th")
@@ -344,6 +350,8 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
 
     # --- left: projection ---
     size = float(np.clip(20000.0 / max(r, 1), 3.0, 14.0))
+    # marks shrink past 60 of them so that thousands of picks do not hide the map
+    shrink = min(1.0, float(np.sqrt(60.0 / (n_p + n_l))))
     ax.scatter(
         data.xy[:, 0],
         data.xy[:, 1],
@@ -360,10 +368,10 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
             data.xy[pos, 0],
             data.xy[pos, 1],
             marker="s",
-            s=70,
+            s=max(12.0, 70.0 * shrink),
             facecolors="none",
             edgecolors=LABELED_COLOUR,
-            linewidths=1.4,
+            linewidths=1.4 if shrink == 1.0 else 0.8,
             zorder=2,
         )
     pos = data.pick_pos
@@ -371,16 +379,16 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
         data.xy[pos, 0],
         data.xy[pos, 1],
         marker="*",
-        s=190,
+        s=max(25.0, 190.0 * shrink),
         c=colours[data.colour[pos]],
         edgecolors="black",
-        linewidths=0.9,
+        linewidths=0.9 if shrink == 1.0 else 0.4,
         zorder=3,
     )
     grouping = (
-        f"given labels ({data.n_clusters} distinct)"
+        f"given labels ({data.n_clusters:,} distinct)"
         if data.labels_given
-        else f"k-means cluster (K={data.n_clusters})"
+        else f"k-means cluster (K={data.n_clusters:,})"
     )
     if data.projection == "pca":
         e = data.explained * 100
@@ -397,7 +405,7 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
     points = f"random {r:,} of {n:,} points" if data.subsampled else f"points ({n:,})"
     handles = [
         Line2D([], [], ls="", marker="o", ms=5, mfc="0.55", mec="none", alpha=0.7, label=points),
-        Line2D([], [], ls="", marker="*", ms=13, mfc="0.85", mec="black", label=f"picks ({n_p})"),
+        Line2D([], [], ls="", marker="*", ms=13, mfc="0.85", mec="black", label=f"picks ({n_p:,})"),
     ]
     if n_l:
         extra = f"; {both} also picked" if both else ""
@@ -411,7 +419,7 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
                 mfc="none",
                 mec=LABELED_COLOUR,
                 mew=1.4,
-                label=f"labeled earlier ({n_l}{extra})",
+                label=f"labeled earlier ({n_l:,}{extra})",
             )
         )
     ax.legend(
@@ -451,11 +459,12 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
     # rugs below zero, picks above the labeled ones
     rug_p, rug_l = -0.06 * top, -0.15 * top
     pd = dens[data.picks]
-    hx.plot(pd, np.full(pd.size, rug_p), ls="", marker="|", ms=14, mew=1.4, color="black", zorder=3)
+    hx.plot(pd, np.full(pd.size, rug_p), ls="", marker="|", ms=14, mew=1.4, color="black",
+            alpha=_rug_alpha(n_p), zorder=3)  # fmt: skip
     pct = _ordinal(_percentile_of(pd, sorted_all))
     hist_handles.append(
         Line2D([], [], ls="", marker="|", ms=12, mew=1.4, color="black",
-               label=f"picks ({n_p}): median at the {pct} percentile")
+               label=f"picks ({n_p:,}): median at the {pct} percentile")
     )  # fmt: skip
     if n_l:
         ld = dens[data.labeled]
@@ -467,12 +476,13 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
             ms=14,
             mew=1.4,
             color=LABELED_COLOUR,
+            alpha=_rug_alpha(n_l),
             zorder=3,
         )
         pct = _ordinal(_percentile_of(ld, sorted_all))
         hist_handles.append(
             Line2D([], [], ls="", marker="|", ms=12, mew=1.4, color=LABELED_COLOUR,
-                   label=f"labeled earlier ({n_l}): median at the {pct} percentile")
+                   label=f"labeled earlier ({n_l:,}): median at the {pct} percentile")
         )  # fmt: skip
     hx.axhline(0, color="0.3", lw=0.8, zorder=2)
     hx.set_ylim(-0.22 * top if n_l else -0.12 * top, top * 1.08)
@@ -507,7 +517,7 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
     hx.tick_params(labelsize=8)
 
     if title is None:
-        title = f"USL picks: {n_p} new" + (f", {n_l} labeled earlier" if n_l else "")
+        title = f"USL picks: {n_p:,} new" + (f", {n_l:,} labeled earlier" if n_l else "")
         title += f", among {n:,} points"
     fig.suptitle(title, fontsize=13)
     return fig
