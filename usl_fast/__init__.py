@@ -33,6 +33,7 @@ from ._pipeline import (
     regularized_select,
     select,
 )
+from .plot import plot_picks  # matplotlib is imported only when a figure is drawn
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "Selector",
     "METHODS",
     "probcover_delta",
+    "plot_picks",
     "regularized_select",
     "random_select",
     "knn",
