@@ -249,13 +249,19 @@ def test_save_info_saves_fields_added_later() -> None:
     assert all(a.dtype.kind != "O" for a in arrays.values())
 
 
-def test_save_info_needs_method_usl(
-    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
+def test_save_info_for_another_method(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
 ) -> None:
-    argv = ["select", npy, "-m", M, "-o", tmp_path / "p.npy", "--method", "random"]
-    code, _, err = run_cli(argv + ["--save-info", tmp_path / "i.npz"], capsys)
-    assert code == 2 and "--save-info" in err and "--method usl" in err
-    assert not (tmp_path / "p.npy").exists()
+    info = tmp_path / "i.npz"
+    argv = ["select", npy, "-m", M, "-o", tmp_path / "p.npy", "--method", "kcenter", "--seed", 3]
+    code, _, err = run_cli(argv + ["--save-info", info, "--no-progress"], capsys)
+    assert code == 0, err
+    want = usl_fast.select(feats, M, method="kcenter", seed=3, return_info=True)
+    with np.load(info, allow_pickle=False) as z:
+        assert str(z["method"]) == "kcenter"
+        np.testing.assert_array_equal(z["indices"], want.indices)
+        np.testing.assert_array_equal(z["scores"], want.scores)
+        assert ("labels" in z.files) == (want.labels is not None)
 
 
 # ---------------------------------------------------------- 6. fixmatch path errors
@@ -374,17 +380,6 @@ def test_uslt_bar_names_its_figures_and_pluralises(
     assert "confident" in doc and "clusters used" in doc
 
 
-def test_uslt_summary_pluralises_epochs(
-    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
-) -> None:
-    pytest.importorskip("usl_fast.uslt")
-    argv = ["select", npy, "-m", 6, "-o", tmp_path / "p.npy", "--method", "uslt"]
-    argv += ["--epochs", 1, "--batch-size", 64, "--n-neighbors", 10, "--no-progress"]
-    code, out, err = run_cli(argv, capsys)
-    assert code == 0, err
-    assert "USL-T 1 epoch," in out
-
-
 # --------------------------------------------------- 11. README's FixMatch on digits
 
 
@@ -431,3 +426,177 @@ def test_fixmatch_out_of_range_picks_say_which_split(
     code, _, err = run_cli(argv, capsys)
     assert code == 2 and "--labeled" in err and "[0, 1347)" in err
     assert "digits_train_features" in err
+
+
+# ---------------------------------------------- 13. --method, --labeled, usl-fast plot
+
+
+def test_method_choices_are_the_methods_select_accepts() -> None:
+    choices = cli.method_choices()
+    assert choices[0] == "usl" and set(usl_fast.METHODS) <= set(choices)
+    doc = re.search(r"method : \{([^}]*)\}", usl_fast.select.__doc__).group(1)
+    assert set(re.findall(r'"([a-z]+)"', doc)) == set(choices)
+    (method,) = [a for a in subcommands()["select"]._actions if a.dest == "method"]
+    assert tuple(method.choices) == choices
+
+
+@pytest.mark.parametrize(
+    "method, opts, kw",
+    [
+        ("typiclust", ["--max-clusters", 50], dict(max_clusters=50)),
+        ("probcover", ["--delta", 0.5], dict(delta=0.5)),
+        ("kcenter", [], {}),
+        ("random", [], {}),
+        (
+            "uslt",
+            ["--epochs", 2, "--batch-size", 64, "--n-neighbors", 10],
+            dict(epochs=2, batch_size=64, n_neighbors=10),
+        ),
+    ],
+)
+def test_method_and_labeled_equal_the_library(
+    tmp_path: Path,
+    npy: Path,
+    feats: np.ndarray,
+    method: str,
+    opts: List[Any],
+    kw: Dict[str, Any],
+    capsys: pytest.CaptureFixture,
+) -> None:
+    if method == "uslt":
+        pytest.importorskip("torch")
+    base = ["select", npy, "-m", M, "--method", method, "--seed", 1, "--no-progress", *opts]
+    first = tmp_path / "first.txt"
+    code, _, err = run_cli(base + ["-o", first], capsys)
+    assert code == 0, err
+    want = usl_fast.select(feats, M, method=method, seed=1, **kw)
+    np.testing.assert_array_equal(np.loadtxt(first, dtype=np.int64), want)
+    # a second round from the first round's .txt
+    second = tmp_path / "second.npy"
+    code, out, err = run_cli(base + ["-o", second, "--labeled", first], capsys)
+    assert code == 0, err
+    want2 = usl_fast.select(feats, M, method=method, seed=1, labeled=want, **kw)
+    np.testing.assert_array_equal(np.load(second), want2)
+    assert not set(np.load(second).tolist()) & set(want.tolist())
+    assert f"{M} labeled before" in out
+
+
+def test_usl_later_round_equals_the_library(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    lab = tmp_path / "lab.npy"
+    np.save(lab, np.array([3, 50, 120]))
+    out = tmp_path / "p.npy"
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", out, "--labeled", lab, *FAST], capsys)
+    assert code == 0, err
+    want = usl_fast.select(feats, M, labeled=np.array([3, 50, 120]), **FAST_KW)
+    np.testing.assert_array_equal(np.load(out), want)
+
+
+@pytest.mark.parametrize(
+    "method, option", [("typiclust", "-k"), ("probcover", "--alpha"), ("uslt", "--n-clusters")]
+)
+def test_options_select_keeps_for_usl_are_refused_for_other_methods(
+    tmp_path: Path, method: str, option: str, capsys: pytest.CaptureFixture
+) -> None:
+    if method == "uslt":
+        pytest.importorskip("torch")
+    # usl_fast.select binds k / alpha / n_clusters to USL, so it cannot forward them to
+    # TypiClust / ProbCover / USLT: an error naming the option, before FEATURES is read.
+    argv = ["select", tmp_path / "missing.npy", "-m", M, "-o", tmp_path / "p.npy"]
+    code, _, err = run_cli(argv + ["--method", method, option, 3], capsys)
+    assert code == 2 and f"{option} cannot be used with --method {method}" in err, err
+    assert "FEATURES" not in err
+
+
+def test_options_a_method_does_not_take_are_reported(
+    tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["select", npy, "-m", M, "-o", tmp_path / "p.npy", "--method", "kcenter"]
+    code, _, err = run_cli(argv + ["--rounds", 3, "--delta", 0.5, "--defaults", "cifar100"], capsys)
+    assert code == 0, err
+    assert "--method kcenter ignores --rounds, --delta, --defaults" in err
+
+
+@pytest.mark.parametrize(
+    "content, text",
+    [
+        (None, "no such file"),
+        (np.array([0, N]), f"[0, {N})"),
+        (np.array([4, 4]), "distinct"),
+        (np.array([[1, 2]]), "1-D"),
+        (np.array([0.5]), "integer"),
+    ],
+)
+def test_labeled_errors_name_the_option(
+    tmp_path: Path, npy: Path, content: Any, text: str, capsys: pytest.CaptureFixture
+) -> None:
+    lab = tmp_path / "lab.npy"
+    if content is not None:
+        np.save(lab, content)
+    out = tmp_path / "p.npy"
+    code, _, err = run_cli(["select", npy, "-m", M, "-o", out, "--labeled", lab, *FAST], capsys)
+    assert code == 2 and "--labeled" in err and text in err, err
+    assert not out.exists()
+
+
+def test_plot_writes_a_png(
+    tmp_path: Path, npy: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    picks, lab, info = tmp_path / "p.npy", tmp_path / "lab.npy", tmp_path / "i.npz"
+    np.save(lab, np.array([1, 2, 3]))
+    code, _, err = run_cli(
+        ["select", npy, "-m", M, "-o", picks, "--save-info", info, *FAST], capsys
+    )
+    assert code == 0, err
+    png = tmp_path / "fig.png"
+    argv = ["plot", npy, picks, "-o", png, "--labeled", lab, "--info", info, "--seed", 2]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(png)
+    assert img.ndim == 3 and img.shape[2] in (3, 4) and min(img.shape[:2]) > 100
+    assert f"wrote {png}" in out
+    # the same figure as the library draws from the same inputs
+    from usl_fast.plot import plot_picks
+
+    ref = tmp_path / "ref.png"
+    res = usl_fast.select(feats, M, return_info=True, **FAST_KW)
+    plot_picks(
+        feats,
+        np.load(picks),
+        labeled=np.array([1, 2, 3]),
+        labels=res.labels,
+        density=res.density,
+        path=ref,
+        seed=2,
+    )
+    assert matplotlib.image.imread(ref).shape == img.shape
+
+
+@pytest.mark.parametrize(
+    "extra, text",
+    [
+        (["-o", "fig.jpg"], ".png, .pdf, .svg"),
+        (["-o", "fig.png", "--projection", "umap"], "--projection"),
+        (["-o", "fig.png", "--labeled", "missing.npy"], "--labeled"),
+        (["-o", "fig.png", "--info", "i.json"], "--info"),
+    ],
+)
+def test_plot_errors_name_the_argument(
+    tmp_path: Path,
+    npy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: List[str],
+    text: str,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "p.npy", np.arange(5))
+    code, _, err = run_cli(["plot", npy, "p.npy", *extra], capsys)
+    assert code == 2 and text in err, err
+    assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.jpg").exists()

@@ -43,17 +43,26 @@ _SELECT_OPTIONS = (
     "mask_zero",
 )
 
-# USL-T options (argparse dest -> usl_fast.uslt.USLT keyword), forwarded when given.
-_USLT_OPTIONS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "n_heads",
-    "n_neighbors",
-    "head",
-    "head_init",
-    "device",
-)
+# Options of the other methods: argparse dest -> keyword of the method's estimator
+# (usl_fast.TypiClust, ProbCover, ..., usl_fast.uslt.USLT). Forwarded when given and the
+# chosen --method takes that keyword; otherwise reported as ignored.
+_METHOD_OPTIONS = {
+    **{o: o for o in _SELECT_OPTIONS},
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "n_heads": "n_heads",
+    "n_neighbors": "n_neighbors",
+    "head": "head",
+    "head_init": "init",
+    "device": "device",
+    "delta": "delta",
+    "n_classes": "n_classes",
+    "max_clusters": "max_clusters",
+    "min_cluster_size": "min_cluster_size",
+    "metric": "metric",
+    "max_edges": "max_edges",
+}
 
 
 class CLIError(Exception):
@@ -429,13 +438,11 @@ def _cmd_select(args: argparse.Namespace) -> int:
     writes_csv = args.csv is not None or args.complement_csv is not None or out_fmt == ".csv"
     if args.image_ids is not None and not writes_csv:
         raise CLIError("--image-ids is only used with --csv / --complement-csv / -o PICKS.csv")
-    if args.save_info is not None and args.method != "usl":
-        raise CLIError(
-            f"--save-info saves usl_fast.select's SelectResult, so it needs --method usl "
-            f"(got --method {args.method})"
-        )
-    inputs = [args.features] + ([args.image_ids] if args.image_ids else [])
+    inputs = [args.features] + [p for p in (args.image_ids, args.labeled) if p is not None]
     _check_outputs([args.output, args.csv, args.complement_csv, args.save_info], args.force, inputs)
+    # The method's parameters (USL-T's need torch) and the labeled file, before any work.
+    kwargs = _method_kwargs(args)
+    labeled = read_indices(args.labeled, "--labeled") if args.labeled is not None else None
 
     feats = load_features(args.features, args.key)
     if args.normalize:
@@ -445,45 +452,39 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if len(shape) != 2:
         raise CLIError(f"features must be 2-D (n_points, dim), got shape {tuple(shape)}")
     n = int(shape[0])
+    if labeled is not None:
+        check_indices(labeled, n, "--labeled", args.labeled)
     # Read the ids before the (possibly long) selection so a wrong file fails at once.
     ids = read_image_ids(args.image_ids, n) if args.image_ids is not None else None
 
-    res: Any = None  # usl_fast.select's SelectResult (--method usl only)
-    if args.method == "random":
-        _note_ignored(args, _SELECT_OPTIONS + _USLT_OPTIONS, "random", defaults=True)
-        picks = usl_fast.random_select(n, args.m, seed=args.seed)
-        summary = f"random baseline, seed {args.seed}"
-    elif args.method == "uslt":
-        picks, summary = _run_uslt(args, feats)
-    else:
-        _note_ignored(args, _USLT_OPTIONS, "usl")
-        kwargs: Dict[str, Any] = {
-            o: getattr(args, o) for o in _SELECT_OPTIONS if getattr(args, o) is not None
-        }
-        # The presets set exactly one horizon; giving the other one replaces it instead
-        # of failing with "give at most one of horizon_dist and horizon_num".
-        if "horizon_num" in kwargs and "horizon_dist" not in kwargs:
-            kwargs["horizon_dist"] = None
-        if "horizon_dist" in kwargs and "horizon_num" not in kwargs:
-            kwargs["horizon_num"] = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         res = usl_fast.select(
-            feats,
+            # USL-T reads numpy (a memory-mapped .npy is read once by its checks)
+            feats if args.method != "uslt" else np.asarray(feats),
             args.m,
-            defaults=args.defaults or "cifar10",
+            method=args.method,
+            labeled=labeled,
             seed=args.seed,
             threads=args.threads,
             progress=not args.no_progress,
             return_info=True,
             **kwargs,
         )
-        picks = np.asarray(res.indices, dtype=np.int64)
-        if res.n_filled:
-            print(
-                f"{PROG}: note: only {args.m - res.n_filled} clusters were non-empty; the last "
-                f"{res.n_filled} picks are the best-scoring remaining points",
-                file=sys.stderr,
-            )
-        summary = ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items())
+    for w in caught:  # e.g. features far from unit norm, clusters left empty
+        print(f"{PROG}: note: {w.message}", file=sys.stderr)
+    picks = np.asarray(res.indices, dtype=np.int64)
+    if res.n_filled:
+        print(
+            f"{PROG}: note: only {args.m - res.n_filled} clusters were non-empty; the last "
+            f"{res.n_filled} picks are the best-scoring remaining points",
+            file=sys.stderr,
+        )
+    summary = ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items())
+    if args.method != "usl":
+        summary = f"--method {args.method}, seed {args.seed}, {summary}"
+    if labeled is not None:
+        summary = f"{labeled.size} labeled before, {summary}"
     summary = f"load {t_load:.2f} s, {summary}"
 
     if args.output is not None:
@@ -499,50 +500,136 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _note_ignored(
-    args: argparse.Namespace, options: Sequence[str], method: str, defaults: bool = False
-) -> None:
-    """Tell (on stderr) which given options the chosen --method does not use."""
-    given = [o for o in options if getattr(args, o, None) is not None]
-    names = ["-k" if o == "k" else "--" + o.replace("_", "-") for o in given]
-    if defaults and args.defaults is not None:
+def method_choices() -> Tuple[str, ...]:
+    """The methods ``usl_fast.select`` accepts: ``usl_fast.METHODS`` plus those its
+    docstring lists for ``method`` (``uslt``, which needs torch, is not in METHODS)."""
+    import re
+
+    import usl_fast
+
+    names = list(getattr(usl_fast, "METHODS", {}))
+    doc = re.search(r"method : \{([^}]*)\}", usl_fast.select.__doc__ or "")
+    if doc:
+        names += re.findall(r'"([a-z0-9_-]+)"', doc.group(1))
+    return tuple(dict.fromkeys(["usl", *names]))  # usl (the default) first, no repeats
+
+
+def _option_name(dest: str) -> str:
+    return "-k" if dest == "k" else "--" + dest.replace("_", "-")
+
+
+def _method_params(method: str) -> Tuple[str, ...]:
+    """Keywords the estimator of ``method`` takes (what select forwards to it)."""
+    import inspect
+
+    import usl_fast
+
+    if method == "uslt":
+        try:
+            from .uslt import USLT
+        except ImportError as exc:
+            raise CLIError(f"--method uslt: {exc}") from exc
+        cls: Any = USLT
+    else:
+        cls = usl_fast.METHODS[method]
+    return tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+
+
+def _method_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """The keywords of ``usl_fast.select`` for ``--method`` from the options given (each
+    forwarded only when given, so the rest keeps the method's or the preset's default);
+    the given options the method does not take are reported on stderr."""
+    given = [o for o in _METHOD_OPTIONS if getattr(args, o, None) is not None]
+    if args.method == "usl":
+        kwargs = {o: getattr(args, o) for o in given if o in _SELECT_OPTIONS}
+        kwargs["defaults"] = args.defaults or "cifar10"
+        # The presets set exactly one horizon; giving the other one replaces it instead
+        # of failing with "give at most one of horizon_dist and horizon_num".
+        if "horizon_num" in kwargs and "horizon_dist" not in kwargs:
+            kwargs["horizon_dist"] = None
+        if "horizon_dist" in kwargs and "horizon_num" not in kwargs:
+            kwargs["horizon_num"] = None
+        ignored = [o for o in given if o not in _SELECT_OPTIONS]
+    else:
+        import inspect
+
+        import usl_fast
+
+        takes = set(_method_params(args.method))
+        # select() binds these names to its own USL parameters, so it cannot hand them to
+        # another method's estimator even where that estimator has a parameter so named
+        # (TypiClust's k, ProbCover's alpha, USLT's n_clusters): refuse, do not drop them.
+        reserved = set(inspect.signature(usl_fast.select).parameters) & set(_SELECT_OPTIONS)
+        blocked = [o for o in given if _METHOD_OPTIONS[o] in takes and o in reserved]
+        if blocked:
+            usable = [o for o, p in _METHOD_OPTIONS.items() if p in takes and o not in reserved]
+            raise CLIError(
+                f"{', '.join(_option_name(o) for o in blocked)} cannot be used with --method "
+                f"{args.method}: usl_fast.select keeps that keyword for USL and does not pass "
+                f"it on to the {args.method} estimator, which uses its default (its options "
+                f"here: {', '.join(_option_name(o) for o in usable) or 'none'}, --seed, "
+                "--threads)"
+            )
+        kwargs = {
+            _METHOD_OPTIONS[o]: getattr(args, o) for o in given if _METHOD_OPTIONS[o] in takes
+        }
+        ignored = [o for o in given if _METHOD_OPTIONS[o] not in takes]
+    names = [_option_name(o) for o in ignored]
+    if args.method != "usl" and args.defaults is not None:
         names.append("--defaults")
     if names:
-        print(f"{PROG}: note: --method {method} ignores {', '.join(names)}", file=sys.stderr)
+        print(f"{PROG}: note: --method {args.method} ignores {', '.join(names)}", file=sys.stderr)
+    return kwargs
 
 
-def _run_uslt(args: argparse.Namespace, feats: Any) -> Tuple[np.ndarray, str]:
-    """USL-T head-only selection for `select --method uslt`: (picks, timing summary)."""
+def read_indices(path: str, option: str) -> np.ndarray:
+    """Point indices from a file in a format ``usl-fast select -o`` writes: ``.npy``
+    (integers), ``.txt`` (one per line) or ``.csv`` (an ``Index`` column first).
+
+    Raises
+    ------
+    CLIError
+        Missing file, another extension, unreadable content, or values that are not
+        integers; the message names ``option`` and ``path``.
+    """
+    _require_file(path, option, "a .npy, .txt or .csv of indices (usl-fast select -o writes them)")
+    fmt = Path(path).suffix.lower()
     try:
-        from .uslt import USLT
-    except ImportError as exc:
-        raise CLIError(str(exc)) from exc
-    _note_ignored(args, [o for o in _SELECT_OPTIONS if o != "n_clusters"], "uslt", defaults=True)
-    kwargs: Dict[str, Any] = {
-        o: getattr(args, o) for o in _USLT_OPTIONS if getattr(args, o) is not None
-    }
-    if "head_init" in kwargs:
-        kwargs["init"] = kwargs.pop("head_init")
-    n_clusters = args.n_clusters if args.n_clusters is not None else args.m
-    # USLT takes numpy (memory-mapped .npy is read once into memory by its checks).
-    model = USLT(
-        n_clusters,
-        m=args.m,
-        seed=args.seed,
-        threads=args.threads,
-        progress=not args.no_progress,
-        **kwargs,
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        model.fit(np.asarray(feats))
-    for w in caught:
-        print(f"{PROG}: note: {w.message}", file=sys.stderr)
-    picks = np.asarray(model.indices_, dtype=np.int64)
-    summary = ", ".join(f"{k} {v:.2f} s" for k, v in model.timings_.items())
-    epochs = f"{model.epochs_} epoch" + ("" if model.epochs_ == 1 else "s")
-    summary = f"USL-T {epochs}, {model.n_nonempty_} clusters non-empty, {summary}"
-    return picks, summary
+        if fmt == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif fmt == ".txt":
+            with open(path, encoding="utf-8") as f:
+                arr = np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+        elif fmt == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.reader(f) if r]
+            if not rows or rows[0][0].strip() != "Index":
+                raise CLIError(f"{option} {path!r}: a .csv needs the header Index[,ImageID]")
+            arr = np.array([int(r[0]) for r in rows[1:]], dtype=np.int64)
+        else:
+            raise CLIError(
+                f"{option} {path!r}: must be a .npy, .txt (one index per line) or .csv "
+                "(Index column) file"
+            )
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read {option} file {path!r}: {exc}") from exc
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise CLIError(
+            f"{option} {path!r} must hold a 1-D array of integer indices "
+            f"(got shape {arr.shape}, dtype {arr.dtype})"
+        )
+    return arr.astype(np.int64)
+
+
+def check_indices(idx: np.ndarray, n: int, option: str, path: str) -> None:
+    """Indices must be distinct and lie in [0, n): a CLIError naming ``option`` if not."""
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise CLIError(
+            f"{option} {path!r}: indices must lie in [0, {n}) for these features "
+            f"(got values in [{idx.min()}, {idx.max()}])"
+        )
+    if np.unique(idx).size != idx.size:
+        raise CLIError(f"{option} {path!r}: indices must be distinct (some repeat)")
 
 
 def _require_file(path: Optional[str], option: str, what: str) -> None:
@@ -643,6 +730,66 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from . import plot
+
+    if Path(args.output).suffix.lower() not in plot.FORMATS:
+        raise CLIError(
+            f"-o/--output {args.output!r}: the extension must be one of {', '.join(plot.FORMATS)}"
+        )
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise CLIError(
+            'usl-fast plot needs matplotlib: pip install "usl_fast[plot]" (or pip install '
+            "matplotlib)"
+        ) from exc
+    if args.projection == "tsne":
+        from .demo import require_sklearn
+
+        try:
+            require_sklearn()
+        except ImportError as exc:
+            raise CLIError(
+                "--projection tsne needs scikit-learn: pip install scikit-learn"
+            ) from exc
+    inputs = [args.features, args.picks] + [p for p in (args.labeled, args.info) if p]
+    _check_outputs([args.output], args.force, inputs)
+    picks = read_indices(args.picks, "PICKS")
+    labeled = read_indices(args.labeled, "--labeled") if args.labeled is not None else None
+    extra: Dict[str, Any] = {}
+    if args.info is not None:
+        _require_suffix(args.info, "--info", ".npz", "written by usl-fast select --save-info")
+        _require_file(args.info, "--info", "written by usl-fast select --save-info")
+        with np.load(args.info, allow_pickle=False) as z:
+            extra = {key: z[key] for key in ("labels", "density") if key in z.files}
+    for opt in ("k", "max_points", "title", "threads"):
+        if getattr(args, opt) is not None:
+            extra[opt] = getattr(args, opt)
+
+    feats = load_features(args.features, args.key)
+    if args.normalize:
+        feats = l2_normalize(feats)
+    n = int(getattr(feats, "shape", (0,))[0])
+    check_indices(picks, n, "PICKS", args.picks)
+    if labeled is not None:
+        check_indices(labeled, n, "--labeled", args.labeled)
+    t0 = time.perf_counter()
+    plot.plot_picks(
+        feats,
+        picks,
+        labeled=labeled,
+        path=args.output,
+        projection=args.projection,
+        seed=args.seed,
+        **extra,
+    )
+    print(
+        f"wrote {args.output} ({picks.size} picks of {n} points, {time.perf_counter() - t0:.2f} s)"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -678,7 +825,9 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``usl-fast`` (subcommands ``select``, ``fixmatch``, ``demo``)."""
-    from . import __version__
+    import inspect
+
+    from . import __version__, plot
 
     parser = _Parser(
         prog=PROG,
@@ -693,8 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
         "select",
         help="choose m instances to label from a feature file",
         description="Choose m instances to label from FEATURES with USL (kNN density, k-means, "
-        "regularized per-cluster arg-max) or the authors' random baseline. Every option not "
-        "given comes from the --defaults preset (see usl_fast.PRESETS).",
+        "regularized per-cluster arg-max) or another --method, optionally as a later round "
+        "(--labeled). Every USL option not given comes from the --defaults preset (see "
+        "usl_fast.PRESETS); the other methods' options default to their estimator's.",
     )
     sp.add_argument(
         "features",
@@ -719,11 +869,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--method",
-        choices=("usl", "uslt", "random"),
+        choices=method_choices(),
         default="usl",
-        help="usl; uslt = USL-T clustering heads trained on the features (needs torch, "
-        "usl_fast.uslt.USLT); or random = usl_fast.random_select (NumPy legacy seed + "
-        "choice) [default: usl]",
+        help="selection method, as usl_fast.select(method=...): usl (USL); typiclust, "
+        "probcover, kcenter (k-center greedy), random (the authors' baseline) and uslt "
+        "(USL-T heads, needs torch) are usl_fast.TypiClust, ProbCover, KCenterGreedy, "
+        "RandomSelect and usl_fast.uslt.USLT [default: usl]",
+    )
+    sp.add_argument(
+        "--labeled",
+        metavar="LABELED",
+        help="indices labeled in earlier rounds (.npy, or .txt / .csv as -o writes them): "
+        "the picks are new ones, and the method accounts for these (usl_fast.select labeled=)",
     )
 
     out = sp.add_argument_group("outputs (at least one of -o / --csv)")
@@ -753,8 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--save-info",
         metavar="INFO.npz",
-        help="also save usl_fast.select's SelectResult (--method usl): picks, cluster labels, "
-        "densities, n_filled, and timings and params as JSON strings",
+        help="also save usl_fast.select's SelectResult: every field that is set (picks, "
+        "cluster labels, densities, scores, ...) as an array, timings and params as JSON",
     )
     out.add_argument("--force", action="store_true", help="overwrite existing output files")
 
@@ -820,8 +977,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads [default: all]")
     g.add_argument("--no-progress", action="store_true", help="hide the per-phase progress bars")
 
+    o = sp.add_argument_group(
+        "TypiClust / ProbCover parameters (--method typiclust / probcover; --seed and "
+        "--threads also apply; see usl_fast.TypiClust, usl_fast.ProbCover) [default: the "
+        "method's own]"
+    )
+    o.add_argument("--delta", type=float, default=None, help="ProbCover ball radius (plain L2)")
+    o.add_argument(
+        "--n-classes",
+        type=int,
+        default=None,
+        help="ProbCover: choose delta by purity from this many k-means classes",
+    )
+    o.add_argument("--max-edges", type=int, default=None, help="ProbCover: most graph edges")
+    o.add_argument(
+        "--max-clusters", type=int, default=None, help="TypiClust: most k-means clusters"
+    )
+    o.add_argument(
+        "--min-cluster-size",
+        type=int,
+        default=None,
+        help="TypiClust: clusters this small or smaller are dropped",
+    )
+    o.add_argument(
+        "--metric",
+        choices=("sqeuclidean", "euclidean"),
+        default=None,
+        help="TypiClust typicality distance",
+    )
+
     t = sp.add_argument_group(
-        "USL-T parameters (--method uslt; --n-clusters, --seed, --threads also apply)"
+        "USL-T parameters (--method uslt, which uses m + len(labeled) clusters; --seed and "
+        "--threads also apply)"
     )
     t.add_argument(
         "--epochs", type=int, default=None, help="[default: >= 100 epochs and >= 600 steps]"
@@ -937,6 +1124,58 @@ def build_parser() -> argparse.ArgumentParser:
         "is skipped and the report says so]",
     )
     dp.set_defaults(func=_cmd_demo)
+    plot_default = {
+        name: p.default for name, p in inspect.signature(plot.plot_picks).parameters.items()
+    }
+    pp = sub.add_parser(
+        "plot",
+        help="draw where the picks lie (needs matplotlib; usl_fast.plot.plot_picks)",
+        description="Draw a selection for a report (usl_fast.plot.plot_picks, docs/plot.md): a "
+        "2-D projection of FEATURES coloured by cluster with PICKS marked, beside the "
+        "histogram of every point's kNN density with the picks' densities marked.",
+    )
+    pp.add_argument("features", metavar="FEATURES", help="the features the picks were made on")
+    pp.add_argument(
+        "picks", metavar="PICKS", help="the picks: .npy, .txt or .csv, as usl-fast select -o writes"
+    )
+    pp.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        required=True,
+        help="the figure; its extension sets the format: .png, .pdf or .svg",
+    )
+    pp.add_argument(
+        "--labeled", metavar="LABELED", help="points labeled earlier, drawn as hollow squares"
+    )
+    pp.add_argument(
+        "--info",
+        metavar="INFO.npz",
+        help="colour by and histogram the selection's own cluster labels and densities, from "
+        "usl-fast select --save-info [default: k-means and density computed here]",
+    )
+    pp.add_argument("--projection", choices=plot.PROJECTIONS, default="pca", help="2-D projection")
+    pp.add_argument("--seed", type=int, default=0, help="k-means, background sample and t-SNE")
+    pp.add_argument(
+        "-k",
+        "--k",
+        dest="k",
+        type=_positive_int,
+        default=None,
+        help=f"kNN size of the computed density [default: {plot_default['k']}]",
+    )
+    pp.add_argument(
+        "--max-points",
+        type=_positive_int,
+        default=None,
+        help=f"most points drawn in the projection [default: {plot_default['max_points']}]",
+    )
+    pp.add_argument("--title", default=None, help="figure title [default: picks among points]")
+    pp.add_argument("--key", help="entry holding the features in a .npz or .pt/.pth dict")
+    pp.add_argument("--normalize", action="store_true", help="L2-normalise rows first")
+    pp.add_argument("--threads", type=_positive_int, default=None, help="[default: all]")
+    pp.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+    pp.set_defaults(func=_cmd_plot)
     # The list shown by --help and by the "required" error: every registered subcommand.
     sub.metavar = "{" + ",".join(sub.choices) + "}"
     return parser
