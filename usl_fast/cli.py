@@ -1,9 +1,12 @@
 """The ``usl-fast`` command line: ``select`` reads a feature file and writes the picks
-(``.npy`` and/or the reference's ``Index,ImageID`` CSVs); ``demo`` runs the bundled
-scikit-learn digits comparison of USL against random picks (see ``usl_fast.demo``).
+(``.npy``, ``.txt`` and/or the reference's ``Index,ImageID`` CSVs) with any method of
+``usl_fast.select``; ``fixmatch`` trains the reference FixMatch on them; ``plot`` draws
+them (``usl_fast.plot``); ``demo`` runs the bundled scikit-learn digits comparison
+(``usl_fast.demo``).
 
-Exit status: 0 on success, 2 on any error (printed as ``usl-fast: error: ...``, no
-traceback), 130 when interrupted with Ctrl-C.
+Exit status: 0 on success, 2 on any error, printed on one line with no traceback: a
+command-line error as ``usl-fast select: error: ...; see usl-fast select --help``, any
+other as ``usl-fast: error: ...``; 130 when interrupted with Ctrl-C.
 """
 
 from __future__ import annotations
