@@ -1198,9 +1198,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (CLIError, ValueError, TypeError) as exc:
+    except (CLIError, ValueError, TypeError, ImportError) as exc:
         # ValueError/TypeError come from usl_fast's argument checks, whose messages
-        # already name the argument and the value received.
+        # already name the argument and the value received; ImportError from an optional
+        # dependency (torch, matplotlib, scikit-learn), whose message says what to install.
         parser.exit(2, f"{PROG}: error: {exc}\n")
     except OSError as exc:  # disk full, permission denied while writing outputs
         parser.exit(2, f"{PROG}: error: {exc}\n")
