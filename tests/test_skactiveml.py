@@ -58,7 +58,6 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import unit_blobs
 
 import usl_fast
 from usl_fast import ProbCover, TypiClust
@@ -245,8 +244,8 @@ def _replay(x, ours, delta, lab):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_probcover_greedy_equals_skactiveml(seed):
-    x = unit_blobs(300, 16, n_blobs=8, seed=seed)
+def test_probcover_greedy_equals_skactiveml(make_unit_blobs, seed):
+    x = make_unit_blobs(300, 16, n_blobs=8, seed=seed)
     delta = _gap_delta(_pairwise(x), 0.35, 0.40)
     ours = ProbCover(delta=delta, normalize=False).fit(x, 12)
     assert ours.n_random_ == 0
@@ -260,11 +259,11 @@ def test_probcover_greedy_equals_skactiveml(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_probcover_later_round_covers_labeled_balls_first(seed):
+def test_probcover_later_round_covers_labeled_balls_first(make_unit_blobs, seed):
     """Points within delta of a labeled point are covered before the first pick, on both
     sides: our first pick is their best candidate given the labels, and the final coverage
     counts the labeled balls."""
-    x = unit_blobs(300, 16, n_blobs=8, seed=seed)
+    x = make_unit_blobs(300, 16, n_blobs=8, seed=seed)
     delta = _gap_delta(_pairwise(x), 0.35, 0.40)
     lab = np.random.default_rng(seed).choice(300, 10, replace=False)
     ours = ProbCover(delta=delta, normalize=False).fit(x, 10, labeled=lab)
@@ -274,10 +273,10 @@ def test_probcover_later_round_covers_labeled_balls_first(seed):
     assert cov == ours.coverage_
 
 
-def test_probcover_full_coverage_tail():
+def test_probcover_full_coverage_tail(make_unit_blobs):
     """Labels whose balls cover everything: their utilities are all 0 (any candidate), ours
     draws every pick at random (n_random_ = m)."""
-    x = unit_blobs(200, 16, n_blobs=4, seed=3)
+    x = make_unit_blobs(200, 16, n_blobs=4, seed=3)
     delta = float(_pairwise(x).max()) + 0.01  # every ball holds every point
     lab = np.array([0, 1, 2])
     ours = ProbCover(delta=delta, normalize=False).fit(x, 5, labeled=lab)
@@ -313,9 +312,9 @@ def _nearest_other(x, labels):
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("alpha", [0.3, 0.5, 0.8, 0.9, 0.95])
-def test_probcover_delta_equals_skactiveml(seed, alpha):
+def test_probcover_delta_equals_skactiveml(make_unit_blobs, seed, alpha):
     # Blobs that touch: purity falls over the grid, and these alphas stop at 0.2 .. 1.0.
-    x = unit_blobs(301, 8, n_blobs=6, seed=seed, spread=0.1)
+    x = make_unit_blobs(301, 8, n_blobs=6, seed=seed, spread=0.1)
     K = 6
     labels = np.asarray(usl_fast.kmeans(x, K, seed=seed).labels).astype(np.int64)
     other = _nearest_other(x, labels)
@@ -329,8 +328,8 @@ def test_probcover_delta_equals_skactiveml(seed, alpha):
     assert ours == GRID[GRID <= exact].max()
 
 
-def test_probcover_delta_when_no_grid_value_passes():
-    x = unit_blobs(301, 8, n_blobs=6, seed=0, spread=0.1)
+def test_probcover_delta_when_no_grid_value_passes(make_unit_blobs):
+    x = make_unit_blobs(301, 8, n_blobs=6, seed=0, spread=0.1)
     labels = np.asarray(usl_fast.kmeans(x, 6, seed=0).labels).astype(np.int64)
     grid = [1.8, 1.9]
     with pytest.warns(UserWarning, match="maximum purity"):
