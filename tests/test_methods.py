@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import oracles
 import pytest
-from conftest import blobs, unit_blobs, unit_vectors
 
 import usl_fast
 from usl_fast import KCenterGreedy, ProbCover, RandomSelect, TypiClust
@@ -25,8 +24,8 @@ def _params(method):
 
 
 @pytest.mark.parametrize("radius", [0.0, 0.3, 1.1, 4.5])
-def test_range_search_is_the_exact_ball(radius):
-    x = unit_vectors(700, 12, seed=3)
+def test_range_search_is_the_exact_ball(radius, make_unit):
+    x = make_unit(700, 12, seed=3)
     x[5] = x[600]  # a duplicate pair
     off, nbr = usl_fast._dispatch.range_search(x, x, radius, None, False)
     E = oracles.exact_l2(x, x)
@@ -37,8 +36,8 @@ def test_range_search_is_the_exact_ball(radius):
     assert off[-1] == np.count_nonzero(E <= np.float32(radius))
 
 
-def test_range_search_refuses_past_max_edges():
-    x = unit_vectors(300, 8, seed=0)
+def test_range_search_refuses_past_max_edges(make_unit):
+    x = make_unit(300, 8, seed=0)
     with pytest.raises(ValueError, match="max_edges"):
         usl_fast._dispatch.range_search(x, x, 4.0, None, False, max_edges=1000)
     with pytest.raises(ValueError, match="max_edges"):
@@ -57,8 +56,8 @@ def test_strict_ball_boundary():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_kcenter_equals_farthest_first_oracle(seed):
-    x = unit_vectors(400, 10, seed=seed)
+def test_kcenter_equals_farthest_first_oracle(seed, make_unit):
+    x = make_unit(400, 10, seed=seed)
     got = KCenterGreedy(seed=seed).fit(x, 25)
     first = int(np.random.default_rng(seed).integers(400))
     assert np.array_equal(got.indices_, oracles.kcenter_greedy(x, 25, first=first))
@@ -73,8 +72,8 @@ def test_kcenter_equals_farthest_first_oracle(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
-def test_typiclust_equals_authors_rule(seed, metric):
-    x = unit_blobs(500, 8, n_blobs=9, seed=seed)
+def test_typiclust_equals_authors_rule(seed, metric, make_unit_blobs):
+    x = make_unit_blobs(500, 8, n_blobs=9, seed=seed)
     lab = np.random.default_rng(seed).choice(500, 6, replace=False)
     for labeled in (None, lab):
         t = TypiClust(seed=seed, k=7, metric=metric, normalize=False).fit(x, 14, labeled=labeled)
@@ -85,10 +84,10 @@ def test_typiclust_equals_authors_rule(seed, metric):
         assert t.n_clusters_ == 14 + (0 if labeled is None else 6)
 
 
-def test_typiclust_round_robin_small_clusters_and_cap():
+def test_typiclust_round_robin_small_clusters_and_cap(make_unit_blobs):
     # More picks than clusters (cap 3): clusters are revisited in the same order; clusters
     # of <= min_cluster_size points are never visited.
-    x = unit_blobs(200, 6, n_blobs=3, seed=1)
+    x = make_unit_blobs(200, 6, n_blobs=3, seed=1)
     t = TypiClust(max_clusters=3, k=5, normalize=False).fit(x, 10)
     assert t.n_clusters_ == 3
     assert np.array_equal(t.indices_, oracles.typiclust(x, t.labels_, 10, k=5))
@@ -103,9 +102,9 @@ def test_typiclust_round_robin_small_clusters_and_cap():
     assert sizes.sum() == 200
 
 
-def test_typiclust_drops_small_clusters():
+def test_typiclust_drops_small_clusters(make_unit_blobs):
     rng = np.random.default_rng(0)
-    big = unit_blobs(120, 5, n_blobs=2, seed=2)
+    big = make_unit_blobs(120, 5, n_blobs=2, seed=2)
     tiny = (rng.standard_normal((4, 5)) * 0.01 + 5.0).astype(np.float32)  # a far blob of 4
     x = np.vstack([big, tiny])
     t = TypiClust(max_clusters=3, k=5, normalize=False).fit(x, 5)
@@ -118,8 +117,8 @@ def test_typiclust_drops_small_clusters():
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("delta", [0.35, 0.6, 0.9])
-def test_probcover_equals_authors_greedy(seed, delta):
-    x = unit_blobs(300, 6, n_blobs=5, seed=seed, spread=0.2)
+def test_probcover_equals_authors_greedy(seed, delta, make_unit_blobs):
+    x = make_unit_blobs(300, 6, n_blobs=5, seed=seed, spread=0.2)
     lab = np.random.default_rng(seed).choice(300, 4, replace=False)
     for labeled in ((), lab):
         want, n_rand = oracles.probcover(x, 12, delta, labeled)
@@ -132,8 +131,8 @@ def test_probcover_equals_authors_greedy(seed, delta):
         assert np.array_equal(got.scores_, (E < delta * delta).sum(axis=1))
 
 
-def test_probcover_random_tail_after_full_coverage():
-    x = unit_blobs(60, 4, n_blobs=2, seed=0, spread=0.01)
+def test_probcover_random_tail_after_full_coverage(make_unit_blobs):
+    x = make_unit_blobs(60, 4, n_blobs=2, seed=0, spread=0.01)
     got = ProbCover(delta=1.0, seed=3, normalize=False).fit(x, 10)
     greedy, n_rand = oracles.probcover(x, 10, 1.0)
     assert got.coverage_ == 1.0 and n_rand == got.n_random_ > 0
@@ -143,8 +142,8 @@ def test_probcover_random_tail_after_full_coverage():
     assert np.array_equal(got.indices_[greedy.size :], tail)
 
 
-def test_probcover_delta_by_purity():
-    x = unit_blobs(240, 6, n_blobs=4, seed=5, spread=0.25)
+def test_probcover_delta_by_purity(make_unit_blobs):
+    x = make_unit_blobs(240, 6, n_blobs=4, seed=5, spread=0.25)
     lab = usl_fast.kmeans(x, 4, init="k-means++", seed=0).labels
     d = usl_fast.probcover_delta(x, labels=lab, alpha=0.9, normalize=False)
     assert oracles.purity(x, lab, d) >= 0.9
@@ -211,8 +210,8 @@ def _usl_later_round_oracle(x, dens, labels, K, m, fixed, p):
 
 @pytest.mark.parametrize("defaults", ["cifar10", "imagenet-clip"])
 @pytest.mark.parametrize("seed", range(3))
-def test_usl_later_round_equals_rule(defaults, seed):
-    x = unit_vectors(600, 16, seed=seed)
+def test_usl_later_round_equals_rule(defaults, seed, make_unit):
+    x = make_unit(600, 16, seed=seed)
     first = usl_fast.select(x, 20, k=10, defaults=defaults, seed=seed)
     r = usl_fast.select(x, 15, k=10, defaults=defaults, seed=seed, labeled=first, return_info=True)
     K = 35
@@ -224,16 +223,16 @@ def test_usl_later_round_equals_rule(defaults, seed):
     assert not set(r.labels[r.indices].tolist()) & set(r.labels[first].tolist())
 
 
-def test_usl_first_round_unchanged_by_empty_labeled():
-    x = unit_vectors(500, 8, seed=1)
+def test_usl_first_round_unchanged_by_empty_labeled(make_unit):
+    x = make_unit(500, 8, seed=1)
     a = usl_fast.select(x, 30, k=10)
     assert np.array_equal(a, usl_fast.select(x, 30, k=10, labeled=[]))
     assert np.array_equal(a, usl_fast.USL(k=10).fit(x, 30).indices_)
     assert np.array_equal(a, usl_fast.select(x, 30, k=10, method="usl", labeled=None))
 
 
-def test_usl_later_round_fills_when_clusters_run_out():
-    x = unit_vectors(80, 6, seed=2)
+def test_usl_later_round_fills_when_clusters_run_out(make_unit):
+    x = make_unit(80, 6, seed=2)
     first = usl_fast.select(x, 30, k=5)
     # n_clusters = m + 30 would cover at most 30 clusters; force K small so few are free
     r = usl_fast.select(x, 20, k=5, n_clusters=20, labeled=first, return_info=True)
@@ -247,9 +246,9 @@ def test_usl_later_round_fills_when_clusters_run_out():
 
 @pytest.mark.parametrize("method", ALL)
 @pytest.mark.parametrize("seed", range(3))
-def test_labeled_never_returned_nor_repeated(method, seed):
+def test_labeled_never_returned_nor_repeated(method, seed, make_unit_blobs):
     rng = np.random.default_rng(seed)
-    x = unit_blobs(300, 8, n_blobs=6, seed=seed, spread=0.3)
+    x = make_unit_blobs(300, 8, n_blobs=6, seed=seed, spread=0.3)
     x[10:20] = x[0]  # duplicates
     labeled = rng.choice(300, int(rng.integers(1, 60)), replace=False)
     m = int(rng.integers(1, 40))
@@ -265,8 +264,8 @@ def test_labeled_never_returned_nor_repeated(method, seed):
 
 
 @pytest.mark.parametrize("method", ["usl", "typiclust", "kcenter"])
-def test_second_round_covers_new_clusters_first(method):
-    x, truth, _ = blobs(50, 8, 8, seed=4, spread=0.05)
+def test_second_round_covers_new_clusters_first(method, make_blobs):
+    x, truth, _ = make_blobs(50, 8, 8, seed=4, spread=0.05)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     kw = dict(_params(method), **({"kmeans_init": "k-means++"} if method == "usl" else {}))
     first = usl_fast.select(x, 4, method=method, **kw)
@@ -275,8 +274,8 @@ def test_second_round_covers_new_clusters_first(method):
     assert len(set(truth[np.r_[first, second]].tolist())) == 8
 
 
-def test_all_labeled_and_budget_errors():
-    x = unit_vectors(30, 4, seed=0)
+def test_all_labeled_and_budget_errors(make_unit):
+    x = make_unit(30, 4, seed=0)
     with pytest.raises(ValueError, match="nothing left"):
         usl_fast.select(x, 1, labeled=np.arange(30), k=5)
     with pytest.raises(ValueError, match="unlabeled points"):
@@ -289,8 +288,8 @@ def test_all_labeled_and_budget_errors():
         KCenterGreedy().fit(x, 2, labeled=[0.5])
 
 
-def test_select_front_door_errors():
-    x = unit_vectors(50, 4, seed=0)
+def test_select_front_door_errors(make_unit):
+    x = make_unit(50, 4, seed=0)
     with pytest.raises(ValueError, match="method"):
         usl_fast.select(x, 5, method="coreset")
     with pytest.raises(TypeError, match="USL parameter"):
@@ -306,7 +305,7 @@ def test_select_front_door_errors():
 # --------------------------------------------------------------------------- protocol
 
 
-def test_estimator_protocol():
+def test_estimator_protocol(make_unit):
     from sklearn.base import clone
 
     t = TypiClust(seed=3, k=7)
@@ -318,7 +317,7 @@ def test_estimator_protocol():
     assert t.set_params(k=9) is t and t.k == 9
     with pytest.raises(ValueError, match="no parameter 'kk'"):
         t.set_params(kk=1)
-    x = unit_vectors(200, 6, seed=0)
+    x = make_unit(200, 6, seed=0)
     assert t.fit(x, 5) is t
     for name in ("indices_", "labels_", "scores_", "labeled_", "n_features_in_", "timings_"):
         assert hasattr(t, name)
@@ -330,17 +329,17 @@ def test_estimator_protocol():
         ProbCover(delta=-1.0).fit(x, 5)
 
 
-def test_torch_in_torch_out():
+def test_torch_in_torch_out(make_unit):
     torch = pytest.importorskip("torch")
-    x = unit_vectors(200, 6, seed=0)
+    x = make_unit(200, 6, seed=0)
     for method in ALL:
         a = usl_fast.select(x, 5, method=method, **_params(method))
         b = usl_fast.select(torch.from_numpy(x), 5, method=method, **_params(method))
         assert isinstance(b, torch.Tensor) and np.array_equal(a, b.numpy())
 
 
-def test_return_info_for_every_method():
-    x = unit_vectors(200, 6, seed=0)
+def test_return_info_for_every_method(make_unit):
+    x = make_unit(200, 6, seed=0)
     for method in ALL:
         r = usl_fast.select(x, 5, method=method, return_info=True, **_params(method))
         assert r.method == method and r.indices.shape == (5,)
@@ -351,8 +350,8 @@ def test_return_info_for_every_method():
 # --------------------------------------------------------------------------- newcomer fixes
 
 
-def test_normalize_and_far_from_unit_norm_warning():
-    x = unit_vectors(400, 8, seed=0)
+def test_normalize_and_far_from_unit_norm_warning(make_unit):
+    x = make_unit(400, 8, seed=0)
     base = usl_fast.select(x, 20, k=10)
     with pytest.warns(UserWarning, match="normalize=True"):
         big = usl_fast.select(100 * x, 20, k=10)
@@ -365,17 +364,17 @@ def test_normalize_and_far_from_unit_norm_warning():
     assert np.array_equal(np.sort(norm), np.sort(base)) or np.mean(np.isin(norm, base)) > 0.8
 
 
-def test_preset_k_larger_than_n_says_where_it_came_from():
-    x = unit_vectors(100, 4, seed=0)
+def test_preset_k_larger_than_n_says_where_it_came_from(make_unit):
+    x = make_unit(100, 4, seed=0)
     with pytest.raises(ValueError, match=r"k`=400 comes from the defaults='cifar10' preset.*k="):
         usl_fast.select(x, 5)
 
 
-def test_uslt_later_round():
+def test_uslt_later_round(make_unit_blobs):
     pytest.importorskip("torch")
     from usl_fast.uslt import USLT
 
-    x = unit_blobs(300, 8, n_blobs=6, seed=0)
+    x = make_unit_blobs(300, 8, n_blobs=6, seed=0)
     first = usl_fast.select(x, 6, method="uslt", epochs=3, seed=0)
     r = usl_fast.select(x, 6, method="uslt", labeled=first, epochs=3, seed=0, return_info=True)
     assert r.indices.shape == (6,) and not np.isin(r.indices, first).any()
