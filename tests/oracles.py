@@ -500,12 +500,15 @@ def typiclust(
     gone[labeled] = True
     picks = []
     i = 0
-    while len(picks) < m:
+    empty_in_a_row = 0
+    while len(picks) < m and clusters and empty_in_a_row < len(clusters):
         c = clusters[i % len(clusters)]
         i += 1
         rows = np.flatnonzero((lab == c) & ~gone)
         if rows.size == 0:
+            empty_in_a_row += 1
             continue
+        empty_in_a_row = 0
         kk = min(k, rows.size // 2)
         if kk == 0:
             best = rows[0]
@@ -520,6 +523,9 @@ def typiclust(
             best = rows[int(np.argmax(typ))]
         picks.append(int(best))
         gone[best] = True
+    # every kept cluster exhausted (or none kept): the lowest-index points not chosen
+    rest = np.flatnonzero(~gone)
+    picks.extend(int(i) for i in rest[: m - len(picks)])
     return np.asarray(picks, np.int64)
 
 

@@ -391,9 +391,14 @@ class TypiClust(Selector):
         existing = np.bincount(labels[lab], minlength=K)
         kept = np.flatnonzero(counts > self.min_cluster_size)
         if kept.size == 0:
-            raise ValueError(
+            import warnings
+
+            warnings.warn(
                 f"TypiClust: no cluster has more than min_cluster_size={self.min_cluster_size} "
-                f"points (K={K} clusters of {n} points); lower `min_cluster_size`"
+                f"points (K={K} clusters of {n} points), so every pick is a fill pick "
+                "(n_filled_); lower `min_cluster_size` for small data",
+                RuntimeWarning,
+                stacklevel=3,
             )
         order = kept[np.lexsort((kept, -counts[kept], existing[kept]))]
         free = ~_mask(n, lab)
@@ -411,7 +416,7 @@ class TypiClust(Selector):
         try:
             visit = 0
             misses = 0
-            while len(picks) < m:
+            while len(picks) < m and order.size:
                 c = int(order[visit % order.size])
                 visit += 1
                 rows = members[c]
@@ -464,10 +469,12 @@ class TypiClust(Selector):
 
 def _strictly_below(v: float) -> float:
     """The squared radius R such that, for a float32 distance E, E <= R iff E < v."""
+    if v <= 1.401298464324817e-45:  # below the smallest positive float32: only E == 0
+        return 0.0
     f = np.float32(min(v, 3.4028234663852886e38))
     if float(f) >= v:
         f = np.nextafter(f, np.float32(-np.inf))
-    return float(max(f, np.float32(-1.0)))
+    return float(f)
 
 
 def _nearest_other_cluster(x: np.ndarray, labels: np.ndarray, threads: Optional[int]) -> np.ndarray:
@@ -561,15 +568,16 @@ class ProbCover(Selector):
 
     The delta-ball graph: an edge i -> j when ||x_i - x_j|| < delta (strict, self loops
     included; the engine's range search, memory 4 bytes an edge plus 8 a point, refused
-    past ``max_edges``). Every point in a labeled point's ball is covered first; then each
+    past ``max_edges``; the greedy step adds O(n) working memory, never O(edges)). Every point in a labeled point's ball is covered first; then each
     pick is the point whose ball holds the most uncovered points (first index on ties),
     and its ball becomes covered. Once everything is covered the remaining picks are drawn
     uniformly from the points not chosen (``numpy.random.default_rng(seed)``), where the
     authors' code would repeat one index.
 
-    delta : ball radius (plain L2; the authors' default 0.6 on unit-norm features), or
-        None to choose it with ``probcover_delta`` from ``n_classes`` k-means
-        pseudo-labels and purity >= ``alpha``.
+    delta : ball radius (plain L2). Default (None): chosen with ``probcover_delta`` from
+        ``n_classes`` k-means pseudo-labels and purity >= ``alpha`` when ``n_classes`` is
+        given, else the authors' default 0.6 (for unit-norm features). Give one of
+        ``delta`` and ``n_classes``, not both.
 
     scores_ : (n,) int64 ball size (degree) of every point.  coverage_ : fraction of
     points covered after the picks.  delta_ : the delta used.  n_edges_ : edges stored.
@@ -580,7 +588,7 @@ class ProbCover(Selector):
 
     def __init__(
         self,
-        delta: Optional[float] = 0.6,
+        delta: Optional[float] = None,
         n_classes: Optional[int] = None,
         alpha: float = 0.95,
         seed: int = 0,
@@ -598,15 +606,18 @@ class ProbCover(Selector):
         self.threads = threads
         self.progress = progress
 
+    #: the authors' ball radius, used when neither delta nor n_classes is given
+    DEFAULT_DELTA = 0.6
+
     def _validate(self, n: int) -> None:
-        if self.delta is None:
-            if self.n_classes is None:
-                raise ValueError(
-                    "ProbCover needs `delta` or, to choose delta by purity, `n_classes` "
-                    "(the number of classes, for the k-means pseudo-labels)"
-                )
+        if self.delta is not None and self.n_classes is not None:
+            raise ValueError(
+                "give `delta` (a fixed ball radius) or `n_classes` (delta by the purity "
+                f"rule), not both (got delta={self.delta}, n_classes={self.n_classes})"
+            )
+        if self.n_classes is not None:
             as_int(self.n_classes, "n_classes", 2, n, f" = number of points n={n}")
-        else:
+        if self.delta is not None:
             d = as_float(self.delta, "delta", 0.0)
             if d <= 0:
                 raise ValueError(f"`delta` must be > 0 (got delta={d})")
@@ -621,6 +632,8 @@ class ProbCover(Selector):
         n = x.shape[0]
         t0 = time.perf_counter()
         delta = self.delta
+        if delta is None and self.n_classes is None:
+            delta = self.DEFAULT_DELTA
         if delta is None:
             delta = probcover_delta(
                 x,
@@ -632,6 +645,12 @@ class ProbCover(Selector):
             )
             timings["delta"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            if not np.isfinite(delta):
+                raise ValueError(
+                    f"ProbCover: the {self.n_classes} k-means pseudo-labels leave no two "
+                    "distinct labels (e.g. identical points), so every delta is pure and the "
+                    "purity rule cannot choose one: pass `delta`"
+                )
         delta = float(delta)
         offsets, nbr = _dispatch.range_search(
             x, x, _strictly_below(delta * delta), self.threads, self.progress, self.max_edges
@@ -646,18 +665,25 @@ class ProbCover(Selector):
         chosen = np.zeros(n, dtype=bool)
 
         def cover(centers: np.ndarray) -> None:
-            new = _gather(offsets, nbr, centers)
-            new = np.unique(new[~covered[new]])
+            # Mark the centres' balls covered, in chunks of at most _CHUNK gathered edges so
+            # the working memory stays O(n + _CHUNK) whatever the ball sizes.
+            new_mask = np.zeros(n, dtype=bool)
+            for part in _chunks(offsets, centers):
+                ball = _gather(offsets, nbr, part)
+                new_mask[ball] = True
+            new_mask &= ~covered
+            new = np.flatnonzero(new_mask)
             if new.size == 0:
                 return
             covered[new] = True
             # Each newly covered point leaves the ball of every point whose ball holds it,
             # which (symmetry) are exactly the points in its own ball.
-            hit = _gather(offsets, nbr, new)
-            if hit.size > n // 8:
-                live[:] -= np.bincount(hit, minlength=n)
-            else:
-                np.subtract.at(live, hit, 1)
+            for part in _chunks(offsets, new):
+                hit = _gather(offsets, nbr, part)
+                if hit.size > n // 8:
+                    live[:] -= np.bincount(hit, minlength=n)
+                else:
+                    np.subtract.at(live, hit, 1)
 
         if lab.size:
             chosen[lab] = True
@@ -694,15 +720,35 @@ class ProbCover(Selector):
         }
 
 
+#: At most this many edges are gathered at once by ProbCover's cover step.
+_CHUNK = 1 << 20
+
+
+def _chunks(offsets: np.ndarray, rows: np.ndarray):
+    """Consecutive pieces of ``rows`` whose CSR rows hold at most _CHUNK edges together
+    (a single larger row is a piece of its own: at most n edges)."""
+    lens = offsets[rows + 1] - offsets[rows]
+    ends = np.cumsum(lens)
+    start = 0
+    while start < rows.size:
+        base = ends[start - 1] if start else 0
+        stop = int(np.searchsorted(ends, base + _CHUNK, side="right"))
+        stop = max(stop, start + 1)
+        yield rows[start:stop]
+        start = stop
+
+
 def _gather(offsets: np.ndarray, nbr: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Concatenated CSR rows ``rows`` of (offsets, nbr) as int64."""
+    """Concatenated CSR rows ``rows`` of (offsets, nbr), int32 (about 20 bytes of
+    temporaries per gathered edge)."""
     starts = offsets[rows]
     lens = offsets[rows + 1] - starts
     total = int(lens.sum())
     if total == 0:
-        return np.zeros(0, np.int64)
-    shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-    return nbr[np.arange(total) + shift].astype(np.int64)
+        return np.zeros(0, np.int32)
+    pos = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    pos += np.arange(total)
+    return nbr[pos]
 
 
 # ---------------------------------------------------------------------------------------

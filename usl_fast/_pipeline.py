@@ -415,6 +415,10 @@ def _usl(
     )
     given = {key: v for key, v in overrides.items() if v is not _UNSET}
     p = _resolve(defaults, overrides)
+    if n < 2:
+        raise ValueError(
+            f"USL needs at least 2 points (got n={n}): the kNN density needs k >= 1 neighbours"
+        )
     if "k" not in given and isinstance(p["k"], int) and p["k"] > n - 1:
         raise ValueError(
             f"`k`={p['k']} comes from the defaults={defaults!r} preset and must be < number of "
@@ -621,23 +625,40 @@ def select(
 def _select_other(
     features, m, method, labeled, usl_args, normalize, seed, threads, progress, return_info, params
 ):
+    import inspect
+    import operator
+
     from ._methods import METHODS, method_names
 
     if method not in method_names():
         raise ValueError(f"`method` must be one of {list(method_names())} (got {method!r})")
+    if method == "uslt":
+        from .uslt import USLT
+
+        cls = USLT
+    else:
+        cls = METHODS[method]
+    names = [q for q in inspect.signature(cls.__init__).parameters if q != "self"]
+    kw = dict(params)
+    # select()'s signature names the USL parameters; a method with a parameter of the same
+    # name (TypiClust's k, ProbCover's alpha, USL-T's n_clusters) takes it, the rest are refused.
     for name, (val, default) in usl_args.items():
-        if val is not default:
+        if val is default:
+            continue
+        if name not in names:
             raise TypeError(
                 f"`{name}` is a USL parameter; method={method!r} does not take it "
                 f"(its parameters: see usl_fast.{_class_name(method)})"
             )
-    kw = dict(params)
+        kw[name] = val
     kw.update(seed=seed)
     if method == "uslt":
-        from .uslt import USLT
-
         n_lab = 0 if labeled is None else len(labeled)
-        kw.setdefault("n_clusters", int(m) + n_lab if isinstance(m, int) else m)
+        try:
+            n_clusters = operator.index(m) + n_lab
+        except TypeError:
+            n_clusters = m  # not an integer: USLT's own check names it
+        kw.setdefault("n_clusters", n_clusters)
         kw.setdefault("m", m)
         if normalize is not None:
             kw["normalize"] = normalize
@@ -645,8 +666,6 @@ def _select_other(
         est = USLT(**kw).fit(features, labeled=labeled)
         density = None
     else:
-        cls = METHODS[method]
-        names = cls._param_names()
         for key in list(kw):
             if key not in names:
                 raise TypeError(

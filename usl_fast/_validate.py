@@ -169,6 +169,8 @@ def as_labels(
     if not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"`{name}` must hold integers, got dtype {arr.dtype}")
     lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 and n_clusters is None:
+        raise ValueError(f"`{name}` must lie in [0, n_clusters), so >= 0 (got a value {lo})")
     if n_clusters is None:
         n_clusters = hi + 1
     if lo < 0 or hi >= n_clusters:

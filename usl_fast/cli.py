@@ -985,7 +985,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads also apply; see usl_fast.TypiClust, usl_fast.ProbCover) [default: the "
         "method's own]"
     )
-    o.add_argument("--delta", type=float, default=None, help="ProbCover ball radius (plain L2)")
+    o.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="ProbCover ball radius (plain L2) [default: by purity with --n-classes, else 0.6]",
+    )
     o.add_argument(
         "--n-classes",
         type=int,
