@@ -15,7 +15,7 @@ Methods (selection sees only the training images' features, never labels, except
   uslt        usl_fast.uslt.USLT(n_clusters=m) defaults
   kcenter     usl_fast.KCenterGreedy (farthest-first from a seeded random start)
   typiclust   usl_fast.TypiClust defaults (the authors': k = 20, clusters > 5 points, cap 500)
-  probcover   usl_fast.ProbCover(delta=None, n_classes=10): delta by the paper's purity rule
+  probcover   usl_fast.ProbCover(n_classes=10): delta by the paper's purity rule
               (alpha = 0.95 on 10 k-means pseudo-labels)
 Second round (`--round2`, default on): the same methods pick 20, then 20 more with
 labeled= the first 20 (stratified and random: two draws of the same rule); FixMatch trains
@@ -83,7 +83,7 @@ def select(
     if method == "usl":
         kw.update(defaults="cifar10", k=20)
     elif method == "probcover":
-        kw.update(delta=None, n_classes=10)
+        kw.update(n_classes=10)
     elif method == "random":
         kw.pop("threads")
     return np.asarray(usl_fast.select(x, m, method=method, **kw))
