@@ -443,14 +443,21 @@ def test_method_choices_are_the_methods_select_accepts() -> None:
 @pytest.mark.parametrize(
     "method, opts, kw",
     [
-        ("typiclust", ["--max-clusters", 50], dict(max_clusters=50)),
+        # -k / --kmeans-iter / --alpha / --n-clusters are also select()'s USL keywords;
+        # select passes them on to the methods that take them
+        (
+            "typiclust",
+            ["-k", 10, "--kmeans-iter", 50, "--max-clusters", 50],
+            dict(k=10, kmeans_iter=50, max_clusters=50),
+        ),
         ("probcover", ["--delta", 0.5], dict(delta=0.5)),
+        ("probcover", ["--n-classes", 6, "--alpha", 0.9], dict(n_classes=6, alpha=0.9)),
         ("kcenter", [], {}),
         ("random", [], {}),
         (
             "uslt",
-            ["--epochs", 2, "--batch-size", 64, "--n-neighbors", 10],
-            dict(epochs=2, batch_size=64, n_neighbors=10),
+            ["--epochs", 2, "--batch-size", 64, "--n-neighbors", 10, "--n-clusters", 24],
+            dict(epochs=2, batch_size=64, n_neighbors=10, n_clusters=24),
         ),
     ],
 )
@@ -491,22 +498,6 @@ def test_usl_later_round_equals_the_library(
     assert code == 0, err
     want = usl_fast.select(feats, M, labeled=np.array([3, 50, 120]), **FAST_KW)
     np.testing.assert_array_equal(np.load(out), want)
-
-
-@pytest.mark.parametrize(
-    "method, option", [("typiclust", "-k"), ("probcover", "--alpha"), ("uslt", "--n-clusters")]
-)
-def test_options_select_keeps_for_usl_are_refused_for_other_methods(
-    tmp_path: Path, method: str, option: str, capsys: pytest.CaptureFixture
-) -> None:
-    if method == "uslt":
-        pytest.importorskip("torch")
-    # usl_fast.select binds k / alpha / n_clusters to USL, so it cannot forward them to
-    # TypiClust / ProbCover / USLT: an error naming the option, before FEATURES is read.
-    argv = ["select", tmp_path / "missing.npy", "-m", M, "-o", tmp_path / "p.npy"]
-    code, _, err = run_cli(argv + ["--method", method, option, 3], capsys)
-    assert code == 2 and f"{option} cannot be used with --method {method}" in err, err
-    assert "FEATURES" not in err
 
 
 def test_options_a_method_does_not_take_are_reported(

@@ -554,25 +554,10 @@ def _method_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
             kwargs["horizon_num"] = None
         ignored = [o for o in given if o not in _SELECT_OPTIONS]
     else:
-        import inspect
-
-        import usl_fast
-
+        # Every option whose keyword the method's estimator takes (TypiClust's k and
+        # kmeans_iter, ProbCover's alpha, USL-T's n_clusters included: select() passes
+        # those on).
         takes = set(_method_params(args.method))
-        # select() binds these names to its own USL parameters, so it cannot hand them to
-        # another method's estimator even where that estimator has a parameter so named
-        # (TypiClust's k, ProbCover's alpha, USLT's n_clusters): refuse, do not drop them.
-        reserved = set(inspect.signature(usl_fast.select).parameters) & set(_SELECT_OPTIONS)
-        blocked = [o for o in given if _METHOD_OPTIONS[o] in takes and o in reserved]
-        if blocked:
-            usable = [o for o, p in _METHOD_OPTIONS.items() if p in takes and o not in reserved]
-            raise CLIError(
-                f"{', '.join(_option_name(o) for o in blocked)} cannot be used with --method "
-                f"{args.method}: usl_fast.select keeps that keyword for USL and does not pass "
-                f"it on to the {args.method} estimator, which uses its default (its options "
-                f"here: {', '.join(_option_name(o) for o in usable) or 'none'}, --seed, "
-                "--threads)"
-            )
         kwargs = {
             _METHOD_OPTIONS[o]: getattr(args, o) for o in given if _METHOD_OPTIONS[o] in takes
         }
@@ -981,9 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="hide the per-phase progress bars")
 
     o = sp.add_argument_group(
-        "TypiClust / ProbCover parameters (--method typiclust / probcover; --seed and "
-        "--threads also apply; see usl_fast.TypiClust, usl_fast.ProbCover) [default: the "
-        "method's own]"
+        "TypiClust / ProbCover parameters (--method typiclust / probcover; -k and "
+        "--kmeans-iter (TypiClust), --alpha (ProbCover's purity), --seed and --threads also "
+        "apply; see usl_fast.TypiClust, usl_fast.ProbCover) [default: the method's own]"
     )
     o.add_argument(
         "--delta",
@@ -1015,8 +1000,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     t = sp.add_argument_group(
-        "USL-T parameters (--method uslt, which uses m + len(labeled) clusters; --seed and "
-        "--threads also apply)"
+        "USL-T parameters (--method uslt; --n-clusters [default: m + len(labeled)], --seed "
+        "and --threads also apply)"
     )
     t.add_argument(
         "--epochs", type=int, default=None, help="[default: >= 100 epochs and >= 600 steps]"
