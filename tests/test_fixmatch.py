@@ -373,24 +373,24 @@ def test_quality_harness_runs_at_tiny_size(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     stem = tmp_path / "q"
-    argv = ["--budgets", "10", "--seeds", "1", "--steps", "3", "--workers", "1", "--out", str(stem)]
+    argv = ["--budgets", "10", "--seeds", "1", "--steps", "3", "--workers", "1"]
+    argv += ["--round2", "20", "--out", str(stem)]
     assert mod.main(argv) == 0
     runs = json.loads(stem.with_suffix(".json").read_text())["runs"]
-    assert sorted(r["method"] for r in runs) == sorted(mod.METHODS)
+    first = [r for r in runs if not r["round2"]]
+    second = [r for r in runs if r["round2"]]
+    assert sorted(r["method"] for r in first) == sorted(mod.METHODS)
+    assert sorted(r["method"] for r in second) == sorted(mod.METHODS)
     y = mod.__dict__  # the harness's own helpers, checked against hand cases below
     for r in runs:
-        assert len(set(r["picks"])) == 10 and 0 <= r["accuracy"] <= 1
-    strat = next(r for r in runs if r["method"] == "stratified")
+        assert len(set(r["picks"])) == r["m"] and 0 <= r["accuracy"] <= 1
+        assert 0 <= r["label_spreading"] <= 1
+    for r in second:  # 10, then 10 new ones
+        assert r["m"] == 20 and not set(r["picks"][:10]) & set(r["picks"][10:])
+    strat = next(r for r in first if r["method"] == "stratified")
     assert strat["coverage"] == 10
     md = stem.with_suffix(".md").read_text()
-    assert "stratified (uses labels)" in md and "| 10 | usl |" in md
-    # k-center greedy: farthest-first on a line picks the ends, then the middle
-    x = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]], np.float32)
-    got = y["kcenter_greedy"](x, 3, seed=0)
-    d0 = np.abs(x[:, 0] - x[got[0], 0])
-    assert got[1] == np.argmax(d0) and len(set(got)) == 3
-    d1 = np.minimum(d0, np.abs(x[:, 0] - x[got[1], 0]))
-    assert got[2] == np.argmax(d1)
+    assert "stratified (uses labels)" in md and "| 10 | usl |" in md and "| 10 + 10 | usl |" in md
     labels = np.repeat(np.arange(10), 5)
     s = y["stratified"](labels, 23, seed=1)
     assert np.bincount(labels[s], minlength=10).tolist() == [3, 3, 3] + [2] * 7
