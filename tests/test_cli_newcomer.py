@@ -591,3 +591,20 @@ def test_plot_errors_name_the_argument(
     code, _, err = run_cli(["plot", npy, "p.npy", *extra], capsys)
     assert code == 2 and text in err, err
     assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.jpg").exists()
+
+
+def test_fixmatch_reads_txt_picks_and_help_shows_library_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from usl_fast.ssl import read_labeled
+
+    p = tmp_path / "p.txt"
+    p.write_text("3\n7\n1\n")
+    assert read_labeled(str(p), 10).tolist() == [3, 7, 1]
+    p.write_text("3\n3\n")
+    with pytest.raises(ValueError, match="repeat"):
+        read_labeled(str(p), 10)
+    code, out, _ = run_cli(["select", "--help"], capsys)
+    flat = " ".join(out.split())
+    assert "cifar10 400, cifar100 400, imagenet 20" in flat  # -k's preset values
+    assert "most k-means clusters [default: 500]" in flat  # TypiClust's own default

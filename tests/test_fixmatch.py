@@ -293,8 +293,8 @@ def test_read_labeled_npy_and_reference_csv(tmp_path):
     np.save(tmp_path / "rep.npy", np.array([1, 1]))
     with pytest.raises(ValueError, match="repeat"):
         read_labeled(str(tmp_path / "rep.npy"), 5)
-    with pytest.raises(ValueError, match=".npy or .csv"):
-        read_labeled(str(tmp_path / "p.txt"), 5)
+    with pytest.raises(ValueError, match=r"\.npy, \.txt or \.csv"):
+        read_labeled(str(tmp_path / "p.dat"), 5)
     assert usl_fast is not None
 
 

@@ -78,7 +78,7 @@ def test_legends_count_picks_labeled_and_overlap(data):
     )
     assert "k=10" in fig.axes[1].get_xlabel()
     assert [t.get_text() for t in fig.texts] == [
-        "USL picks: 12 new, 8 labeled earlier, among 300 points"
+        "Picks: 12 new, 8 labeled earlier, among 300 points"
     ]
     fig = plot.plot_picks(x, picks, labels=ids, k=10, title="Round 2")
     assert [t.get_text() for t in fig.texts] == ["Round 2"]  # get_suptitle: matplotlib >= 3.8

@@ -297,9 +297,9 @@ class KCenterGreedy(Selector):
 def _bar(progress: bool, total: int, desc: str, unit: str):
     if not progress:
         return None
-    from tqdm.auto import tqdm
+    from . import _progress
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+    return _progress.bar(desc, total, unit + "s")
 
 
 # ---------------------------------------------------------------------------------------

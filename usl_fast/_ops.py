@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _dispatch
+from . import _dispatch, _progress
 from ._backend import _cpu
 from ._dispatch import FAR, MIN_MEAN_DIST
 from ._validate import (
@@ -227,9 +227,7 @@ def lloyd(
     xn = _dispatch.row_norms(x, threads) if assign is None else None
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_iter, desc="k-means", unit="iteration", dynamic_ncols=True)
+        bar = _progress.bar("k-means", n_iter, "iterations")
     try:
         for it in range(n_iter):
             # A cluster that ended an assignment empty is dead: it never receives points

@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from . import _dispatch, _ops
+from . import _dispatch, _ops, _progress
 from ._validate import as_features, as_float, as_int, as_labels, as_vector, threads_arg
 
 
@@ -230,9 +230,7 @@ def _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed=None) -> tuple:
         cand, K_cand = lab, K
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=rounds, desc="regularized selection", unit="round", dynamic_ncols=True)
+        bar = _progress.bar("regularized selection", rounds, "rounds")
     try:
         for t in range(rounds):
             # weight 0 means no regularizer at all (not 0 * inf = NaN where reg is inf).
@@ -422,7 +420,8 @@ def _usl(
     if "k" not in given and isinstance(p["k"], int) and p["k"] > n - 1:
         raise ValueError(
             f"`k`={p['k']} comes from the defaults={defaults!r} preset and must be < number of "
-            f"points n={n} (self included): pass k=... to override it (e.g. k={min(20, n - 1)})"
+            f"points n={n} (self included): override it, e.g. k={min(20, n - 1)} "
+            f"(command line: -k {min(20, n - 1)})"
         )
     p["k"] = as_int(p["k"], "k", 1, n - 1, f" and < number of points n={n} (self included)")
     p["kmeans_iter"] = as_int(p["kmeans_iter"], "kmeans_iter", 1)

@@ -80,6 +80,12 @@ def run(
     return box.get("value")
 
 
+def bar(desc: str, total: int, units: str) -> Any:
+    """A tqdm bar laid out like the engine's ("k-means: 45%|## | 9/20 iterations [...]"),
+    for the loops that run in Python; ``units``: the plural name."""
+    return _new_bar(desc, total, units)
+
+
 def _new_bar(desc: str, total: int, unit: str) -> Any:
     from tqdm.auto import tqdm
 

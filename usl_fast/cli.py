@@ -667,11 +667,13 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
         if args.steps is not None:
             run.config.steps = args.steps
     else:
-        _require_file(args.labeled, "--labeled", "a .npy or .csv of picks from usl-fast select")
-        if Path(args.labeled).suffix.lower() not in (".npy", ".csv"):
+        _require_file(
+            args.labeled, "--labeled", "a .npy, .txt or .csv of picks from usl-fast select"
+        )
+        if Path(args.labeled).suffix not in (".npy", ".txt", ".csv"):
             raise CLIError(
-                f"--labeled {args.labeled!r}: must be a .npy (usl-fast select -o PICKS.npy) "
-                "or .csv (usl-fast select --csv PICKS.csv) file"
+                f"--labeled {args.labeled!r}: must be a .npy or .txt (usl-fast select -o "
+                "PICKS.npy / PICKS.txt) or .csv (usl-fast select --csv PICKS.csv) file"
             )
         if os.path.exists(ckpt) and not args.force:
             raise CLIError(f"{ckpt} exists: --resume it, or pass --force to start over")
@@ -679,16 +681,15 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
         try:
             labeled = read_labeled(args.labeled, n_train)
         except ValueError as exc:
-            hint = (
-                " (the picks must come from features of the same training split: for "
-                "digits, usl_fast.demo.digits_train_features(); see README)"
-                if args.dataset == "digits"
-                else ""
-            )
-            raise CLIError(
-                f"--labeled: {exc}; it must index the {n_train} training images of "
-                f"--dataset {args.dataset}{hint}"
-            ) from exc
+            msg = str(exc).replace("`labeled` ", "", 1)
+            if "must lie in" in msg:
+                msg += f" (the {n_train} training images of --dataset {args.dataset})"
+                if args.dataset == "digits":
+                    msg += (
+                        "; the picks must come from features of the same training split: "
+                        "usl_fast.demo.digits_train_features(), see README"
+                    )
+            raise CLIError(f"--labeled {msg}") from exc
         cfg = PRESETS[args.dataset]
         over = {
             k: getattr(args, k)
@@ -809,6 +810,37 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {v})")
     return v
+
+
+def _off(v: Any) -> Any:
+    return "off" if v is None else v
+
+
+def _show_library_defaults(usl_group: Any, other_group: Any) -> None:
+    """Append the real defaults to the help of options whose argparse default is None
+    (None = "not given, the library decides"): each preset's value for the USL options,
+    the estimator's constructor default for the TypiClust / ProbCover ones."""
+    import inspect
+
+    from . import _methods as usl_fast_methods
+    from ._pipeline import PRESETS
+
+    presets = ("cifar10", "cifar100", "imagenet", "imagenet-clip")
+    for action in usl_group._group_actions:
+        if action.dest in PRESETS["cifar10"]:
+            vals = ", ".join(f"{name} {_off(PRESETS[name][action.dest])}" for name in presets)
+            action.help = f"{action.help} [default: the preset's: {vals}]"
+    owners = {}
+    for cls in (usl_fast_methods.TypiClust, usl_fast_methods.ProbCover):
+        for name, par in inspect.signature(cls.__init__).parameters.items():
+            owners.setdefault(name, (cls.__name__, par.default))
+    for action in other_group._group_actions:
+        if action.dest in ("delta", "n_classes"):
+            continue  # their help says how they combine
+        if action.dest in owners and "[default" not in (action.help or ""):
+            owner, default = owners[action.dest]
+            shown = "no limit" if default is None else default
+            action.help = f"{action.help} [default: {shown}]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -998,6 +1030,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="TypiClust typicality distance",
     )
+    _show_library_defaults(g, o)
 
     t = sp.add_argument_group(
         "USL-T parameters (--method uslt; --n-clusters [default: m + len(labeled)], --seed "

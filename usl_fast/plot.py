@@ -517,7 +517,7 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
     hx.tick_params(labelsize=8)
 
     if title is None:
-        title = f"USL picks: {n_p:,} new" + (f", {n_l:,} labeled earlier" if n_l else "")
+        title = f"Picks: {n_p:,} new" + (f", {n_l:,} labeled earlier" if n_l else "")
         title += f", among {n:,} points"
     fig.suptitle(title, fontsize=13)
     return fig

@@ -234,7 +234,8 @@ def load_digits_split() -> ImageData:
 
 def read_labeled(path: str, n: int) -> np.ndarray:
     """Labeled indices from ``usl-fast select``'s outputs: a .npy of int indices (pick
-    order) or the reference CSV (``Index,ImageID`` header, one index per row). Checked:
+    order), a .txt with one index per line, or the reference CSV (``Index,ImageID``
+    header, one index per row). Checked:
     integers in [0, n), no repeats, at least one."""
     if path.endswith(".npy"):
         arr = np.load(path, allow_pickle=False)
@@ -252,8 +253,13 @@ def read_labeled(path: str, n: int) -> np.ndarray:
             idx = np.array([int(r[0]) for r in rows[1:] if r], dtype=np.int64)
         except ValueError as exc:
             raise ValueError(f"`labeled` {path}: a row's Index is not an integer ({exc})") from None
+    elif path.endswith(".txt"):
+        try:
+            idx = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        except ValueError as exc:
+            raise ValueError(f"`labeled` {path}: a line is not an integer ({exc})") from None
     else:
-        raise ValueError(f"`labeled` must be a .npy or .csv file (got {path!r})")
+        raise ValueError(f"`labeled` must be a .npy, .txt or .csv file (got {path!r})")
     if idx.size == 0:
         raise ValueError(f"`labeled` {path} holds no index")
     if idx.min() < 0 or idx.max() >= n:
