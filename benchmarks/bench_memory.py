@@ -23,6 +23,7 @@ PER_POINT = 8
 def expected_bytes(n: int, k: int) -> int:
     return n * (8 * (2 * k + 16) + 8 + PER_POINT)
 
+
 CHILD = r"""
 import json, os, resource, sys, time
 import numpy as np
