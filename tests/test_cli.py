@@ -380,24 +380,25 @@ def test_method_uslt_equals_library(
     uslt = pytest.importorskip("usl_fast.uslt")
     out = tmp_path / "p.npy"
     argv = ["select", npy, "-m", 6, "-o", out, "--method", "uslt", "--seed", 2]
-    argv += ["--epochs", 5, "--batch-size", 64, "--n-neighbors", 10, "-k", 15]
+    argv += ["--epochs", 5, "--batch-size", 64, "--n-neighbors", 10]
+    code, _, err = run_cli(argv + ["-k", 15], capsys)  # USL-T has no k: an error, no work
+    assert code == 2 and "--method uslt does not take -k" in err and not out.exists()
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     want = uslt.USLT(6, epochs=5, batch_size=64, n_neighbors=10, seed=2).fit(feats).indices_
     np.testing.assert_array_equal(np.load(out), want)
-    assert "--method uslt ignores -k" in err
     assert re.fullmatch(
         rf"selected 6 of {N} in \d+\.\d\d s \(load .*, --method uslt, seed 2, "
         r"validate .*train .*select .*\)\n",
         stdout,
     ), stdout
-    # USL-T options given to USL are reported as unused, not silently dropped
+    # USL-T options given to USL are an error, not silently dropped
     code, _, err = run_cli(
         ["select", npy, "-m", M, "-o", tmp_path / "q.npy", "--lr", 0.1, *FAST], capsys
     )
-    assert code == 0 and "--method usl ignores --lr" in err
+    assert code == 2 and "--method usl does not take --lr" in err
     # and bad USL-T values are errors that name the argument
-    code, _, err = run_cli(argv[:-6] + ["--epochs", 0, "--force"], capsys)
+    code, _, err = run_cli(argv[:-4] + ["--epochs", 0, "--force"], capsys)
     assert code == 2 and "`epochs`" in err
 
 

@@ -500,13 +500,14 @@ def test_usl_later_round_equals_the_library(
     np.testing.assert_array_equal(np.load(out), want)
 
 
-def test_options_a_method_does_not_take_are_reported(
+def test_options_a_method_does_not_take_are_errors(
     tmp_path: Path, npy: Path, capsys: pytest.CaptureFixture
 ) -> None:
     argv = ["select", npy, "-m", M, "-o", tmp_path / "p.npy", "--method", "kcenter"]
     code, _, err = run_cli(argv + ["--rounds", 3, "--delta", 0.5, "--defaults", "cifar100"], capsys)
-    assert code == 0, err
-    assert "--method kcenter ignores --rounds, --delta, --defaults" in err
+    assert code == 2 and not (tmp_path / "p.npy").exists()
+    assert "--method kcenter does not take --rounds, --delta, --defaults" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

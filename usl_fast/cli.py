@@ -48,7 +48,7 @@ _SELECT_OPTIONS = (
 
 # Options of the other methods: argparse dest -> keyword of the method's estimator
 # (usl_fast.TypiClust, ProbCover, ..., usl_fast.uslt.USLT). Forwarded when given and the
-# chosen --method takes that keyword; otherwise reported as ignored.
+# chosen --method takes that keyword; otherwise an error.
 _METHOD_OPTIONS = {
     **{o: o for o in _SELECT_OPTIONS},
     "epochs": "epochs",
@@ -541,7 +541,8 @@ def _method_params(method: str) -> Tuple[str, ...]:
 def _method_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """The keywords of ``usl_fast.select`` for ``--method`` from the options given (each
     forwarded only when given, so the rest keeps the method's or the preset's default);
-    the given options the method does not take are reported on stderr."""
+    a given option the method does not take is an error (forgetting ``--method probcover``
+    while giving ``--delta`` would otherwise return USL picks)."""
     given = [o for o in _METHOD_OPTIONS if getattr(args, o, None) is not None]
     if args.method == "usl":
         kwargs = {o: getattr(args, o) for o in given if o in _SELECT_OPTIONS}
@@ -566,7 +567,11 @@ def _method_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     if args.method != "usl" and args.defaults is not None:
         names.append("--defaults")
     if names:
-        print(f"{PROG}: note: --method {args.method} ignores {', '.join(names)}", file=sys.stderr)
+        raise CLIError(
+            f"--method {args.method} does not take {', '.join(names)}: leave "
+            f"{'it' if len(names) == 1 else 'them'} out, or choose the --method "
+            f"{'it belongs' if len(names) == 1 else 'they belong'} to"
+        )
     return kwargs
 
 
