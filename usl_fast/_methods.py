@@ -65,6 +65,29 @@ def as_labeled(labeled: Any, n: int) -> np.ndarray:
     return arr
 
 
+def prepare_round(
+    X: Any, m: Any, labeled: Any, name: str
+) -> Tuple[np.ndarray, Any, np.ndarray, int]:
+    """The checks every selection starts with: (float32 features, converter back to the
+    caller's library, labeled indices, m), m at most the number of unlabeled points."""
+    x, back = as_features(X, name)
+    n = x.shape[0]
+    lab = as_labeled(labeled, n)
+    free = n - lab.size
+    if free < 1:
+        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
+    m = as_int(
+        m,
+        "m",
+        1,
+        free,
+        f" = number of points n={n}"
+        if not lab.size
+        else f" = number of unlabeled points (n={n} minus {lab.size} labeled)",
+    )
+    return x, back, lab, m
+
+
 def unit_rows(x: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
     """A float32 copy of x with every row scaled to unit L2 norm (norms in float64; a zero
     row stays zero)."""
@@ -140,15 +163,8 @@ class Selector:
         """Choose ``m`` new points of ``X`` to label; ``labeled``: indices labeled in
         earlier rounds (never returned again). Returns self."""
         t_start = time.perf_counter()
-        x, back = as_features(X, "X")
+        x, back, lab, m = prepare_round(X, m, labeled, "X")
         n = x.shape[0]
-        lab = as_labeled(labeled, n)
-        free = n - lab.size
-        if free < 1:
-            raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
-        m = as_int(
-            m, "m", 1, free, f" = number of unlabeled points (n={n} minus {lab.size} labeled)"
-        )
         self._validate(n)
         if getattr(self, "normalize", False):
             x = unit_rows(x)
@@ -158,11 +174,10 @@ class Selector:
         # The protocol's promises, checked on every fit (cheap next to any method).
         if idx.shape != (m,) or np.unique(idx).size != m or (lab.size and _mask(n, lab)[idx].any()):
             raise AssertionError(f"{type(self).__name__}: internal error, invalid picks")
+        labels, scores = out.pop("labels", None), out.pop("scores", None)
         self.indices_ = back(idx)
-        self.labels_ = None if out.get("labels") is None else back(out.pop("labels"))
-        self.scores_ = None if out.get("scores") is None else back(out.pop("scores"))
-        out.pop("labels", None)
-        out.pop("scores", None)
+        self.labels_ = None if labels is None else back(labels)
+        self.scores_ = None if scores is None else back(scores)
         for key, val in out.items():
             setattr(self, key + "_", back(val) if isinstance(val, np.ndarray) else val)
         self.labeled_ = back(lab)

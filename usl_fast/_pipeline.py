@@ -11,7 +11,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from . import _dispatch, _ops, _progress
-from ._validate import as_features, as_float, as_int, as_labels, as_vector, threads_arg
+from ._validate import as_bool, as_features, as_float, as_int, as_labels, as_vector, threads_arg
 
 
 class _FromPreset:
@@ -540,63 +540,7 @@ def select(
     """
     if not isinstance(method, str):
         raise TypeError(f"`method` must be a string (got {method!r})")
-    if method != "usl":
-        return _select_other(
-            features,
-            m,
-            method,
-            labeled,
-            dict(
-                defaults=(defaults, "cifar10"),
-                k=(k, _UNSET),
-                n_clusters=(n_clusters, None),
-                kmeans_iter=(kmeans_iter, _UNSET),
-                kmeans_init=(kmeans_init, "random"),
-                rounds=(rounds, _UNSET),
-                weight=(weight, _UNSET),
-                momentum=(momentum, _UNSET),
-                alpha=(alpha, _UNSET),
-                horizon_dist=(horizon_dist, _UNSET),
-                horizon_num=(horizon_num, _UNSET),
-                own_cluster=(own_cluster, _UNSET),
-                mask_zero=(mask_zero, _UNSET),
-            ),
-            normalize,
-            seed,
-            threads,
-            progress,
-            return_info,
-            method_params,
-        )
-    if method_params:
-        raise TypeError(
-            f"select() got unexpected keyword arguments for method='usl': {sorted(method_params)}"
-        )
-    from ._methods import as_labeled, unit_rows
-
-    x, back = as_features(features, "features")
-    n = x.shape[0]
-    fixed = as_labeled(labeled, n)
-    free = n - fixed.size
-    if free < 1:
-        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
-    m = as_int(
-        m,
-        "m",
-        1,
-        free,
-        f" = number of points n={n}"
-        if not fixed.size
-        else f" = number of unlabeled points (n={n} minus {fixed.size} labeled)",
-    )
-    if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
-        raise TypeError(f"`normalize` must be True or False (got normalize={normalize!r})")
-    if normalize:
-        x = unit_rows(x)
-    res = _usl(
-        x,
-        m,
-        fixed,
+    usl = dict(
         defaults=defaults,
         k=k,
         n_clusters=n_clusters,
@@ -610,10 +554,31 @@ def select(
         horizon_num=horizon_num,
         own_cluster=own_cluster,
         mask_zero=mask_zero,
-        seed=seed,
-        threads=threads,
-        progress=progress,
     )
+    if method != "usl":
+        return _select_other(
+            features,
+            m,
+            method,
+            labeled,
+            usl,
+            normalize,
+            seed,
+            threads,
+            progress,
+            return_info,
+            method_params,
+        )
+    if method_params:
+        raise TypeError(
+            f"select() got unexpected keyword arguments for method='usl': {sorted(method_params)}"
+        )
+    from ._methods import prepare_round, unit_rows
+
+    x, back, fixed, m = prepare_round(features, m, labeled, "features")
+    if normalize is not None and as_bool(normalize, "normalize"):
+        x = unit_rows(x)
+    res = _usl(x, m, fixed, seed=seed, threads=threads, progress=progress, **usl)
     if not return_info:
         return back(res.indices)
     for f in ("indices", "labels", "density", "scores", "labeled"):
@@ -629,6 +594,8 @@ def _select_other(
 
     from ._methods import METHODS, method_names
 
+    select_defaults = inspect.signature(select).parameters
+
     if method not in method_names():
         raise ValueError(f"`method` must be one of {list(method_names())} (got {method!r})")
     if method == "uslt":
@@ -641,8 +608,8 @@ def _select_other(
     kw = dict(params)
     # select()'s signature names the USL parameters; a method with a parameter of the same
     # name (TypiClust's k, ProbCover's alpha, USL-T's n_clusters) takes it, the rest are refused.
-    for name, (val, default) in usl_args.items():
-        if val is default:
+    for name, val in usl_args.items():
+        if val is select_defaults[name].default:
             continue
         if name not in names:
             raise TypeError(
