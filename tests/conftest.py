@@ -122,6 +122,26 @@ def make_sparse_labels():
 
 
 @pytest.fixture(scope="module")
+def feats(request) -> np.ndarray:
+    """The CLI tests' data: a few blobs on the unit sphere, clusters a selection can
+    actually find; N x D rows from the requesting test module."""
+    n, d = request.module.N, request.module.D
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((6, d))
+    x = centers[rng.integers(0, 6, n)] + 0.4 * rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+@pytest.fixture
+def npy(tmp_path, feats: np.ndarray):
+    """``feats`` saved as tmp_path / "feats.npy"."""
+    p = tmp_path / "feats.npy"
+    np.save(p, feats)
+    return p
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one thread for a test module (restored afterwards): its tensors are tiny,
     and on a busy 2-core machine OpenMP barriers make every small op ~50x slower."""

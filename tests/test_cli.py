@@ -24,21 +24,8 @@ FAST = ["-k", "15", "--kmeans-iter", "30", "--rounds", "4", "--no-progress"]
 FAST_KW = dict(k=15, kmeans_iter=30, rounds=4)
 
 
-@pytest.fixture(scope="module")
-def feats() -> np.ndarray:
-    # A few blobs on the unit sphere: clusters the selection can actually find.
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((6, D))
-    x = centers[rng.integers(0, 6, N)] + 0.4 * rng.standard_normal((N, D))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
-
-
-@pytest.fixture
-def npy(tmp_path: Path, feats: np.ndarray) -> Path:
-    p = tmp_path / "feats.npy"
-    np.save(p, feats)
-    return p
+# `feats` (a few blobs on the unit sphere, N x D) and `npy` (them saved as a .npy) are
+# fixtures in conftest.py, shared with test_cli_newcomer.py.
 
 
 def run_cli(argv: Sequence[object], capsys: pytest.CaptureFixture) -> Tuple[int, str, str]:

@@ -16,43 +16,18 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List
 
 import numpy as np
 import pytest
 
+# The CLI suite's sizes, options and runner (its `feats` / `npy` fixtures: conftest.py).
+from test_cli import FAST, FAST_KW, D, M, N, run_cli  # noqa: E402,F401
+
 import usl_fast
 from usl_fast import _progress, cli
 
-N, D, M = 300, 16, 10
-FAST = ["-k", "15", "--kmeans-iter", "30", "--rounds", "4", "--no-progress"]
-FAST_KW = dict(k=15, kmeans_iter=30, rounds=4)
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-@pytest.fixture(scope="module")
-def feats() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((6, D))
-    x = centers[rng.integers(0, 6, N)] + 0.4 * rng.standard_normal((N, D))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32)
-
-
-@pytest.fixture
-def npy(tmp_path: Path, feats: np.ndarray) -> Path:
-    p = tmp_path / "feats.npy"
-    np.save(p, feats)
-    return p
-
-
-def run_cli(argv: Sequence[object], capsys: pytest.CaptureFixture) -> Tuple[int, str, str]:
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def subcommands() -> Dict[str, argparse.ArgumentParser]:
