@@ -28,28 +28,11 @@ CHILD = r"""
 import json, os, resource, sys, time
 import numpy as np
 sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
+sys.path.append(os.getcwd())  # benchmarks/, last: never shadows an installed package
 import usl_fast
+from _rss import reset_peak, rss, status
 
 n, d, k, m, iters, threads = (int(v) for v in sys.argv[1:7])
-
-def status(key):  # /proc/self/status field, bytes
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-def reset_peak():  # Linux >= 4.0: VmHWM := current RSS
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 def unit(n, d, seed):  # no (n, d) temporaries besides the result
     x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)

@@ -80,28 +80,10 @@ import json, os, sys, time
 sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
 sys.path.append(os.getcwd())  # bench_methods itself, last: never shadows an installed package
 import numpy as np
+from _rss import reset_peak, rss, status
 
 path, impl, methods, m, delta, threads = sys.argv[1:7]
 methods, m, delta, threads = methods.split(","), int(m), float(delta), int(threads)
-
-def status(key):  # /proc/self/status field, bytes
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-def reset_peak():  # Linux >= 4.0: VmHWM := current RSS
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 rss_start = rss()
 from bench_methods import run_skactiveml, run_usl_fast
