@@ -137,13 +137,28 @@ PYBIND11_MODULE(_cpu, m) {
     const idx_t rows = self ? xv.rows : qv.rows;
     if (k < 1 || k > xv.rows) throw py::value_error("`k` must be in [1, rows of x]");
     float* pd = out_vec<float>(od, "out_dist", rows * k);
-    int64_t* pi = out_vec<int64_t>(oi, "out_idx", rows * k);
+    int64_t* pi = oi.is_none() ? nullptr : out_vec<int64_t>(oi, "out_idx", rows * k);
     const Context c = context(threads, ctl);
     cpu::KnnOptions opt;
     opt.sample_hits = sample_hits;
     opt.max_reservoir_bytes = max_reservoir_bytes;
     py::gil_scoped_release nogil;
     cpu::knn(xv, self ? nullptr : &qv, k, pd, pi, c, opt);
+  });
+
+  m.def("knn_cross", [](py::handle a, py::handle b, int k, py::handle a_start,
+                        py::handle b_start, py::handle out_a, py::handle out_b, int threads,
+                        py::handle ctl) {
+    const View av = in_mat(a, "a"), bv = in_mat(b, "b");
+    if (av.cols != bv.cols) throw py::value_error("`a` and `b`: same dimension");
+    if (k < 1) throw py::value_error("`k` must be >= 1");
+    const float* ps = a_start.is_none() ? nullptr : in_vec<float>(a_start, "a_start", av.rows);
+    const float* pt = b_start.is_none() ? nullptr : in_vec<float>(b_start, "b_start", bv.rows);
+    float* pa = out_vec<float>(out_a, "out_a", av.rows * k);
+    float* pb = out_vec<float>(out_b, "out_b", bv.rows * k);
+    const Context c = context(threads, ctl);
+    py::gil_scoped_release nogil;
+    cpu::knn_cross(av, bv, k, ps, pt, pa, pb, c);
   });
 
   m.def("knn_density", [](py::handle x, int k, double min_mean, py::handle out, int threads,
@@ -172,15 +187,17 @@ PYBIND11_MODULE(_cpu, m) {
   });
 
   m.def("segment_sum", [](py::handle x, py::handle labels, int K, py::handle sums,
-                          py::handle counts, int threads) {
+                          py::handle counts, int threads, int c_lo, int c_hi, bool accumulate) {
     const View xv = in_mat(x, "x");
     if (K < 1) throw py::value_error("`K` must be >= 1");
+    if (c_lo < 0 || c_lo > c_hi || c_hi > K)
+      throw py::value_error("`c_lo`, `c_hi`: 0 <= c_lo <= c_hi <= K");
     const int32_t* pl = in_vec<int32_t>(labels, "labels", xv.rows);
     double* ps = out_vec<double>(sums, "out_sums", static_cast<py::ssize_t>(K) * xv.cols);
     int64_t* pc = out_vec<int64_t>(counts, "out_counts", K);
     const Context c = context(threads, py::none());
     py::gil_scoped_release nogil;
-    cpu::segment_sum(xv, pl, K, ps, pc, c);
+    cpu::segment_sum(xv, pl, K, ps, pc, c, c_lo, c_hi, accumulate);
   });
 
   m.def("min_update", [](py::handle x, py::handle centers, int64_t arg_offset, py::handle mind,

@@ -473,9 +473,9 @@ def test_every_public_function_returns_the_callers_library():
     np.testing.assert_array_equal(best.numpy(), best_np)
 
 
-def test_lloyd_seam_for_split_rows():
-    # The Python loop's seams: with `reduce` (partial sums combined across processes) a
-    # local fixed point must not stop the run, and the counts are the reduced ones.
+def test_lloyd_seams_for_split_rows():
+    # The Python loop's seams (usl_fast.distributed): `segment_sum` replaces the engine's
+    # and its counts are the ones returned; `step_reduce` decides the fixed-point stop.
     from usl_fast._ops import lloyd
 
     x = _unit_with_dups(2000, 8, 3)
@@ -484,13 +484,23 @@ def test_lloyd_seam_for_split_rows():
     assert plain.n_iter_run < 60
     calls = []
 
-    def reduce(sums, counts):
-        calls.append(1)
+    def seg(xx, labels, K, threads):
+        calls.append("sum")
+        sums, counts = _dispatch.segment_sum(xx, labels, K, threads)
         return sums, counts
 
+    def never_repeated(repeated, inertia):
+        calls.append("step")
+        return False, inertia
+
     cent = init.copy()
-    labels, counts, inertia, n_run = lloyd(x, cent, 60, reduce=reduce)
-    assert n_run == 60 and len(calls) == 60
+    labels, counts, inertia, n_run = lloyd(x, cent, 60, segment_sum=seg, step_reduce=never_repeated)
+    assert n_run == 60 and calls.count("sum") == 60 and calls.count("step") == 60
     np.testing.assert_array_equal(labels, plain.labels)
     np.testing.assert_array_equal(cent, plain.centroids)
     np.testing.assert_array_equal(counts, plain.counts)
+    # and a step_reduce that passes the local test through stops where the plain run does
+    cent = init.copy()
+    _, _, inertia2, n_run2 = lloyd(x, cent, 60, step_reduce=lambda r, i: (r, i))
+    assert n_run2 == plain.n_iter_run
+    np.testing.assert_array_equal(inertia2, plain.inertia)

@@ -165,12 +165,90 @@ def assign(
     return labels, dist
 
 
-def segment_sum(x: np.ndarray, labels: np.ndarray, K: int, threads: Optional[int]):
+def segment_sum(
+    x: np.ndarray,
+    labels: np.ndarray,
+    K: int,
+    threads: Optional[int],
+    sums: Optional[np.ndarray] = None,
+    c_lo: int = 0,
+    c_hi: Optional[int] = None,
+):
+    """Float64 member sums (K, d) in ascending row order and counts (K,). With ``sums``
+    given, the clusters [c_lo, c_hi) are added ONTO it (a later row range continuing the
+    sums of an earlier one: the same bits as one pass over all rows) and the rest of it is
+    left untouched; counts are always this call's rows only."""
     th = resolve_threads(threads)
-    sums = np.empty((K, x.shape[1]), np.float64)
     counts = np.empty(K, np.int64)
-    _cpu.segment_sum(x, labels, K, sums, counts, th)
+    hi = K if c_hi is None else int(c_hi)
+    if sums is None:
+        sums = np.empty((K, x.shape[1]), np.float64)
+        _cpu.segment_sum(x, labels, K, sums, counts, th, int(c_lo), hi, False)
+    else:
+        _cpu.segment_sum(x, labels, K, sums, counts, th, int(c_lo), hi, True)
     return sums, counts
+
+
+def knn_distances(x: np.ndarray, k: int, threads: Optional[int], progress: bool = False):
+    """The self kNN graph's distances only, (n, k) float32 ascending (self included)."""
+    n = x.shape[0]
+    check_memory(
+        n * k * 4 + knn_reservoir_bytes(n, k, _cpu.DEFAULT_MAX_RESERVOIR_BYTES),
+        f"the kNN distances ({n} x {k}) and their candidate buffers",
+    )
+    th = resolve_threads(threads)
+    dist = np.empty((n, k), np.float32)
+    _progress.run(
+        _cpu.knn,
+        x,
+        None,
+        k,
+        dist,
+        None,
+        th,
+        desc="kNN (own rows)",
+        unit="tile",
+        progress=progress,
+        extra=(float(_cpu.DEFAULT_SAMPLE_HITS), float(_cpu.DEFAULT_MAX_RESERVOIR_BYTES)),
+    )
+    return dist
+
+
+def knn_cross(
+    a: np.ndarray,
+    b: np.ndarray,
+    k: int,
+    a_start: Optional[np.ndarray],
+    b_start: Optional[np.ndarray],
+    threads: Optional[int],
+    progress: bool = False,
+    desc: str = "kNN (block)",
+):
+    """Both sides of the block a x b: ((na, k), (nb, k)) float32 ascending exact distances,
+    +inf past what was kept; ``*_start``: per-row bounds beyond which nothing is needed."""
+    na, nb = a.shape[0], b.shape[0]
+    check_memory(
+        (na + nb) * (k * 4 + reservoir_bytes_per_row(k)),
+        f"a {na} x {nb} kNN block (k={k}: lists and candidate buffers)",
+    )
+    th = resolve_threads(threads)
+    out_a = np.empty((na, k), np.float32)
+    out_b = np.empty((nb, k), np.float32)
+    _progress.run(
+        _cpu.knn_cross,
+        a,
+        b,
+        int(k),
+        a_start,
+        b_start,
+        out_a,
+        out_b,
+        th,
+        desc=desc,
+        unit="tile",
+        progress=progress,
+    )
+    return out_a, out_b
 
 
 def min_update(

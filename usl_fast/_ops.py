@@ -202,17 +202,18 @@ def lloyd(
     *,
     threads: Optional[int] = None,
     progress: bool = False,
-    assign: Any = None,
-    reduce: Any = None,
+    segment_sum: Any = None,
+    step_reduce: Any = None,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Lloyd's iterations from the (K, d) float32 centroids ``cent`` (updated in place), the
     loop in Python over two engine primitives: ``assign`` (nearest alive centroid, exact
-    distances) and the CSR ``segment_sum`` (float64 member sums in row order). ``assign``
-    and ``reduce`` are the seams for other back ends: ``reduce(sums, counts)`` may combine
-    partial sums across processes before the update (a fixed-order all-reduce keeps the
-    result independent of how the rows were split); with it, the fixed-point early stop is
-    off (a local fixed point is not a global one) and the counts returned are the reduced
-    ones. ``assign`` must return fresh arrays.
+    distances) and the CSR ``segment_sum`` (float64 member sums in row order).
+
+    Seams for rows split across processes (usl_fast.distributed): ``segment_sum(x, labels,
+    K, threads) -> (sums, counts)`` returns the sums and counts over every process's rows,
+    with exactly the bits of one pass over all rows; ``step_reduce(repeated, inertia) ->
+    (repeated_everywhere, total_inertia)`` combines each iteration's fixed-point test (a
+    local fixed point is not a global one) and inertia. Both are called on every iteration.
 
     Returns (labels int32, counts int64, inertia float64 per iteration, iterations run).
     """
@@ -224,7 +225,7 @@ def lloyd(
     counts = np.zeros(K, np.int64)
     labels = np.zeros(n, np.int32)
     n_run = n_iter
-    xn = _dispatch.row_norms(x, threads) if assign is None else None
+    xn = _dispatch.row_norms(x, threads)
     bar = None
     if progress:
         bar = _progress.bar("k-means", n_iter, "iterations")
@@ -234,28 +235,27 @@ def lloyd(
             # again (the reference's NaN centroid, without the NaN).
             live = np.flatnonzero(alive)
             c_live = cent if live.size == K else np.ascontiguousarray(cent[live])
-            if assign is None:
-                lab, dist = _dispatch.assign(x, c_live, threads, xn)
-            else:
-                lab, dist = assign(x, c_live, threads)
+            lab, dist = _dispatch.assign(x, c_live, threads, xn)
             if live.size < K:
                 lab = live.astype(np.int32)[lab]
             labels = lab
-            inertia[it] = dist.sum(dtype=np.float64)
             # A repeated assignment is a fixed point: the update would rebuild these very
             # centroids (same members, same summation order) and no cluster dies, so every
             # remaining iteration repeats this one bit for bit.
-            # With `reduce` (rows split across processes) a local fixed point says nothing
-            # about the other processes' rows, so every iteration runs.
-            if reduce is None and prev is not None and np.array_equal(labels, prev):
+            repeated = prev is not None and np.array_equal(labels, prev)
+            inertia[it] = dist.sum(dtype=np.float64)
+            if step_reduce is not None:
+                repeated, inertia[it] = step_reduce(repeated, inertia[it])
+            if repeated:
                 inertia[it + 1 :] = inertia[it]
                 n_run = it + 1
                 if bar is not None:
                     bar.update(n_iter - it)
                 break
-            sums, counts = _dispatch.segment_sum(x, labels, K, threads)
-            if reduce is not None:
-                sums, counts = reduce(sums, counts)
+            if segment_sum is None:
+                sums, counts = _dispatch.segment_sum(x, labels, K, threads)
+            else:
+                sums, counts = segment_sum(x, labels, K, threads)
             alive &= counts > 0  # and a live cluster has members: update exactly those
             cent[alive] = (sums[alive] * (1.0 / counts[alive])[:, None]).astype(np.float32)
             prev = labels.copy()
@@ -264,9 +264,10 @@ def lloyd(
     finally:
         if bar is not None:
             bar.close()
-    if reduce is None:
+    if segment_sum is None:
         counts = np.bincount(labels, minlength=K).astype(np.int64)
-    # else: the reduced counts of the last assignment (all processes' rows)
+    # else: the combined counts of the last update, which counted this very assignment
+    # (the last iteration's, or at a fixed point the previous one, which it repeats).
     return labels, counts, inertia, n_run
 
 

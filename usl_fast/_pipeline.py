@@ -205,20 +205,76 @@ def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
     return mu * reg + (1.0 - mu) * new
 
 
-def _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed=None) -> tuple:
+class _Rows:
+    """Where USL's steps run over the rows: here, every row in this process.
+    ``usl_fast.distributed`` subclasses it for rows split across processes (each holding a
+    consecutive range), replacing each step by its collective version; ``_usl`` and
+    ``_pick_rounds`` are written against these methods only, so both run the same code.
+
+    Arrays of per-row values (density, labels, scores) are this process's rows; indices
+    (picks, labeled) are global."""
+
+    def __init__(self, x: np.ndarray, threads: Optional[int], progress: bool):
+        self.x = x
+        self.n = x.shape[0]  # rows over all processes
+        self.offset = 0  # global index of x[0]
+        self.threads = threads
+        self.progress = progress
+        self.warn = True
+
+    def density(self, k: int) -> np.ndarray:
+        return _dispatch.knn_density(self.x, k, self.threads, self.progress)
+
+    def initial_centroids(self, K: int, init: str, seed: int) -> np.ndarray:
+        return _ops.initial_rows(self.x, K, init, seed, self.threads, self.progress)
+
+    def kmeans_labels(self, cent: np.ndarray, n_iter: int) -> np.ndarray:
+        return _ops.lloyd(self.x, cent, n_iter, threads=self.threads, progress=self.progress)[0]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), d) float32 copies of the rows at global indices ``idx``."""
+        return np.ascontiguousarray(self.x[idx])
+
+    def values_at(self, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``values`` (per local row) at global indices ``idx``."""
+        return values[idx]
+
+    def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
+        hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
+        # (with at most h picks the engine sums over all of them: docs/parity.md)
+        hn = 0 if p["horizon_num"] is None else p["horizon_num"]
+        return _dispatch.regularizer(
+            self.x, pts, lab, tag, p["alpha"], hd, hn, p["mask_zero"], self.threads, desc=desc
+        )
+
+    def cluster_argmax(self, dens, reg, weight, lab, K) -> np.ndarray:
+        """(K,) global index of each cluster's best ``dens - weight * reg``, first on ties."""
+        return _dispatch.segment_argmax(dens, reg, weight, lab, K)
+
+    def best_rest(self, score: np.ndarray, taken: np.ndarray, r: int) -> np.ndarray:
+        """The ``r`` best-scoring rows not in ``taken`` (global), best first, ties to the
+        lower index."""
+        rest = np.ones(self.x.shape[0], dtype=bool)
+        rest[taken] = False
+        candidates = np.flatnonzero(rest)
+        # Stable sort on -score: ties (including -inf scores) go to the lower index.
+        return candidates[np.argsort(-score[candidates], kind="stable")][:r]
+
+
+def _pick_rounds(rows: _Rows, dens, lab, K, m, p, fixed=None) -> tuple:
     """The regularized rounds. ``fixed``: indices labeled earlier (a later round): their
     clusters give no pick, they are never picked, and they join every round's regularizer
     as picks already made (tagged with their own cluster). Returns (picks, n_filled, the
     last round's score, float64)."""
-    n = x.shape[0]
-    reg = np.zeros(n, np.float64)
+    reg = np.zeros(lab.shape[0], np.float64)
     rounds = p["rounds"]
     own = p["own_cluster"]
     if fixed is not None and fixed.size:
         # Points of covered clusters (and the labeled points) go to a dummy cluster K that
         # the per-cluster arg-max computes and we drop.
+        fixed_lab = rows.values_at(lab, fixed)
         covered = np.zeros(K + 1, dtype=bool)
-        covered[lab[fixed]] = True
+        covered[fixed_lab] = True
         cand = np.where(covered[lab], K, lab).astype(np.int32)
         K_cand = K + 1
         # "position" compares pick numbers with cluster ids, the reference's quirk; with
@@ -229,12 +285,12 @@ def _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed=None) -> tuple:
         fixed = np.zeros(0, np.int64)
         cand, K_cand = lab, K
     bar = None
-    if progress:
+    if rows.progress:
         bar = _progress.bar("regularized selection", rounds, "rounds")
     try:
         for t in range(rounds):
             # weight 0 means no regularizer at all (not 0 * inf = NaN where reg is inf).
-            best = _dispatch.segment_argmax(
+            best = rows.cluster_argmax(
                 dens, reg if p["weight"] > 0 else None, p["weight"], cand, K_cand
             )[:K]
             clusters = np.flatnonzero(best >= 0)[:m]
@@ -246,28 +302,13 @@ def _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed=None) -> tuple:
                     tag = clusters.astype(np.int32)
                 else:
                     tag = np.full(picks.size, -1, np.int32)
-                hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
-                # (with at most h picks the engine sums over all of them: docs/parity.md)
-                hn = 0 if p["horizon_num"] is None else p["horizon_num"]
                 if fixed.size:
                     every = np.concatenate([fixed, picks])
-                    ftag = lab[fixed] if own != "none" else np.full(fixed.size, -1, np.int32)
+                    ftag = fixed_lab if own != "none" else np.full(fixed.size, -1, np.int32)
                     tag = np.concatenate([ftag.astype(np.int32), tag])
                 else:
                     every = picks
-                pts = np.ascontiguousarray(x[every])
-                new = _dispatch.regularizer(
-                    x,
-                    pts,
-                    lab,
-                    tag,
-                    p["alpha"],
-                    hd,
-                    hn,
-                    p["mask_zero"],
-                    threads,
-                    desc=f"regularizer round {t + 1}",
-                )
+                new = rows.regularizer(lab, rows.rows(every), tag, p, f"regularizer round {t + 1}")
                 reg = _blend(reg, new, p["momentum"])
             if bar is not None:
                 bar.update(1)
@@ -281,13 +322,7 @@ def _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed=None) -> tuple:
     if picks.size < m:
         # Fewer non-empty (uncovered) clusters than picks wanted: top up with the
         # best-scoring points not picked (nor labeled) yet, and report how many.
-        rest = np.ones(n, dtype=bool)
-        rest[picks] = False
-        rest[fixed] = False
-        candidates = np.flatnonzero(rest)
-        # Stable sort on -score: ties (including -inf scores) go to the lower index.
-        order = candidates[np.argsort(-score[candidates], kind="stable")]
-        extra = order[: m - picks.size]
+        extra = rows.best_rest(score, np.concatenate([picks, fixed]), m - picks.size)
         n_filled = int(extra.size)
         picks = np.concatenate([picks, extra])
     return picks.astype(np.int64), n_filled, score
@@ -344,7 +379,7 @@ def regularized_select(
         n,
     )
     threads_arg(threads)
-    picks, _, _ = _pick_rounds(x, dens, lab, K, m, p, threads, progress)
+    picks, _, _ = _pick_rounds(_Rows(x, threads, progress), dens, lab, K, m, p)
     return back(picks)
 
 
@@ -376,7 +411,7 @@ def _unit_norm_warning(x: np.ndarray, p: Dict[str, Any], given: Dict[str, Any]) 
 
 
 def _usl(
-    x: np.ndarray,
+    x: Any,
     m: int,
     fixed: np.ndarray,
     *,
@@ -397,8 +432,10 @@ def _usl(
     threads: Optional[int],
     progress: bool,
 ) -> SelectResult:
-    """USL on validated float32 features ``x`` (numpy results); ``fixed``: labeled indices."""
-    n = x.shape[0]
+    """USL on validated float32 features ``x`` (numpy results; or a ``_Rows`` that says
+    where the rows are); ``fixed``: labeled (global) indices."""
+    rows = x if isinstance(x, _Rows) else _Rows(x, threads, progress)
+    n = rows.n
     overrides = dict(
         k=k,
         kmeans_iter=kmeans_iter,
@@ -438,22 +475,23 @@ def _usl(
     p["kmeans_init"] = kmeans_init
     p = _check_reg_params(p, n)
     threads_arg(threads)
-    _unit_norm_warning(x, p, given)
+    if rows.warn:
+        _unit_norm_warning(rows.x, p, given)
 
     # x and every parameter are validated above: straight to the engine from here (the
     # public density() / kmeans() would validate x again, a full pass over the features).
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
-    dens = _dispatch.knn_density(x, p["k"], threads, progress)
+    dens = rows.density(p["k"])
     timings["density"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cent = _ops.initial_rows(x, K, kmeans_init, p["seed"], threads, progress)
-    lab, _, _, _ = _ops.lloyd(x, cent, p["kmeans_iter"], threads=threads, progress=progress)
+    cent = rows.initial_centroids(K, kmeans_init, p["seed"])
+    lab = rows.kmeans_labels(cent, p["kmeans_iter"])
     timings["kmeans"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    picks, n_filled, score = _pick_rounds(x, dens, lab, K, m, p, threads, progress, fixed)
+    picks, n_filled, score = _pick_rounds(rows, dens, lab, K, m, p, fixed)
     timings["selection"] = time.perf_counter() - t0
     return SelectResult(
         indices=picks,

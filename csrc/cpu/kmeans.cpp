@@ -10,29 +10,36 @@ namespace usl_fast {
 namespace cpu {
 
 // Member sums per cluster in float64, each cluster's members added in ascending row order by
-// one thread (a counting sort of the labels gives the CSR order), so every sum has the
-// same bits for any thread count. Labels outside [0, K) are an internal error.
+// one thread, so every sum has the same bits for any thread count. Only clusters in
+// [c_lo, c_hi) are summed (the others' sums are left untouched); `accumulate` adds onto the
+// sums already in out_sums instead of starting from zero, which lets processes holding
+// consecutive row ranges continue one another's sums and get exactly the one-process bits.
+// Counts cover every cluster. Labels outside [0, K) are an internal error.
 void segment_sum(const View& x, const int32_t* labels, int K, double* out_sums,
-                 int64_t* out_counts, const Context& ctx) {
+                 int64_t* out_counts, const Context& ctx, int c_lo, int c_hi, bool accumulate) {
   const idx_t n = x.rows, d = x.cols;
+  require(0 <= c_lo && c_lo <= c_hi && c_hi <= K, "segment_sum: 0 <= c_lo <= c_hi <= K");
   std::fill(out_counts, out_counts + K, 0);
   for (idx_t i = 0; i < n; ++i) {
     const int32_t c = labels[i];
     require(c >= 0 && c < K, "segment_sum: label in [0, K)");
     out_counts[c] += 1;
   }
-  // Thread t owns the clusters [lo_t, hi_t), ranges of about n / T members each, and scans
-  // all rows in order adding its own: every row is read by one thread, sequentially, and
-  // every cluster's sum has the same (ascending row) order for any thread count.
+  // Thread t owns the clusters [lo_t, hi_t), ranges of about (members in range) / T each,
+  // and scans all rows in order adding its own: every row is read by one thread,
+  // sequentially, and every cluster's sum has the same (ascending row) order for any
+  // thread count.
   const int T = ctx.threads;
-  std::vector<int> bounds(T + 1, K);
-  bounds[0] = 0;
+  int64_t members = 0;
+  for (int c = c_lo; c < c_hi; ++c) members += out_counts[c];
+  std::vector<int> bounds(T + 1, c_hi);
+  bounds[0] = c_lo;
   {
     int64_t acc = 0;
     int t = 1;
-    for (int c = 0; c < K && t < T; ++c) {
+    for (int c = c_lo; c < c_hi && t < T; ++c) {
       acc += out_counts[c];
-      while (t < T && acc * T >= static_cast<int64_t>(t) * n) bounds[t++] = c + 1;
+      while (t < T && acc * T >= static_cast<int64_t>(t) * members) bounds[t++] = c + 1;
     }
   }
   Guard guard;
@@ -41,9 +48,12 @@ void segment_sum(const View& x, const int32_t* labels, int K, double* out_sums,
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     if (t == 0) ctx.ran_with(nt);
     // Fewer threads than asked (a nested or limited region): one thread does every range.
-    const int lo = nt == T ? bounds[t] : (t == 0 ? 0 : K);
-    const int hi = nt == T ? bounds[t + 1] : (t == 0 ? K : K);
-    std::fill(out_sums + static_cast<size_t>(lo) * d, out_sums + static_cast<size_t>(hi) * d, 0.0);
+    const int lo = nt == T ? bounds[t] : (t == 0 ? c_lo : c_hi);
+    const int hi = nt == T ? bounds[t + 1] : c_hi;
+    if (lo >= hi) return;
+    if (!accumulate)
+      std::fill(out_sums + static_cast<size_t>(lo) * d, out_sums + static_cast<size_t>(hi) * d,
+                0.0);
     for (idx_t i = 0; i < n; ++i) {
       const int32_t c = labels[i];
       if (c < lo || c >= hi) continue;

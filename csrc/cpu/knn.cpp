@@ -20,11 +20,11 @@ struct ListSink {
   void operator()(idx_t i, const uint64_t* keys, int kk) const {
     for (int t = 0; t < kk; ++t) {
       dist[i * k + t] = key_dist(keys[t]);
-      idx[i * k + t] = key_index(keys[t]);
+      if (idx) idx[i * k + t] = key_index(keys[t]);
     }
     for (int t = kk; t < k; ++t) {
       dist[i * k + t] = std::numeric_limits<float>::infinity();
-      idx[i * k + t] = -1;
+      if (idx) idx[i * k + t] = -1;
     }
   }
 };
@@ -207,6 +207,57 @@ void knn(const View& x, const View* queries, int k, float* out_dist, int64_t* ou
   const Buffer<float> qn = norms(*queries, ctx), bn = norms(x, ctx);
   ctx.set_total(num_tiles(queries->rows));
   rect_topk(*queries, qn.data(), x, bn.data(), k, nullptr, sink, ctx);
+}
+
+namespace {
+// Bipartite top-k epilogue: a tile of (a rows) x (b rows) feeds both reservoirs.
+struct CrossTopK {
+  TopK* a;
+  TopK* b;
+  struct Local {
+    CrossTopK& e;
+    explicit Local(CrossTopK& epi) : e(epi) {}
+    void pair(const Tile& t) { scan_topk(t, e.a, t.i0, e.b); }
+  };
+};
+
+// Each row's kept distances, ascending, +inf past the kept ones.
+void finish_distances(TopK& res, idx_t n, int k, float* out, const Context& ctx) {
+  Guard guard;
+#pragma omp parallel num_threads(ctx.threads)
+  {
+    std::vector<uint64_t> keys;
+    guard.run([&] { keys.resize(k); });
+#pragma omp for schedule(dynamic, 256)
+    for (idx_t i = 0; i < n; ++i)
+      guard.run([&] {
+        const int kk = res.finish(i, keys.data());
+        ListSink{out, nullptr, k}(i, keys.data(), kk);
+      });
+  }
+  guard.rethrow();
+}
+}  // namespace
+
+void knn_cross(const View& a, const View& b, int k, const float* a_start, const float* b_start,
+               float* out_a, float* out_b, const Context& ctx) {
+  require(k >= 1, "knn_cross: k >= 1");
+  require(a.cols == b.cols, "knn_cross: same dimension");
+  require(a.rows <= kMaxRows && b.rows <= kMaxRows, "knn_cross: rows fit in int32");
+  const Buffer<float> an = norms(a, ctx), bn = norms(b, ctx);
+  const float abs = filter_abs(a.cols);
+  TopK ra, rb;
+  ra.init(a.rows, k, abs);
+  rb.init(b.rows, k, abs);
+  if (a_start)
+    for (idx_t i = 0; i < a.rows; ++i) ra.start_below(i, a_start[i]);
+  if (b_start)
+    for (idx_t j = 0; j < b.rows; ++j) rb.start_below(j, b_start[j]);
+  ctx.set_total(num_tiles(a.rows) * num_tiles(b.rows));
+  CrossTopK epi{&ra, &rb};
+  for_each_tile_cross(a, an.data(), b, bn.data(), epi, ctx);
+  finish_distances(ra, a.rows, k, out_a, ctx);
+  finish_distances(rb, b.rows, k, out_b, ctx);
 }
 
 void knn_density(const View& x, int k, double min_mean, float* out_density, const Context& ctx,

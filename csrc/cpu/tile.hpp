@@ -345,6 +345,46 @@ void for_each_tile_pair(const View& x, const float* xn, Epi& epi, const Context&
   guard.rethrow();
 }
 
+// Bipartite: every row tile of a against every row tile of b once, for an epilogue that
+// updates both sides (Epi::Local::pair(const Tile&)). Round r holds the pairs (I, J) with
+// (I - J) mod max(TA, TB) == r: within a round no two pairs share a tile of either side, so
+// threads touch disjoint reservoir rows without locks. One progress unit per tile pair.
+template <class Epi>
+void for_each_tile_cross(const View& a, const float* an, const View& b, const float* bn,
+                         Epi& epi, const Context& ctx) {
+  const idx_t d = a.cols;
+  const idx_t TA = num_tiles(a.rows), TB = num_tiles(b.rows), M = std::max(TA, TB);
+  const float rel = filter_rel(d), abs = filter_abs(d);
+  Guard guard;
+#pragma omp parallel num_threads(ctx.threads)
+  {
+#pragma omp single nowait
+    ctx.ran_with(omp_get_num_threads());
+    std::unique_ptr<typename Epi::Local> loc;
+    float* tile = nullptr;
+    guard.run([&] {
+      loc.reset(new typename Epi::Local(epi));
+      tile = thread_tile();
+    });
+    for (idx_t r = 0; r < M; ++r) {
+#pragma omp for schedule(dynamic, 1)
+      for (idx_t I = 0; I < TA; ++I) {
+        const idx_t J = (I - r + M) % M;
+        if (J >= TB) continue;
+        guard.run([&] {
+          guard.check_cancel(ctx);
+          const idx_t i0 = I * kTile, j0 = J * kTile;
+          const idx_t mi = std::min(kTile, a.rows - i0), nj = std::min(kTile, b.rows - j0);
+          gemm_nt(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, tile, kTile);
+          loc->pair(Tile{tile, kTile, i0, mi, j0, nj, an + i0, bn + j0, rel, abs, false, a, b});
+          ctx.add(1);
+        });
+      }
+    }
+  }
+  guard.rethrow();
+}
+
 // Rows [0, n) split over threads (static), for the per-row passes after a driver.
 template <class F>
 void parallel_rows(idx_t n, const Context& ctx, F&& f) {

@@ -26,9 +26,18 @@ double reservoir_bytes_per_row(int k);
 
 // k nearest rows of x for every query row (queries == nullptr: the self graph, every row in
 // its own list at distance 0, after any lower-index exact duplicates), ascending
-// (distance, index). out_*: rows * k.
+// (distance, index). out_*: rows * k; out_idx may be null (distances only).
 void knn(const View& x, const View* queries, int k, float* out_dist, int64_t* out_idx,
          const Context& ctx, const KnnOptions& opt);
+
+// Both sides of one rectangular block: for every row of a, the k smallest exact distances
+// to rows of b, and for every row of b the k smallest to rows of a, ascending, +inf where
+// fewer were kept. a_start / b_start (may be null): per-row upper bounds of the distance
+// the caller still needs (e.g. the k-th distance already found elsewhere); pairs beyond a
+// row's bound may be left out. Every pair is computed once (a distributed kNN's
+// off-diagonal shard block). out_a: a.rows * k, out_b: b.rows * k.
+void knn_cross(const View& a, const View& b, int k, const float* a_start, const float* b_start,
+               float* out_a, float* out_b, const Context& ctx);
 
 // Self kNN density without lists: out[i] = 1 / max(mean of the k smallest distances of row i
 // (itself included), min_mean), the mean in float64 over the ascending distances.
@@ -41,9 +50,10 @@ void assign(const View& x, const float* x_norms, const View& centroids, int32_t*
             float* out_dist, const Context& ctx);
 
 // Float64 member sums (K x d) and member counts (K) per cluster; each sum in ascending row
-// order, whatever the thread count. labels in [0, K).
+// order, whatever the thread count. labels in [0, K). Only clusters [c_lo, c_hi) are
+// summed; accumulate: add onto out_sums (continue another process's sums) instead of zero.
 void segment_sum(const View& x, const int32_t* labels, int K, double* out_sums,
-                 int64_t* out_counts, const Context& ctx);
+                 int64_t* out_counts, const Context& ctx, int c_lo, int c_hi, bool accumulate);
 
 // inout_min[i] = min(inout_min[i], distance of row i to its nearest center); inout_arg (may be
 // null) gets arg_offset + that center's row where the distance got strictly smaller, or equal
