@@ -1,0 +1,324 @@
+"""USL over features sharded across the ranks of a ``torch.distributed`` process group.
+
+Each rank passes its own rows (a consecutive range; rank 0 holds the first rows, rank 1
+the next, ...). Every rank gets the same global indices, and they are exactly those of
+``usl_fast.select`` on the concatenated rows, for any number of ranks::
+
+    import torch.distributed as dist, usl_fast.distributed as ud
+    dist.init_process_group("gloo")            # "nccl" on GPUs
+    x = ud.load_shard("feats.npy")             # this rank's rows, memory-mapped
+    idx = ud.select(x, 20000)                  # the same (m,) global indices on every rank
+
+or from the command line, ``torchrun --nproc-per-node 8 -m usl_fast.distributed select
+feats.npy -m 20000 -o picks.npy``. The compute is the local engine's; the ranks talk only
+through torch.distributed collectives and point-to-point messages. How each step keeps the
+one-process bits, what it sends and what it costs: docs/distributed.md.
+
+Failures: a rank whose arguments are invalid, or shards that disagree (columns, dtype) or
+ranks called with different arguments, make every rank raise before any work. A rank that
+exits makes the others raise ``DistributedError`` at their next message; a rank that stops
+answering, after the process group's timeout (``init_process_group(timeout=...)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+
+from .._ops import KMeansResult
+from .._pipeline import PRESET, _check_reg_params, _pick_rounds, _resolve, _usl
+from .._validate import as_bool, as_features, as_int, as_labels, as_vector, threads_arg
+from ._comm import Comm, DistributedError
+from ._shard import ShardRows
+
+__all__ = [
+    "select",
+    "knn_density",
+    "kmeans",
+    "regularized_select",
+    "load_shard",
+    "shard_range",
+    "DistributedError",
+]
+
+
+def shard_range(n: int, rank: int, world_size: int) -> Tuple[int, int]:
+    """Rows [lo, hi) of rank ``rank`` when n rows are split as evenly as possible in rank
+    order (the first n % world_size ranks get one row more)."""
+    n = as_int(n, "n", 1)
+    world_size = as_int(world_size, "world_size", 1)
+    rank = as_int(rank, "rank", 0, world_size - 1, f" = world_size - 1 = {world_size - 1}")
+    q, extra = divmod(n, world_size)
+    lo = rank * q + min(rank, extra)
+    return lo, lo + q + (1 if rank < extra else 0)
+
+
+def load_shard(path: str, rank: Optional[int] = None, world_size: Optional[int] = None):
+    """This rank's rows of a 2-D ``.npy`` file, memory-mapped: only this range is ever read
+    (rank and world size default to the process group's)."""
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            raise RuntimeError("load_shard: pass rank= and world_size=, or initialise the group")
+        rank = dist.get_rank() if rank is None else rank
+        world_size = dist.get_world_size() if world_size is None else world_size
+    a = np.load(path, mmap_mode="r")
+    if a.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D array of features, got shape {a.shape}")
+    lo, hi = shard_range(a.shape[0], rank, world_size)
+    if hi <= lo:
+        raise ValueError(
+            f"{path}: {a.shape[0]} rows cannot give each of {world_size} ranks at least one row"
+        )
+    return a[lo:hi]
+
+
+def _fingerprint(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str((p.dtype, p.shape)).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:16]
+
+
+def _begin(
+    comm: Comm, features: Any, name: str, fingerprint: str, check: Optional[Callable] = None
+):
+    """Validate this rank's rows, then agree with every rank before any work: each rank's
+    outcome, column count, dtype and arguments are exchanged, and every rank raises the
+    same error if one failed or they disagree. Returns (rows, converter, shard sizes, what
+    ``check(rows)`` returned)."""
+    comm.phase = "argument check"
+    err: Optional[BaseException] = None
+    info = None
+    extra = None
+    try:
+        dtype = str(getattr(features, "dtype", type(features).__name__))
+        x, back = as_features(features, name)
+        if check is not None:
+            extra = check(x)
+        info = (int(x.shape[0]), int(x.shape[1]), dtype, fingerprint)
+    except Exception as exc:  # shared with the other ranks below, then re-raised
+        err = exc
+    msg = None if err is None else f"{type(err).__name__}: {err}"
+    everyone = comm.all_gather_object((info, msg))
+    if err is not None:
+        raise err
+    failed = [(i, m) for i, (_, m) in enumerate(everyone) if m]
+    if failed:
+        raise DistributedError(
+            "usl_fast.distributed: "
+            + "; ".join(f"rank {i} rejected its arguments ({m})" for i, m in failed)
+        )
+    infos = [inf for inf, _ in everyone]
+    for pos, what in ((1, "number of columns"), (2, "dtype")):
+        vals = [inf[pos] for inf in infos]
+        if len(set(vals)) > 1:
+            raise ValueError(
+                f"usl_fast.distributed: the shards disagree on the {what}: "
+                + ", ".join(f"rank {i}: {v}" for i, v in enumerate(vals))
+            )
+    if len({inf[3] for inf in infos}) > 1:
+        raise ValueError(
+            "usl_fast.distributed: the ranks were called with different arguments (every rank "
+            "must pass the same m, labeled and parameters; only the rows differ)"
+        )
+    sizes = np.array([inf[0] for inf in infos], np.int64)
+    return x, back, sizes, extra
+
+
+def select(
+    local_rows: Any,
+    m: int,
+    *,
+    group: Any = None,
+    labeled: Any = None,
+    defaults: str = "cifar10",
+    k: Any = PRESET,
+    n_clusters: Optional[int] = None,
+    kmeans_iter: Any = PRESET,
+    kmeans_init: str = "random",
+    rounds: Any = PRESET,
+    weight: Any = PRESET,
+    momentum: Any = PRESET,
+    alpha: Any = PRESET,
+    horizon_dist: Any = PRESET,
+    horizon_num: Any = PRESET,
+    own_cluster: Any = PRESET,
+    mask_zero: Any = PRESET,
+    normalize: Optional[bool] = None,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    progress: bool = False,
+    return_info: bool = False,
+) -> Any:
+    """``usl_fast.select`` (method USL) over the rows of every rank of the process group.
+
+    local_rows : (n_r, d) this rank's rows (numpy, a memory-mapped slice, or a torch CPU
+        tensor); the global rows are rank 0's, then rank 1's, ... Every rank needs at least
+        one row; d and dtype must agree.
+    m, labeled, and every USL parameter : as ``usl_fast.select``, the same on every rank
+        (``labeled`` holds global indices). kmeans_init must be "random" (the default).
+    group : the process group (default: the default group).
+    progress : bars on rank 0 only.
+
+    Returns the same (m,) int64 global indices on every rank, exactly those of
+    ``usl_fast.select`` on the concatenated rows; with ``return_info`` a SelectResult
+    whose per-row arrays (labels, density, scores) hold this rank's rows.
+    """
+    comm = Comm(group)
+    params = dict(
+        defaults=defaults,
+        k=k,
+        n_clusters=n_clusters,
+        kmeans_iter=kmeans_iter,
+        kmeans_init=kmeans_init,
+        rounds=rounds,
+        weight=weight,
+        momentum=momentum,
+        alpha=alpha,
+        horizon_dist=horizon_dist,
+        horizon_num=horizon_num,
+        own_cluster=own_cluster,
+        mask_zero=mask_zero,
+    )
+    lab_arr = None if labeled is None else np.asarray(labeled)
+    fp = _fingerprint("select", m, lab_arr, sorted(params.items()), normalize, seed)
+    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp)
+    n = int(sizes.sum())
+    from .._methods import as_labeled, unit_rows
+
+    fixed = as_labeled(labeled, n)
+    free = n - fixed.size
+    if free < 1:
+        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
+    m = as_int(m, "m", 1, free, f" = number of unlabeled points over all ranks ({free})")
+    if not (isinstance(kmeans_init, str) and kmeans_init == "random"):
+        raise ValueError(
+            f"usl_fast.distributed.select: `kmeans_init` must be 'random' (got {kmeans_init!r}); "
+            "k-means++ seeding is sequential over all rows and is not offered across ranks"
+        )
+    if normalize is not None and as_bool(normalize, "normalize"):
+        x = unit_rows(x)
+    rows = ShardRows(x, comm, sizes, threads, progress)
+    res = _usl(rows, m, fixed, seed=seed, threads=threads, progress=progress, **params)
+    res.params["ranks"] = comm.size
+    res.params["rows"] = (rows.offset, rows.offset + x.shape[0])
+    res.timings["sent_bytes"] = float(comm.sent_bytes)
+    if not return_info:
+        return back(res.indices)
+    for f in ("indices", "labels", "density", "scores", "labeled"):
+        setattr(res, f, back(getattr(res, f)))
+    return res
+
+
+def knn_density(
+    local_rows: Any,
+    k: int = 400,
+    *,
+    group: Any = None,
+    threads: Optional[int] = None,
+    progress: bool = False,
+) -> Any:
+    """``usl_fast.density`` of this rank's rows against every rank's rows: (n_r,) float32,
+    the same bits as the one-process density of the concatenated rows (1 <= k < n)."""
+    comm = Comm(group)
+    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", _fingerprint("knn_density", k))
+    n = int(sizes.sum())
+    k = as_int(k, "k", 1, n - 1, f" and < number of points over all ranks n={n} (self included)")
+    threads_arg(threads)
+    return back(ShardRows(x, comm, sizes, threads, progress).density(k))
+
+
+def kmeans(
+    local_rows: Any,
+    n_clusters: int,
+    *,
+    n_iter: int = 200,
+    init: str = "random",
+    seed: int = 0,
+    group: Any = None,
+    threads: Optional[int] = None,
+    progress: bool = False,
+) -> KMeansResult:
+    """``usl_fast.kmeans`` over every rank's rows: labels of this rank's rows, and the
+    centroids, counts and iterations run of the one-process run on the concatenated rows,
+    bit for bit. ``inertia`` is the sum of the ranks' sums (equal up to rounding)."""
+    comm = Comm(group)
+    fp = _fingerprint("kmeans", n_clusters, n_iter, init, seed)
+    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp)
+    n = int(sizes.sum())
+    K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points over all ranks n={n}")
+    n_iter = as_int(n_iter, "n_iter", 1)
+    seed = as_int(seed, "seed", 0)
+    threads_arg(threads)
+    if not (isinstance(init, str) and init == "random"):
+        raise ValueError(
+            f"usl_fast.distributed.kmeans: `init` must be 'random' (got {init!r}); k-means++ "
+            "seeding is sequential over all rows and is not offered across ranks"
+        )
+    rows = ShardRows(x, comm, sizes, threads, progress)
+    cent = rows.initial_centroids(K, init, seed)
+    labels, counts, inertia, n_run = rows.lloyd(cent, n_iter)
+    return KMeansResult(
+        back(labels.astype(np.int64)), back(cent), back(counts), back(inertia), int(n_run)
+    )
+
+
+def regularized_select(
+    local_rows: Any,
+    local_density: Any,
+    local_labels: Any,
+    m: int,
+    *,
+    n_clusters: Optional[int] = None,
+    group: Any = None,
+    defaults: str = "cifar10",
+    rounds: Any = PRESET,
+    weight: Any = PRESET,
+    momentum: Any = PRESET,
+    alpha: Any = PRESET,
+    horizon_dist: Any = PRESET,
+    horizon_num: Any = PRESET,
+    own_cluster: Any = PRESET,
+    mask_zero: Any = PRESET,
+    threads: Optional[int] = None,
+    progress: bool = False,
+) -> Any:
+    """``usl_fast.regularized_select`` with this rank's rows, densities and cluster labels:
+    the same (m,) global indices on every rank. ``n_clusters`` defaults to 1 + the largest
+    label over all ranks."""
+    comm = Comm(group)
+    reg = dict(
+        rounds=rounds,
+        weight=weight,
+        momentum=momentum,
+        alpha=alpha,
+        horizon_dist=horizon_dist,
+        horizon_num=horizon_num,
+        own_cluster=own_cluster,
+        mask_zero=mask_zero,
+    )
+    fp = _fingerprint("regularized_select", m, n_clusters, defaults, sorted(reg.items()))
+
+    def check(x):
+        dens = as_vector(local_density, x.shape[0], "local_density")
+        K = None if n_clusters is None else as_int(n_clusters, "n_clusters", 1)
+        lab, K_local = as_labels(local_labels, x.shape[0], K)
+        return dens, lab, K_local
+
+    x, back, sizes, (dens, lab, K) = _begin(comm, local_rows, "local_rows", fp, check)
+    if n_clusters is None:
+        K = int(comm.all_reduce(np.array([K], np.int64), "max")[0])
+    n = int(sizes.sum())
+    m = as_int(m, "m", 1, n, f" = number of points over all ranks n={n}")
+    p = _check_reg_params(_resolve(defaults, reg), n)
+    threads_arg(threads)
+    picks, _, _ = _pick_rounds(ShardRows(x, comm, sizes, threads, progress), dens, lab, K, m, p)
+    return back(picks)
