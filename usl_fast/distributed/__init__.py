@@ -68,11 +68,11 @@ def load_shard(path: str, rank: Optional[int] = None, world_size: Optional[int] 
     a = np.load(path, mmap_mode="r")
     if a.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D array of features, got shape {a.shape}")
-    lo, hi = shard_range(a.shape[0], rank, world_size)
-    if hi <= lo:
+    if a.shape[0] < world_size:
         raise ValueError(
             f"{path}: {a.shape[0]} rows cannot give each of {world_size} ranks at least one row"
         )
+    lo, hi = shard_range(a.shape[0], rank, world_size)
     return a[lo:hi]
 
 

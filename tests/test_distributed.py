@@ -1,0 +1,421 @@
+"""usl_fast.distributed on real gloo process groups (spawned processes on this machine,
+1 to 4 ranks, uneven shards): every result must equal the one-process result on the
+concatenated rows bit for bit; failures on one rank must reach every rank as a clear
+error within the timeout. Plus the engine ops the distributed steps rest on, against
+float64 oracles."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+import usl_fast
+from usl_fast import _dispatch
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+TIMEOUT = 30  # seconds: the process group's timeout in every spawned group
+
+# Uneven shards, a one-row shard included (rows of the first and second data sets).
+SPLITS = {
+    1: ([500], [240]),
+    2: ([180, 320], [100, 140]),
+    3: ([1, 299, 200], [80, 80, 80]),
+    4: ([200, 1, 150, 149], [10, 70, 100, 60]),
+}
+
+
+def blobs(n=500, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((9, d))
+    x = c[rng.integers(0, 9, n)] + 0.35 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def few_distinct(n=240, distinct=30, d=8, seed=1):
+    """Only 30 distinct rows: k-means with K = 40 must leave clusters empty."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((distinct, d))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    return base[rng.integers(0, distinct, n)].astype(np.float32)
+
+
+def _shard(x, sizes, rank):
+    st = np.concatenate([[0], np.cumsum(sizes)])
+    return x[st[rank] : st[rank + 1]]
+
+
+# ---------------------------------------------------------------------- the rank jobs
+def job_parity(rank, P):
+    import usl_fast.distributed as ud
+
+    s1, s2 = SPLITS[P]
+    x = _shard(blobs(), s1, rank)
+    out = {}
+    r = ud.select(x, 12, k=10, kmeans_iter=25, rounds=3, threads=1, return_info=True)
+    out["cifar10"] = (r.indices, r.labels, r.density, r.scores, r.n_filled)
+    r = ud.select(x, 10, defaults="imagenet", k=8, kmeans_iter=25, threads=1, return_info=True)
+    out["imagenet"] = (r.indices, r.labels, r.density, r.scores, r.n_filled)
+    idx = ud.select(x, 9, defaults="cifar100", k=10, kmeans_iter=25, labeled=[3, 77, 400])
+    out["later_round"] = idx
+    out["density"] = ud.knn_density(x, 40, threads=1)
+    km = ud.kmeans(x, 9, n_iter=30, seed=3, threads=1)
+    out["kmeans"] = (km.labels, km.centroids, km.counts, km.n_iter_run, km.inertia)
+    out["regularized"] = ud.regularized_select(
+        x, out["density"], km.labels, 9, defaults="imagenet-clip", threads=1
+    )
+    y = _shard(few_distinct(), s2, rank)
+    r = ud.select(y, 40, k=5, kmeans_iter=10, rounds=2, threads=1, return_info=True)
+    out["empty"] = (r.indices, r.labels, r.n_filled)
+    t = torch.from_numpy(x.copy())
+    out["torch"] = ud.select(t, 6, k=10, kmeans_iter=5, rounds=2, threads=1)
+    return out
+
+
+def job_exit_first(rank, P):
+    import usl_fast.distributed as ud
+
+    if rank == P - 1:
+        os._exit(3)
+    return ud.select(_shard(blobs(), SPLITS[P][0], rank), 12, k=10, threads=1)
+
+
+def job_exit_in_kmeans(rank, P):
+    import usl_fast.distributed as ud
+    from usl_fast.distributed import _shard as sh
+
+    if rank == 1:
+        sh.ShardRows.kmeans_labels = lambda self, cent, n_iter: os._exit(4)
+    return ud.select(_shard(blobs(), SPLITS[P][0], rank), 12, k=10, threads=1)
+
+
+def job_disagree_columns(rank, P):
+    import usl_fast.distributed as ud
+
+    x = _shard(blobs(), SPLITS[P][0], rank)
+    if rank == 1:
+        x = np.ascontiguousarray(np.hstack([x, x[:, :1]]))
+    return ud.select(x, 12, k=10, threads=1)
+
+
+def job_nan_rows(rank, P):
+    import usl_fast.distributed as ud
+
+    x = _shard(blobs(), SPLITS[P][0], rank).copy()
+    if rank == 0:
+        x[0, 0] = np.nan
+    return ud.select(x, 12, k=10, threads=1)
+
+
+def job_different_m(rank, P):
+    import usl_fast.distributed as ud
+
+    return ud.select(_shard(blobs(), SPLITS[P][0], rank), 12 + rank, k=10, threads=1)
+
+
+JOBS = {
+    f.__name__: f
+    for f in (
+        job_parity,
+        job_exit_first,
+        job_exit_in_kmeans,
+        job_disagree_columns,
+        job_nan_rows,
+        job_different_m,
+    )
+}
+
+
+def _rank_main(rank, P, init_file, out_dir, job):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=P,
+        timeout=timedelta(seconds=TIMEOUT),
+    )
+    t0 = time.perf_counter()
+    try:
+        res = ("ok", JOBS[job](rank, P))
+    except BaseException as exc:
+        res = ("error", type(exc).__name__, str(exc))
+    res = res + (time.perf_counter() - t0,)
+    with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
+        pickle.dump(res, f)
+    dist.destroy_process_group()
+
+
+def spawn(tmp_path, P, job):
+    """Run ``job`` on P spawned gloo ranks; per rank (status, ..., seconds) or None if the
+    rank wrote nothing (it exited)."""
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_rank_main, args=(r, P, str(tmp_path / "init"), str(tmp_path), job))
+        for r in range(P)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT * 3)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            pytest.fail(f"{job}: a rank was still running after {TIMEOUT * 3} s (a hang)")
+    out = []
+    for r in range(P):
+        f = tmp_path / f"{r}.pkl"
+        out.append(pickle.loads(f.read_bytes()) if f.exists() else None)
+    return out
+
+
+# ---------------------------------------------------------------------- parity
+@pytest.fixture(scope="module")
+def one_process():
+    x, y = blobs(), few_distinct()
+    ref = {}
+    r = usl_fast.select(x, 12, k=10, kmeans_iter=25, rounds=3, return_info=True)
+    ref["cifar10"] = (r.indices, r.labels, r.density, r.scores, r.n_filled)
+    r = usl_fast.select(x, 10, defaults="imagenet", k=8, kmeans_iter=25, return_info=True)
+    ref["imagenet"] = (r.indices, r.labels, r.density, r.scores, r.n_filled)
+    ref["later_round"] = usl_fast.select(
+        x, 9, defaults="cifar100", k=10, kmeans_iter=25, labeled=[3, 77, 400]
+    )
+    ref["density"] = usl_fast.density(x, 40)
+    km = usl_fast.kmeans(x, 9, n_iter=30, seed=3)
+    ref["kmeans"] = (km.labels, km.centroids, km.counts, km.n_iter_run, km.inertia)
+    ref["regularized"] = usl_fast.regularized_select(
+        x, ref["density"], km.labels, 9, defaults="imagenet-clip"
+    )
+    r = usl_fast.select(y, 40, k=5, kmeans_iter=10, rounds=2, return_info=True)
+    ref["empty"] = (r.indices, r.labels, r.n_filled)
+    ref["torch"] = usl_fast.select(x, 6, k=10, kmeans_iter=5, rounds=2)
+    return ref
+
+
+@pytest.mark.parametrize("P", [1, 2, 3, 4])
+def test_same_bits_as_one_process(tmp_path, one_process, P):
+    res = spawn(tmp_path, P, "job_parity")
+    for r, got in enumerate(res):
+        assert got is not None and got[0] == "ok", f"rank {r}: {got}"
+    outs = [got[1] for got in res]
+    ref = one_process
+
+    def cat(i, key):
+        return np.concatenate([np.asarray(o[key][i]) for o in outs])
+
+    for key in ("cifar10", "imagenet"):
+        for o in outs:  # the same global picks on every rank
+            np.testing.assert_array_equal(o[key][0], ref[key][0])
+            assert o[key][4] == ref[key][4]
+        np.testing.assert_array_equal(cat(1, key), ref[key][1])  # cluster labels
+        np.testing.assert_array_equal(cat(2, key), ref[key][2])  # densities
+        np.testing.assert_array_equal(cat(3, key), ref[key][3])  # scores
+    for o in outs:
+        np.testing.assert_array_equal(o["later_round"], ref["later_round"])
+        np.testing.assert_array_equal(o["regularized"], ref["regularized"])
+        np.testing.assert_array_equal(o["empty"][0], ref["empty"][0])
+        assert o["empty"][2] == ref["empty"][2]
+        km = o["kmeans"]
+        np.testing.assert_array_equal(km[1], ref["kmeans"][1])  # centroids
+        np.testing.assert_array_equal(km[2], ref["kmeans"][2])  # counts
+        assert km[3] == ref["kmeans"][3]  # iterations run (the fixed-point stop)
+        np.testing.assert_allclose(km[4], ref["kmeans"][4], rtol=1e-12)  # inertia
+        assert isinstance(o["torch"], torch.Tensor)
+        np.testing.assert_array_equal(
+            o["torch"].numpy(),
+            ref["torch"].numpy() if isinstance(ref["torch"], torch.Tensor) else ref["torch"],
+        )
+    np.testing.assert_array_equal(cat(0, "kmeans"), ref["kmeans"][0])
+    np.testing.assert_array_equal(np.concatenate([o["density"] for o in outs]), ref["density"])
+    np.testing.assert_array_equal(cat(1, "empty"), ref["empty"][1])
+    assert ref["empty"][2] > 0  # the case really has empty clusters (picks filled)
+    assert len(np.unique(ref["empty"][1])) < 40
+
+
+# ---------------------------------------------------------------------- failures
+def _errors(res):
+    return {r: got for r, got in enumerate(res) if got is not None}
+
+
+def test_a_rank_that_exits_fails_the_others_clearly(tmp_path):
+    res = spawn(tmp_path, 3, "job_exit_first")
+    assert res[2] is None
+    for r in (0, 1):
+        status, name, msg, secs = res[r]
+        assert (status, name) == ("error", "DistributedError"), res[r]
+        assert "another rank exited" in msg and f"rank {r} of 3" in msg
+        assert secs < TIMEOUT
+
+
+def test_a_rank_that_dies_mid_run_fails_the_others_clearly(tmp_path):
+    res = spawn(tmp_path, 3, "job_exit_in_kmeans")
+    assert res[1] is None
+    for r in (0, 2):
+        status, name, msg, secs = res[r]
+        assert (status, name) == ("error", "DistributedError"), res[r]
+        assert "k-means" in msg  # the phase it was in
+        assert secs < TIMEOUT + 5
+
+
+def test_shards_that_disagree_fail_on_every_rank(tmp_path):
+    res = spawn(tmp_path, 2, "job_disagree_columns")
+    for r in (0, 1):
+        status, name, msg, _ = res[r]
+        assert (status, name) == ("error", "ValueError")
+        assert "disagree on the number of columns: rank 0: 12, rank 1: 13" in msg
+
+
+def test_a_rank_with_bad_rows_fails_every_rank(tmp_path):
+    res = spawn(tmp_path, 2, "job_nan_rows")
+    assert res[0][:2] == ("error", "ValueError") and "NaN" in res[0][2]
+    assert res[1][:2] == ("error", "DistributedError")
+    assert "rank 0 rejected its arguments" in res[1][2] and "NaN" in res[1][2]
+
+
+def test_ranks_called_with_different_arguments_fail(tmp_path):
+    res = spawn(tmp_path, 2, "job_different_m")
+    for r in (0, 1):
+        assert res[r][:2] == ("error", "ValueError")
+        assert "different arguments" in res[r][2]
+
+
+def test_without_a_process_group_the_error_says_what_to_do():
+    import usl_fast.distributed as ud
+
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        ud.select(blobs(), 5)
+
+
+# ---------------------------------------------------------------------- command line
+def test_cli_under_torchrun_writes_the_one_process_picks(tmp_path):
+    x = blobs(400, 16, seed=5)
+    np.save(tmp_path / "f.npy", x)
+    out = tmp_path / "picks.npy"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "0",
+        "-m",
+        "usl_fast.distributed",
+        "select",
+        str(tmp_path / "f.npy"),
+        "-m",
+        "9",
+        "-k",
+        "12",
+        "--kmeans-iter",
+        "20",
+        "-o",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(out), usl_fast.select(x, 9, k=12, kmeans_iter=20))
+    # rank 0 alone reports
+    assert p.stdout.count("9 picks from 2 ranks") == 1
+
+
+def test_cli_errors_are_messages(tmp_path, capsys):
+    from usl_fast.distributed.__main__ import main
+
+    assert (
+        main(["select", str(tmp_path / "none.npy"), "-m", "3", "-o", str(tmp_path / "o.npy")]) == 1
+    )
+    assert "no such file" in capsys.readouterr().err
+    assert (
+        main(["select", str(tmp_path / "none.npy"), "-m", "3", "-o", str(tmp_path / "o.txt")]) == 1
+    )
+    assert "must end in .npy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the engine seams
+def test_shard_range_and_load_shard(tmp_path):
+    from usl_fast.distributed import load_shard, shard_range
+
+    spans = [shard_range(10, r, 4) for r in range(4)]
+    assert spans == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    x = blobs(10, 4)
+    np.save(tmp_path / "x.npy", x)
+    parts = [load_shard(str(tmp_path / "x.npy"), r, 4) for r in range(4)]
+    assert isinstance(parts[0], np.memmap)
+    np.testing.assert_array_equal(np.concatenate(parts), x)
+    with pytest.raises(ValueError, match="at least one row"):
+        load_shard(str(tmp_path / "x.npy"), 0, 11)
+
+
+def test_knn_cross_is_both_sides_of_the_block_exactly():
+    x = blobs(1300, 10, seed=2)
+    x[17] = x[1100]  # a duplicate across the two blocks
+    a, b = x[:700], x[700:]
+    k = 25
+    da, db = _dispatch.knn_cross(a, b, k, None, None, 2)
+    D = ((a.astype(np.float64)[:, None] - b.astype(np.float64)[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(da, np.sort(D, 1)[:, :k], atol=1e-6)
+    np.testing.assert_allclose(db, np.sort(D.T, 1)[:, :k], atol=1e-6)
+    # with the own blocks merged in: the self kNN lists, bit for bit (one distance everywhere)
+    from usl_fast.distributed._shard import density_of_lists, merge_lists
+
+    own_a, own_b = _dispatch.knn_distances(a, k, 2), _dispatch.knn_distances(b, k, 2)
+    full, _ = usl_fast.knn(x, k)
+    merged = np.concatenate([merge_lists(own_a, da), merge_lists(own_b, db)])
+    np.testing.assert_array_equal(merged, full)
+    np.testing.assert_array_equal(density_of_lists(merged), usl_fast.density(x, k))
+    # starting bounds (the k-th distance already known) leave the merged result unchanged
+    da2, db2 = _dispatch.knn_cross(a, b, k, own_a[:, -1].copy(), own_b[:, -1].copy(), 1)
+    assert np.isinf(da2).any()  # pairs beyond the bounds were left out
+    merged2 = np.concatenate([merge_lists(own_a, da2), merge_lists(own_b, db2)])
+    np.testing.assert_array_equal(merged2, full)
+
+
+def test_merge_lists_keeps_the_k_smallest():
+    rng = np.random.default_rng(0)
+    a = np.sort(rng.random((50, 7)).astype(np.float32), 1)
+    b = np.sort(rng.random((50, 7)).astype(np.float32), 1)
+    b[:, 5:] = np.inf
+    from usl_fast.distributed._shard import merge_lists
+
+    np.testing.assert_array_equal(merge_lists(a, b), np.sort(np.hstack([a, b]), 1)[:, :7])
+
+
+def test_segment_sum_continued_across_row_ranges_has_the_one_pass_bits():
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((3001, 9)) * 10.0 ** rng.integers(-6, 6, (3001, 1))).astype(np.float32)
+    lab = rng.integers(0, 11, 3001).astype(np.int32)
+    full, counts = _dispatch.segment_sum(x, lab, 11, 2)
+    cuts = [0, 5, 1200, 1201, 3001]
+    sums = np.zeros((11, 9))
+    total = np.zeros(11, np.int64)
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        for c_lo, c_hi in ((0, 4), (4, 4), (4, 11)):  # cluster blocks, an empty one too
+            _, cnt = _dispatch.segment_sum(
+                x[lo:hi], lab[lo:hi], 11, 1 + (lo % 2), sums=sums, c_lo=c_lo, c_hi=c_hi
+            )
+        total += cnt
+    np.testing.assert_array_equal(sums, full)
+    np.testing.assert_array_equal(total, counts)
+    # float64 oracle (the sums are float64 sums of float32 values in row order)
+    oracle = np.zeros((11, 9))
+    for i in range(3001):
+        oracle[lab[i]] += x[i].astype(np.float64)
+    np.testing.assert_array_equal(full, oracle)

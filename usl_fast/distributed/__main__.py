@@ -1,0 +1,136 @@
+"""``torchrun --nproc-per-node P -m usl_fast.distributed select FEATS.npy -m M -o OUT.npy``:
+USL over a ``.npy`` file that every rank memory-maps, reading only its own rows. Rank 0
+shows progress and writes the result; every rank exits 1 with a message on an error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+PROG = "python -m usl_fast.distributed"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ..cli import DEFAULTS_CHOICES
+
+    ap = argparse.ArgumentParser(
+        prog=PROG,
+        description="USL selection over features sharded across torch.distributed ranks "
+        "(run under torchrun; without it, one rank). Every rank reads only its own rows of "
+        "FEATS; the picks equal `usl-fast select` on the whole file.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("select", help="choose M points to label")
+    sp.add_argument("features", metavar="FEATS.npy", help="(n, d) features, memory-mapped")
+    sp.add_argument("-m", type=int, required=True, help="labeling budget")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="picks (rank 0)")
+    sp.add_argument("--labeled", metavar="IDX.npy", help="indices labeled in earlier rounds")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing OUT.npy")
+    sp.add_argument("--defaults", choices=DEFAULTS_CHOICES, default="cifar10")
+    sp.add_argument("-k", "--k", dest="k", type=int, default=None, help="kNN size (self included)")
+    sp.add_argument("--n-clusters", type=int, default=None, help="k-means K >= m")
+    sp.add_argument("--kmeans-iter", type=int, default=None, help="Lloyd iterations")
+    sp.add_argument("--rounds", type=int, default=None, help="selection rounds")
+    sp.add_argument("--weight", type=float, default=None, help="regularizer weight")
+    sp.add_argument("--normalize", action="store_true", help="L2-normalise the rows first")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=None, help="threads per rank")
+    sp.add_argument(
+        "--backend",
+        choices=("gloo", "nccl"),
+        default=None,
+        help="process group backend [default: nccl if CUDA is available, else gloo]",
+    )
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds a rank waits for another before failing [default: 600]",
+    )
+    sp.add_argument("--no-progress", action="store_true", help="hide rank 0's progress bars")
+    return ap
+
+
+def _init(backend: Optional[str], timeout: float) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    else:  # not under torchrun: one rank
+        import tempfile
+
+        store = os.path.join(tempfile.mkdtemp(prefix="usl_fast_pg_"), "store")
+        dist.init_process_group(
+            backend,
+            init_method=f"file://{store}",
+            rank=0,
+            world_size=1,
+            timeout=timedelta(seconds=timeout),
+        )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        out = Path(args.output)
+        if out.suffix != ".npy":
+            raise ValueError(f"-o/--output must end in .npy (got {args.output})")
+        if out.exists() and not args.force:
+            raise ValueError(f"{out} exists (pass --force to overwrite it)")
+        if args.timeout <= 0:
+            raise ValueError(f"--timeout must be > 0 seconds (got {args.timeout})")
+        if not Path(args.features).is_file():
+            raise ValueError(f"FEATS.npy: no such file: {args.features}")
+        _init(args.backend, args.timeout)
+        import torch.distributed as dist
+
+        import usl_fast.distributed as ud
+
+        rank = dist.get_rank()
+        x = ud.load_shard(args.features)
+        labeled = None if args.labeled is None else np.load(args.labeled)
+        kw = {
+            key: getattr(args, key)
+            for key in ("k", "n_clusters", "kmeans_iter", "rounds", "weight")
+            if getattr(args, key) is not None
+        }
+        idx = ud.select(
+            x,
+            args.m,
+            labeled=labeled,
+            defaults=args.defaults,
+            normalize=True if args.normalize else None,
+            seed=args.seed,
+            threads=args.threads,
+            progress=not args.no_progress,
+            **kw,
+        )
+        if rank == 0:
+            np.save(out, np.asarray(idx, np.int64))
+            print(f"{PROG}: {len(idx)} picks from {dist.get_world_size()} ranks -> {out}")
+        dist.destroy_process_group()
+        return 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: rank {rank}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every rank reports and exits 1; no traceback for users
+        print(f"{PROG}: rank {rank}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
