@@ -210,7 +210,7 @@ def select(
     res = _usl(rows, m, fixed, seed=seed, threads=threads, progress=progress, **params)
     res.params["ranks"] = comm.size
     res.params["rows"] = (rows.offset, rows.offset + x.shape[0])
-    res.timings["sent_bytes"] = float(comm.sent_bytes)
+    res.params["sent_bytes"] = dict(comm.sent_by_phase, total=comm.sent_bytes)
     if not return_info:
         return back(res.indices)
     for f in ("indices", "labels", "density", "scores", "labeled"):

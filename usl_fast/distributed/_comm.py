@@ -46,6 +46,7 @@ class Comm:
         else:
             self.device = torch.device("cpu")
         self.sent_bytes = 0
+        self.sent_by_phase: dict = {}
         self.phase = "start"
 
     # ------------------------------------------------------------------ plumbing
@@ -74,6 +75,11 @@ class Comm:
         if self.device.type != "cpu":
             a[...] = t.cpu().numpy()
 
+    def _count(self, nbytes: int) -> None:
+        self.sent_bytes += nbytes
+        key = self.phase.split(" round ")[0]  # the regularizer rounds together
+        self.sent_by_phase[key] = self.sent_by_phase.get(key, 0) + nbytes
+
     def _run(self, what: str, fn, *args, **kw):
         try:
             return fn(*args, **kw)
@@ -92,7 +98,7 @@ class Comm:
         t = self._tensor(a)
         self._run("all-reduce", dist.all_reduce, t, op=ops[op], group=self.group)
         self._back(t, a)
-        self.sent_bytes += a.nbytes
+        self._count(a.nbytes)
         return a
 
     def all_gather(self, a: np.ndarray) -> np.ndarray:
@@ -110,7 +116,7 @@ class Comm:
         if self.device.type != "cpu":
             for i, p in enumerate(parts):
                 out[i] = p.cpu().numpy()
-        self.sent_bytes += a.nbytes
+        self._count(a.nbytes)
         return out
 
     def all_gather_object(self, obj: Any) -> List[Any]:
@@ -129,7 +135,7 @@ class Comm:
         self._run("broadcast", dist.broadcast, t, src=self._global(src), group=self.group)
         self._back(t, a)
         if self.rank == src:
-            self.sent_bytes += a.nbytes
+            self._count(a.nbytes)
         return a
 
     # ------------------------------------------------------------------ point to point
@@ -137,7 +143,7 @@ class Comm:
         _, dist = _torch()
         t = self._tensor(a)
         work = self._run("send", dist.isend, t, dst=self._global(dst), group=self.group, tag=tag)
-        self.sent_bytes += a.nbytes
+        self._count(a.nbytes)
         return _Pending(self, work, t, None)
 
     def irecv(self, a: np.ndarray, src: int, tag: int) -> "_Pending":
