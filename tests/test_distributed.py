@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import usl_fast
-from usl_fast import _dispatch
 
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
@@ -123,6 +122,13 @@ def job_different_m(rank, P):
     return ud.select(_shard(blobs(), SPLITS[P][0], rank), 12 + rank, k=10, threads=1)
 
 
+def job_different_files(rank, P):
+    import usl_fast.distributed as ud
+
+    path = os.environ["USL_FAST_TEST_FILES"].split(",")[rank]
+    return ud.load_shard(path)
+
+
 JOBS = {
     f.__name__: f
     for f in (
@@ -132,6 +138,7 @@ JOBS = {
         job_disagree_columns,
         job_nan_rows,
         job_different_m,
+        job_different_files,
     )
 }
 
@@ -291,6 +298,20 @@ def test_ranks_called_with_different_arguments_fail(tmp_path):
         assert "different arguments" in res[r][2]
 
 
+def test_a_path_naming_different_files_fails_every_rank(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", blobs(50, 4))
+    np.save(tmp_path / "b.npy", blobs(60, 4))
+    files = f"{tmp_path / 'a.npy'},{tmp_path / 'b.npy'}"
+    monkeypatch.setenv("USL_FAST_TEST_FILES", files)  # spawned ranks inherit it
+    res = spawn(tmp_path, 2, "job_different_files")
+    for r in (0, 1):
+        assert res[r][:2] == ("error", "ValueError"), res[r]
+        assert (
+            "different files" in res[r][2]
+            and "rank 0: shape (50, 4) float32, rank 1: shape (60, 4) float32" in res[r][2]
+        )
+
+
 def test_without_a_process_group_the_error_says_what_to_do():
     import usl_fast.distributed as ud
 
@@ -347,75 +368,3 @@ def test_cli_errors_are_messages(tmp_path, capsys):
         main(["select", str(tmp_path / "none.npy"), "-m", "3", "-o", str(tmp_path / "o.txt")]) == 1
     )
     assert "must end in .npy" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------- the engine seams
-def test_shard_range_and_load_shard(tmp_path):
-    from usl_fast.distributed import load_shard, shard_range
-
-    spans = [shard_range(10, r, 4) for r in range(4)]
-    assert spans == [(0, 3), (3, 6), (6, 8), (8, 10)]
-    x = blobs(10, 4)
-    np.save(tmp_path / "x.npy", x)
-    parts = [load_shard(str(tmp_path / "x.npy"), r, 4) for r in range(4)]
-    assert isinstance(parts[0], np.memmap)
-    np.testing.assert_array_equal(np.concatenate(parts), x)
-    with pytest.raises(ValueError, match="at least one row"):
-        load_shard(str(tmp_path / "x.npy"), 0, 11)
-
-
-def test_knn_cross_is_both_sides_of_the_block_exactly():
-    x = blobs(1300, 10, seed=2)
-    x[17] = x[1100]  # a duplicate across the two blocks
-    a, b = x[:700], x[700:]
-    k = 25
-    da, db = _dispatch.knn_cross(a, b, k, None, None, 2)
-    D = ((a.astype(np.float64)[:, None] - b.astype(np.float64)[None]) ** 2).sum(-1)
-    np.testing.assert_allclose(da, np.sort(D, 1)[:, :k], atol=1e-6)
-    np.testing.assert_allclose(db, np.sort(D.T, 1)[:, :k], atol=1e-6)
-    # with the own blocks merged in: the self kNN lists, bit for bit (one distance everywhere)
-    from usl_fast.distributed._shard import density_of_lists, merge_lists
-
-    own_a, own_b = _dispatch.knn_distances(a, k, 2), _dispatch.knn_distances(b, k, 2)
-    full, _ = usl_fast.knn(x, k)
-    merged = np.concatenate([merge_lists(own_a, da), merge_lists(own_b, db)])
-    np.testing.assert_array_equal(merged, full)
-    np.testing.assert_array_equal(density_of_lists(merged), usl_fast.density(x, k))
-    # starting bounds (the k-th distance already known) leave the merged result unchanged
-    da2, db2 = _dispatch.knn_cross(a, b, k, own_a[:, -1].copy(), own_b[:, -1].copy(), 1)
-    assert np.isinf(da2).any()  # pairs beyond the bounds were left out
-    merged2 = np.concatenate([merge_lists(own_a, da2), merge_lists(own_b, db2)])
-    np.testing.assert_array_equal(merged2, full)
-
-
-def test_merge_lists_keeps_the_k_smallest():
-    rng = np.random.default_rng(0)
-    a = np.sort(rng.random((50, 7)).astype(np.float32), 1)
-    b = np.sort(rng.random((50, 7)).astype(np.float32), 1)
-    b[:, 5:] = np.inf
-    from usl_fast.distributed._shard import merge_lists
-
-    np.testing.assert_array_equal(merge_lists(a, b), np.sort(np.hstack([a, b]), 1)[:, :7])
-
-
-def test_segment_sum_continued_across_row_ranges_has_the_one_pass_bits():
-    rng = np.random.default_rng(4)
-    x = (rng.standard_normal((3001, 9)) * 10.0 ** rng.integers(-6, 6, (3001, 1))).astype(np.float32)
-    lab = rng.integers(0, 11, 3001).astype(np.int32)
-    full, counts = _dispatch.segment_sum(x, lab, 11, 2)
-    cuts = [0, 5, 1200, 1201, 3001]
-    sums = np.zeros((11, 9))
-    total = np.zeros(11, np.int64)
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
-        for c_lo, c_hi in ((0, 4), (4, 4), (4, 11)):  # cluster blocks, an empty one too
-            _, cnt = _dispatch.segment_sum(
-                x[lo:hi], lab[lo:hi], 11, 1 + (lo % 2), sums=sums, c_lo=c_lo, c_hi=c_hi
-            )
-        total += cnt
-    np.testing.assert_array_equal(sums, full)
-    np.testing.assert_array_equal(total, counts)
-    # float64 oracle (the sums are float64 sums of float32 values in row order)
-    oracle = np.zeros((11, 9))
-    for i in range(3001):
-        oracle[lab[i]] += x[i].astype(np.float64)
-    np.testing.assert_array_equal(full, oracle)

@@ -12,7 +12,7 @@ python3 -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
 trap 'rm -rf "$work"' EXIT
 core_tests=(tests/test_exact.py tests/test_knn.py tests/test_kmeans.py tests/test_regularizer.py
             tests/test_engine_paths.py tests/test_errors.py tests/test_select.py
-            tests/test_methods.py)
+            tests/test_methods.py tests/test_shard_ops.py)
 
 echo "== portable build"
 USL_FAST_ISA_BUILD=portable python3 -m pip install --no-deps --no-build-isolation -q \
@@ -20,7 +20,8 @@ USL_FAST_ISA_BUILD=portable python3 -m pip install --no-deps --no-build-isolatio
 (cd "$work" && PYTHONPATH="$work/portable" python3 -c \
   "from usl_fast._backend import _cpu; assert _cpu.active_isa() == 0, 'portable build runs SIMD'")
 PYTHONPATH="$work/portable" python3 -m pytest -q -p no:cacheprovider --rootdir="$root" \
-  tests/test_exact.py tests/test_knn.py tests/test_engine_paths.py tests/test_methods.py
+  tests/test_exact.py tests/test_knn.py tests/test_engine_paths.py tests/test_methods.py \
+  tests/test_shard_ops.py
 
 echo "== AddressSanitizer + UBSan build"
 USL_FAST_SANITIZE=address,undefined python3 -m pip install --no-deps --no-build-isolation -q \

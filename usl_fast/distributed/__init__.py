@@ -55,19 +55,36 @@ def shard_range(n: int, rank: int, world_size: int) -> Tuple[int, int]:
     return lo, lo + q + (1 if rank < extra else 0)
 
 
-def load_shard(path: str, rank: Optional[int] = None, world_size: Optional[int] = None):
-    """This rank's rows of a 2-D ``.npy`` file, memory-mapped: only this range is ever read
-    (rank and world size default to the process group's)."""
+def load_shard(
+    path: str, rank: Optional[int] = None, world_size: Optional[int] = None, group: Any = None
+):
+    """This rank's rows of a 2-D ``.npy`` file, memory-mapped: only this range is ever read.
+    Rank and world size default to the process group's; then every rank also checks that
+    all of them see a file of the same shape and dtype (a path that names different files
+    on different machines is an error on every rank, not a silent mix)."""
+    a = None
+    err: Optional[str] = None
+    try:
+        a = np.load(path, mmap_mode="r")
+        if a.ndim != 2:
+            raise ValueError(f"{path}: expected a 2-D array of features, got shape {a.shape}")
+    except (OSError, ValueError) as exc:
+        err = str(exc)
     if rank is None or world_size is None:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            raise RuntimeError("load_shard: pass rank= and world_size=, or initialise the group")
-        rank = dist.get_rank() if rank is None else rank
-        world_size = dist.get_world_size() if world_size is None else world_size
-    a = np.load(path, mmap_mode="r")
-    if a.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D array of features, got shape {a.shape}")
+        comm = Comm(group)
+        rank = comm.rank if rank is None else rank
+        world_size = comm.size if world_size is None else world_size
+        seen = comm.all_gather_object((None if a is None else (tuple(a.shape), str(a.dtype)), err))
+        bad = [(i, e) for i, (_, e) in enumerate(seen) if e]
+        if bad:
+            raise ValueError("; ".join(f"rank {i}: {e}" for i, e in bad))
+        if len({sh for sh, _ in seen}) > 1:
+            raise ValueError(
+                f"the ranks see different files at {path}: "
+                + ", ".join(f"rank {i}: shape {sh[0]} {sh[1]}" for i, (sh, _) in enumerate(seen))
+            )
+    if err is not None:
+        raise ValueError(err)
     if a.shape[0] < world_size:
         raise ValueError(
             f"{path}: {a.shape[0]} rows cannot give each of {world_size} ranks at least one row"

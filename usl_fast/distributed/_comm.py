@@ -77,7 +77,7 @@ class Comm:
 
     def _count(self, nbytes: int) -> None:
         self.sent_bytes += nbytes
-        key = self.phase.split(" round ")[0]  # the regularizer rounds together
+        key = self.phase.split(":")[0]  # "selection: ..." phases together
         self.sent_by_phase[key] = self.sent_by_phase.get(key, 0) + nbytes
 
     def _run(self, what: str, fn, *args, **kw):
@@ -149,9 +149,7 @@ class Comm:
     def irecv(self, a: np.ndarray, src: int, tag: int) -> "_Pending":
         _, dist = _torch()
         t = self._tensor(a)
-        work = self._run(
-            "receive", dist.irecv, t, src=self._global(src), group=self.group, tag=tag
-        )
+        work = self._run("receive", dist.irecv, t, src=self._global(src), group=self.group, tag=tag)
         return _Pending(self, work, t, a)
 
 

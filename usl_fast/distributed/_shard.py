@@ -240,14 +240,14 @@ class ShardRows(_Rows):
         return self.comm.all_reduce(out, "sum").astype(values.dtype)
 
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
-        self.comm.phase = desc
+        self.comm.phase = f"selection: {desc}"
         return super().regularizer(lab, pts, tag, p, desc)
 
     def cluster_argmax(self, dens, reg, weight, lab, K) -> np.ndarray:
         """Each rank's first best member per cluster, then the largest score over the ranks
         (all-reduce max) and, among the ranks that reach it, the lowest global index
         (all-reduce min): the one-process arg-max, first index on ties."""
-        self.comm.phase = "per-cluster arg-max"
+        self.comm.phase = "selection: per-cluster arg-max"
         best = _dispatch.segment_argmax(dens, reg, weight, lab, K)
         has = best >= 0
         score = np.full(K, -np.inf, np.float64)
@@ -273,4 +273,3 @@ class ShardRows(_Rows):
         all_sc, all_gi = all_sc[ok], all_gi[ok]
         order = np.lexsort((all_gi, -all_sc))
         return all_gi[order][:r]
-
