@@ -144,6 +144,9 @@ JOBS = {
 
 
 def _rank_main(rank, P, init_file, out_dir, job):
+    # Gloo's connections over the loopback interface (127.0.0.1), whatever the host name
+    # resolves to on the test machine.
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     import torch.distributed as dist
 
     dist.init_process_group(
@@ -349,7 +352,7 @@ def test_cli_under_torchrun_writes_the_one_process_picks(tmp_path):
         "1",
         "--no-progress",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     np.testing.assert_array_equal(np.load(out), usl_fast.select(x, 9, k=12, kmeans_iter=20))
