@@ -187,7 +187,8 @@ PYBIND11_MODULE(_cpu, m) {
   });
 
   m.def("segment_sum", [](py::handle x, py::handle labels, int K, py::handle sums,
-                          py::handle counts, int threads, int c_lo, int c_hi, bool accumulate) {
+                          py::handle counts, int threads, int c_lo, int c_hi, bool accumulate,
+                          py::handle rows) {
     const View xv = in_mat(x, "x");
     if (K < 1) throw py::value_error("`K` must be >= 1");
     if (c_lo < 0 || c_lo > c_hi || c_hi > K)
@@ -196,8 +197,17 @@ PYBIND11_MODULE(_cpu, m) {
     double* ps = out_vec<double>(sums, "out_sums", static_cast<py::ssize_t>(K) * xv.cols);
     int64_t* pc = out_vec<int64_t>(counts, "out_counts", K);
     const Context c = context(threads, py::none());
+    const int64_t* pr = nullptr;
+    idx_t nr = 0;
+    if (!rows.is_none()) {
+      py::array ra = as_array<int64_t>(rows, "rows");
+      nr = ra.size();
+      pr = in_vec<int64_t>(rows, "rows", nr);
+      for (idx_t t = 0; t < nr; ++t)
+        if (pr[t] < 0 || pr[t] >= xv.rows) throw py::value_error("`rows`: indices in [0, rows of x)");
+    }
     py::gil_scoped_release nogil;
-    cpu::segment_sum(xv, pl, K, ps, pc, c, c_lo, c_hi, accumulate);
+    cpu::segment_sum(xv, pl, K, ps, pc, c, c_lo, c_hi, accumulate, pr, nr);
   });
 
   m.def("min_update", [](py::handle x, py::handle centers, int64_t arg_offset, py::handle mind,

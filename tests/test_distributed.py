@@ -31,6 +31,7 @@ SPLITS = {
     2: ([180, 320], [100, 140]),
     3: ([1, 299, 200], [80, 80, 80]),
     4: ([200, 1, 150, 149], [10, 70, 100, 60]),
+    5: ([120, 1, 200, 100, 79], [50, 50, 1, 100, 39]),
 }
 
 
@@ -68,6 +69,8 @@ def job_parity(rank, P):
     idx = ud.select(x, 9, defaults="cifar100", k=10, kmeans_iter=25, labeled=[3, 77, 400])
     out["later_round"] = idx
     out["density"] = ud.knn_density(x, 40, threads=1)
+    # k above a shard's rows and above the 256-row tile; two threads per rank
+    out["density300"] = ud.knn_density(x, 300, threads=2)
     km = ud.kmeans(x, 9, n_iter=30, seed=3, threads=1)
     out["kmeans"] = (km.labels, km.centroids, km.counts, km.n_iter_run, km.inertia)
     out["regularized"] = ud.regularized_select(
@@ -122,6 +125,27 @@ def job_different_m(rank, P):
     return ud.select(_shard(blobs(), SPLITS[P][0], rank), 12 + rank, k=10, threads=1)
 
 
+def job_bad_threads(rank, P):
+    import usl_fast.distributed as ud
+
+    return ud.select(_shard(blobs(), SPLITS[P][0], rank), 12, k=10, threads=0 if rank else 1)
+
+
+def job_equivalent_args(rank, P):
+    import usl_fast.distributed as ud
+
+    k = np.int64(10) if rank else 10
+    labeled = np.array([3, 77], np.int32 if rank else np.int64)
+    x = _shard(blobs(), SPLITS[P][0], rank)
+    return ud.select(torch.from_numpy(x.copy()) if rank else x, 12, k=k, labeled=labeled)
+
+
+def job_non_integer_k(rank, P):
+    import usl_fast.distributed as ud
+
+    return ud.select(_shard(blobs(), SPLITS[P][0], rank), 12, k=10.0 if rank else 10)
+
+
 def job_different_files(rank, P):
     import usl_fast.distributed as ud
 
@@ -139,6 +163,9 @@ JOBS = {
         job_nan_rows,
         job_different_m,
         job_different_files,
+        job_bad_threads,
+        job_equivalent_args,
+        job_non_integer_k,
     )
 }
 
@@ -170,6 +197,7 @@ def _rank_main(rank, P, init_file, out_dir, job):
 def spawn(tmp_path, P, job):
     """Run ``job`` on P spawned gloo ranks; per rank (status, ..., seconds) or None if the
     rank wrote nothing (it exited)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_rank_main, args=(r, P, str(tmp_path / "init"), str(tmp_path), job))
@@ -203,6 +231,7 @@ def one_process():
         x, 9, defaults="cifar100", k=10, kmeans_iter=25, labeled=[3, 77, 400]
     )
     ref["density"] = usl_fast.density(x, 40)
+    ref["density300"] = usl_fast.density(x, 300)
     km = usl_fast.kmeans(x, 9, n_iter=30, seed=3)
     ref["kmeans"] = (km.labels, km.centroids, km.counts, km.n_iter_run, km.inertia)
     ref["regularized"] = usl_fast.regularized_select(
@@ -214,7 +243,7 @@ def one_process():
     return ref
 
 
-@pytest.mark.parametrize("P", [1, 2, 3, 4])
+@pytest.mark.parametrize("P", [1, 2, 3, 4, 5])
 def test_same_bits_as_one_process(tmp_path, one_process, P):
     res = spawn(tmp_path, P, "job_parity")
     for r, got in enumerate(res):
@@ -248,7 +277,8 @@ def test_same_bits_as_one_process(tmp_path, one_process, P):
             ref["torch"].numpy() if isinstance(ref["torch"], torch.Tensor) else ref["torch"],
         )
     np.testing.assert_array_equal(cat(0, "kmeans"), ref["kmeans"][0])
-    np.testing.assert_array_equal(np.concatenate([o["density"] for o in outs]), ref["density"])
+    for key in ("density", "density300"):
+        np.testing.assert_array_equal(np.concatenate([o[key] for o in outs]), ref[key])
     np.testing.assert_array_equal(cat(1, "empty"), ref["empty"][1])
     assert ref["empty"][2] > 0  # the case really has empty clusters (picks filled)
     assert len(np.unique(ref["empty"][1])) < 40
@@ -276,7 +306,7 @@ def test_a_rank_that_dies_mid_run_fails_the_others_clearly(tmp_path):
         status, name, msg, secs = res[r]
         assert (status, name) == ("error", "DistributedError"), res[r]
         assert "k-means" in msg  # the phase it was in
-        assert secs < TIMEOUT + 5
+        assert secs < TIMEOUT / 2  # noticed at once, not at the group's timeout
 
 
 def test_shards_that_disagree_fail_on_every_rank(tmp_path):
@@ -299,6 +329,23 @@ def test_ranks_called_with_different_arguments_fail(tmp_path):
     for r in (0, 1):
         assert res[r][:2] == ("error", "ValueError")
         assert "different arguments" in res[r][2]
+
+
+def test_a_bad_thread_count_on_one_rank_fails_every_rank(tmp_path):
+    res = spawn(tmp_path, 2, "job_bad_threads")
+    assert res[1][:2] == ("error", "ValueError") and "threads" in res[1][2]
+    assert res[0][:2] == ("error", "DistributedError") and "rank 1 rejected" in res[0][2]
+
+
+def test_equivalent_arguments_agree_and_a_float_k_fails_everywhere(tmp_path):
+    res = spawn(tmp_path, 2, "job_equivalent_args")
+    ref = usl_fast.select(blobs(), 12, k=10, labeled=[3, 77])
+    for r in (0, 1):
+        assert res[r][0] == "ok", res[r]
+        np.testing.assert_array_equal(np.asarray(res[r][1]), ref)
+    res = spawn(tmp_path / "float", 2, "job_non_integer_k")
+    assert res[1][:2] == ("error", "TypeError") or res[1][:2] == ("error", "ValueError"), res[1]
+    assert res[0][:2] == ("error", "DistributedError") and "rank 1 rejected" in res[0][2]
 
 
 def test_a_path_naming_different_files_fails_every_rank(tmp_path, monkeypatch):
@@ -371,3 +418,9 @@ def test_cli_errors_are_messages(tmp_path, capsys):
         main(["select", str(tmp_path / "none.npy"), "-m", "3", "-o", str(tmp_path / "o.txt")]) == 1
     )
     assert "must end in .npy" in capsys.readouterr().err
+    np.save(tmp_path / "f.npy", blobs(20, 4))
+    assert (
+        main(["select", str(tmp_path / "f.npy"), "-m", "3", "-o", str(tmp_path / "no" / "o.npy")])
+        == 1
+    )
+    assert "no such directory" in capsys.readouterr().err

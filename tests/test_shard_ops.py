@@ -88,3 +88,27 @@ def test_segment_sum_continued_across_row_ranges_has_the_one_pass_bits():
     for i in range(3001):
         oracle[lab[i]] += x[i].astype(np.float64)
     np.testing.assert_array_equal(full, oracle)
+
+
+def test_segment_sum_over_a_sorted_row_subset_per_block():
+    # What each rank does per k-means update: sort its rows by label once, then one call
+    # per block of clusters over that block's members only.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2000, 6)).astype(np.float32)
+    lab = rng.integers(0, 9, 2000).astype(np.int32)
+    full, counts = _dispatch.segment_sum(x, lab, 9, 2)
+    order = np.argsort(lab, kind="stable").astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)])
+    sums = np.zeros((9, 6))
+    for lo, hi in ((0, 2), (2, 2), (2, 9)):
+        _, c = _dispatch.segment_sum(
+            x, lab, 9, 2, sums=sums, c_lo=lo, c_hi=hi, rows=order[first[lo] : first[hi]]
+        )
+        np.testing.assert_array_equal(c[lo:hi], counts[lo:hi])
+    np.testing.assert_array_equal(sums, full)
+    # without `sums`, the clusters outside the range are zero, not left over memory
+    part, _ = _dispatch.segment_sum(x, lab, 9, 1, c_lo=3, c_hi=5)
+    np.testing.assert_array_equal(part[3:5], full[3:5])
+    assert not part[:3].any() and not part[5:].any()
+    with pytest.raises(ValueError, match="rows"):
+        _dispatch.segment_sum(x, lab, 9, 1, rows=np.array([0, 2000], np.int64))

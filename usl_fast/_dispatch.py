@@ -173,19 +173,22 @@ def segment_sum(
     sums: Optional[np.ndarray] = None,
     c_lo: int = 0,
     c_hi: Optional[int] = None,
+    rows: Optional[np.ndarray] = None,
 ):
     """Float64 member sums (K, d) in ascending row order and counts (K,). With ``sums``
     given, the clusters [c_lo, c_hi) are added ONTO it (a later row range continuing the
     sums of an earlier one: the same bits as one pass over all rows) and the rest of it is
-    left untouched; counts are always this call's rows only."""
+    left untouched; without, the sums outside [c_lo, c_hi) are zero. ``rows`` (int64):
+    visit only these rows, in that order (e.g. the block's members, sorted by label then
+    row); counts are of the rows visited."""
     th = resolve_threads(threads)
     counts = np.empty(K, np.int64)
     hi = K if c_hi is None else int(c_hi)
-    if sums is None:
-        sums = np.empty((K, x.shape[1]), np.float64)
-        _cpu.segment_sum(x, labels, K, sums, counts, th, int(c_lo), hi, False)
-    else:
-        _cpu.segment_sum(x, labels, K, sums, counts, th, int(c_lo), hi, True)
+    accumulate = sums is not None
+    if sums is None:  # the engine zeroes [c_lo, c_hi) itself
+        full = int(c_lo) == 0 and hi == K
+        sums = (np.empty if full else np.zeros)((K, x.shape[1]), np.float64)
+    _cpu.segment_sum(x, labels, K, sums, counts, th, int(c_lo), hi, accumulate, rows)
     return sums, counts
 
 

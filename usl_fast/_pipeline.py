@@ -239,6 +239,10 @@ class _Rows:
         """``values`` (per local row) at global indices ``idx``."""
         return values[idx]
 
+    def norm_sample(self) -> np.ndarray:
+        """Rows whose median squared norm decides the unit-norm warning."""
+        return self.x[:: max(1, self.x.shape[0] // 4096)]
+
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
         hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
         # (with at most h picks the engine sums over all of them: docs/parity.md)
@@ -383,12 +387,15 @@ def regularized_select(
     return back(picks)
 
 
-def _unit_norm_warning(x: np.ndarray, p: Dict[str, Any], given: Dict[str, Any]) -> None:
+def _unit_norm_warning(rows: "_Rows", p: Dict[str, Any], given: Dict[str, Any]) -> None:
     """Warn when the features are far from unit norm and the preset's regularizer (tuned
     for L2-normalised features) would silently do nothing."""
     if p["weight"] <= 0 or "horizon_dist" in given or "horizon_num" in given:
         return
-    rows = x[:: max(1, x.shape[0] // 4096)].astype(np.float64)
+    sample = rows.norm_sample()  # every rank of a process group takes part
+    if not rows.warn:
+        return
+    rows = sample.astype(np.float64)
     med = float(np.median(np.einsum("ij,ij->i", rows, rows)))
     if 0.25 <= med <= 4.0:
         return
@@ -410,8 +417,8 @@ def _unit_norm_warning(x: np.ndarray, p: Dict[str, Any], given: Dict[str, Any]) 
     )
 
 
-def _usl(
-    x: Any,
+def _usl_params(
+    n: int,
     m: int,
     fixed: np.ndarray,
     *,
@@ -429,13 +436,9 @@ def _usl(
     own_cluster: Any,
     mask_zero: Any,
     seed: int,
-    threads: Optional[int],
-    progress: bool,
-) -> SelectResult:
-    """USL on validated float32 features ``x`` (numpy results; or a ``_Rows`` that says
-    where the rows are); ``fixed``: labeled (global) indices."""
-    rows = x if isinstance(x, _Rows) else _Rows(x, threads, progress)
-    n = rows.n
+) -> tuple:
+    """USL's parameters for n points, resolved from the preset and checked: (params, K,
+    the ones given). Raises before any work."""
     overrides = dict(
         k=k,
         kmeans_iter=kmeans_iter,
@@ -474,9 +477,55 @@ def _usl(
         raise ValueError(f"`kmeans_init` must be 'random' or 'k-means++' (got {kmeans_init!r})")
     p["kmeans_init"] = kmeans_init
     p = _check_reg_params(p, n)
+    return p, K, given
+
+
+def _usl(
+    x: Any,
+    m: int,
+    fixed: np.ndarray,
+    *,
+    defaults: str,
+    k: Any,
+    n_clusters: Optional[int],
+    kmeans_iter: Any,
+    kmeans_init: Any,
+    rounds: Any,
+    weight: Any,
+    momentum: Any,
+    alpha: Any,
+    horizon_dist: Any,
+    horizon_num: Any,
+    own_cluster: Any,
+    mask_zero: Any,
+    seed: int,
+    threads: Optional[int],
+    progress: bool,
+) -> SelectResult:
+    """USL on validated float32 features ``x`` (numpy results; or a ``_Rows`` that says
+    where the rows are); ``fixed``: labeled (global) indices."""
+    rows = x if isinstance(x, _Rows) else _Rows(x, threads, progress)
+    p, K, given = _usl_params(
+        rows.n,
+        m,
+        fixed,
+        defaults=defaults,
+        k=k,
+        n_clusters=n_clusters,
+        kmeans_iter=kmeans_iter,
+        kmeans_init=kmeans_init,
+        rounds=rounds,
+        weight=weight,
+        momentum=momentum,
+        alpha=alpha,
+        horizon_dist=horizon_dist,
+        horizon_num=horizon_num,
+        own_cluster=own_cluster,
+        mask_zero=mask_zero,
+        seed=seed,
+    )
     threads_arg(threads)
-    if rows.warn:
-        _unit_norm_warning(rows.x, p, given)
+    _unit_norm_warning(rows, p, given)
 
     # x and every parameter are validated above: straight to the engine from here (the
     # public density() / kmeans() would validate x again, a full pass over the features).
@@ -486,7 +535,7 @@ def _usl(
     timings["density"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cent = rows.initial_centroids(K, kmeans_init, p["seed"])
+    cent = rows.initial_centroids(K, p["kmeans_init"], p["seed"])
     lab = rows.kmeans_labels(cent, p["kmeans_iter"])
     timings["kmeans"] = time.perf_counter() - t0
 

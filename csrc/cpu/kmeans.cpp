@@ -14,13 +14,19 @@ namespace cpu {
 // [c_lo, c_hi) are summed (the others' sums are left untouched); `accumulate` adds onto the
 // sums already in out_sums instead of starting from zero, which lets processes holding
 // consecutive row ranges continue one another's sums and get exactly the one-process bits.
-// Counts cover every cluster. Labels outside [0, K) are an internal error.
+// `rows` (may be null): visit only these rows, in the order given (ascending within each
+// cluster keeps the sums' order), e.g. the members of [c_lo, c_hi) from a sort by label, so
+// a call per block of clusters costs its members, not all rows. Counts cover every cluster
+// (of the rows visited). Labels outside [0, K) are an internal error.
 void segment_sum(const View& x, const int32_t* labels, int K, double* out_sums,
-                 int64_t* out_counts, const Context& ctx, int c_lo, int c_hi, bool accumulate) {
-  const idx_t n = x.rows, d = x.cols;
+                 int64_t* out_counts, const Context& ctx, int c_lo, int c_hi, bool accumulate,
+                 const int64_t* rows, idx_t n_rows) {
+  const idx_t n = rows ? n_rows : x.rows, d = x.cols;
   require(0 <= c_lo && c_lo <= c_hi && c_hi <= K, "segment_sum: 0 <= c_lo <= c_hi <= K");
   std::fill(out_counts, out_counts + K, 0);
-  for (idx_t i = 0; i < n; ++i) {
+  for (idx_t t = 0; t < n; ++t) {
+    const idx_t i = rows ? rows[t] : t;
+    require(i >= 0 && i < x.rows, "segment_sum: row in [0, rows)");
     const int32_t c = labels[i];
     require(c >= 0 && c < K, "segment_sum: label in [0, K)");
     out_counts[c] += 1;
@@ -54,7 +60,8 @@ void segment_sum(const View& x, const int32_t* labels, int K, double* out_sums,
     if (!accumulate)
       std::fill(out_sums + static_cast<size_t>(lo) * d, out_sums + static_cast<size_t>(hi) * d,
                 0.0);
-    for (idx_t i = 0; i < n; ++i) {
+    for (idx_t t = 0; t < n; ++t) {
+      const idx_t i = rows ? rows[t] : t;
       const int32_t c = labels[i];
       if (c < lo || c >= hi) continue;
       const float* xr = x.row(i);

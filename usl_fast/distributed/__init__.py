@@ -5,13 +5,14 @@ the next, ...). Every rank gets the same global indices, and they are exactly th
 ``usl_fast.select`` on the concatenated rows, for any number of ranks::
 
     import torch.distributed as dist, usl_fast.distributed as ud
-    dist.init_process_group("gloo")            # "nccl" on GPUs
+    dist.init_process_group("gloo")            # an NCCL job works too
     x = ud.load_shard("feats.npy")             # this rank's rows, memory-mapped
     idx = ud.select(x, 20000)                  # the same (m,) global indices on every rank
 
 or from the command line, ``torchrun --nproc-per-node 8 -m usl_fast.distributed select
-feats.npy -m 20000 -o picks.npy``. The compute is the local engine's; the ranks talk only
-through torch.distributed collectives and point-to-point messages. How each step keeps the
+feats.npy -m 20000 -o picks.npy``. The compute is the local engine's (CPU); the ranks talk
+only through torch.distributed collectives and point-to-point messages over gloo (in a job
+whose default group is NCCL, over a gloo group of the same ranks opened for them). How each step keeps the
 one-process bits, what it sends and what it costs: docs/distributed.md.
 
 Failures: a rank whose arguments are invalid, or shards that disagree (columns, dtype) or
@@ -23,12 +24,20 @@ answering, after the process group's timeout (``init_process_group(timeout=...)`
 from __future__ import annotations
 
 import hashlib
+import numbers
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
 from .._ops import KMeansResult
-from .._pipeline import PRESET, _check_reg_params, _pick_rounds, _resolve, _usl
+from .._pipeline import (
+    PRESET,
+    _check_reg_params,
+    _pick_rounds,
+    _resolve,
+    _usl,
+    _usl_params,
+)
 from .._validate import as_bool, as_features, as_int, as_labels, as_vector, threads_arg
 from ._comm import Comm, DistributedError
 from ._shard import ShardRows
@@ -93,34 +102,69 @@ def load_shard(
     return a[lo:hi]
 
 
+def _canon(v: Any) -> Any:
+    """A value as the fingerprint sees it: numbers as floats (7, 7.0 and np.int64(7) agree;
+    the checks after the fingerprint tell an int from a float on every rank alike),
+    integer arrays and tensors as int64 lists."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    if isinstance(v, (list, tuple, np.ndarray)):
+        a = np.asarray(v)
+        if a.dtype.kind in "iub":
+            return ("ints", a.astype(np.int64).tobytes(), a.shape)
+        if a.dtype.kind == "f":
+            return ("floats", a.astype(np.float64).tobytes(), a.shape)
+    return repr(v)
+
+
 def _fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray):
-            h.update(str((p.dtype, p.shape)).encode())
-            h.update(np.ascontiguousarray(p).tobytes())
+    for part in parts:
+        if isinstance(part, dict):
+            part = sorted((key, _canon(val)) for key, val in part.items())
         else:
-            h.update(repr(p).encode())
+            part = _canon(part)
+        h.update(repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def _digest(x: np.ndarray) -> str:
+    """A few rows' bytes: equal on every rank means every rank passed the same rows."""
+    h = hashlib.sha256(repr(x.shape).encode())
+    for i in sorted({0, x.shape[0] // 2, x.shape[0] - 1}):
+        h.update(np.ascontiguousarray(x[i]).tobytes())
     return h.hexdigest()[:16]
 
 
 def _begin(
-    comm: Comm, features: Any, name: str, fingerprint: str, check: Optional[Callable] = None
+    comm: Comm,
+    features: Any,
+    name: str,
+    fingerprint: str,
+    threads: Optional[int],
+    check: Optional[Callable] = None,
 ):
-    """Validate this rank's rows, then agree with every rank before any work: each rank's
-    outcome, column count, dtype and arguments are exchanged, and every rank raises the
-    same error if one failed or they disagree. Returns (rows, converter, shard sizes, what
-    ``check(rows)`` returned)."""
+    """Validate this rank's rows and threads, then agree with every rank before any work:
+    each rank's outcome, column count, dtype and arguments are exchanged, and every rank
+    raises the same error if one failed or they disagree. Returns (rows, converter, shard
+    sizes, what ``check(rows)`` returned)."""
     comm.phase = "argument check"
     err: Optional[BaseException] = None
     info = None
     extra = None
     try:
-        dtype = str(getattr(features, "dtype", type(features).__name__))
+        dtype = str(getattr(features, "dtype", type(features).__name__)).replace("torch.", "")
         x, back = as_features(features, name)
+        threads_arg(threads)
         if check is not None:
             extra = check(x)
-        info = (int(x.shape[0]), int(x.shape[1]), dtype, fingerprint)
+        info = (int(x.shape[0]), int(x.shape[1]), dtype, fingerprint, _digest(x))
     except Exception as exc:  # shared with the other ranks below, then re-raised
         err = exc
     msg = None if err is None else f"{type(err).__name__}: {err}"
@@ -146,8 +190,39 @@ def _begin(
             "usl_fast.distributed: the ranks were called with different arguments (every rank "
             "must pass the same m, labeled and parameters; only the rows differ)"
         )
+    if comm.size > 1 and len({inf[4] for inf in infos}) == 1 and comm.rank == 0:
+        import warnings
+
+        warnings.warn(
+            f"usl_fast.distributed: all {comm.size} ranks passed the same rows, so the data "
+            f"set is {comm.size} copies of them; pass each rank its own rows "
+            "(usl_fast.distributed.load_shard)",
+            UserWarning,
+            stacklevel=3,
+        )
     sizes = np.array([inf[0] for inf in infos], np.int64)
     return x, back, sizes, extra
+
+
+def _agree(comm: Comm, fn: Callable) -> Any:
+    """Run the checks that need every rank's row count on every rank, and raise on every
+    rank if any rank's raised (the ones that raised re-raise their own error)."""
+    err: Optional[BaseException] = None
+    out = None
+    try:
+        out = fn()
+    except Exception as exc:
+        err = exc
+    everyone = comm.all_gather_object(None if err is None else f"{type(err).__name__}: {err}")
+    if err is not None:
+        raise err
+    failed = [(i, m) for i, m in enumerate(everyone) if m]
+    if failed:
+        raise DistributedError(
+            "usl_fast.distributed: "
+            + "; ".join(f"rank {i} rejected its arguments ({m})" for i, m in failed)
+        )
+    return out
 
 
 def select(
@@ -205,23 +280,29 @@ def select(
         own_cluster=own_cluster,
         mask_zero=mask_zero,
     )
-    lab_arr = None if labeled is None else np.asarray(labeled)
-    fp = _fingerprint("select", m, lab_arr, sorted(params.items()), normalize, seed)
-    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp)
+    fp = _fingerprint("select", m, labeled, params, normalize, seed)
+    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp, threads)
     n = int(sizes.sum())
     from .._methods import as_labeled, unit_rows
 
-    fixed = as_labeled(labeled, n)
-    free = n - fixed.size
-    if free < 1:
-        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
-    m = as_int(m, "m", 1, free, f" = number of unlabeled points over all ranks ({free})")
-    if not (isinstance(kmeans_init, str) and kmeans_init == "random"):
-        raise ValueError(
-            f"usl_fast.distributed.select: `kmeans_init` must be 'random' (got {kmeans_init!r}); "
-            "k-means++ seeding is sequential over all rows and is not offered across ranks"
-        )
-    if normalize is not None and as_bool(normalize, "normalize"):
+    def check():
+        fixed = as_labeled(labeled, n)
+        free = n - fixed.size
+        if free < 1:
+            raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
+        mm = as_int(m, "m", 1, free, f" = number of unlabeled points over all ranks ({free})")
+        if not (isinstance(kmeans_init, str) and kmeans_init == "random"):
+            raise ValueError(
+                f"usl_fast.distributed.select: `kmeans_init` must be 'random' (got "
+                f"{kmeans_init!r}); k-means++ seeding is sequential over all rows and is not "
+                "offered across ranks"
+            )
+        _usl_params(n, mm, fixed, seed=seed, **params)
+        norm = normalize is not None and as_bool(normalize, "normalize")
+        return fixed, mm, norm
+
+    fixed, m, norm = _agree(comm, check)
+    if norm:
         x = unit_rows(x)
     rows = ShardRows(x, comm, sizes, threads, progress)
     res = _usl(rows, m, fixed, seed=seed, threads=threads, progress=progress, **params)
@@ -246,10 +327,16 @@ def knn_density(
     """``usl_fast.density`` of this rank's rows against every rank's rows: (n_r,) float32,
     the same bits as the one-process density of the concatenated rows (1 <= k < n)."""
     comm = Comm(group)
-    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", _fingerprint("knn_density", k))
+    x, back, sizes, _ = _begin(
+        comm, local_rows, "local_rows", _fingerprint("knn_density", k), threads
+    )
     n = int(sizes.sum())
-    k = as_int(k, "k", 1, n - 1, f" and < number of points over all ranks n={n} (self included)")
-    threads_arg(threads)
+    k = _agree(
+        comm,
+        lambda: as_int(
+            k, "k", 1, n - 1, f" and < number of points over all ranks n={n} (self included)"
+        ),
+    )
     return back(ShardRows(x, comm, sizes, threads, progress).density(k))
 
 
@@ -269,17 +356,23 @@ def kmeans(
     bit for bit. ``inertia`` is the sum of the ranks' sums (equal up to rounding)."""
     comm = Comm(group)
     fp = _fingerprint("kmeans", n_clusters, n_iter, init, seed)
-    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp)
+    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp, threads)
     n = int(sizes.sum())
-    K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points over all ranks n={n}")
-    n_iter = as_int(n_iter, "n_iter", 1)
-    seed = as_int(seed, "seed", 0)
-    threads_arg(threads)
-    if not (isinstance(init, str) and init == "random"):
-        raise ValueError(
-            f"usl_fast.distributed.kmeans: `init` must be 'random' (got {init!r}); k-means++ "
-            "seeding is sequential over all rows and is not offered across ranks"
+
+    def check():
+        if not (isinstance(init, str) and init == "random"):
+            raise ValueError(
+                f"usl_fast.distributed.kmeans: `init` must be 'random' (got {init!r}): "
+                "k-means++ seeding is sequential over all rows and initial centroids given "
+                "as an array are not offered across ranks"
+            )
+        return (
+            as_int(n_clusters, "n_clusters", 1, n, f" = number of points over all ranks n={n}"),
+            as_int(n_iter, "n_iter", 1),
+            as_int(seed, "seed", 0),
         )
+
+    K, n_iter, seed = _agree(comm, check)
     rows = ShardRows(x, comm, sizes, threads, progress)
     cent = rows.initial_centroids(K, init, seed)
     labels, counts, inertia, n_run = rows.lloyd(cent, n_iter)
@@ -322,7 +415,7 @@ def regularized_select(
         own_cluster=own_cluster,
         mask_zero=mask_zero,
     )
-    fp = _fingerprint("regularized_select", m, n_clusters, defaults, sorted(reg.items()))
+    fp = _fingerprint("regularized_select", m, n_clusters, defaults, reg)
 
     def check(x):
         dens = as_vector(local_density, x.shape[0], "local_density")
@@ -330,12 +423,16 @@ def regularized_select(
         lab, K_local = as_labels(local_labels, x.shape[0], K)
         return dens, lab, K_local
 
-    x, back, sizes, (dens, lab, K) = _begin(comm, local_rows, "local_rows", fp, check)
+    x, back, sizes, (dens, lab, K) = _begin(comm, local_rows, "local_rows", fp, threads, check)
     if n_clusters is None:
         K = int(comm.all_reduce(np.array([K], np.int64), "max")[0])
     n = int(sizes.sum())
-    m = as_int(m, "m", 1, n, f" = number of points over all ranks n={n}")
-    p = _check_reg_params(_resolve(defaults, reg), n)
-    threads_arg(threads)
+    m, p = _agree(
+        comm,
+        lambda: (
+            as_int(m, "m", 1, n, f" = number of points over all ranks n={n}"),
+            _check_reg_params(_resolve(defaults, reg), n),
+        ),
+    )
     picks, _, _ = _pick_rounds(ShardRows(x, comm, sizes, threads, progress), dens, lab, K, m, p)
     return back(picks)

@@ -42,12 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=None, help="threads per rank")
     sp.add_argument(
-        "--backend",
-        choices=("gloo", "nccl"),
-        default=None,
-        help="process group backend [default: nccl if CUDA is available, else gloo]",
-    )
-    sp.add_argument(
         "--timeout",
         type=float,
         default=600.0,
@@ -57,16 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _init(backend: Optional[str], timeout: float) -> None:
-    import torch
+def _init(timeout: float) -> None:
+    """A gloo group (the engine computes on the CPU): torchrun's ranks, or one rank."""
     import torch.distributed as dist
 
+    backend = "gloo"
     if dist.is_initialized():
         return
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     else:  # not under torchrun: one rank
@@ -95,7 +86,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--timeout must be > 0 seconds (got {args.timeout})")
         if not Path(args.features).is_file():
             raise ValueError(f"FEATS.npy: no such file: {args.features}")
-        _init(args.backend, args.timeout)
+        if not out.parent.is_dir():
+            raise ValueError(f"-o/--output: no such directory: {out.parent}")
+        if not os.access(out.parent, os.W_OK):
+            raise ValueError(f"-o/--output: cannot write in {out.parent}")
+        _init(args.timeout)
         import torch.distributed as dist
 
         import usl_fast.distributed as ud

@@ -5,7 +5,7 @@ one error type for everything that goes wrong between ranks."""
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Optional
+from typing import Any, List
 
 import numpy as np
 
@@ -21,30 +21,40 @@ def _torch():
     return torch, dist
 
 
+_GLOO_TWIN: dict = {}
+
+
 class Comm:
     """One rank's view of a torch.distributed process group (the default group if None).
 
-    Arrays are numpy on the host; on a CPU (gloo) group they are handed to the collectives
-    without a copy, on a GPU (NCCL) group staged through the current CUDA device.
-    ``sent_bytes`` counts the bytes of every send and of this rank's share of every
-    collective (its whole buffer for all-reduce / all-gather / broadcast from it)."""
+    The engine computes on the CPU, so messages are host arrays over gloo, handed to it
+    without a copy. A default group of another backend (NCCL in a GPU training job) gets a
+    gloo group over the same ranks, opened once and kept. ``sent_bytes`` counts the bytes
+    of every send and of this rank's share of every collective (its whole buffer for
+    all-reduce / all-gather, and for a broadcast from it)."""
 
     def __init__(self, group: Any = None):
-        torch, dist = _torch()
+        _, dist = _torch()
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "usl_fast.distributed needs an initialised process group: call "
-                'torch.distributed.init_process_group("gloo") (CPU) or ("nccl") (GPU) first, '
+                'torch.distributed.init_process_group("gloo") first (an NCCL job works too), '
                 "e.g. under torchrun; or run `torchrun ... -m usl_fast.distributed select ...`"
             )
+        backend = str(dist.get_backend(group))
+        if backend != "gloo":
+            if group is not None:
+                raise ValueError(
+                    f"usl_fast.distributed: `group` uses the {backend} backend; pass a gloo "
+                    "group over the same ranks (torch.distributed.new_group(ranks, "
+                    'backend="gloo")): the engine computes on the CPU'
+                )
+            if "default" not in _GLOO_TWIN:  # every rank calls this in the same order
+                _GLOO_TWIN["default"] = dist.new_group(backend="gloo")
+            group = _GLOO_TWIN["default"]
         self.group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
-        self.backend = str(dist.get_backend(group))
-        if self.backend == "nccl":
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            self.device = torch.device("cpu")
         self.sent_bytes = 0
         self.sent_by_phase: dict = {}
         self.phase = "start"
@@ -68,12 +78,7 @@ class Comm:
         with warnings.catch_warnings():
             # a read-only (memory-mapped) array is only ever sent, never written
             warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(a)
-        return t if self.device.type == "cpu" else t.to(self.device)
-
-    def _back(self, t, a: np.ndarray) -> None:
-        if self.device.type != "cpu":
-            a[...] = t.cpu().numpy()
+            return torch.from_numpy(a)
 
     def _count(self, nbytes: int) -> None:
         self.sent_bytes += nbytes
@@ -95,9 +100,7 @@ class Comm:
         if self.size == 1:
             return a
         ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-        t = self._tensor(a)
-        self._run("all-reduce", dist.all_reduce, t, op=ops[op], group=self.group)
-        self._back(t, a)
+        self._run("all-reduce", dist.all_reduce, self._tensor(a), op=ops[op], group=self.group)
         self._count(a.nbytes)
         return a
 
@@ -107,15 +110,9 @@ class Comm:
         if self.size == 1:
             return a[None].copy()
         out = np.empty((self.size,) + a.shape, a.dtype)
+        parts = [torch.from_numpy(out[i]) for i in range(self.size)]
         t = self._tensor(np.ascontiguousarray(a))
-        if self.device.type == "cpu":
-            parts = [torch.from_numpy(out[i]) for i in range(self.size)]
-        else:
-            parts = [torch.empty_like(t) for _ in range(self.size)]
         self._run("all-gather", dist.all_gather, parts, t, group=self.group)
-        if self.device.type != "cpu":
-            for i, p in enumerate(parts):
-                out[i] = p.cpu().numpy()
         self._count(a.nbytes)
         return out
 
@@ -133,7 +130,6 @@ class Comm:
             return a
         t = self._tensor(a)
         self._run("broadcast", dist.broadcast, t, src=self._global(src), group=self.group)
-        self._back(t, a)
         if self.rank == src:
             self._count(a.nbytes)
         return a
@@ -144,26 +140,23 @@ class Comm:
         t = self._tensor(a)
         work = self._run("send", dist.isend, t, dst=self._global(dst), group=self.group, tag=tag)
         self._count(a.nbytes)
-        return _Pending(self, work, t, None)
+        return _Pending(self, work, t)
 
     def irecv(self, a: np.ndarray, src: int, tag: int) -> "_Pending":
         _, dist = _torch()
         t = self._tensor(a)
         work = self._run("receive", dist.irecv, t, src=self._global(src), group=self.group, tag=tag)
-        return _Pending(self, work, t, a)
+        return _Pending(self, work, t)
 
 
 class _Pending:
     """A posted send or receive; ``wait()`` completes it (and keeps its buffer alive until
     then)."""
 
-    def __init__(self, comm: Comm, work: Any, tensor: Any, target: Optional[np.ndarray]):
-        self.comm, self.work, self.tensor, self.target = comm, work, tensor, target
+    def __init__(self, comm: Comm, work: Any, tensor: Any):
+        self.comm, self.work, self.tensor = comm, work, tensor
 
     def wait(self) -> None:
-        if self.work is None:
-            return
-        self.comm._run("send/receive", self.work.wait)
-        if self.target is not None:
-            self.comm._back(self.tensor, self.target)
-        self.work = None
+        if self.work is not None:
+            self.comm._run("send/receive", self.work.wait)
+            self.work = None

@@ -105,7 +105,7 @@ class ShardRows(_Rows):
         even = P % 2 == 0
         nr = x.shape[0]
         own = np.ascontiguousarray(x) if not x.flags.c_contiguous else x
-        bound = np.ascontiguousarray(run[:, -1])  # k-th distance within the own rows
+        bound = run[:, -1].copy()  # k-th distance within the own rows (run changes below)
         nxt = self._post_shard(own, bound, 1)
         for s in range(1, steps + 1):
             q = (r - s) % P
@@ -188,23 +188,30 @@ class ShardRows(_Rows):
         """The float64 member sums with the one-process bits: rank 0 sums its rows, rank 1
         continues those very sums with its rows, and so on (in blocks of clusters, so that
         rank r + 1 works on block b while rank r is on block b + 1); the last rank's sums
-        go to everyone. Counts are added (integers: exact in any order)."""
+        go to everyone. Counts are added (integers: exact in any order). The rows are
+        sorted by label once, so each block's call visits only that block's members."""
         comm, P, r = self.comm, self.comm.size, self.comm.rank
         if P == 1:
             return _dispatch.segment_sum(x, labels, K, threads)
         d = x.shape[1]
         sums = np.zeros((K, d), np.float64)
+        counts = np.bincount(labels, minlength=K).astype(np.int64)
+        order = np.argsort(labels, kind="stable").astype(np.int64)  # by label, then row
+        first = np.concatenate([[0], np.cumsum(counts)])
         nb = min(K, 4 * P)
         edges = np.linspace(0, K, nb + 1).round().astype(np.int64)
         sends = []
-        counts = None
         for b in range(nb):
             lo, hi = int(edges[b]), int(edges[b + 1])
             if hi == lo:
                 continue
             if r > 0:
                 comm.irecv(sums[lo:hi], r - 1, 16 * b + _TAG_SUMS).wait()
-            _, counts = _dispatch.segment_sum(x, labels, K, threads, sums=sums, c_lo=lo, c_hi=hi)
+            members = order[first[lo] : first[hi]]
+            if members.size:
+                _dispatch.segment_sum(
+                    x, labels, K, threads, sums=sums, c_lo=lo, c_hi=hi, rows=members
+                )
             if r < P - 1:
                 sends.append(comm.isend(sums[lo:hi], r + 1, 16 * b + _TAG_SUMS))
         for h in sends:
@@ -225,19 +232,26 @@ class ShardRows(_Rows):
         return mine, idx[mine] - self.offset
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """The rows at global indices ``idx`` on every rank: each row is filled by its owner
-        and -0.0 elsewhere, then summed (v + -0.0 == v for every v, -0.0 included, so the
-        sum is exact in any order)."""
+        """The rows at global indices ``idx`` on every rank: each row's bits are filled by
+        its owner and zero elsewhere, then summed as int32 (exact in any order, and blind to
+        any flush-to-zero mode a float sum could meet)."""
         mine, loc = self._owned(idx)
-        out = np.full((len(idx), self.x.shape[1]), -0.0, np.float32)
-        out[mine] = self.x[loc]
-        return self.comm.all_reduce(out, "sum")
+        out = np.zeros((len(idx), self.x.shape[1]), np.int32)
+        out[mine] = np.ascontiguousarray(self.x[loc]).view(np.int32)
+        return self.comm.all_reduce(out, "sum").view(np.float32)
 
     def values_at(self, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Integer ``values`` (labels) at global indices ``idx``, on every rank."""
+        if not np.issubdtype(values.dtype, np.integer):
+            raise TypeError("internal: values_at gathers integers only")
         mine, loc = self._owned(idx)
         out = np.zeros(len(idx), np.int64)
         out[mine] = values[loc]
         return self.comm.all_reduce(out, "sum").astype(values.dtype)
+
+    def norm_sample(self) -> np.ndarray:
+        # the one-process sample (every n // 4096-th row of all rows), on every rank
+        return self.rows(np.arange(0, self.n, max(1, self.n // 4096)))
 
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
         self.comm.phase = f"selection: {desc}"

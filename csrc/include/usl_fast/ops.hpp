@@ -52,8 +52,10 @@ void assign(const View& x, const float* x_norms, const View& centroids, int32_t*
 // Float64 member sums (K x d) and member counts (K) per cluster; each sum in ascending row
 // order, whatever the thread count. labels in [0, K). Only clusters [c_lo, c_hi) are
 // summed; accumulate: add onto out_sums (continue another process's sums) instead of zero.
+// rows (may be null): visit only these n_rows rows, in that order (ascending per cluster).
 void segment_sum(const View& x, const int32_t* labels, int K, double* out_sums,
-                 int64_t* out_counts, const Context& ctx, int c_lo, int c_hi, bool accumulate);
+                 int64_t* out_counts, const Context& ctx, int c_lo, int c_hi, bool accumulate,
+                 const int64_t* rows, idx_t n_rows);
 
 // inout_min[i] = min(inout_min[i], distance of row i to its nearest center); inout_arg (may be
 // null) gets arg_offset + that center's row where the distance got strictly smaller, or equal
