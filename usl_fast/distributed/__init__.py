@@ -5,7 +5,7 @@ the next, ...). Every rank gets the same global indices, and they are exactly th
 ``usl_fast.select`` on the concatenated rows, for any number of ranks::
 
     import torch.distributed as dist, usl_fast.distributed as ud
-    dist.init_process_group("gloo")            # an NCCL job works too
+    dist.init_process_group("gloo")            # e.g. under torchrun
     x = ud.load_shard("feats.npy")             # this rank's rows, memory-mapped
     idx = ud.select(x, 20000)                  # the same (m,) global indices on every rank
 

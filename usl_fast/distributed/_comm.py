@@ -38,7 +38,7 @@ class Comm:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "usl_fast.distributed needs an initialised process group: call "
-                'torch.distributed.init_process_group("gloo") first (an NCCL job works too), '
+                'torch.distributed.init_process_group("gloo") first, '
                 "e.g. under torchrun; or run `torchrun ... -m usl_fast.distributed select ...`"
             )
         backend = str(dist.get_backend(group))
