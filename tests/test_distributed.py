@@ -381,8 +381,6 @@ def test_cli_under_torchrun_writes_the_one_process_picks(tmp_path):
         "--standalone",
         "--nproc-per-node",
         "2",
-        "--master-port",
-        "0",
         "-m",
         "usl_fast.distributed",
         "select",
@@ -400,8 +398,9 @@ def test_cli_under_torchrun_writes_the_one_process_picks(tmp_path):
         "--no-progress",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert p.returncode == 0, p.stderr[-2000:]
+    # cwd: not the checkout, whose usl_fast/ (no compiled engine) `-m` would import first
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[:3000] + "\n...\n" + p.stderr[-1500:]
     np.testing.assert_array_equal(np.load(out), usl_fast.select(x, 9, k=12, kmeans_iter=20))
     # rank 0 alone reports
     assert p.stdout.count("9 picks from 2 ranks") == 1
