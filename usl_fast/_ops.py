@@ -65,6 +65,10 @@ def knn(
     Memory: the output lists (12 rows k bytes) plus candidate buffers (8 (2k + 16) + 8
     bytes per row, per tile row past 4 GiB); no (q, n) matrix is formed.
     """
+    from . import portable
+
+    if portable.wants(features):  # a tensor on a GPU: computed there
+        return portable.public_knn(features, k, queries)
     x, back = as_features(features, "features")
     n = x.shape[0]
     threads_arg(threads)
@@ -112,6 +116,10 @@ def density(
     as soon as they are final. Memory beyond the input: 4 n bytes of output plus the
     candidate buffers, 8 (2k + 16) + 8 bytes per row (per tile row past 4 GiB).
     """
+    from . import portable
+
+    if portable.wants(features):  # a tensor on a GPU: computed there
+        return portable.public_density(features, k)
     x, back = as_features(features, "features")
     n = x.shape[0]
     k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
@@ -158,6 +166,10 @@ def kmeans(
     NaN leaves the function. Centroid sums are float64 in row order: the result is the
     same for any thread count.
     """
+    from . import portable
+
+    if portable.wants(features):  # a tensor on a GPU: computed there
+        return portable.public_kmeans(features, n_clusters, n_iter, init, seed)
     x, back = as_features(features, "features")
     n, d = x.shape
     K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")

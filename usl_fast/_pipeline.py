@@ -360,8 +360,25 @@ def regularized_select(
     int64 indices in pick order. If fewer than m clusters are non-empty, the remaining
     picks are the best-scoring points not picked yet.
     """
-    x, back = as_features(features, "features")
-    n = x.shape[0]
+    from . import portable
+
+    rows = None
+    if portable.wants(features):  # a tensor on a GPU: the distances computed there
+        t, to_caller = portable._as_tensor(features)
+        t = portable.as_device_features(t)
+        n = t.shape[0]
+        rows = portable.TorchRows(t, threads, progress)
+
+        def back(a):
+            import torch
+
+            return to_caller(torch.from_numpy(a).to(t.device))
+
+        density = portable._as_tensor(density)[0].cpu().numpy()
+        labels = portable._as_tensor(labels)[0].cpu().numpy()
+    else:
+        x, back = as_features(features, "features")
+        n = x.shape[0]
     m = as_int(m, "m", 1, n, f" = number of points n={n}")
     dens = as_vector(density, n, "density")
     K = None if n_clusters is None else as_int(n_clusters, "n_clusters", 1)
@@ -383,7 +400,9 @@ def regularized_select(
         n,
     )
     threads_arg(threads)
-    picks, _, _ = _pick_rounds(_Rows(x, threads, progress), dens, lab, K, m, p)
+    if rows is None:
+        rows = _Rows(x, threads, progress)
+    picks, _, _ = _pick_rounds(rows, dens, lab, K, m, p)
     return back(picks)
 
 
@@ -659,6 +678,12 @@ def select(
     if method_params:
         raise TypeError(
             f"select() got unexpected keyword arguments for method='usl': {sorted(method_params)}"
+        )
+    from . import portable
+
+    if portable.wants(features):  # a tensor on a GPU: the portable torch path there
+        return portable.select_usl(
+            features, m, labeled, normalize, seed, threads, progress, return_info, usl
         )
     from ._methods import prepare_round, unit_rows
 

@@ -33,8 +33,10 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
 
         if x.device.type != "cpu":
             raise ValueError(
-                f"`{name}` is a torch tensor on {x.device}; this build has only the CPU back end, "
-                "move it with .cpu() (the CUDA back end is not available yet)"
+                f"`{name}` is a torch tensor on {x.device}: usl_fast.select runs such a tensor "
+                "on its device (the portable torch back end); this function needs it on the "
+                "CPU, move it with .cpu() (or use usl_fast.portable.knn / .density / .lloyd "
+                "on the device)"
             )
         if x.requires_grad:
             x = x.detach()

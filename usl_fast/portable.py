@@ -1,0 +1,529 @@
+"""The portable back end: USL from torch operations, on whatever device the tensor lives
+(CUDA, ROCm, MPS or CPU), with the C++ engine's definitions, so that its results are the
+engine's bit for bit.
+
+- The distance is the engine's ``exact_l2`` (docs/engine.md): the float32 difference of each
+  coordinate, squared in float64 into eight lanes (lane l sums the coordinates t with
+  t % 8 == l, in ascending t), the lanes combined as ((0+1)+(2+3))+((4+5)+(6+7)), rounded
+  once to float32. Here the lanes are a (.., 8) float64 tensor and the coordinates a loop
+  of d / 8 additions, so every sum has the engine's order.
+- A float32 matrix product is only a filter (the engine's rigorous bound, any summation
+  order): per row block, it decides which columns can be among a row's k nearest, those
+  are evaluated exactly, and keys (distance bits << 32 | index) are merged with
+  ``torch.topk`` on integers: ties go to the lower index, as in the engine.
+- k-means sums are float64 in ascending row order per cluster: step r adds the r-th
+  member of every cluster at once (distinct clusters, so no two additions meet).
+- The regularizer sums its terms in the engine's order (ascending pick, or ascending
+  (distance, pick) for the top-h flavour); D^-alpha is 1/sqrt(D) for alpha 0.5 and 1/D for
+  alpha 1 (every preset), correctly rounded here and in the engine (on CPU tensors the
+  square root is numpy's: torch's CPU one is not correctly rounded); any other alpha uses
+  torch.pow, which may differ from the engine's C library pow in the last bit.
+- float64 is required on the device (so not Apple MPS).
+
+Per-row bookkeeping between the steps (densities, labels, scores, the per-cluster arg-max)
+is done on the host by the same code as the CPU path (``_pipeline._pick_rounds``); the
+O(n d) and O(n m d) work runs on the tensor's device. Memory on the device beyond the
+features: a row block's products and candidates, ``block_rows`` x ``block_cols`` floats
+and ``block_rows`` x (candidates) x d float64 at a time.
+
+This module has been tested on CPU tensors only (against the engine, bit for bit); it has
+not run on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _dispatch
+from ._pipeline import _Rows
+
+_LANES = 8
+_INT64_MAX = (1 << 63) - 1
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def filter_rel(d: int) -> float:
+    return float(np.float32(d + 16) * np.float32(2.0**-23))
+
+
+def filter_abs(d: int) -> float:
+    return float(np.float32(8 * d + 64) * np.float32(2.0**-126))
+
+
+def exact_l2(a, b):
+    """exact_l2 of the rows of ``a`` and ``b`` (broadcast over leading dimensions), float32,
+    the engine's bits."""
+    torch = _torch()
+    diff = (a - b).to(torch.float64)  # one float32 subtraction, then exact in float64
+    sq = diff * diff
+    d = sq.shape[-1]
+    full = d - d % _LANES
+    lanes = torch.zeros(sq.shape[:-1] + (_LANES,), dtype=torch.float64, device=sq.device)
+    for t in range(0, full, _LANES):
+        lanes = lanes + sq[..., t : t + _LANES]
+    if full < d:
+        tail = torch.zeros_like(lanes)
+        tail[..., : d - full] = sq[..., full:]
+        lanes = lanes + tail  # x + 0.0 == x: the lanes past the tail are unchanged
+    s = lanes.unbind(-1)
+    total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+    return total.to(torch.float32)
+
+
+def row_norms(x):
+    return exact_l2(x, x.new_zeros(()))
+
+
+def _round_up_f32(v64):
+    """The smallest float32 >= each float64 value."""
+    torch = _torch()
+    f = v64.to(torch.float32)
+    inf = torch.tensor(float("inf"), dtype=torch.float32, device=f.device)
+    return torch.where(f.to(torch.float64) < v64, torch.nextafter(f, inf), f)
+
+
+def _keys(dist, idx):
+    """int64 keys ordering (distance, index): distance bits high (non-negative floats order
+    like their bits), index low."""
+    torch = _torch()
+    return (dist.contiguous().view(torch.int32).to(torch.int64) << 32) | idx.to(torch.int64)
+
+
+def _key_dist(keys):
+    torch = _torch()
+    return (keys >> 32).to(torch.int32).view(torch.float32)
+
+
+def topk_keys(
+    q, base, k: int, *, block_rows: int = 1024, block_cols: int = 4096, q_norms=None, b_norms=None
+):
+    """(rows of q, k) int64 keys of the k nearest rows of ``base`` by exact distance,
+    ascending; _INT64_MAX past the base's size."""
+    torch = _torch()
+    n_q, d = q.shape
+    n_b = base.shape[0]
+    dev = q.device
+    rel, abs_ = filter_rel(d), filter_abs(d)
+    qn = row_norms(q) if q_norms is None else q_norms
+    bn = row_norms(base) if b_norms is None else b_norms
+    out = torch.empty((n_q, k), dtype=torch.int64, device=dev)
+    for r0 in range(0, n_q, block_rows):
+        r1 = min(n_q, r0 + block_rows)
+        xr, rn = q[r0:r1], qn[r0:r1]
+        run = torch.full((r1 - r0, k), _INT64_MAX, dtype=torch.int64, device=dev)
+        for c0 in range(0, n_b, block_cols):
+            c1 = min(n_b, c0 + block_cols)
+            ip = xr @ base[c0:c1].T
+            s = rn[:, None] + bn[None, c0:c1]
+            e = s - 2.0 * ip
+            lower = e - rel * s
+            # the row's threshold: its k-th exact distance so far, and the k-th smallest
+            # upper bound of this block (k columns are surely within it); + abs, rounded up
+            kth = _key_dist(run[:, k - 1])
+            thr = torch.where(
+                run[:, k - 1] == _INT64_MAX,
+                torch.full_like(kth, float("inf")),
+                _round_up_f32(kth.to(torch.float64) + abs_),
+            )
+            if c1 - c0 >= k:
+                upper = (e + rel * s) + abs_
+                uk = torch.kthvalue(upper, k, dim=1).values
+                thr = torch.minimum(thr, _round_up_f32(uk.to(torch.float64) + abs_))
+            cand = lower <= thr[:, None]
+            n_c = int(cand.sum(1).max())
+            if n_c == 0:
+                continue
+            # the n_c smallest lower bounds of each row hold all its candidates
+            lo, cols = torch.topk(lower, n_c, dim=1, largest=False, sorted=False)
+            ok = lo <= thr[:, None]
+            cols = cols + c0
+            for s0 in range(0, r1 - r0, 128):  # bound the (rows, n_c, d) float64 temporary
+                s1 = min(r1 - r0, s0 + 128)
+                dv = exact_l2(xr[s0:s1, None, :], base[cols[s0:s1]])
+                keys = torch.where(ok[s0:s1], _keys(dv, cols[s0:s1]), _INT64_MAX)
+                both = torch.cat([run[s0:s1], keys], dim=1)
+                run[s0:s1] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
+        out[r0:r1] = run
+    return out
+
+
+def knn(features, k: int, queries=None, **blocks) -> Tuple[Any, Any]:
+    """The engine's ``knn`` (self graph if ``queries`` is None): (distances float32,
+    indices int64), ascending, ties to the lower index, on the tensors' device."""
+    torch = _torch()
+    q = features if queries is None else queries
+    keys = topk_keys(q, features, k, **blocks)
+    return _key_dist(keys), (keys & 0xFFFFFFFF).to(torch.int64)
+
+
+def density_from_keys(keys, min_mean: float = _dispatch.MIN_MEAN_DIST):
+    """The engine's density epilogue: float64 sum of the ascending distances, / k, floored,
+    inverted, float32."""
+    torch = _torch()
+    dist = _key_dist(keys).to(torch.float64)
+    s = torch.zeros(dist.shape[0], dtype=torch.float64, device=dist.device)
+    for t in range(dist.shape[1]):
+        s = s + dist[:, t]
+    mean = s / dist.shape[1]
+    floor = torch.tensor(min_mean, dtype=torch.float64, device=s.device)
+    return (1.0 / torch.where(mean > floor, mean, floor)).to(torch.float32)
+
+
+def density(features, k: int, **blocks):
+    """The engine's kNN density (itself included), float32 on the tensor's device."""
+    return density_from_keys(topk_keys(features, features, k, **blocks))
+
+
+def segment_sum(x, labels, K: int):
+    """(K, d) float64 member sums, each cluster's members added in ascending row order (the
+    engine's order), and (K,) int64 counts."""
+    torch = _torch()
+    n, d = x.shape
+    dev = x.device
+    counts = torch.bincount(labels, minlength=K)
+    order = torch.sort(labels, stable=True).indices  # by cluster, then row
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n, device=dev) - first[labels[order]]  # place within its cluster
+    by_rank = torch.sort(rank, stable=True).indices  # rank 0 of every cluster, then rank 1...
+    rows = order[by_rank]
+    per_rank = torch.bincount(rank, minlength=int(counts.max()) if n else 0).tolist()
+    sums = torch.zeros((K, d), dtype=torch.float64, device=dev)
+    at = 0
+    for size in per_rank:
+        r = rows[at : at + size]
+        at += size
+        sums[labels[r]] += x[r].to(torch.float64)  # distinct clusters within one rank
+    return sums, counts
+
+
+def lloyd(x, cent, n_iter: int, **blocks):
+    """The engine's Lloyd loop (_ops.lloyd) in torch: (labels int32, counts int64, inertia
+    float64 per iteration, iterations run); ``cent`` (K, d) float32 is updated in place."""
+    torch = _torch()
+    n = x.shape[0]
+    K = cent.shape[0]
+    dev = x.device
+    alive = torch.ones(K, dtype=torch.bool, device=dev)
+    inertia = np.empty(n_iter, np.float64)
+    prev = None
+    labels = torch.zeros(n, dtype=torch.int64, device=dev)
+    counts = torch.zeros(K, dtype=torch.int64, device=dev)
+    xn = row_norms(x)
+    n_run = n_iter
+    for it in range(n_iter):
+        live = torch.nonzero(alive).flatten()
+        c_live = cent if live.numel() == K else cent[live]
+        keys = topk_keys(x, c_live, 1, q_norms=xn, **blocks)[:, 0]
+        lab = live[(keys & 0xFFFFFFFF).to(torch.int64)]
+        dist = _key_dist(keys)
+        labels = lab
+        # numpy's float64 sum, as the engine path computes the inertia
+        inertia[it] = dist.cpu().numpy().sum(dtype=np.float64)
+        if prev is not None and torch.equal(labels, prev):
+            inertia[it + 1 :] = inertia[it]
+            n_run = it + 1
+            break
+        sums, counts = segment_sum(x, labels, K)
+        alive &= counts > 0
+        cent[alive] = (sums[alive] * (1.0 / counts[alive].to(torch.float64))[:, None]).to(
+            torch.float32
+        )
+        prev = labels.clone()
+    counts = torch.bincount(labels, minlength=K)
+    return labels.to(torch.int32), counts, inertia, n_run
+
+
+def _neg_pow(dv, alpha: float):
+    """The engine's D^-alpha (float64). alpha 1: 1/D; alpha 0.5: 1/sqrt(D), with the square
+    root correctly rounded (on CPU tensors numpy's: torch's CPU sqrt is not, 0.7 % of
+    values differ in the last bit; CUDA's is). Any other alpha: torch.pow, which may differ
+    from the C library's pow the engine uses in the last bit."""
+    torch = _torch()
+    if alpha == 1.0:
+        return 1.0 / dv
+    if alpha == 0.5:
+        if dv.device.type == "cpu":
+            return 1.0 / torch.from_numpy(np.asarray(np.sqrt(dv.numpy()), np.float64))
+        return 1.0 / torch.sqrt(dv)
+    return torch.pow(dv, -alpha)
+
+
+def regularizer(
+    x,
+    picks,
+    labels,
+    tag,
+    alpha: float,
+    horizon_dist: float,
+    horizon_num: int,
+    mask_zero: bool,
+    far: float = _dispatch.FAR,
+    block_rows: int = 256,
+):
+    """The engine's regularizer (ops.hpp) for every row of x: float64 (n,)."""
+    torch = _torch()
+    n, m = x.shape[0], picks.shape[0]
+    dev = x.device
+    far_term = float(_neg_pow(torch.tensor(far, dtype=torch.float64), alpha))
+    hd = _dispatch._float32_at_least(horizon_dist)
+    h = horizon_num if 0 < horizon_num < m else 0
+    out = torch.empty(n, dtype=torch.float64, device=dev)
+    idx = torch.arange(m, device=dev)
+    for r0 in range(0, n, block_rows):
+        r1 = min(n, r0 + block_rows)
+        dv = exact_l2(x[r0:r1, None, :], picks[None, :, :])  # (rows, m)
+        order = idx.expand(r1 - r0, m)
+        if h:
+            keys = torch.topk(_keys(dv, order), h, dim=1, largest=False, sorted=True).values
+            dv, order = _key_dist(keys), (keys & 0xFFFFFFFF).to(torch.int64)
+        masked = labels[r0:r1, None] == tag[order]
+        masked |= dv >= hd
+        if mask_zero:
+            masked |= dv == 0
+        term = torch.where(masked, far_term, _neg_pow(dv.to(torch.float64), alpha))
+        s = torch.zeros(r1 - r0, dtype=torch.float64, device=dev)
+        for j in range(term.shape[1]):  # the engine's order: ascending pick / key
+            s = s + term[:, j]
+        out[r0:r1] = s
+    return out
+
+
+class TorchRows(_Rows):
+    """USL's steps on a torch tensor's device; per-row bookkeeping on the host (numpy), as
+    the CPU path does it."""
+
+    def __init__(self, x, threads: Optional[int], progress: bool, **blocks):
+        self.t = x
+        self.blocks = blocks
+        super().__init__(np.empty((x.shape[0], 0), np.float32), threads, progress)
+        self.n = x.shape[0]
+
+    def density(self, k: int) -> np.ndarray:
+        return density(self.t, k, **self.blocks).cpu().numpy()
+
+    def initial_centroids(self, K: int, init: str, seed: int) -> np.ndarray:
+        if init != "random":
+            raise ValueError("the portable back end supports kmeans_init='random' only")
+        start = np.random.default_rng(seed).permutation(self.n)[:K]
+        return self.rows(start)
+
+    def kmeans_labels(self, cent: np.ndarray, n_iter: int) -> np.ndarray:
+        torch = _torch()
+        c = torch.from_numpy(np.array(cent, np.float32)).to(self.t.device)
+        labels = lloyd(self.t, c, n_iter, **self.blocks)[0]
+        cent[...] = c.cpu().numpy()
+        return labels.cpu().numpy()
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        sel = torch.as_tensor(np.asarray(idx, np.int64), device=self.t.device)
+        return np.ascontiguousarray(self.t[sel].cpu().numpy())
+
+    def norm_sample(self) -> np.ndarray:
+        return self.rows(np.arange(0, self.n, max(1, self.n // 4096)))
+
+    def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
+        torch = _torch()
+        dev = self.t.device
+        hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
+        hn = 0 if p["horizon_num"] is None else p["horizon_num"]
+        out = regularizer(
+            self.t,
+            torch.from_numpy(np.ascontiguousarray(pts)).to(dev),
+            torch.from_numpy(np.asarray(lab, np.int64)).to(dev),
+            torch.from_numpy(np.asarray(tag, np.int64)).to(dev),
+            p["alpha"],
+            hd,
+            hn,
+            p["mask_zero"],
+        )
+        return out.cpu().numpy()
+
+
+def _is_cupy(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def wants(features: Any) -> bool:
+    """Whether a public function takes the portable path: a torch tensor on a device the
+    C++ engine cannot read (CUDA, ROCm, ...), a CuPy array, or any torch tensor with
+    USL_FAST_BACKEND=portable in the environment (the oracle runs of the tests)."""
+    import os
+
+    from ._validate import _is_torch
+
+    if _is_cupy(features):
+        return True
+    if not _is_torch(features):
+        return False
+    return features.device.type != "cpu" or os.environ.get("USL_FAST_BACKEND") == "portable"
+
+
+def _as_tensor(x: Any):
+    """(a torch tensor on x's device, zero-copy via DLPack for CuPy; the converter of
+    results back to x's library)."""
+    torch = _torch()
+    if _is_cupy(x):
+        import cupy
+
+        return torch.from_dlpack(x), lambda t: cupy.from_dlpack(t.contiguous())
+    return x, lambda t: t
+
+
+def as_device_features(x, name: str = "features"):
+    """Checks of ``_validate.as_features`` on the tensor's device: float32 contiguous rows
+    (converted once if not), 2-D, non-empty, finite, squared norms within the engine's
+    range; an error names the first bad row."""
+    torch = _torch()
+    from ._backend import _cpu
+
+    if x.requires_grad:
+        x = x.detach()
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"`{name}` must hold floating-point values (got torch dtype {x.dtype})")
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must be 2-D (n_points, dim), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+    if x.shape[0] > _cpu.MAX_ROWS:
+        raise ValueError(f"`{name}` has {x.shape[0]} rows; at most {_cpu.MAX_ROWS} are supported")
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.to(torch.float32).contiguous()
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise ValueError(f"`{name}` has NaN or inf values (first in row {i})")
+    big = row_norms(x).to(torch.float64) > _cpu.MAX_SQUARED_NORM
+    if bool(big.any()):
+        i = int(torch.nonzero(big)[0])
+        raise ValueError(
+            f"`{name}` row {i} has a squared norm above 2**124: its float32 distances would "
+            "overflow; rescale the features"
+        )
+    return x
+
+
+def select_usl(features, m, labeled, normalize, seed, threads, progress, return_info, usl):
+    """``usl_fast.select`` (USL) on a tensor's device: the same picks as the CPU engine."""
+    torch = _torch()
+    from ._methods import as_labeled, unit_rows
+    from ._pipeline import _usl
+    from ._validate import as_bool, as_int
+
+    x, to_caller = _as_tensor(features)
+    x = as_device_features(x)
+    dev = x.device
+    n = x.shape[0]
+    fixed = as_labeled(labeled, n)
+    free = n - fixed.size
+    if free < 1:
+        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
+    m = as_int(m, "m", 1, free, f" = number of unlabeled points ({free})")
+    if usl["kmeans_init"] != "random":
+        raise ValueError(
+            "`kmeans_init` must be 'random' for a tensor on a GPU (the portable back end has "
+            f"no k-means++; got {usl['kmeans_init']!r})"
+        )
+    if normalize is not None and as_bool(normalize, "normalize"):
+        # the CPU path's normalisation, bit for bit (its float64 norms' summation order)
+        x = torch.from_numpy(unit_rows(x.cpu().numpy())).to(dev)
+    res = _usl(
+        TorchRows(x, threads, progress),
+        m,
+        fixed,
+        seed=seed,
+        threads=threads,
+        progress=progress,
+        **usl,
+    )
+
+    def back(a):
+        if a is None:
+            return None
+        return to_caller(torch.from_numpy(np.ascontiguousarray(a)).to(dev))
+
+    if not return_info:
+        return back(res.indices)
+    for f in ("indices", "labels", "density", "scores", "labeled"):
+        setattr(res, f, back(getattr(res, f)))
+    res.params["backend"] = "portable"
+    return res
+
+
+# ----------------------------------------------------------------------------------------
+# The public functions' device versions (usl_fast.knn / density / kmeans /
+# regularized_select route device tensors here).
+
+
+def public_knn(features, k, queries):
+    from ._validate import as_int
+
+    x, to_caller = _as_tensor(features)
+    x = as_device_features(x)
+    n = x.shape[0]
+    q = None
+    if queries is None:
+        k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
+    else:
+        q = as_device_features(_as_tensor(queries)[0], "queries")
+        if q.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"`queries` must have the same dimension as `features` (got {q.shape[1]} and "
+                f"{x.shape[1]})"
+            )
+        k = as_int(k, "k", 1, n, f" = number of base points n={n}")
+    dist, idx = knn(x, k, q)
+    return to_caller(dist), to_caller(idx)
+
+
+def public_density(features, k):
+    from ._validate import as_int
+
+    x, to_caller = _as_tensor(features)
+    x = as_device_features(x)
+    n = x.shape[0]
+    k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
+    return to_caller(density(x, k))
+
+
+def public_kmeans(features, n_clusters, n_iter, init, seed):
+    from ._ops import KMeansResult
+    from ._validate import as_int
+
+    torch = _torch()
+    x, to_caller = _as_tensor(features)
+    x = as_device_features(x)
+    n, d = x.shape
+    K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")
+    n_iter = as_int(n_iter, "n_iter", 1)
+    seed = as_int(seed, "seed", 0)
+    if isinstance(init, str):
+        if init != "random":
+            raise ValueError(
+                f"`init` must be 'random' or a (K, d) array for a tensor on a GPU (got {init!r}; "
+                "the portable back end has no k-means++)"
+            )
+        start = torch.from_numpy(np.random.default_rng(seed).permutation(n)[:K]).to(x.device)
+        cent = x[start].clone()
+    else:
+        cent = as_device_features(_as_tensor(init)[0], "init").to(x.device).clone()
+        if tuple(cent.shape) != (K, d):
+            raise ValueError(
+                f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {tuple(cent.shape)}"
+            )
+    labels, counts, inertia, n_run = lloyd(x, cent, n_iter)
+    inertia_t = torch.from_numpy(inertia).to(x.device)
+    return KMeansResult(
+        to_caller(labels.to(torch.int64)),
+        to_caller(cent),
+        to_caller(counts),
+        to_caller(inertia_t),
+        int(n_run),
+    )
