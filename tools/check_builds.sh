@@ -3,6 +3,8 @@
 #   1. USL_FAST_ISA_BUILD=portable: no SIMD code compiled in; the engine tests must pass.
 #   2. USL_FAST_SANITIZE=address,undefined: AddressSanitizer + UBSan; the core suite must
 #      run clean (any report aborts the run).
+# (Both without the CUDA kernels, USL_FAST_CUDA=OFF: the main install compiles those, with
+# warnings and ptxas spills as errors, wherever nvcc is found.)
 # Needs the test extras installed (pip install ".[test]"). About 4 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,7 @@ core_tests=(tests/test_exact.py tests/test_knn.py tests/test_kmeans.py tests/tes
             tests/test_methods.py tests/test_shard_ops.py)
 
 echo "== portable build"
-USL_FAST_ISA_BUILD=portable python3 -m pip install --no-deps --no-build-isolation -q \
+USL_FAST_CUDA=OFF USL_FAST_ISA_BUILD=portable python3 -m pip install --no-deps --no-build-isolation -q \
   --target "$work/portable" .
 (cd "$work" && PYTHONPATH="$work/portable" python3 -c \
   "from usl_fast._backend import _cpu; assert _cpu.active_isa() == 0, 'portable build runs SIMD'")
@@ -24,7 +26,7 @@ PYTHONPATH="$work/portable" python3 -m pytest -q -p no:cacheprovider --rootdir="
   tests/test_shard_ops.py
 
 echo "== AddressSanitizer + UBSan build"
-USL_FAST_SANITIZE=address,undefined python3 -m pip install --no-deps --no-build-isolation -q \
+USL_FAST_CUDA=OFF USL_FAST_SANITIZE=address,undefined python3 -m pip install --no-deps --no-build-isolation -q \
   --target "$work/asan" .
 asan=$(g++ -print-file-name=libasan.so)
 ubsan=$(g++ -print-file-name=libubsan.so)

@@ -26,8 +26,12 @@ O(n d) and O(n m d) work runs on the tensor's device. Memory on the device beyon
 features: a row block's products and candidates, ``block_rows`` x ``block_cols`` floats
 and ``block_rows`` x (candidates) x d float64 at a time.
 
-This module has been tested on CPU tensors only (against the engine, bit for bit); it has
-not run on a GPU.
+With USL_FAST_BACKEND=cuda (opt-in) and a build that has the CUDA kernels (usl_fast._cuda,
+compiled when nvcc is found), the exact distances of the refine step and the regularizer and
+the k-means sums run as CUDA kernels on the same definitions (the shared usl_fast/l2.hpp).
+
+This module has been tested on CPU tensors only (against the engine, bit for bit); neither
+it nor the CUDA kernels have run on a GPU.
 """
 
 from __future__ import annotations
@@ -47,6 +51,27 @@ def _torch():
     import torch
 
     return torch
+
+
+def _kernels(t):
+    """usl_fast._cuda, when asked for (USL_FAST_BACKEND=cuda) and ``t`` is on a CUDA device;
+    else None (torch operations)."""
+    import os
+
+    if os.environ.get("USL_FAST_BACKEND") != "cuda" or t.device.type != "cuda":
+        return None
+    try:
+        from . import _cuda
+    except ImportError as exc:
+        raise RuntimeError(
+            "USL_FAST_BACKEND=cuda, but this build of usl_fast has no CUDA kernels (it was "
+            "built without a CUDA compiler); unset it to use the portable torch path"
+        ) from exc
+    return _cuda
+
+
+def _stream(t) -> int:
+    return _torch().cuda.current_stream(t.device).cuda_stream
 
 
 def filter_rel(d: int) -> float:
@@ -102,11 +127,22 @@ def _key_dist(keys):
 
 
 def topk_keys(
-    q, base, k: int, *, block_rows: int = 1024, block_cols: int = 4096, q_norms=None, b_norms=None
+    q,
+    base,
+    k: int,
+    *,
+    block_rows: Optional[int] = None,
+    block_cols: Optional[int] = None,
+    q_norms=None,
+    b_norms=None,
 ):
     """(rows of q, k) int64 keys of the k nearest rows of ``base`` by exact distance,
-    ascending; _INT64_MAX past the base's size."""
+    ascending; _INT64_MAX past the base's size. Blocks default to 1,024 x 4,096 on a CPU
+    and 4,096 x 32,768 on a GPU (a few float32 tiles of that size at a time)."""
     torch = _torch()
+    gpu = q.device.type != "cpu"
+    block_rows = block_rows or (4096 if gpu else 1024)
+    block_cols = block_cols or (32768 if gpu else 4096)
     n_q, d = q.shape
     n_b = base.shape[0]
     dev = q.device
@@ -143,10 +179,28 @@ def topk_keys(
             # the n_c smallest lower bounds of each row hold all its candidates
             lo, cols = torch.topk(lower, n_c, dim=1, largest=False, sorted=False)
             ok = lo <= thr[:, None]
-            cols = cols + c0
-            for s0 in range(0, r1 - r0, 128):  # bound the (rows, n_c, d) float64 temporary
-                s1 = min(r1 - r0, s0 + 128)
-                dv = exact_l2(xr[s0:s1, None, :], base[cols[s0:s1]])
+            cols = (cols + c0).contiguous()
+            kern = _kernels(q)
+            step = r1 - r0 if kern is not None else 128  # bound the (rows, n_c, d) temporary
+            for s0 in range(0, r1 - r0, step):
+                s1 = min(r1 - r0, s0 + step)
+                if kern is not None:
+                    dv = torch.empty((s1 - s0, n_c), dtype=torch.float32, device=dev)
+                    kern.exact_gather(
+                        xr[s0:s1].data_ptr(),
+                        d,
+                        s1 - s0,
+                        base.data_ptr(),
+                        d,
+                        n_b,
+                        d,
+                        cols[s0:s1].data_ptr(),
+                        n_c,
+                        dv.data_ptr(),
+                        _stream(q),
+                    )
+                else:
+                    dv = exact_l2(xr[s0:s1, None, :], base[cols[s0:s1]])
                 keys = torch.where(ok[s0:s1], _keys(dv, cols[s0:s1]), _INT64_MAX)
                 both = torch.cat([run[s0:s1], keys], dim=1)
                 run[s0:s1] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
@@ -189,6 +243,16 @@ def segment_sum(x, labels, K: int):
     dev = x.device
     counts = torch.bincount(labels, minlength=K)
     order = torch.sort(labels, stable=True).indices  # by cluster, then row
+    kern = _kernels(x)
+    if kern is not None:  # one thread per (cluster, coordinate), members in row order
+        first = torch.zeros(K + 1, dtype=torch.int64, device=dev)
+        first[1:] = torch.cumsum(counts, 0)
+        sums = torch.empty((K, d), dtype=torch.float64, device=dev)
+        order = order.contiguous()
+        kern.segment_sum(
+            x.data_ptr(), d, d, order.data_ptr(), first.data_ptr(), K, sums.data_ptr(), _stream(x)
+        )
+        return sums, counts
     first = torch.cumsum(counts, 0) - counts
     rank = torch.arange(n, device=dev) - first[labels[order]]  # place within its cluster
     by_rank = torch.sort(rank, stable=True).indices  # rank 0 of every cluster, then rank 1...
@@ -278,7 +342,23 @@ def regularizer(
     idx = torch.arange(m, device=dev)
     for r0 in range(0, n, block_rows):
         r1 = min(n, r0 + block_rows)
-        dv = exact_l2(x[r0:r1, None, :], picks[None, :, :])  # (rows, m)
+        kern = _kernels(x)
+        if kern is not None:
+            dv = torch.empty((r1 - r0, m), dtype=torch.float32, device=dev)
+            kern.exact_grid(
+                x[r0:r1].data_ptr(),
+                x.shape[1],
+                r1 - r0,
+                picks.data_ptr(),
+                x.shape[1],
+                m,
+                x.shape[1],
+                dv.data_ptr(),
+                m,
+                _stream(x),
+            )
+        else:
+            dv = exact_l2(x[r0:r1, None, :], picks[None, :, :])  # (rows, m)
         order = idx.expand(r1 - r0, m)
         if h:
             keys = torch.topk(_keys(dv, order), h, dim=1, largest=False, sorted=True).values

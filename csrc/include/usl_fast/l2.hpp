@@ -37,9 +37,13 @@ USL_HD float exact_l2(const float* a, const float* b, idx_t d) {
       const double df = static_cast<double>(a[t + l] - b[t + l]);
       s[l] += df * df;
     }
-  for (int l = 0; t + l < d; ++l) {
-    const double df = static_cast<double>(a[t + l] - b[t + l]);
-    s[l] += df * df;
+  // The tail, lanes 0 .. d - t - 1 (a fixed trip count, so the lanes stay in registers on
+  // a GPU instead of a stack array).
+  for (int l = 0; l < kLanes; ++l) {
+    if (t + l < d) {
+      const double df = static_cast<double>(a[t + l] - b[t + l]);
+      s[l] += df * df;
+    }
   }
   return static_cast<float>(exact_lanes_combine(s));
 }
