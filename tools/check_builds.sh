@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the engine twice more, beside the installed package, and runs tests against each:
+# Where nvcc is found: builds the CUDA kernels strictly (warnings and ptxas spills are
+# errors) and checks the module loads. Then builds the engine twice more, beside the
+# installed package, and runs tests against each:
 #   1. USL_FAST_ISA_BUILD=portable: no SIMD code compiled in; the engine tests must pass.
 #   2. USL_FAST_SANITIZE=address,undefined: AddressSanitizer + UBSan; the core suite must
 #      run clean (any report aborts the run).
@@ -15,6 +17,16 @@ trap 'rm -rf "$work"' EXIT
 core_tests=(tests/test_exact.py tests/test_knn.py tests/test_kmeans.py tests/test_regularizer.py
             tests/test_engine_paths.py tests/test_errors.py tests/test_select.py
             tests/test_methods.py tests/test_shard_ops.py)
+
+if command -v nvcc >/dev/null; then
+  echo "== CUDA kernels, strict: warnings and ptxas local-memory spills are errors"
+  USL_FAST_CUDA=ON USL_FAST_CUDA_STRICT=ON python3 -m pip install --no-deps \
+    --no-build-isolation -q --target "$work/cuda" . 2>&1 | { grep -iE "error|spill" || true; }
+  test -n "$(ls "$work"/cuda/usl_fast/_cuda*.so 2>/dev/null)" || {
+    echo "the strict CUDA build failed"; exit 1; }
+  (cd "$work" && PYTHONPATH="$work/cuda" python3 -c \
+    "from usl_fast import _cuda; print('usl_fast._cuda loads; CUDA devices:', _cuda.device_count())")
+fi
 
 echo "== portable build"
 USL_FAST_CUDA=OFF USL_FAST_ISA_BUILD=portable python3 -m pip install --no-deps --no-build-isolation -q \

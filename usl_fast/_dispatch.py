@@ -6,9 +6,10 @@ thread, checks that the outputs it is about to allocate fit in memory, allocates
 (numpy), and runs the op with progress and Ctrl-C support. The public functions convert
 results back to the caller's array library.
 
-Back ends: today the CPU engine (``usl_fast._cpu``) serves numpy arrays and torch CPU
-tensors. The op names and arguments are those of ``csrc/include/usl_fast/ops.hpp``, which
-a CUDA back end implements under the same names.
+Back ends: the CPU engine (``usl_fast._cpu``) serves numpy arrays and torch CPU tensors
+through this module. Tensors on a GPU go to ``usl_fast.portable`` (torch operations on the
+device, the same definitions) before reaching here. The op names and arguments are those of
+``csrc/include/usl_fast/ops.hpp``.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def knn(
     from . import portable
 
     if portable.wants(features):  # a tensor on a GPU: computed there
-        return portable.public_knn(features, k, queries)
+        return portable.public_knn(features, k, queries, threads)
     x, back = as_features(features, "features")
     n = x.shape[0]
     threads_arg(threads)
@@ -119,7 +119,7 @@ def density(
     from . import portable
 
     if portable.wants(features):  # a tensor on a GPU: computed there
-        return portable.public_density(features, k)
+        return portable.public_density(features, k, threads)
     x, back = as_features(features, "features")
     n = x.shape[0]
     k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
@@ -169,7 +169,7 @@ def kmeans(
     from . import portable
 
     if portable.wants(features):  # a tensor on a GPU: computed there
-        return portable.public_kmeans(features, n_clusters, n_iter, init, seed)
+        return portable.public_kmeans(features, n_clusters, n_iter, init, seed, threads)
     x, back = as_features(features, "features")
     n, d = x.shape
     K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")

@@ -374,8 +374,8 @@ def regularized_select(
 
             return to_caller(torch.from_numpy(a).to(t.device))
 
-        density = portable._as_tensor(density)[0].cpu().numpy()
-        labels = portable._as_tensor(labels)[0].cpu().numpy()
+        density = portable.to_host(density)
+        labels = portable.to_host(labels)
     else:
         x, back = as_features(features, "features")
         n = x.shape[0]
@@ -605,7 +605,8 @@ def select(
 
     Parameters
     ----------
-    features : (n, d) numpy array or torch CPU tensor (float16/32/64)
+    features : (n, d) numpy array or torch tensor (float16/32/64); a tensor on a GPU (or a
+        CuPy array) runs on its device through ``usl_fast.portable`` (USL; the same picks)
         One row per unlabeled instance, usually L2-normalised self-supervised features.
         Read in place when float32 with contiguous rows; NaN/inf is an error.
     m : int

@@ -33,10 +33,9 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
 
         if x.device.type != "cpu":
             raise ValueError(
-                f"`{name}` is a torch tensor on {x.device}: usl_fast.select runs such a tensor "
-                "on its device (the portable torch back end); this function needs it on the "
-                "CPU, move it with .cpu() (or use usl_fast.portable.knn / .density / .lloyd "
-                "on the device)"
+                f"`{name}` is a torch tensor on {x.device}: select, knn, density, kmeans and "
+                "regularized_select run such a tensor on its device (the portable torch back "
+                "end); this function needs it on the CPU, move it with .cpu()"
             )
         if x.requires_grad:
             x = x.detach()
@@ -48,7 +47,9 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
         to_caller = _to_torch
     elif hasattr(x, "__cuda_array_interface__"):
         raise ValueError(
-            f"`{name}` lives on a GPU (__cuda_array_interface__); this build has only the CPU back end"
+            f"`{name}` lives on a GPU (__cuda_array_interface__): pass a torch tensor or a CuPy "
+            "array (select / knn / density / kmeans / regularized_select run those on the "
+            "device), or move it to the host"
         )
     else:
         try:

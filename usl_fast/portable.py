@@ -22,9 +22,11 @@ engine's bit for bit.
 
 Per-row bookkeeping between the steps (densities, labels, scores, the per-cluster arg-max)
 is done on the host by the same code as the CPU path (``_pipeline._pick_rounds``); the
-O(n d) and O(n m d) work runs on the tensor's device. Memory on the device beyond the
-features: a row block's products and candidates, ``block_rows`` x ``block_cols`` floats
-and ``block_rows`` x (candidates) x d float64 at a time.
+O(n^2 d), O(n K d) and O(n m d) work runs on the tensor's device. Memory on the device
+beyond the features, per step: a few ``block_rows`` x ``block_cols`` float32 filter tiles
+(4,096 x 32,768 on a GPU: 512 MiB each), the exact evaluation's float64 temporaries (within
+``_TEMP_BYTES``, 256 MiB), and a row block's (rows, m) distances in the regularizer. The
+filter's products are forced to full float32 (``_IeeeMatmul``).
 
 With USL_FAST_BACKEND=cuda (opt-in) and a build that has the CUDA kernels (usl_fast._cuda,
 compiled when nvcc is found), the exact distances of the refine step and the regularizer and
@@ -45,12 +47,28 @@ from ._pipeline import _Rows
 
 _LANES = 8
 _INT64_MAX = (1 << 63) - 1
+#: Bytes of float64 temporaries one exact-distance step may allocate on the device.
+_TEMP_BYTES = 256 << 20
 
 
 def _torch():
     import torch
 
     return torch
+
+
+def _check_rows(t, name: str) -> None:
+    """The module's functions take float32 tensors with contiguous rows (what
+    ``as_device_features`` returns); anything else is an error, never a silent misread."""
+    torch = _torch()
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.ndim != 2:
+        raise TypeError(
+            f"usl_fast.portable: `{name}` must be a 2-D float32 torch tensor (got "
+            f"{type(t).__name__} {getattr(t, 'dtype', '')}); usl_fast.portable."
+            "as_device_features converts and checks one"
+        )
+    if not t.is_contiguous():
+        raise ValueError(f"usl_fast.portable: `{name}` must be contiguous (use .contiguous())")
 
 
 def _kernels(t):
@@ -106,6 +124,43 @@ def row_norms(x):
     return exact_l2(x, x.new_zeros(()))
 
 
+class _IeeeMatmul:
+    """Full float32 products inside: the filter's error bound is float32's; a TF32 (or
+    bf16) product, which a training script may have switched on globally, would break it
+    and drop true neighbours. The setting is restored on exit. (torch >= 2.9 has per-backend
+    ``fp32_precision`` settings, which must not be mixed with the older API.)"""
+
+    def __enter__(self):
+        torch = _torch()
+        self.new = [
+            b
+            for b in (torch.backends.cuda.matmul, getattr(torch.backends.mkldnn, "matmul", None))
+            if b is not None and hasattr(b, "fp32_precision")
+        ]
+        if self.new:
+            self.saved = [b.fp32_precision for b in self.new]
+            for b in self.new:
+                b.fp32_precision = "ieee"
+        else:
+            self.saved = (
+                torch.get_float32_matmul_precision(),
+                torch.backends.cuda.matmul.allow_tf32,
+            )
+            torch.set_float32_matmul_precision("highest")
+            torch.backends.cuda.matmul.allow_tf32 = False
+        return self
+
+    def __exit__(self, *exc):
+        torch = _torch()
+        if self.new:
+            for b, v in zip(self.new, self.saved):
+                b.fp32_precision = v
+        else:
+            torch.set_float32_matmul_precision(self.saved[0])
+            torch.backends.cuda.matmul.allow_tf32 = self.saved[1]
+        return False
+
+
 def _round_up_f32(v64):
     """The smallest float32 >= each float64 value."""
     torch = _torch()
@@ -140,6 +195,12 @@ def topk_keys(
     ascending; _INT64_MAX past the base's size. Blocks default to 1,024 x 4,096 on a CPU
     and 4,096 x 32,768 on a GPU (a few float32 tiles of that size at a time)."""
     torch = _torch()
+    _check_rows(q, "queries")
+    _check_rows(base, "features")
+    if q.shape[1] != base.shape[1] or q.device != base.device:
+        raise ValueError("usl_fast.portable: queries and features: same dimension and device")
+    if not 1 <= k <= base.shape[0]:
+        raise ValueError(f"usl_fast.portable: k must be in [1, {base.shape[0]}] (got {k})")
     gpu = q.device.type != "cpu"
     block_rows = block_rows or (4096 if gpu else 1024)
     block_cols = block_cols or (32768 if gpu else 4096)
@@ -156,7 +217,8 @@ def topk_keys(
         run = torch.full((r1 - r0, k), _INT64_MAX, dtype=torch.int64, device=dev)
         for c0 in range(0, n_b, block_cols):
             c1 = min(n_b, c0 + block_cols)
-            ip = xr @ base[c0:c1].T
+            with _IeeeMatmul():
+                ip = xr @ base[c0:c1].T
             s = rn[:, None] + bn[None, c0:c1]
             e = s - 2.0 * ip
             lower = e - rel * s
@@ -239,6 +301,7 @@ def segment_sum(x, labels, K: int):
     """(K, d) float64 member sums, each cluster's members added in ascending row order (the
     engine's order), and (K,) int64 counts."""
     torch = _torch()
+    _check_rows(x, "x")
     n, d = x.shape
     dev = x.device
     counts = torch.bincount(labels, minlength=K)
@@ -249,9 +312,17 @@ def segment_sum(x, labels, K: int):
         first[1:] = torch.cumsum(counts, 0)
         sums = torch.empty((K, d), dtype=torch.float64, device=dev)
         order = order.contiguous()
-        kern.segment_sum(
-            x.data_ptr(), d, d, order.data_ptr(), first.data_ptr(), K, sums.data_ptr(), _stream(x)
-        )
+        with torch.cuda.device(dev):
+            kern.segment_sum(
+                x.data_ptr(),
+                d,
+                d,
+                order.data_ptr(),
+                first.data_ptr(),
+                K,
+                sums.data_ptr(),
+                _stream(x),
+            )
         return sums, counts
     first = torch.cumsum(counts, 0) - counts
     rank = torch.arange(n, device=dev) - first[labels[order]]  # place within its cluster
@@ -271,6 +342,8 @@ def lloyd(x, cent, n_iter: int, **blocks):
     """The engine's Lloyd loop (_ops.lloyd) in torch: (labels int32, counts int64, inertia
     float64 per iteration, iterations run); ``cent`` (K, d) float32 is updated in place."""
     torch = _torch()
+    _check_rows(x, "x")
+    _check_rows(cent, "cent")
     n = x.shape[0]
     K = cent.shape[0]
     dev = x.device
@@ -329,36 +402,46 @@ def regularizer(
     horizon_num: int,
     mask_zero: bool,
     far: float = _dispatch.FAR,
-    block_rows: int = 256,
+    block_rows: Optional[int] = None,
 ):
-    """The engine's regularizer (ops.hpp) for every row of x: float64 (n,)."""
+    """The engine's regularizer (ops.hpp) for every row of x: float64 (n,). Distances are
+    computed a chunk of picks at a time (temporaries within _TEMP_BYTES); the sum over the
+    picks is one vector add per pick and row block, in the engine's order."""
     torch = _torch()
+    _check_rows(x, "x")
+    _check_rows(picks, "picks")
     n, m = x.shape[0], picks.shape[0]
+    d = x.shape[1]
     dev = x.device
+    block_rows = block_rows or (4096 if dev.type != "cpu" else 256)
     far_term = float(_neg_pow(torch.tensor(far, dtype=torch.float64), alpha))
     hd = _dispatch._float32_at_least(horizon_dist)
     h = horizon_num if 0 < horizon_num < m else 0
     out = torch.empty(n, dtype=torch.float64, device=dev)
     idx = torch.arange(m, device=dev)
+    kern = _kernels(x)
     for r0 in range(0, n, block_rows):
         r1 = min(n, r0 + block_rows)
-        kern = _kernels(x)
+        dv = torch.empty((r1 - r0, m), dtype=torch.float32, device=dev)
         if kern is not None:
-            dv = torch.empty((r1 - r0, m), dtype=torch.float32, device=dev)
-            kern.exact_grid(
-                x[r0:r1].data_ptr(),
-                x.shape[1],
-                r1 - r0,
-                picks.data_ptr(),
-                x.shape[1],
-                m,
-                x.shape[1],
-                dv.data_ptr(),
-                m,
-                _stream(x),
-            )
+            with torch.cuda.device(dev):
+                kern.exact_grid(
+                    x[r0:r1].data_ptr(),
+                    d,
+                    r1 - r0,
+                    picks.data_ptr(),
+                    d,
+                    m,
+                    d,
+                    dv.data_ptr(),
+                    m,
+                    _stream(x),
+                )
         else:
-            dv = exact_l2(x[r0:r1, None, :], picks[None, :, :])  # (rows, m)
+            chunk = max(1, _TEMP_BYTES // max(1, 24 * d * (r1 - r0)))
+            for j0 in range(0, m, chunk):
+                j1 = min(m, j0 + chunk)
+                dv[:, j0:j1] = exact_l2(x[r0:r1, None, :], picks[None, j0:j1, :])
         order = idx.expand(r1 - r0, m)
         if h:
             keys = torch.topk(_keys(dv, order), h, dim=1, largest=False, sorted=True).values
@@ -446,6 +529,26 @@ def wants(features: Any) -> bool:
     return features.device.type != "cpu" or os.environ.get("USL_FAST_BACKEND") == "portable"
 
 
+def to_host(a: Any) -> Any:
+    """A torch tensor (any device, grad or not) or CuPy array as numpy; others unchanged."""
+    if _is_cupy(a):
+        return a.get()
+    if hasattr(a, "detach") and hasattr(a, "cpu"):
+        return a.detach().cpu().numpy()
+    return a
+
+
+def _on_device(a: Any, like, name: str):
+    """``a`` (numpy, torch or CuPy) as a checked float32 tensor on ``like``'s device."""
+    torch = _torch()
+    t = _as_tensor(a)[0] if (_is_cupy(a) or isinstance(a, torch.Tensor)) else None
+    if t is None:
+        t = torch.as_tensor(np.asarray(a))
+    if t.device != like.device:
+        t = t.to(like.device)
+    return as_device_features(t, name)
+
+
 def _as_tensor(x: Any):
     """(a torch tensor on x's device, zero-copy via DLPack for CuPy; the converter of
     results back to x's library)."""
@@ -464,6 +567,11 @@ def as_device_features(x, name: str = "features"):
     torch = _torch()
     from ._backend import _cpu
 
+    if x.device.type == "mps":
+        raise ValueError(
+            f"`{name}` is on Apple MPS, which has no float64: the portable back end needs it; "
+            "move the tensor with .cpu()"
+        )
     if x.requires_grad:
         x = x.detach()
     if not x.dtype.is_floating_point:
@@ -480,7 +588,9 @@ def as_device_features(x, name: str = "features"):
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
         raise ValueError(f"`{name}` has NaN or inf values (first in row {i})")
-    big = row_norms(x).to(torch.float64) > _cpu.MAX_SQUARED_NORM
+    xd = x.to(torch.float64)
+    big = (xd * xd).sum(1) > _cpu.MAX_SQUARED_NORM  # float64, as the CPU path checks
+    del xd
     if bool(big.any()):
         i = int(torch.nonzero(big)[0])
         raise ValueError(
@@ -542,9 +652,10 @@ def select_usl(features, m, labeled, normalize, seed, threads, progress, return_
 # regularized_select route device tensors here).
 
 
-def public_knn(features, k, queries):
-    from ._validate import as_int
+def public_knn(features, k, queries, threads=None):
+    from ._validate import as_int, threads_arg
 
+    threads_arg(threads)
     x, to_caller = _as_tensor(features)
     x = as_device_features(x)
     n = x.shape[0]
@@ -552,7 +663,7 @@ def public_knn(features, k, queries):
     if queries is None:
         k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
     else:
-        q = as_device_features(_as_tensor(queries)[0], "queries")
+        q = _on_device(queries, x, "queries")
         if q.shape[1] != x.shape[1]:
             raise ValueError(
                 f"`queries` must have the same dimension as `features` (got {q.shape[1]} and "
@@ -563,9 +674,10 @@ def public_knn(features, k, queries):
     return to_caller(dist), to_caller(idx)
 
 
-def public_density(features, k):
-    from ._validate import as_int
+def public_density(features, k, threads=None):
+    from ._validate import as_int, threads_arg
 
+    threads_arg(threads)
     x, to_caller = _as_tensor(features)
     x = as_device_features(x)
     n = x.shape[0]
@@ -573,10 +685,11 @@ def public_density(features, k):
     return to_caller(density(x, k))
 
 
-def public_kmeans(features, n_clusters, n_iter, init, seed):
+def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None):
     from ._ops import KMeansResult
-    from ._validate import as_int
+    from ._validate import as_int, threads_arg
 
+    threads_arg(threads)
     torch = _torch()
     x, to_caller = _as_tensor(features)
     x = as_device_features(x)
@@ -593,7 +706,7 @@ def public_kmeans(features, n_clusters, n_iter, init, seed):
         start = torch.from_numpy(np.random.default_rng(seed).permutation(n)[:K]).to(x.device)
         cent = x[start].clone()
     else:
-        cent = as_device_features(_as_tensor(init)[0], "init").to(x.device).clone()
+        cent = _on_device(init, x, "init").clone()
         if tuple(cent.shape) != (K, d):
             raise ValueError(
                 f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {tuple(cent.shape)}"

@@ -16,7 +16,13 @@ start=$(date +%s)
 echo "== build"
 USL_FAST_CUDA=ON python -m pip install --no-build-isolation --no-deps -q .
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-(cd /tmp && python -c "from usl_fast import _cuda; n = _cuda.device_count(); print('CUDA devices:', n); assert n > 0")
+(cd /tmp && python -c "
+from usl_fast import _cuda
+import torch
+n = _cuda.device_count()
+print('CUDA devices seen by usl_fast._cuda:', n, '/ by torch:', torch.cuda.device_count())
+assert n > 0, 'the kernels see no GPU: is the driver older than the CUDA toolkit that built them?'
+")
 
 echo "== GPU tests"
 (cd /tmp && python -m pytest -q -p no:cacheprovider --rootdir="$root" \

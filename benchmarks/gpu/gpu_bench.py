@@ -69,10 +69,15 @@ def main():
             row[f"{backend}_select_s"], row[f"{backend}_select_gib"] = s, g
         rows.append(row)
         print(row, flush=True)
+        write(rows, args.out)  # after every size: a run cut short keeps what it measured
         del x
         torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu.json"), "w") as f:
+    write(rows, args.out)
+
+
+def write(rows, out):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "gpu.json"), "w") as f:
         json.dump(rows, f, indent=1)
     lines = ["# GPU benchmarks (benchmarks/gpu/check.sh)", ""]
     keys = sorted({k for r in rows for k in r})
@@ -80,7 +85,7 @@ def main():
     lines.append("|" + " --- |" * len(keys))
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
-    with open(os.path.join(args.out, "gpu.md"), "w") as f:
+    with open(os.path.join(out, "gpu.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
