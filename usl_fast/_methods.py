@@ -71,7 +71,13 @@ def prepare_round(
     """The checks every selection starts with: (float32 features, converter back to the
     caller's library, labeled indices, m), m at most the number of unlabeled points."""
     x, back = as_features(X, name)
-    n = x.shape[0]
+    lab, m = round_budget(x.shape[0], m, labeled)
+    return x, back, lab, m
+
+
+def round_budget(n: int, m: Any, labeled: Any) -> Tuple[np.ndarray, int]:
+    """(labeled indices, m) for a selection over n points (every rank's, for a process
+    group): m at most the number of unlabeled points."""
     lab = as_labeled(labeled, n)
     free = n - lab.size
     if free < 1:
@@ -85,7 +91,7 @@ def prepare_round(
         if not lab.size
         else f" = number of unlabeled points (n={n} minus {lab.size} labeled)",
     )
-    return x, back, lab, m
+    return lab, m
 
 
 def unit_rows(x: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:

@@ -504,45 +504,16 @@ def _usl(
     m: int,
     fixed: np.ndarray,
     *,
-    defaults: str,
-    k: Any,
-    n_clusters: Optional[int],
-    kmeans_iter: Any,
-    kmeans_init: Any,
-    rounds: Any,
-    weight: Any,
-    momentum: Any,
-    alpha: Any,
-    horizon_dist: Any,
-    horizon_num: Any,
-    own_cluster: Any,
-    mask_zero: Any,
     seed: int,
     threads: Optional[int],
     progress: bool,
+    **usl: Any,
 ) -> SelectResult:
     """USL on validated float32 features ``x`` (numpy results; or a ``_Rows`` that says
-    where the rows are); ``fixed``: labeled (global) indices."""
+    where the rows are); ``fixed``: labeled (global) indices; ``usl``: the USL parameters
+    of ``_usl_params`` (defaults, k, n_clusters, kmeans_iter, kmeans_init, the regularizer's)."""
     rows = x if isinstance(x, _Rows) else _Rows(x, threads, progress)
-    p, K, given = _usl_params(
-        rows.n,
-        m,
-        fixed,
-        defaults=defaults,
-        k=k,
-        n_clusters=n_clusters,
-        kmeans_iter=kmeans_iter,
-        kmeans_init=kmeans_init,
-        rounds=rounds,
-        weight=weight,
-        momentum=momentum,
-        alpha=alpha,
-        horizon_dist=horizon_dist,
-        horizon_num=horizon_num,
-        own_cluster=own_cluster,
-        mask_zero=mask_zero,
-        seed=seed,
-    )
+    p, K, given = _usl_params(rows.n, m, fixed, seed=seed, **usl)
     threads_arg(threads)
     _unit_norm_warning(rows, p, given)
 

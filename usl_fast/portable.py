@@ -603,19 +603,14 @@ def as_device_features(x, name: str = "features"):
 def select_usl(features, m, labeled, normalize, seed, threads, progress, return_info, usl):
     """``usl_fast.select`` (USL) on a tensor's device: the same picks as the CPU engine."""
     torch = _torch()
-    from ._methods import as_labeled, unit_rows
+    from ._methods import round_budget, unit_rows
     from ._pipeline import _usl
-    from ._validate import as_bool, as_int
+    from ._validate import as_bool
 
     x, to_caller = _as_tensor(features)
     x = as_device_features(x)
     dev = x.device
-    n = x.shape[0]
-    fixed = as_labeled(labeled, n)
-    free = n - fixed.size
-    if free < 1:
-        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
-    m = as_int(m, "m", 1, free, f" = number of unlabeled points ({free})")
+    fixed, m = round_budget(x.shape[0], m, labeled)
     if usl["kmeans_init"] != "random":
         raise ValueError(
             "`kmeans_init` must be 'random' for a tensor on a GPU (the portable back end has "

@@ -283,14 +283,10 @@ def select(
     fp = _fingerprint("select", m, labeled, params, normalize, seed)
     x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp, threads)
     n = int(sizes.sum())
-    from .._methods import as_labeled, unit_rows
+    from .._methods import round_budget, unit_rows
 
     def check():
-        fixed = as_labeled(labeled, n)
-        free = n - fixed.size
-        if free < 1:
-            raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
-        mm = as_int(m, "m", 1, free, f" = number of unlabeled points over all ranks ({free})")
+        fixed, mm = round_budget(n, m, labeled)  # n: every rank's rows
         if not (isinstance(kmeans_init, str) and kmeans_init == "random"):
             raise ValueError(
                 f"usl_fast.distributed.select: `kmeans_init` must be 'random' (got "
