@@ -45,7 +45,8 @@ def test_knn_cross_is_both_sides_of_the_block_exactly():
     # with the own blocks merged in: the self kNN lists, bit for bit (one distance everywhere)
     from usl_fast.distributed._shard import density_of_lists, merge_lists
 
-    own_a, own_b = _dispatch.knn_distances(a, k, 2), _dispatch.knn_distances(b, k, 2)
+    own_a = _dispatch.knn(a, k, None, 2, False, indices=False)[0]
+    own_b = _dispatch.knn(b, k, None, 2, False, indices=False)[0]
     full, _ = usl_fast.knn(x, k)
     merged = np.concatenate([merge_lists(own_a, da), merge_lists(own_b, db)])
     np.testing.assert_array_equal(merged, full)

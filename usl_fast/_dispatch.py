@@ -96,15 +96,19 @@ def knn(
     progress: bool,
     sample_hits: float = _cpu.DEFAULT_SAMPLE_HITS,
     max_reservoir_bytes: float = _cpu.DEFAULT_MAX_RESERVOIR_BYTES,
-) -> Tuple[np.ndarray, np.ndarray]:
+    indices: bool = True,
+    desc: str = "kNN",
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(distances, indices) of the k nearest; ``indices=False``: distances only (None for
+    the indices, and 8 bytes a list entry less)."""
     rows = x.shape[0] if queries is None else queries.shape[0]
     check_memory(
-        rows * k * 12 + knn_reservoir_bytes(x.shape[0], k, max_reservoir_bytes),
+        rows * k * (12 if indices else 4) + knn_reservoir_bytes(x.shape[0], k, max_reservoir_bytes),
         f"the kNN lists ({rows} x {k}) and their candidate buffers",
     )
     th = resolve_threads(threads)
     dist = np.empty((rows, k), np.float32)
-    idx = np.empty((rows, k), np.int64)
+    idx = np.empty((rows, k), np.int64) if indices else None
     _progress.run(
         _cpu.knn,
         x,
@@ -113,7 +117,7 @@ def knn(
         dist,
         idx,
         th,
-        desc="kNN",
+        desc=desc,
         unit="tile",
         progress=progress,
         extra=(float(sample_hits), float(max_reservoir_bytes)),
@@ -191,31 +195,6 @@ def segment_sum(
         sums = (np.empty if full else np.zeros)((K, x.shape[1]), np.float64)
     _cpu.segment_sum(x, labels, K, sums, counts, th, int(c_lo), hi, accumulate, rows)
     return sums, counts
-
-
-def knn_distances(x: np.ndarray, k: int, threads: Optional[int], progress: bool = False):
-    """The self kNN graph's distances only, (n, k) float32 ascending (self included)."""
-    n = x.shape[0]
-    check_memory(
-        n * k * 4 + knn_reservoir_bytes(n, k, _cpu.DEFAULT_MAX_RESERVOIR_BYTES),
-        f"the kNN distances ({n} x {k}) and their candidate buffers",
-    )
-    th = resolve_threads(threads)
-    dist = np.empty((n, k), np.float32)
-    _progress.run(
-        _cpu.knn,
-        x,
-        None,
-        k,
-        dist,
-        None,
-        th,
-        desc="kNN (own rows)",
-        unit="tile",
-        progress=progress,
-        extra=(float(_cpu.DEFAULT_SAMPLE_HITS), float(_cpu.DEFAULT_MAX_RESERVOIR_BYTES)),
-    )
-    return dist
 
 
 def knn_cross(

@@ -63,7 +63,9 @@ class ShardRows(_Rows):
         """(rows, k) ascending distances of every own row to the own rows (itself at 0)."""
         x = self.x
         kk = min(k, x.shape[0])
-        d = _dispatch.knn_distances(x, kk, self.threads, self.progress)
+        d, _ = _dispatch.knn(
+            x, kk, None, self.threads, self.progress, indices=False, desc="kNN (own rows)"
+        )
         if kk == k:
             return d
         out = np.full((x.shape[0], k), np.inf, np.float32)
