@@ -214,8 +214,8 @@ class _Rows:
     Arrays of per-row values (density, labels, scores) are this process's rows; indices
     (picks, labeled) are global."""
 
-    def __init__(self, x: np.ndarray, threads: Optional[int], progress: bool):
-        self.x = x
+    def __init__(self, x: Any, threads: Optional[int], progress: bool):
+        self.x = x  # the rows (numpy here; a device tensor in portable.TorchRows)
         self.n = x.shape[0]  # rows over all processes
         self.offset = 0  # global index of x[0]
         self.threads = threads
@@ -258,7 +258,7 @@ class _Rows:
     def best_rest(self, score: np.ndarray, taken: np.ndarray, r: int) -> np.ndarray:
         """The ``r`` best-scoring rows not in ``taken`` (global), best first, ties to the
         lower index."""
-        rest = np.ones(self.x.shape[0], dtype=bool)
+        rest = np.ones(score.shape[0], dtype=bool)  # score: one per row of this process
         rest[taken] = False
         candidates = np.flatnonzero(rest)
         # Stable sort on -score: ties (including -inf scores) go to the lower index.

@@ -463,13 +463,11 @@ class TorchRows(_Rows):
     the CPU path does it."""
 
     def __init__(self, x, threads: Optional[int], progress: bool, **blocks):
-        self.t = x
+        super().__init__(x, threads, progress)  # self.x: the tensor, on its device
         self.blocks = blocks
-        super().__init__(np.empty((x.shape[0], 0), np.float32), threads, progress)
-        self.n = x.shape[0]
 
     def density(self, k: int) -> np.ndarray:
-        return density(self.t, k, **self.blocks).cpu().numpy()
+        return density(self.x, k, **self.blocks).cpu().numpy()
 
     def initial_centroids(self, K: int, init: str, seed: int) -> np.ndarray:
         if init != "random":
@@ -479,26 +477,26 @@ class TorchRows(_Rows):
 
     def kmeans_labels(self, cent: np.ndarray, n_iter: int) -> np.ndarray:
         torch = _torch()
-        c = torch.from_numpy(np.array(cent, np.float32)).to(self.t.device)
-        labels = lloyd(self.t, c, n_iter, **self.blocks)[0]
+        c = torch.from_numpy(np.array(cent, np.float32)).to(self.x.device)
+        labels = lloyd(self.x, c, n_iter, **self.blocks)[0]
         cent[...] = c.cpu().numpy()
         return labels.cpu().numpy()
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         torch = _torch()
-        sel = torch.as_tensor(np.asarray(idx, np.int64), device=self.t.device)
-        return np.ascontiguousarray(self.t[sel].cpu().numpy())
+        sel = torch.as_tensor(np.asarray(idx, np.int64), device=self.x.device)
+        return np.ascontiguousarray(self.x[sel].cpu().numpy())
 
     def norm_sample(self) -> np.ndarray:
         return self.rows(np.arange(0, self.n, max(1, self.n // 4096)))
 
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
         torch = _torch()
-        dev = self.t.device
+        dev = self.x.device
         hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
         hn = 0 if p["horizon_num"] is None else p["horizon_num"]
         out = regularizer(
-            self.t,
+            self.x,
             torch.from_numpy(np.ascontiguousarray(pts)).to(dev),
             torch.from_numpy(np.asarray(lab, np.int64)).to(dev),
             torch.from_numpy(np.asarray(tag, np.int64)).to(dev),
