@@ -264,3 +264,24 @@ def test_device_functions_take_host_arguments_and_check_tensors(monkeypatch):
         P.knn(t[:, ::2], 3)
     with pytest.raises(ValueError, match="k must be"):
         P.knn(t, 401)
+
+
+def test_small_temporary_budgets_change_nothing(monkeypatch):
+    # The exact evaluation steps and the input check are sized by _TEMP_BYTES; with a tiny
+    # budget (one row a step, duplicate groups making candidate lists long) the results and
+    # the errors are the same.
+    monkeypatch.setattr(P, "_TEMP_BYTES", 4096)
+    x = unit(600, 12)
+    x[100:160] = x[5]  # a duplicate group: every member is a candidate of every other
+    d0, i0 = usl_fast.knn(x, 20)
+    d1, i1 = P.knn(torch.from_numpy(x), 20, block_rows=128, block_cols=256)
+    np.testing.assert_array_equal(d1.numpy(), d0)
+    np.testing.assert_array_equal(i1.numpy(), i0)
+    y = torch.from_numpy(unit(300, 12))
+    y[250, 3] = float("inf")
+    with pytest.raises(ValueError, match="row 250"):
+        P.as_device_features(y)
+    y[250, 3] = 0.0
+    y[260, 0] = 2.0**63
+    with pytest.raises(ValueError, match="row 260"):
+        P.as_device_features(y)

@@ -211,62 +211,58 @@ def topk_keys(
     qn = row_norms(q) if q_norms is None else q_norms
     bn = row_norms(base) if b_norms is None else b_norms
     out = torch.empty((n_q, k), dtype=torch.int64, device=dev)
-    for r0 in range(0, n_q, block_rows):
-        r1 = min(n_q, r0 + block_rows)
-        xr, rn = q[r0:r1], qn[r0:r1]
-        run = torch.full((r1 - r0, k), _INT64_MAX, dtype=torch.int64, device=dev)
-        for c0 in range(0, n_b, block_cols):
-            c1 = min(n_b, c0 + block_cols)
-            with _IeeeMatmul():
+    kern = _kernels(q)
+    with _IeeeMatmul():  # once for the whole search: the filter needs full float32 products
+        for r0 in range(0, n_q, block_rows):
+            r1 = min(n_q, r0 + block_rows)
+            xr, rn = q[r0:r1], qn[r0:r1]
+            run = torch.full((r1 - r0, k), _INT64_MAX, dtype=torch.int64, device=dev)
+            for c0 in range(0, n_b, block_cols):
+                c1 = min(n_b, c0 + block_cols)
                 ip = xr @ base[c0:c1].T
-            s = rn[:, None] + bn[None, c0:c1]
-            e = s - 2.0 * ip
-            lower = e - rel * s
-            # the row's threshold: its k-th exact distance so far, and the k-th smallest
-            # upper bound of this block (k columns are surely within it); + abs, rounded up
-            kth = _key_dist(run[:, k - 1])
-            thr = torch.where(
-                run[:, k - 1] == _INT64_MAX,
-                torch.full_like(kth, float("inf")),
-                _round_up_f32(kth.to(torch.float64) + abs_),
-            )
-            if c1 - c0 >= k:
-                upper = (e + rel * s) + abs_
-                uk = torch.kthvalue(upper, k, dim=1).values
-                thr = torch.minimum(thr, _round_up_f32(uk.to(torch.float64) + abs_))
-            cand = lower <= thr[:, None]
-            n_c = int(cand.sum(1).max())
-            if n_c == 0:
-                continue
-            # the n_c smallest lower bounds of each row hold all its candidates
-            lo, cols = torch.topk(lower, n_c, dim=1, largest=False, sorted=False)
-            ok = lo <= thr[:, None]
-            cols = (cols + c0).contiguous()
-            kern = _kernels(q)
-            step = r1 - r0 if kern is not None else 128  # bound the (rows, n_c, d) temporary
-            for s0 in range(0, r1 - r0, step):
-                s1 = min(r1 - r0, s0 + step)
-                if kern is not None:
-                    dv = torch.empty((s1 - s0, n_c), dtype=torch.float32, device=dev)
-                    kern.exact_gather(
-                        xr[s0:s1].data_ptr(),
-                        d,
-                        s1 - s0,
-                        base.data_ptr(),
-                        d,
-                        n_b,
-                        d,
-                        cols[s0:s1].data_ptr(),
-                        n_c,
-                        dv.data_ptr(),
-                        _stream(q),
-                    )
-                else:
-                    dv = exact_l2(xr[s0:s1, None, :], base[cols[s0:s1]])
-                keys = torch.where(ok[s0:s1], _keys(dv, cols[s0:s1]), _INT64_MAX)
-                both = torch.cat([run[s0:s1], keys], dim=1)
-                run[s0:s1] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
-        out[r0:r1] = run
+                s = rn[:, None] + bn[None, c0:c1]
+                e = s - 2.0 * ip
+                lower = e - rel * s
+                # the row's threshold: its k-th exact distance so far, and the k-th smallest
+                # upper bound of this block (k columns are surely within it); + abs, rounded up
+                kth = _key_dist(run[:, k - 1])
+                thr = torch.where(
+                    run[:, k - 1] == _INT64_MAX,
+                    torch.full_like(kth, float("inf")),
+                    _round_up_f32(kth.to(torch.float64) + abs_),
+                )
+                if c1 - c0 >= k:
+                    upper = (e + rel * s) + abs_
+                    uk = torch.kthvalue(upper, k, dim=1).values
+                    thr = torch.minimum(thr, _round_up_f32(uk.to(torch.float64) + abs_))
+                cand = lower <= thr[:, None]
+                n_c = int(cand.sum(1).max())
+                if n_c == 0:
+                    continue
+                # the n_c smallest lower bounds of each row hold all its candidates
+                lo, cols = torch.topk(lower, n_c, dim=1, largest=False, sorted=False)
+                ok = lo <= thr[:, None]
+                cols = (cols + c0).contiguous()
+                # Rows per step: the exact evaluation's temporaries (float64, about 24 bytes
+                # an element without the kernels; duplicate groups make n_c large) within
+                # _TEMP_BYTES.
+                per_row = n_c * (4 if kern is not None else 24 * d)
+                step = max(1, min(r1 - r0, _TEMP_BYTES // per_row))
+                for s0 in range(0, r1 - r0, step):
+                    s1 = min(r1 - r0, s0 + step)
+                    if kern is not None:
+                        dv = torch.empty((s1 - s0, n_c), dtype=torch.float32, device=dev)
+                        with torch.cuda.device(dev):
+                            kern.exact_gather(
+                                xr[s0:s1].data_ptr(), d, s1 - s0, base.data_ptr(), d, n_b, d,
+                                cols[s0:s1].data_ptr(), n_c, dv.data_ptr(), _stream(q),
+                            )  # fmt: skip
+                    else:
+                        dv = exact_l2(xr[s0:s1, None, :], base[cols[s0:s1]])
+                    keys = torch.where(ok[s0:s1], _keys(dv, cols[s0:s1]), _INT64_MAX)
+                    both = torch.cat([run[s0:s1], keys], dim=1)
+                    run[s0:s1] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
+            out[r0:r1] = run
     return out
 
 
@@ -582,19 +578,23 @@ def as_device_features(x, name: str = "features"):
         raise ValueError(f"`{name}` has {x.shape[0]} rows; at most {_cpu.MAX_ROWS} are supported")
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.to(torch.float32).contiguous()
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad)[0])
-        raise ValueError(f"`{name}` has NaN or inf values (first in row {i})")
-    xd = x.to(torch.float64)
-    big = (xd * xd).sum(1) > _cpu.MAX_SQUARED_NORM  # float64, as the CPU path checks
-    del xd
-    if bool(big.any()):
-        i = int(torch.nonzero(big)[0])
-        raise ValueError(
-            f"`{name}` row {i} has a squared norm above 2**124: its float32 distances would "
-            "overflow; rescale the features"
-        )
+    # In row chunks: the float64 squares of the check are temporaries of _TEMP_BYTES at most,
+    # not a float64 copy of all the features.
+    chunk = max(1, _TEMP_BYTES // (8 * x.shape[1]))
+    for r0 in range(0, x.shape[0], chunk):
+        xc = x[r0 : r0 + chunk]
+        bad = ~torch.isfinite(xc).all(dim=1)
+        if bool(bad.any()):
+            i = r0 + int(torch.nonzero(bad)[0])
+            raise ValueError(f"`{name}` has NaN or inf values (first in row {i})")
+        xd = xc.to(torch.float64)
+        big = (xd * xd).sum(1) > _cpu.MAX_SQUARED_NORM  # float64, as the CPU path checks
+        if bool(big.any()):
+            i = r0 + int(torch.nonzero(big)[0])
+            raise ValueError(
+                f"`{name}` row {i} has a squared norm above 2**124: its float32 distances "
+                "would overflow; rescale the features"
+            )
     return x
 
 
