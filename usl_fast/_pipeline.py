@@ -240,8 +240,9 @@ class _Rows:
         return values[idx]
 
     def norm_sample(self) -> np.ndarray:
-        """Rows whose median squared norm decides the unit-norm warning."""
-        return self.x[:: max(1, self.x.shape[0] // 4096)]
+        """Rows whose median squared norm decides the unit-norm warning: every n // 4096-th
+        row of all n (through ``rows``, so every back end takes the same sample)."""
+        return self.rows(np.arange(0, self.n, max(1, self.n // 4096)))
 
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
         hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]

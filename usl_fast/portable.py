@@ -483,9 +483,6 @@ class TorchRows(_Rows):
         sel = torch.as_tensor(np.asarray(idx, np.int64), device=self.x.device)
         return np.ascontiguousarray(self.x[sel].cpu().numpy())
 
-    def norm_sample(self) -> np.ndarray:
-        return self.rows(np.arange(0, self.n, max(1, self.n // 4096)))
-
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
         torch = _torch()
         dev = self.x.device

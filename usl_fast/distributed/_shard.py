@@ -251,10 +251,6 @@ class ShardRows(_Rows):
         out[mine] = values[loc]
         return self.comm.all_reduce(out, "sum").astype(values.dtype)
 
-    def norm_sample(self) -> np.ndarray:
-        # the one-process sample (every n // 4096-th row of all rows), on every rank
-        return self.rows(np.arange(0, self.n, max(1, self.n // 4096)))
-
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
         self.comm.phase = f"selection: {desc}"
         return super().regularizer(lab, pts, tag, p, desc)
