@@ -102,6 +102,7 @@ PYBIND11_MODULE(_cpu, m) {
   // The OpenMP thread count of the CALLING thread (threadpoolctl / omp_set_num_threads).
   m.def("max_threads", [] { return omp_get_max_threads(); });
   m.def("active_isa", [] { return cpu::active_isa(); });
+  m.def("own_gemm", [] { return cpu::own_gemm(); });
   m.def("set_alloc_limit", [](int64_t bytes) { cpu::set_alloc_limit(bytes); },
         "Test hook: engine allocations beyond `bytes` raise MemoryError (< 0: no limit).");
   m.def("reservoir_bytes_per_row", &cpu::reservoir_bytes_per_row);

@@ -1,5 +1,5 @@
 """The engine's internal fast paths give the same answers as its plain ones: every SIMD
-scan (AVX-512, AVX2, portable) and the sampled early-rejection threshold of the self kNN
+scan (AVX-512, AVX2, portable), the engine's own AVX-512 GEMM and OpenBLAS's, and the sampled early-rejection threshold of the self kNN
 graph, including rows where the sampled threshold fails and the row is redone."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ rng = np.random.default_rng(1)
 x = rng.standard_normal((1300, 19)).astype('f4')
 x = np.vstack([x, x[:50]])          # exact duplicates: ties must break the same way
 q = rng.standard_normal((70, 19)).astype('f4')
-arrays = [np.array([_cpu.active_isa()])]
+arrays = [np.array([_cpu.active_isa(), _cpu.own_gemm()])]
 for k in (1, 5, 40, 300):
     arrays += list(usl_fast.knn(x, k))
 arrays += list(usl_fast.knn(x, 17, queries=q))
@@ -32,6 +32,9 @@ for kw in (dict(horizon_dist=40.0), dict(horizon_num=7)):
     arrays.append(usl_fast.regularizer(x, lab, np.arange(0, 1300, 60), **kw))
 arrays.append(usl_fast.range_count(x, 30.0))
 arrays.append(usl_fast.select(x, 12, k=20, kmeans_iter=10))
+w = rng.standard_normal((600, 300)).astype('f4')   # d > 256: the own GEMM's two passes
+arrays += list(usl_fast.knn(w, 7))
+arrays.append(usl_fast.kmeans(w, 9, n_iter=5).labels)
 np.savez(sys.argv[1], *arrays)
 """
 
@@ -39,9 +42,10 @@ np.savez(sys.argv[1], *arrays)
 _ISAS = {"portable": 0, "avx2": 1, "avx512": 2}
 
 
-def _run_with_isa(isa: str, path: str) -> dict:
+def _run_with_isa(isa: str, path: str, gemm: str = "") -> dict:
     env = dict(os.environ)
     env["USL_FAST_ISA"] = isa
+    env["USL_FAST_GEMM"] = gemm
     # cwd away from the source tree, which has no compiled module to import
     subprocess.run(
         [sys.executable, "-c", _SCRIPT, path], check=True, env=env, cwd=os.path.dirname(path)
@@ -53,25 +57,30 @@ def _run_with_isa(isa: str, path: str) -> dict:
 def test_every_isa_path_gives_identical_results(tmp_path):
     # Each path that this CPU can run is compared with the portable one, bit for bit; a
     # path the CPU lacks is reported as skipped rather than compared with itself.
+    # The AVX-512 path runs twice: with its own GEMM and with OpenBLAS's (USL_FAST_GEMM=blas);
+    # the filter admits any float32 product, so the answers must not move.
     ref = _run_with_isa("portable", str(tmp_path / "portable.npz"))
-    assert ref["arr_0"][0] == 0
+    assert list(ref["arr_0"]) == [0, 0]
     missing = []
-    for isa in ("avx2", "avx512"):
-        other = _run_with_isa(isa, str(tmp_path / f"{isa}.npz"))
+    for isa, gemm in (("avx2", ""), ("avx512", "blas"), ("avx512", "")):
+        other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm)
         if other["arr_0"][0] != _ISAS[isa]:
             missing.append(isa)
             continue
+        assert other["arr_0"][1] == (isa == "avx512" and gemm != "blas")
         for key in ref:
             if key == "arr_0":
                 continue
             a, b = ref[key], other[key]
             assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)), (
                 isa,
+                gemm,
                 key,
             )
     if missing:
         pytest.skip(
-            f"this build or CPU cannot run the {', '.join(missing)} path(s); compared the others"
+            f"this build or CPU cannot run the {', '.join(sorted(set(missing)))} path(s); "
+            "compared the others"
         )
 
 

@@ -114,8 +114,14 @@ class Guard {
 // Back-end primitives of the CPU (tile.cpp).
 
 // C[m x n] = A[m x d] * B[n x d]^T (row-major, leading dimensions lda, ldb, ldc), one thread.
+// It only feeds the filter, so any float32 evaluation will do: the AVX-512 path has its own
+// kernel (faster on tile shapes), the others call OpenBLAS.
 void gemm_nt(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
              float* c, idx_t ldc);
+
+// Whether gemm_nt runs the engine's own AVX-512 kernel (true on the AVX-512 path unless
+// USL_FAST_GEMM=blas) or OpenBLAS.
+bool own_gemm();
 
 // The calling thread's kTile x kTile scratch tile (allocated once per OpenMP thread).
 float* thread_tile();
