@@ -224,3 +224,78 @@ def test_fixed_point_stop_equals_running_every_iteration(usl, monkeypatch):
     assert np.all(res.inertia[res.n_iter_run - 1 :] == res.inertia[res.n_iter_run - 1])
     ref_labels = oracles.lloyd(x, init, 300)[0]
     np.testing.assert_array_equal(res.labels, ref_labels)
+
+
+def _lloyd_both_ways(x, init, n_iter, monkeypatch=None):
+    """usl_fast's Lloyd with the moved-centroid search and with a full search every
+    iteration, plus how many centroid rows the first one searched per assignment."""
+    from usl_fast import _dispatch, _ops
+
+    searched = []
+    real = _dispatch.assign
+
+    def counting(xx, c, th, xn=None):
+        searched.append(int(xx.shape[0]) * int(c.shape[0]))
+        return real(xx, c, th, xn)
+
+    _dispatch.assign = counting
+    try:
+        fast = _ops.lloyd(x, init.copy(), n_iter)
+    finally:
+        _dispatch.assign = real
+    c_fast = init.copy()
+    fast = _ops.lloyd(x, c_fast, n_iter)
+    c_full = init.copy()
+    full = _ops.lloyd(x, c_full, n_iter, _reuse=False)
+    return fast, c_fast, full, c_full, searched
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "clustered",
+        "moved centroid ties",
+        "ties on a grid",
+        "duplicate rows and centroids",
+        "clusters die",
+        "K = n",
+    ],
+)
+def test_moved_centroid_search_equals_full_search(case):
+    # Searching only the centroids that moved since the last assignment (plus every centroid
+    # for rows whose own one moved) must give the full search's labels, counts, inertia and
+    # centroids bit for bit, including ties (lower index first) and clusters that die.
+    rng = np.random.default_rng(11)
+    if case == "clustered":
+        centers = rng.standard_normal((40, 16)) * 3
+        x = (centers[rng.integers(0, 40, 3000)] + rng.standard_normal((3000, 16))).astype("f4")
+        init = x[rng.choice(3000, 120, replace=False)]
+    elif case == "moved centroid ties":
+        # c0 moves -1 -> 0, c1 stays at 3 (mean of 1.5, 2, 5.5); the row 1.5, labeled 1, is
+        # then exactly 2.25 from both, and the lower index (the moved c0) must win.
+        x = np.array([[0.0], [1.5], [2.0], [5.5]], "f4")
+        init = np.array([[-1.0], [3.0]], "f4")
+    elif case == "ties on a grid":
+        # small integer coordinates: many rows are exactly equidistant from two centroids
+        x = rng.integers(0, 4, (2000, 3)).astype("f4")
+        init = rng.integers(0, 4, (30, 3)).astype("f4") + 0.5
+    elif case == "duplicate rows and centroids":
+        base = rng.standard_normal((300, 8)).astype("f4")
+        x = np.vstack([base, base, base[:100]])
+        init = np.vstack([base[:20], base[:5]])  # equal centroids: the later ones die
+    elif case == "clusters die":
+        x = rng.standard_normal((1500, 5)).astype("f4")
+        init = np.vstack([x[:50], np.full((10, 5), 40.0, "f4")])  # far ones end up empty
+    else:
+        x = rng.standard_normal((257, 6)).astype("f4")
+        init = x.copy()
+    init = np.ascontiguousarray(init, dtype=np.float32)
+    fast, c_fast, full, c_full, searched = _lloyd_both_ways(x, init, 40)
+    for a, b in zip(fast[:3], full[:3]):
+        assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    assert fast[3] == full[3]
+    assert np.array_equal(c_fast.view(np.uint32), c_full.view(np.uint32))
+    if case == "clustered":
+        # the shortcut really ran: fewer centroid rows searched than a full search per step
+        assert fast[3] > 3
+        assert sum(searched) < 0.8 * len(searched) * x.shape[0] * init.shape[0]

@@ -216,10 +216,15 @@ def lloyd(
     progress: bool = False,
     segment_sum: Any = None,
     step_reduce: Any = None,
+    _reuse: bool = True,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Lloyd's iterations from the (K, d) float32 centroids ``cent`` (updated in place), the
     loop in Python over two engine primitives: ``assign`` (nearest alive centroid, exact
     distances) and the CSR ``segment_sum`` (float64 member sums in row order).
+
+    After the first iteration, an assignment searches only the centroids that moved (see
+    ``_assign_moved``), with the same labels and distances as a search of all of them;
+    ``_reuse=False`` searches all every time (tests compare the two).
 
     Seams for rows split across processes (usl_fast.distributed): ``segment_sum(x, labels,
     K, threads) -> (sums, counts)`` returns the sums and counts over every process's rows,
@@ -238,6 +243,9 @@ def lloyd(
     labels = np.zeros(n, np.int32)
     n_run = n_iter
     xn = _dispatch.row_norms(x, threads)
+    # The centroids of the last assignment and its distances, for _assign_moved.
+    before: Optional[np.ndarray] = None
+    dist: Optional[np.ndarray] = None
     bar = None
     if progress:
         bar = _progress.bar("k-means", n_iter, "iterations")
@@ -246,10 +254,18 @@ def lloyd(
             # A cluster that ended an assignment empty is dead: it never receives points
             # again (the reference's NaN centroid, without the NaN).
             live = np.flatnonzero(alive)
-            c_live = cent if live.size == K else np.ascontiguousarray(cent[live])
-            lab, dist = _dispatch.assign(x, c_live, threads, xn)
-            if live.size < K:
-                lab = live.astype(np.int32)[lab]
+            moved = None
+            if _reuse and before is not None:
+                moved = alive & np.any(cent.view(np.uint32) != before.view(np.uint32), axis=1)
+                if 2 * np.count_nonzero(moved) > live.size:
+                    moved = None  # most moved: one search of all is cheaper
+            if moved is None:
+                c_live = cent if live.size == K else np.ascontiguousarray(cent[live])
+                lab, dist = _dispatch.assign(x, c_live, threads, xn)
+                if live.size < K:
+                    lab = live.astype(np.int32)[lab]
+            else:
+                lab, dist = _assign_moved(x, xn, cent, live, moved, labels, dist, threads)
             labels = lab
             # A repeated assignment is a fixed point: the update would rebuild these very
             # centroids (same members, same summation order) and no cluster dies, so every
@@ -269,6 +285,8 @@ def lloyd(
             else:
                 sums, counts = segment_sum(x, labels, K, threads)
             alive &= counts > 0  # and a live cluster has members: update exactly those
+            if _reuse:
+                before = cent.copy()
             cent[alive] = (sums[alive] * (1.0 / counts[alive])[:, None]).astype(np.float32)
             prev = labels.copy()
             if bar is not None:
@@ -281,6 +299,42 @@ def lloyd(
     # else: the combined counts of the last update, which counted this very assignment
     # (the last iteration's, or at a fixed point the previous one, which it repeats).
     return labels, counts, inertia, n_run
+
+
+#: Rows gathered at a time by _assign_moved (32 MiB of float32 features at d = 128).
+_GATHER_ROWS = 65536
+
+
+def _assign_moved(x, xn, cent, live, moved, labels, dist, threads):
+    """The assignment to the live centroids ``cent[live]`` when only ``moved`` (a mask of
+    live centroids) changed since the assignment ``labels`` / ``dist``, which was exact
+    then: the same labels and distances as one search of every live centroid, at the cost
+    of a search of the moved ones plus, for the rows whose own centroid moved, of all.
+
+    Why it is exact: a row whose centroid c did not move is still at bit-identical exact
+    distances from c and from every unmoved centroid, and c beat each of those (distance,
+    then lower index) last time; so its nearest is c or a moved centroid, whichever is
+    first in that order. A centroid that died was never the nearest of anything left."""
+    ids = np.flatnonzero(moved).astype(np.int32)
+    if ids.size == 0:
+        return labels.copy(), dist.copy()
+    # Every row against the moved centroids.
+    near, d_near = _dispatch.assign(x, np.ascontiguousarray(cent[ids]), threads, xn)
+    near = ids[near]
+    take = (d_near < dist) | ((d_near == dist) & (near < labels))
+    new_lab = np.where(take, near, labels)
+    new_dist = np.where(take, d_near, dist)
+    # Rows whose own centroid moved: their old distance says nothing now; search all.
+    stale = np.flatnonzero(moved[labels])
+    if stale.size:
+        c_live = np.ascontiguousarray(cent[live])
+        live32 = live.astype(np.int32)
+        for lo in range(0, stale.size, _GATHER_ROWS):
+            rows = stale[lo : lo + _GATHER_ROWS]
+            lab, d = _dispatch.assign(x[rows], c_live, threads, xn[rows])
+            new_lab[rows] = live32[lab]
+            new_dist[rows] = d
+    return new_lab, new_dist
 
 
 _OWN = ("position", "cluster", "none")
