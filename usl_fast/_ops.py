@@ -257,8 +257,10 @@ def lloyd(
             moved = None
             if _reuse and before is not None:
                 moved = alive & np.any(cent.view(np.uint32) != before.view(np.uint32), axis=1)
-                if 2 * np.count_nonzero(moved) > live.size:
-                    moved = None  # most moved: one search of all is cheaper
+                # pairs searched: every row x the moved, at most the stale rows x all live
+                cost = n * np.count_nonzero(moved) + np.count_nonzero(moved[labels]) * live.size
+                if cost >= n * live.size:
+                    moved = None  # one search of all is cheaper
             if moved is None:
                 c_live = cent if live.size == K else np.ascontiguousarray(cent[live])
                 lab, dist = _dispatch.assign(x, c_live, threads, xn)
@@ -314,7 +316,9 @@ def _assign_moved(x, xn, cent, live, moved, labels, dist, threads):
     Why it is exact: a row whose centroid c did not move is still at bit-identical exact
     distances from c and from every unmoved centroid, and c beat each of those (distance,
     then lower index) last time; so its nearest is c or a moved centroid, whichever is
-    first in that order. A centroid that died was never the nearest of anything left."""
+    first in that order. A row whose own centroid moved but is no farther than before has
+    the same guarantee (its unmoved rivals are still at least as far, and behind on ties).
+    A centroid that died was never the nearest of anything left."""
     ids = np.flatnonzero(moved).astype(np.int32)
     if ids.size == 0:
         return labels.copy(), dist.copy()
@@ -324,16 +328,27 @@ def _assign_moved(x, xn, cent, live, moved, labels, dist, threads):
     take = (d_near < dist) | ((d_near == dist) & (near < labels))
     new_lab = np.where(take, near, labels)
     new_dist = np.where(take, d_near, dist)
-    # Rows whose own centroid moved: their old distance says nothing now; search all.
+    # Rows whose own centroid c moved. If c came no farther, every unmoved centroid is
+    # still at least as far as c (and behind it on ties), so the nearest is the moved
+    # centroids' nearest, found above; otherwise search all.
     stale = np.flatnonzero(moved[labels])
     if stale.size:
-        c_live = np.ascontiguousarray(cent[live])
+        c_live = None
         live32 = live.astype(np.int32)
         for lo in range(0, stale.size, _GATHER_ROWS):
             rows = stale[lo : lo + _GATHER_ROWS]
-            lab, d = _dispatch.assign(x[rows], c_live, threads, xn[rows])
-            new_lab[rows] = live32[lab]
-            new_dist[rows] = d
+            xr = x[rows]
+            now = _dispatch.exact_l2_pairs(xr, np.ascontiguousarray(cent[labels[rows]]))
+            closer = now <= dist[rows]
+            new_lab[rows[closer]] = near[rows[closer]]
+            new_dist[rows[closer]] = d_near[rows[closer]]
+            far = ~closer
+            if far.any():
+                if c_live is None:
+                    c_live = np.ascontiguousarray(cent[live])
+                lab, d = _dispatch.assign(xr[far], c_live, threads, xn[rows[far]])
+                new_lab[rows[far]] = live32[lab]
+                new_dist[rows[far]] = d
     return new_lab, new_dist
 
 
