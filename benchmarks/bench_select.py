@@ -1,7 +1,7 @@
 """USL end to end with the CIFAR-10 configuration: usl_fast.select(x, m, defaults="cifar10")
 against the same pipeline assembled from faiss-cpu and NumPy (faiss exact kNN -> density ->
 faiss.Kmeans -> a vectorised NumPy transcription of the regularized per-cluster argmax,
-REFERENCE.md sections 1-3)."""
+docs/parity.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 IMPLS = ["usl_fast", "faiss+numpy"]
 
-#: REFERENCE.md section 3, CIFAR-10 row (written out here, not read from usl_fast).
+#: The published CIFAR-10 preset (docs/parity.md; written out here, not read from usl_fast).
 CIFAR10: dict[str, Any] = {
     "k": 400,
     "kmeans_iter": 200,
@@ -66,7 +66,7 @@ def numpy_regularizer(x, xn, labels, picks, horizon_dist, alpha) -> np.ndarray:
 def numpy_regularized_select(
     x, dens, labels, K, m, rounds, weight, momentum, horizon_dist, alpha
 ) -> np.ndarray:
-    """REFERENCE.md section 3 (CIFAR flavour). The per-cluster argmax is vectorised: points
+    """The published regularized selection, CIFAR flavour (docs/parity.md). The per-cluster argmax is vectorised: points
     are sorted by cluster once (stable, so ties keep the lowest index first); each round a
     segmented max (np.maximum.reduceat) and the first member reaching it."""
     n = x.shape[0]
@@ -138,7 +138,7 @@ def select_usl_fast(usl, x, m, kmeans_iter, threads):
 
 
 def test_cifar10_preset_matches_reference(usl):
-    """The peer pipeline uses REFERENCE.md's numbers; usl_fast must mean the same ones."""
+    """The peer pipeline uses the published numbers (docs/parity.md); usl_fast must mean the same ones."""
     p = usl.PRESETS["cifar10"]
     for key, val in CIFAR10.items():
         assert p[key] == val, f"PRESETS['cifar10'][{key!r}] = {p[key]!r}, reference {val!r}"

@@ -1,5 +1,5 @@
 """Float64 NumPy transcriptions of USL as the paper's implementation does it
-(shared/REFERENCE.md sections 1-3), written from the reference text and not from the
+(docs/parity.md), written from the reference text and not from the
 package: no tiling, no expanded-form distances, no float32. Slow and obvious on purpose;
 the tests compare the compiled engine against these."""
 
@@ -91,7 +91,7 @@ def density_from_distances(dist) -> np.ndarray:
 
 
 def density(features, k: int) -> np.ndarray:
-    """REFERENCE.md section 1: 1 / mean of the k smallest squared distances, self included."""
+    """Density (docs/parity.md): 1 / mean of the k smallest squared distances, self included."""
     d, _ = knn(features, k)
     return density_from_distances(d)
 
@@ -161,7 +161,7 @@ def regularizer(
     pick_clusters=None,
     mask_zero: bool = False,
 ) -> np.ndarray:
-    """One round's regularizer, REFERENCE.md section 3, for every point.
+    """One round's regularizer, docs/parity.md, for every point.
 
     CIFAR flavour (horizon_num None): the full N x p matrix D of squared distances to the
     picks; D[i, j] -> 1e10 where pick j is i's own cluster, where D >= horizon_dist, and
@@ -265,7 +265,7 @@ def regularized_select(
     own_cluster: str = "position",
     mask_zero: bool = False,
 ) -> np.ndarray:
-    """The loop of REFERENCE.md section 3: per round, clusters 0..K-1 in order, empty ones
+    """The published selection loop (docs/parity.md): per round, clusters 0..K-1 in order, empty ones
     skipped, stop at m picks, the member with the largest density - weight * reg (first on
     ties); between rounds (not after the last) reg = mu * reg + (1 - mu) * regularizer.
     Returns the last round's picks in pick order (may be fewer than m if fewer clusters
@@ -366,7 +366,7 @@ def top_up(density, reg, weight: float, picks, m: int) -> np.ndarray:
     return np.concatenate([picks, order[: m - picks.size]])
 
 
-#: The published configurations (REFERENCE.md section 3 table), transcribed independently.
+#: The published configurations (README's preset table), transcribed independently.
 PRESETS = {
     "cifar10": dict(
         rounds=10,

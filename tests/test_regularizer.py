@@ -1,5 +1,5 @@
 """The selection regularizer, the per-cluster arg-max and the regularized selection loop
-(REFERENCE.md section 3) against the float64 oracles: hand tables, both flavours, every
+(docs/parity.md) against the float64 oracles: hand tables, both flavours, every
 own-cluster mode, skipped (empty) clusters, tile-crossing sizes, thread independence."""
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def test_m_equals_n(usl, make_unit):
 
 
 def test_published_k_for_m_2500_is_clamped_to_n(usl):
-    """m = 2,500 on CIFAR uses K = 2,501 by default (REFERENCE.md section 2); with exactly
+    """m = 2,500 on CIFAR uses K = 2,501 by default (docs/parity.md); with exactly
     2,500 points the default K cannot exceed n and must fall back to n (the user gave no
     n_clusters, and m <= n is a valid budget)."""
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""USL-T (usl_fast.uslt, REFERENCE.md section 4) against hand computations in plain
+"""USL-T (usl_fast.uslt, docs/uslt.md) against hand computations in plain
 Python / float64 NumPy: the global and local losses and their gradients, the EMA prior,
 the clustering heads, the confidence selection (hand tables, fill rule, K > m, chunked
 input), the feature augmentation, the kNN list, the trainer (collapse check on separated

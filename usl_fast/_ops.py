@@ -368,7 +368,7 @@ def regularizer(
     mask_zero: bool = False,
     threads: Optional[int] = None,
 ) -> Any:
-    """One round's regularizer (REFERENCE.md section 3) for every point: a float64 (n,)
+    """One round's regularizer (docs/parity.md) for every point: a float64 (n,)
     array ``sum_j f(D[i, j])`` over the picks, where D is the squared distance to pick j,
     f(D) = D^-alpha, and a masked entry counts as D = 1e10.
 

@@ -1,5 +1,5 @@
 """The USL pipeline: kNN density -> k-means -> regularized per-cluster arg-max
-(REFERENCE.md sections 1-3), with the published configurations as named presets."""
+(docs/parity.md), with the published configurations as named presets."""
 
 from __future__ import annotations
 
@@ -352,7 +352,7 @@ def regularized_select(
     threads: Optional[int] = None,
     progress: bool = False,
 ) -> Any:
-    """The regularized per-cluster arg-max of REFERENCE.md section 3 on given densities
+    """The published regularized per-cluster arg-max (docs/parity.md) on given densities
     and cluster labels. Parameters default to the ``defaults`` preset.
 
     Each round picks, for clusters 0..K-1 in order (empty ones skipped, stopping at m

@@ -277,8 +277,8 @@ def read_labeled(path: str, n: int) -> np.ndarray:
 
 @dataclass
 class FixMatchConfig:
-    """FixMatch's hyper-parameters. The defaults are the published CIFAR-10 ones (REFERENCE.md
-    section 5); ``PRESETS["digits"]`` is the small CPU configuration."""
+    """FixMatch's hyper-parameters. The defaults are the published CIFAR-10 ones (Sohn et
+    al., NeurIPS 2020); ``PRESETS["digits"]`` is the small CPU configuration."""
 
     model: str = "wrn28-2"  # "wrn28-2", "wrn28-8" or "small-cnn"
     steps: int = 2**20

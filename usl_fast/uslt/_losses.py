@@ -1,4 +1,4 @@
-"""The USL-T objective (REFERENCE.md section 4): the global (confidence-thresholded,
+"""The USL-T objective (docs/uslt.md): the global (confidence-thresholded,
 optionally re-weighted) pseudo-label loss, the local (neighbour-consistency) loss with a
 logit adjustment by an EMA prior, and their sum over heads. Pure functions of logits, so
 they drop into any training loop; gradients flow only where the reference lets them."""

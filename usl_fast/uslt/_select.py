@@ -1,4 +1,4 @@
-"""USL-T selection (REFERENCE.md section 4, CIFAR style): every point goes to its arg-max
+"""USL-T selection (docs/uslt.md, CIFAR style): every point goes to its arg-max
 cluster under one head, its confidence is the mean over heads of the max probability, and
 the most confident member of each cluster is picked. When fewer than m clusters are
 non-empty the rest is filled by a documented rule, and the result says so."""
