@@ -482,28 +482,53 @@ void scan_portable(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, int isa
 #ifdef USL_FAST_X86
 // 16 lanes a step: the same roundings as scan_portable, one compare against the row
 // threshold and one against the 16 column thresholds; almost every step rejects all lanes.
+// Lower bounds of 16 pairs of tile row r, columns c .. c + 15 (lanes in `live`): the same
+// roundings as Tile::lower.
+__attribute__((target("avx512f"))) inline __m512 lower16(const Tile& t, const float* ip, __m512 xn,
+                                                        idx_t c, __mmask16 live) {
+  const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
+  const __m512 e =
+      _mm512_sub_ps(s, _mm512_mul_ps(_mm512_set1_ps(2.0f), _mm512_maskz_loadu_ps(live, ip + c)));
+  return _mm512_sub_ps(e, _mm512_mul_ps(_mm512_set1_ps(t.rel), s));
+}
+
+// Columns 64 at a time with one branch for all four groups of 16 (almost every step rejects
+// every lane), then 16 at a time for the rest. A group offered after another in the same
+// step used the row threshold from before that offer: a few extra evaluations at most.
+template <bool kCols>
 __attribute__((target("avx512f"))) void scan_avx512(const Tile& t, TopK* rows, idx_t row_off,
                                                     TopK* cols) {
   Pending p;
-  const __m512 two = _mm512_set1_ps(2.0f), rel = _mm512_set1_ps(t.rel);
+  float* const rthr = rows->thresholds() + row_off;
+  const float* const cthr = kCols ? cols->thresholds() + t.j0 : nullptr;
+  const __mmask16 all = static_cast<__mmask16>(0xFFFF);
   for (idx_t r = 0; r < t.mi; ++r) {
     const float* ip = t.ip + r * t.ldt;
     const __m512 xn = _mm512_set1_ps(t.rn[r]);
-    __m512 tr = _mm512_set1_ps(rows->thresholds()[row_off + r]);
-    for (idx_t c = 0; c < t.nj; c += 16) {
+    __m512 tr = _mm512_set1_ps(rthr[r]);
+    idx_t c = 0;
+    for (; c + 64 <= t.nj; c += 64) {
+      __mmask16 m[4];
+      for (int g = 0; g < 4; ++g) {
+        const __m512 l = lower16(t, ip, xn, c + 16 * g, all);
+        m[g] = _mm512_cmp_ps_mask(l, tr, _CMP_LE_OQ);
+        if (kCols) m[g] |= _mm512_cmp_ps_mask(l, _mm512_loadu_ps(cthr + c + 16 * g), _CMP_LE_OQ);
+      }
+      if (!(m[0] | m[1] | m[2] | m[3])) continue;
+      for (int g = 0; g < 4; ++g)
+        if (m[g]) offer(2, t, r, c + 16 * g, static_cast<unsigned>(m[g]), rows, row_off, cols, p);
+      tr = _mm512_set1_ps(rthr[r]);
+    }
+    for (; c < t.nj; c += 16) {
       const idx_t left = t.nj - c;
-      const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                        : static_cast<__mmask16>((1u << left) - 1u);
-      const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
-      const __m512 e = _mm512_sub_ps(s, _mm512_mul_ps(two, _mm512_maskz_loadu_ps(live, ip + c)));
-      const __m512 l = _mm512_sub_ps(e, _mm512_mul_ps(rel, s));
+      const __mmask16 live = left >= 16 ? all : static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 l = lower16(t, ip, xn, c, live);
       __mmask16 m = _mm512_mask_cmp_ps_mask(live, l, tr, _CMP_LE_OQ);
-      if (cols)
-        m |= _mm512_mask_cmp_ps_mask(live, l, _mm512_maskz_loadu_ps(live, cols->thresholds() + t.j0 + c),
-                                     _CMP_LE_OQ);
+      if (kCols)
+        m |= _mm512_mask_cmp_ps_mask(live, l, _mm512_maskz_loadu_ps(live, cthr + c), _CMP_LE_OQ);
       if (!m) continue;
       offer(2, t, r, c, static_cast<unsigned>(m), rows, row_off, cols, p);
-      tr = _mm512_set1_ps(rows->thresholds()[row_off + r]);
+      tr = _mm512_set1_ps(rthr[r]);
     }
     flush(2, t, r, rows, row_off, cols, p);
   }
@@ -631,7 +656,9 @@ void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols) {
   const int isa = active_isa();
   seed_thresholds(t, rows, row_off, cols);
 #ifdef USL_FAST_X86
-  if (isa == 2) return scan_avx512(t, rows, row_off, cols);
+  if (isa == 2)
+    return cols ? scan_avx512<true>(t, rows, row_off, cols)
+                : scan_avx512<false>(t, rows, row_off, cols);
   if (isa == 1) return scan_avx2(t, rows, row_off, cols);
 #endif
   Pending p;
