@@ -28,7 +28,8 @@ arrays.append(usl_fast.density(x, 30))
 km = usl_fast.kmeans(x, 25, n_iter=20)
 arrays += [km.labels, km.centroids]
 lab = km.labels
-for kw in (dict(horizon_dist=40.0), dict(horizon_num=7)):
+for kw in (dict(horizon_dist=40.0), dict(horizon_num=7),
+           dict(horizon_dist=30.0, alpha=1.0, mask_zero=True), dict(alpha=1.5)):
     arrays.append(usl_fast.regularizer(x, lab, np.arange(0, 1300, 60), **kw))
 arrays.append(usl_fast.range_count(x, 30.0))
 arrays.append(usl_fast.select(x, 12, k=20, kmeans_iter=10))

@@ -37,44 +37,61 @@ struct RegParams {
 
 struct PowerSum {
   const RegParams& p;
+  // Rows are handled in blocks of kRows: each row's terms go to its own line of a buffer,
+  // then the block's sums advance one column at a time for all its rows at once, so every
+  // row still adds its terms in ascending pick order (the same bits as one running sum per
+  // row) while kRows independent sums keep the adder busy.
+  static constexpr int kRows = 8;
   struct Local {
     PowerSum& e;
-    std::vector<double> sum;
+    std::vector<double> sum, terms;
     std::vector<int32_t> need;
-    std::vector<uint8_t> cls;
-    std::vector<float> vals;
-    explicit Local(PowerSum& epi) : e(epi), sum(kTile), need(kTile), cls(kTile), vals(kTile) {}
+    std::vector<uint8_t> far;
+    std::vector<float> vals, dv;
+    explicit Local(PowerSum& epi)
+        : e(epi), sum(kTile), terms(kTile * kRows), need(kTile), far(kTile), vals(kTile),
+          dv(kTile) {}
     void begin(idx_t, idx_t) { std::fill(sum.begin(), sum.end(), 0.0); }
-    void tile(const Tile& t) {
+
+    // Row r's terms into terms[slot * kTile + c].
+    void row_terms(const Tile& t, idx_t r, int slot) {
       const RegParams& p = e.p;
       const bool finite_h = std::isfinite(p.horizon_dist);
       // Surely beyond the horizon: lower - abs >= horizon_dist.
       const float beyond = round_up(static_cast<double>(p.horizon_dist) + t.abs);
-      for (idx_t r = 0; r < t.mi; ++r) {
-        const idx_t i = t.i0 + r;
-        const int32_t label = p.labels[i];
-        idx_t nneed = 0;
-        for (idx_t c = 0; c < t.nj; ++c) {
-          const idx_t j = t.j0 + c;
-          // 0: masked without needing the distance; 1: needs the exact value.
-          const bool far = p.tag[j] == label || (finite_h && t.lower(r, c) >= beyond);
-          cls[c] = far ? 0 : 1;
-          if (!far) need[nneed++] = static_cast<int32_t>(j);
-        }
-        if (nneed) {
-          exact_gather(t.rows.row(i), t.cols, need.data(), nneed, vals.data());
-        }
-        double s = sum[r];
-        idx_t q = 0;
-        for (idx_t c = 0; c < t.nj; ++c) {
-          if (!cls[c]) {
-            s += p.far_term;
-            continue;
-          }
-          const float dv = vals[q++];
-          s += p.masked(i, t.j0 + c, dv) ? p.far_term : neg_pow(dv, p.alpha);
-        }
-        sum[r] = s;
+      const idx_t i = t.i0 + r;
+      const int32_t label = p.labels[i];
+      const int32_t* tag = p.tag + t.j0;
+      idx_t nneed = 0;
+      for (idx_t c = 0; c < t.nj; ++c) {
+        // far: masked without needing the distance (own cluster, or surely beyond)
+        const bool f = tag[c] == label || (finite_h && t.lower(r, c) >= beyond);
+        far[c] = f;
+        need[nneed] = static_cast<int32_t>(t.j0 + c);
+        nneed += f ? 0 : 1;
+      }
+      if (nneed) exact_gather(t.rows.row(i), t.cols, need.data(), nneed, vals.data());
+      idx_t q = 0;
+      for (idx_t c = 0; c < t.nj; ++c) {
+        dv[c] = far[c] ? 1.0f : vals[q];  // 1.0f: a placeholder the mask discards
+        q += far[c] ? 0 : 1;
+      }
+      double* out = terms.data() + static_cast<size_t>(slot) * kTile;
+      power_terms(dv.data(), far.data(), t.nj, p.alpha, p.horizon_dist, p.mask_zero, p.far_term,
+                  out);
+    }
+
+    void tile(const Tile& t) {
+      for (idx_t r0 = 0; r0 < t.mi; r0 += kRows) {
+        const int nr = static_cast<int>(std::min<idx_t>(kRows, t.mi - r0));
+        for (int u = 0; u < nr; ++u) row_terms(t, r0 + u, u);
+        for (int u = nr; u < kRows; ++u)
+          for (idx_t c = 0; c < t.nj; ++c) terms[u * kTile + c] = 0.0;
+        double acc[kRows];
+        for (int u = 0; u < kRows; ++u) acc[u] = u < nr ? sum[r0 + u] : 0.0;
+        for (idx_t c = 0; c < t.nj; ++c)
+          for (int u = 0; u < kRows; ++u) acc[u] += terms[u * kTile + c];
+        for (int u = 0; u < nr; ++u) sum[r0 + u] = acc[u];
       }
     }
     void end(idx_t i0, idx_t mi) {

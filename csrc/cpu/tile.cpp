@@ -4,6 +4,7 @@
 // the build is not USL_FAST_ISA=portable; which path runs is chosen once, at run time.
 #include <cblas.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -410,6 +411,55 @@ void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out
     for (idx_t t = 0; t < m; ++t) ptr[t] = base.row(j0 + t0 + t);
     exact_many(isa, a, ptr, m, base.cols, out + t0);
   }
+}
+
+namespace {
+
+inline double power_term(float dv, bool far, double alpha, float horizon, bool mask_zero,
+                         double far_term) {
+  if (far || dv >= horizon || (mask_zero && dv == 0.0f)) return far_term;
+  const double v = static_cast<double>(dv);
+  if (alpha == 0.5) return 1.0 / std::sqrt(v);
+  if (alpha == 1.0) return 1.0 / v;
+  return std::pow(v, -alpha);
+}
+
+#ifdef USL_FAST_X86
+__attribute__((target("avx512f"))) void power_terms_avx512(const float* dv, const uint8_t* far,
+                                                           idx_t n, bool half, float horizon,
+                                                           bool mask_zero, double far_term,
+                                                           double* out) {
+  const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+  const __m512d hz = _mm512_set1_pd(static_cast<double>(horizon)), ft = _mm512_set1_pd(far_term);
+  for (idx_t c = 0; c < n; c += 8) {
+    const idx_t left = n - c;
+    const __mmask8 live = left >= 8 ? static_cast<__mmask8>(0xFF)
+                                    : static_cast<__mmask8>((1u << left) - 1u);
+    // masked-off lanes read 1.0: any finite positive value, discarded below
+    const __m512d v = _mm512_cvtps_pd(_mm512_castps512_ps256(
+        _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), static_cast<__mmask16>(live), dv + c)));
+    uint64_t fb = 0;
+    std::memcpy(&fb, far + c, static_cast<size_t>(left >= 8 ? 8 : left));
+    __mmask8 m = _mm512_test_epi64_mask(_mm512_cvtepu8_epi64(_mm_cvtsi64_si128(static_cast<long long>(fb))),
+                                        _mm512_set1_epi64(0xFF));
+    m |= _mm512_cmp_pd_mask(v, hz, _CMP_GE_OQ);
+    if (mask_zero) m |= _mm512_cmp_pd_mask(v, zero, _CMP_EQ_OQ);
+    const __m512d t = _mm512_div_pd(one, half ? _mm512_sqrt_pd(v) : v);
+    _mm512_mask_storeu_pd(out + c, live, _mm512_mask_blend_pd(m, t, ft));
+  }
+}
+#endif
+
+}  // namespace
+
+void power_terms(const float* dv, const uint8_t* far, idx_t n, double alpha, float horizon,
+                 bool mask_zero, double far_term, double* out) {
+#ifdef USL_FAST_X86
+  if (active_isa() == 2 && (alpha == 0.5 || alpha == 1.0))
+    return power_terms_avx512(dv, far, n, alpha == 0.5, horizon, mask_zero, far_term, out);
+#endif
+  for (idx_t c = 0; c < n; ++c)
+    out[c] = power_term(dv[c], far[c] != 0, alpha, horizon, mask_zero, far_term);
 }
 
 void row_norms(const View& x, float* out, const Context& ctx) {

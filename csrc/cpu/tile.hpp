@@ -135,6 +135,13 @@ int active_isa();
 void exact_gather(const float* a, const View& base, const int32_t* idx, idx_t n, float* out);
 void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out);
 
+// The regularizer's terms: out[c] = far_term where masked, else dv[c]^-alpha in float64,
+// with masked = far[c] || dv[c] >= horizon || (mask_zero && dv[c] == 0). alpha 0.5 and 1
+// are one IEEE square root and/or division (SIMD where the path has it, identical bits);
+// any other alpha is std::pow.
+void power_terms(const float* dv, const uint8_t* far, idx_t n, double alpha, float horizon,
+                 bool mask_zero, double far_term, double* out);
+
 // Squared norm of every row (exact_l2 against the zero vector), threads over rows.
 void row_norms(const View& x, float* out, const Context& ctx);
 
