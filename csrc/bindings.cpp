@@ -113,6 +113,17 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("DEFAULT_SAMPLE_HITS") = cpu::KnnOptions{}.sample_hits;
   m.attr("DEFAULT_MAX_RESERVOIR_BYTES") = cpu::KnnOptions{}.max_reservoir_bytes;
 
+  // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM (the own AVX-512
+  // kernel where it runs, else OpenBLAS); the tiles never have more than 256 columns.
+  m.def("gemm_nt", [](py::handle a, py::handle b, py::handle out) {
+    const View av = in_mat(a, "a"), bv = in_mat(b, "b");
+    if (av.cols != bv.cols) throw py::value_error("a and b: same number of columns");
+    if (bv.rows < 1 || bv.rows > cpu::kTile) throw py::value_error("b: 1 to 256 rows");
+    float* po = out_vec<float>(out, "out", av.rows * bv.rows);
+    py::gil_scoped_release nogil;
+    if (av.rows) cpu::gemm_nt(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows, av.cols, po, bv.rows);
+  });
+
   m.def("exact_l2_pairs", [](py::handle a, py::handle b, py::handle out) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
     if (av.rows != bv.rows || av.cols != bv.cols) throw py::value_error("a and b: same shape");

@@ -33,7 +33,7 @@ for kw in (dict(horizon_dist=40.0), dict(horizon_num=7),
     arrays.append(usl_fast.regularizer(x, lab, np.arange(0, 1300, 60), **kw))
 arrays.append(usl_fast.range_count(x, 30.0))
 arrays.append(usl_fast.select(x, 12, k=20, kmeans_iter=10))
-w = rng.standard_normal((600, 300)).astype('f4')   # d > 256: the own GEMM's two passes
+w = rng.standard_normal((605, 300)).astype('f4')   # d > 256: the own GEMM's two passes
 arrays += list(usl_fast.knn(w, 7))
 arrays.append(usl_fast.kmeans(w, 9, n_iter=5).labels)
 np.savez(sys.argv[1], *arrays)

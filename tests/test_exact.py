@@ -56,6 +56,26 @@ def test_kernel_is_the_documented_definition(x):
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
 
 
+@pytest.mark.parametrize("d", [1, 15, 16, 17, 255, 256, 257, 513])
+def test_tile_gemm_is_within_its_error_bound(d):
+    # The tile GEMM (the engine's own AVX-512 kernel where it runs) only has to be a float32
+    # evaluation of a.b, within the bound the filter assumes: every shape of a tile's edges
+    # (rows and columns around multiples of 8, 16 and 32, coordinates around the 256-wide
+    # passes), strided inputs read in place, and nothing written outside (m, n).
+    rng = np.random.default_rng(d)
+    gamma = (d + 2) * 2.0**-24
+    for m in (1, 2, 3, 5, 7, 8, 9, 255, 256, 300):
+        for n in (1, 15, 16, 17, 31, 32, 33, 256):
+            a = rng.standard_normal((m, d + 3)).astype(np.float32)[:, 1 : d + 1]
+            b = rng.standard_normal((n, d + 5)).astype(np.float32)[:, 2 : d + 2]
+            out = np.full(m * n + 16, 7.0, np.float32)
+            _cpu.gemm_nt(a, b, out[: m * n])
+            assert np.all(out[m * n :] == 7.0)
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            err = np.abs(out[: m * n].reshape(m, n) - a64 @ b64.T)
+            assert np.all(err <= gamma * (np.abs(a64) @ np.abs(b64).T)), (m, n, d)
+
+
 def test_kernel_symmetry_and_zero():
     rng = np.random.default_rng(0)
     for d in (1, 7, 8, 9, 16, 17, 128, 131):

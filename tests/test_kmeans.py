@@ -226,28 +226,44 @@ def test_fixed_point_stop_equals_running_every_iteration(usl, monkeypatch):
     np.testing.assert_array_equal(res.labels, ref_labels)
 
 
-def _lloyd_both_ways(x, init, n_iter, monkeypatch=None):
+def _lloyd_both_ways(x, init, n_iter, monkeypatch):
     """usl_fast's Lloyd with the moved-centroid search and with a full search every
-    iteration, plus how many centroid rows the first one searched per assignment."""
+    iteration, and what the first one did: the (rows x centroids) of each assign call, how
+    many rows went through the "moved but no farther" test, and the number of dead clusters
+    after each update."""
     from usl_fast import _dispatch, _ops
 
-    searched = []
-    real = _dispatch.assign
+    stats = {"assign": [], "rechecked": 0, "dead": []}
+    real_assign, real_pairs, real_seg = (
+        _dispatch.assign,
+        _dispatch.exact_l2_pairs,
+        _dispatch.segment_sum,
+    )
 
-    def counting(xx, c, th, xn=None):
-        searched.append(int(xx.shape[0]) * int(c.shape[0]))
-        return real(xx, c, th, xn)
+    def assign(xx, c, th, xn=None):
+        stats["assign"].append((int(xx.shape[0]), int(c.shape[0])))
+        return real_assign(xx, c, th, xn)
 
-    _dispatch.assign = counting
-    try:
-        fast = _ops.lloyd(x, init.copy(), n_iter)
-    finally:
-        _dispatch.assign = real
+    def pairs(a, b):
+        stats["rechecked"] += int(a.shape[0])
+        return real_pairs(a, b)
+
+    def seg(*args, **kw):
+        sums, counts = real_seg(*args, **kw)
+        stats["dead"].append(int(np.count_nonzero(counts == 0)))
+        return sums, counts
+
+    monkeypatch.setattr(_dispatch, "assign", assign)
+    monkeypatch.setattr(_dispatch, "exact_l2_pairs", pairs)
+    monkeypatch.setattr(_dispatch, "segment_sum", seg)
     c_fast = init.copy()
     fast = _ops.lloyd(x, c_fast, n_iter)
+    monkeypatch.setattr(_dispatch, "assign", real_assign)
+    monkeypatch.setattr(_dispatch, "exact_l2_pairs", real_pairs)
+    monkeypatch.setattr(_dispatch, "segment_sum", real_seg)
     c_full = init.copy()
     full = _ops.lloyd(x, c_full, n_iter, _reuse=False)
-    return fast, c_fast, full, c_full, searched
+    return fast, c_fast, full, c_full, stats
 
 
 @pytest.mark.parametrize(
@@ -255,16 +271,17 @@ def _lloyd_both_ways(x, init, n_iter, monkeypatch=None):
     [
         "clustered",
         "moved centroid ties",
+        "moved away, overtaken",
         "ties on a grid",
         "duplicate rows and centroids",
-        "clusters die",
+        "clusters die late",
         "K = n",
     ],
 )
-def test_moved_centroid_search_equals_full_search(case):
+def test_moved_centroid_search_equals_full_search(case, monkeypatch):
     # Searching only the centroids that moved since the last assignment (plus every centroid
-    # for rows whose own one moved) must give the full search's labels, counts, inertia and
-    # centroids bit for bit, including ties (lower index first) and clusters that die.
+    # for rows whose own one moved away) must give the full search's labels, counts, inertia
+    # and centroids bit for bit, including ties (lower index first) and clusters that die.
     rng = np.random.default_rng(11)
     if case == "clustered":
         centers = rng.standard_normal((40, 16)) * 3
@@ -275,6 +292,12 @@ def test_moved_centroid_search_equals_full_search(case):
         # then exactly 2.25 from both, and the lower index (the moved c0) must win.
         x = np.array([[0.0], [1.5], [2.0], [5.5]], "f4")
         init = np.array([[-1.0], [3.0]], "f4")
+    elif case == "moved away, overtaken":
+        # the row 0.95 starts with c1 (1.899, 0.9006 away; c0 = 0 is 0.9025 away); c1 moves
+        # to 1.902, now 0.9044 away: barely farther, and the unmoved c0 (its members cancel
+        # exactly) must take the row
+        x = np.array([[-0.5], [0.5], [-0.25], [0.25], [-0.1], [0.1], [0.95], [2.854]], "f4")
+        init = np.array([[0.0], [1.899]], "f4")
     elif case == "ties on a grid":
         # small integer coordinates: many rows are exactly equidistant from two centroids
         x = rng.integers(0, 4, (2000, 3)).astype("f4")
@@ -283,19 +306,33 @@ def test_moved_centroid_search_equals_full_search(case):
         base = rng.standard_normal((300, 8)).astype("f4")
         x = np.vstack([base, base, base[:100]])
         init = np.vstack([base[:20], base[:5]])  # equal centroids: the later ones die
-    elif case == "clusters die":
-        x = rng.standard_normal((1500, 5)).astype("f4")
-        init = np.vstack([x[:50], np.full((10, 5), 40.0, "f4")])  # far ones end up empty
+    elif case == "clusters die late":
+        # many small clusters in the plane: some empty out only after several updates,
+        # while the moved-centroid search is running
+        x = rng.standard_normal((500, 2)).astype("f4")
+        init = x[rng.choice(500, 200, replace=False)]
     else:
         x = rng.standard_normal((257, 6)).astype("f4")
-        init = x.copy()
+        init = x[::-1] * 0.5
     init = np.ascontiguousarray(init, dtype=np.float32)
-    fast, c_fast, full, c_full, searched = _lloyd_both_ways(x, init, 40)
+    fast, c_fast, full, c_full, st = _lloyd_both_ways(x, init, 40, monkeypatch)
     for a, b in zip(fast[:3], full[:3]):
         assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
     assert fast[3] == full[3]
     assert np.array_equal(c_fast.view(np.uint32), c_full.view(np.uint32))
+    n, K = x.shape[0], init.shape[0]
+    # assign calls of the moved search: every row against fewer centroids than are alive
+    moved_calls = [(r, c) for r, c in st["assign"] if r == n and c < K - st["dead"][0]]
+    if case == "moved away, overtaken":
+        assert fast[0][6] == 0
+    if case in ("clustered", "clusters die late", "moved centroid ties", "moved away, overtaken"):
+        assert moved_calls, "the moved-centroid search never ran"
+        assert st["rechecked"] > 0, "no row went through the moved-but-no-farther test"
     if case == "clustered":
-        # the shortcut really ran: fewer centroid rows searched than a full search per step
-        assert fast[3] > 3
-        assert sum(searched) < 0.8 * len(searched) * x.shape[0] * init.shape[0]
+        # rows whose centroid moved away searched everything; in all, far fewer pairs
+        assert any(r < n for r, _ in st["assign"])
+        assert sum(r * c for r, c in st["assign"]) < 0.8 * fast[3] * n * K
+    if case == "clusters die late":
+        # a cluster emptied by an assignment of the moved search, and the search went on
+        d = st["dead"]
+        assert any(d[i] > d[i - 1] for i in range(1, len(d) - 1)), d
