@@ -113,9 +113,41 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
         time_over_gemm_limit=t / limit,
     )
     if impl == "usl_fast":
+        # This machine's speed drifts between the probe at the start of the module and this
+        # run; so also time three (sgemm probe, kNN) pairs back to back and compare the best
+        # of each, measured within seconds of each other.
+        pairs = []
+        for _ in range(3):
+            rate = _sgemm_rate(sgemm)
+            t0 = time.perf_counter()
+            runs[impl]()
+            pairs.append((time.perf_counter() - t0, rate))
+        t_pair = min(p[0] for p in pairs)
+        rate_pair = max(p[1] for p in pairs)
+        limit_pair = n * n * d / (rate_pair * 1e9)
+        bench.extra_info.update(
+            interleaved_knn_seconds=[p[0] for p in pairs],
+            interleaved_sgemm_gflops=[p[1] for p in pairs],
+            interleaved_time_over_gemm_limit=t_pair / limit_pair,
+        )
         bench.extra_info["summary"] = {
-            "usl_fast kNN time / GEMM-limit time (target <= 2.0)": (
+            "usl_fast kNN time / GEMM-limit time (issue target <= 1.2)": (
                 f"{t / limit:.2f} (limit n^2 d / sgemm rate = {limit:.3f} s "
                 f"at {sgemm['gflops']:.1f} GFLOP/s)"
-            )
+            ),
+            "the same, three (sgemm, kNN) pairs back to back, best of each": (
+                f"{t_pair / limit_pair:.2f} (kNN {t_pair:.2f} s, sgemm {rate_pair:.0f} GFLOP/s; "
+                "pairs: " + ", ".join(f"{a:.2f} s / {r:.0f}" for a, r in pairs) + ")"
+            ),
         }
+
+
+def _sgemm_rate(sgemm) -> float:
+    """The module's sgemm product again, best of 3, GFLOP/s."""
+    a, b, out = sgemm["a"], sgemm["b"], sgemm["out"]
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * sgemm["m"] * sgemm["n"] * sgemm["k"] / best / 1e9
