@@ -303,8 +303,8 @@ def lloyd(
     return labels, counts, inertia, n_run
 
 
-#: Rows gathered at a time by _assign_moved (32 MiB of float32 features at d = 128).
-_GATHER_ROWS = 65536
+#: Bytes of feature rows _assign_moved gathers at a time (at least 256 rows).
+_GATHER_BYTES = 32 << 20
 
 
 def _assign_moved(x, xn, cent, live, moved, labels, dist, threads):
@@ -335,8 +335,9 @@ def _assign_moved(x, xn, cent, live, moved, labels, dist, threads):
     if stale.size:
         c_live = None
         live32 = live.astype(np.int32)
-        for lo in range(0, stale.size, _GATHER_ROWS):
-            rows = stale[lo : lo + _GATHER_ROWS]
+        step = max(256, _GATHER_BYTES // (4 * x.shape[1]))
+        for lo in range(0, stale.size, step):
+            rows = stale[lo : lo + step]
             xr = x[rows]
             now = _dispatch.exact_l2_pairs(xr, np.ascontiguousarray(cent[labels[rows]]))
             closer = now <= dist[rows]
