@@ -304,30 +304,16 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
   guard.rethrow();
 }
 
-// Symmetric: each unordered pair of row tiles of x once (diagonal tiles included), for an
-// epilogue that updates both sides (Epi::pair(const Tile&, bool diagonal)). Pairs are
-// scheduled as a round-robin tournament: within a round no two pairs share a tile, so
-// threads touch disjoint rows without locks. One progress unit per tile pair.
-template <class Epi>
-void for_each_tile_pair(const View& x, const float* xn, Epi& epi, const Context& ctx) {
-  const idx_t n = x.rows, d = x.cols;
-  const idx_t T = num_tiles(n);
-  const idx_t P = (T % 2 == 0) ? T : T + 1;
-  std::vector<std::vector<std::pair<idx_t, idx_t>>> rounds;
-  for (idx_t r = 0; r + 1 < P; ++r) {
-    std::vector<std::pair<idx_t, idx_t>> pairs;
-    if (P - 1 < T) pairs.emplace_back(r, P - 1);
-    for (idx_t s = 1; s < P / 2; ++s) {
-      const idx_t a = (r + s) % (P - 1), b = (r - s + (P - 1)) % (P - 1);
-      if (a < T && b < T) pairs.emplace_back(std::min(a, b), std::max(a, b));
-    }
-    rounds.push_back(std::move(pairs));
-  }
-  {
-    std::vector<std::pair<idx_t, idx_t>> diag;
-    for (idx_t t = 0; t < T; ++t) diag.emplace_back(t, t);
-    rounds.push_back(std::move(diag));
-  }
+// Rounds of tile pairs of a against b, each pair handed to an epilogue that updates both
+// sides (Epi::Local::pair(const Tile&)); the pairs of one round share no tile, so threads
+// touch disjoint rows without locks. Round r has slots(r) slots; pair_of(r, s, I, J) gives
+// slot s's row tiles, or false for an empty slot. The schedule is computed, never stored
+// (a list of the n^2 / 2^17 pairs would be 200 MB at 1.28M rows). `same`: a and b are one
+// set, so a pair with I == J is a diagonal tile. One progress unit per tile pair.
+template <class Epi, class Slots, class PairOf>
+void for_each_round(const View& a, const float* an, const View& b, const float* bn, bool same,
+                    idx_t rounds, Slots slots, PairOf pair_of, Epi& epi, const Context& ctx) {
+  const idx_t d = a.cols;
   const float rel = filter_rel(d), abs = filter_abs(d);
   Guard guard;
 #pragma omp parallel num_threads(ctx.threads)
@@ -340,16 +326,19 @@ void for_each_tile_pair(const View& x, const float* xn, Epi& epi, const Context&
       loc.reset(new typename Epi::Local(epi));
       tile = thread_tile();
     });
-    for (const auto& pairs : rounds) {
+    for (idx_t r = 0; r < rounds; ++r) {
+      const idx_t ns = slots(r);
 #pragma omp for schedule(dynamic, 1)
-      for (size_t p = 0; p < pairs.size(); ++p) {
+      for (idx_t s = 0; s < ns; ++s) {
+        idx_t I = 0, J = 0;
+        if (!pair_of(r, s, I, J)) continue;
         guard.run([&] {
           guard.check_cancel(ctx);
-          const idx_t I = pairs[p].first, J = pairs[p].second;
           const idx_t i0 = I * kTile, j0 = J * kTile;
-          const idx_t mi = std::min(kTile, n - i0), nj = std::min(kTile, n - j0);
-          gemm_nt(x.row(i0), x.ld, mi, x.row(j0), x.ld, nj, d, tile, kTile);
-          loc->pair(Tile{tile, kTile, i0, mi, j0, nj, xn + i0, xn + j0, rel, abs, I == J, x, x});
+          const idx_t mi = std::min(kTile, a.rows - i0), nj = std::min(kTile, b.rows - j0);
+          gemm_nt(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, tile, kTile);
+          loc->pair(
+              Tile{tile, kTile, i0, mi, j0, nj, an + i0, bn + j0, rel, abs, same && I == J, a, b});
           ctx.add(1);
         });
       }
@@ -358,44 +347,44 @@ void for_each_tile_pair(const View& x, const float* xn, Epi& epi, const Context&
   guard.rethrow();
 }
 
-// Bipartite: every row tile of a against every row tile of b once, for an epilogue that
-// updates both sides (Epi::Local::pair(const Tile&)). Round r holds the pairs (I, J) with
-// (I - J) mod max(TA, TB) == r: within a round no two pairs share a tile of either side, so
-// threads touch disjoint reservoir rows without locks. One progress unit per tile pair.
+// Symmetric: each unordered pair of row tiles of x once (diagonal tiles included), as a
+// round-robin tournament of P = T rounded up to even players: in round r < P - 1, slot 0
+// pairs r with P - 1 and slot s pairs r + s with r - s (mod P - 1), no player twice; a
+// player >= T is a bye. A last round holds the T diagonal tiles.
+template <class Epi>
+void for_each_tile_pair(const View& x, const float* xn, Epi& epi, const Context& ctx) {
+  const idx_t T = num_tiles(x.rows);
+  if (T == 0) return;
+  const idx_t P = (T % 2 == 0) ? T : T + 1;
+  auto slots = [=](idx_t r) { return r < P - 1 ? P / 2 : T; };
+  auto pair_of = [=](idx_t r, idx_t s, idx_t& I, idx_t& J) {
+    if (r == P - 1) {
+      I = J = s;
+      return true;
+    }
+    const idx_t u = s == 0 ? r : (r + s) % (P - 1);
+    const idx_t v = s == 0 ? P - 1 : (r - s + (P - 1)) % (P - 1);
+    if (u >= T || v >= T) return false;
+    I = std::min(u, v);
+    J = std::max(u, v);
+    return true;
+  };
+  for_each_round(x, xn, x, xn, true, P, slots, pair_of, epi, ctx);
+}
+
+// Bipartite: every row tile of a against every row tile of b once. Round r holds the pairs
+// (I, J) with (I - J) mod max(TA, TB) == r, so no tile of either side twice.
 template <class Epi>
 void for_each_tile_cross(const View& a, const float* an, const View& b, const float* bn,
                          Epi& epi, const Context& ctx) {
-  const idx_t d = a.cols;
   const idx_t TA = num_tiles(a.rows), TB = num_tiles(b.rows), M = std::max(TA, TB);
-  const float rel = filter_rel(d), abs = filter_abs(d);
-  Guard guard;
-#pragma omp parallel num_threads(ctx.threads)
-  {
-#pragma omp single nowait
-    ctx.ran_with(omp_get_num_threads());
-    std::unique_ptr<typename Epi::Local> loc;
-    float* tile = nullptr;
-    guard.run([&] {
-      loc.reset(new typename Epi::Local(epi));
-      tile = thread_tile();
-    });
-    for (idx_t r = 0; r < M; ++r) {
-#pragma omp for schedule(dynamic, 1)
-      for (idx_t I = 0; I < TA; ++I) {
-        const idx_t J = (I - r + M) % M;
-        if (J >= TB) continue;
-        guard.run([&] {
-          guard.check_cancel(ctx);
-          const idx_t i0 = I * kTile, j0 = J * kTile;
-          const idx_t mi = std::min(kTile, a.rows - i0), nj = std::min(kTile, b.rows - j0);
-          gemm_nt(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, tile, kTile);
-          loc->pair(Tile{tile, kTile, i0, mi, j0, nj, an + i0, bn + j0, rel, abs, false, a, b});
-          ctx.add(1);
-        });
-      }
-    }
-  }
-  guard.rethrow();
+  auto slots = [=](idx_t) { return TA; };
+  auto pair_of = [=](idx_t r, idx_t s, idx_t& I, idx_t& J) {
+    I = s;
+    J = (s - r + M) % M;
+    return J < TB;
+  };
+  for_each_round(a, an, b, bn, false, M, slots, pair_of, epi, ctx);
 }
 
 // Rows [0, n) split over threads (static), for the per-row passes after a driver.
