@@ -102,7 +102,7 @@ PYBIND11_MODULE(_cpu, m) {
   // The OpenMP thread count of the CALLING thread (threadpoolctl / omp_set_num_threads).
   m.def("max_threads", [] { return omp_get_max_threads(); });
   m.def("active_isa", [] { return cpu::active_isa(); });
-  m.def("own_gemm", [] { return cpu::own_gemm(); });
+  m.def("gemm_kind", [] { return cpu::gemm_kind(); });
   m.def("set_alloc_limit", [](int64_t bytes) { cpu::set_alloc_limit(bytes); },
         "Test hook: engine allocations beyond `bytes` raise MemoryError (< 0: no limit).");
   m.def("reservoir_bytes_per_row", &cpu::reservoir_bytes_per_row);
@@ -113,15 +113,21 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("DEFAULT_SAMPLE_HITS") = cpu::KnnOptions{}.sample_hits;
   m.attr("DEFAULT_MAX_RESERVOIR_BYTES") = cpu::KnnOptions{}.max_reservoir_bytes;
 
-  // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM (the own AVX-512
-  // kernel where it runs, else OpenBLAS); the tiles never have more than 256 columns.
-  m.def("gemm_nt", [](py::handle a, py::handle b, py::handle out) {
+  // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM that runs (AMX, the own
+  // AVX-512 kernel or OpenBLAS; gemm_kind()), m and n at most 256; returns the filter's
+  // relative bound for that tile.
+  m.def("gemm_tile", [](py::handle a, py::handle b, py::handle out) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
     if (av.cols != bv.cols) throw py::value_error("a and b: same number of columns");
+    if (av.rows < 1 || av.rows > cpu::kTile) throw py::value_error("a: 1 to 256 rows");
     if (bv.rows < 1 || bv.rows > cpu::kTile) throw py::value_error("b: 1 to 256 rows");
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);
     py::gil_scoped_release nogil;
-    if (av.rows) cpu::gemm_nt(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows, av.cols, po, bv.rows);
+    float* tile = cpu::thread_tile();
+    const float rel = cpu::gemm_tile(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows, av.cols, tile);
+    for (idx_t r = 0; r < av.rows; ++r)
+      std::copy(tile + r * cpu::kTile, tile + r * cpu::kTile + bv.rows, po + r * bv.rows);
+    return rel;
   });
 
   m.def("exact_l2_pairs", [](py::handle a, py::handle b, py::handle out) {

@@ -1,6 +1,7 @@
 """The engine's internal fast paths give the same answers as its plain ones: every SIMD
-scan (AVX-512, AVX2, portable), the engine's own AVX-512 GEMM and OpenBLAS's, and the sampled early-rejection threshold of the self kNN
-graph, including rows where the sampled threshold fails and the row is redone."""
+scan (AVX-512, AVX2, portable), every tile GEMM (AMX bf16, the engine's own AVX-512 one,
+OpenBLAS's), and the sampled early-rejection threshold of the self kNN graph, including rows
+where the sampled threshold fails and the row is redone."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ rng = np.random.default_rng(1)
 x = rng.standard_normal((1300, 19)).astype('f4')
 x = np.vstack([x, x[:50]])          # exact duplicates: ties must break the same way
 q = rng.standard_normal((70, 19)).astype('f4')
-arrays = [np.array([_cpu.active_isa(), _cpu.own_gemm()])]
+arrays = [np.array([_cpu.active_isa(), _cpu.gemm_kind()])]
 for k in (1, 5, 40, 300):
     arrays += list(usl_fast.knn(x, k))
 arrays += list(usl_fast.knn(x, 17, queries=q))
@@ -58,17 +59,26 @@ def _run_with_isa(isa: str, path: str, gemm: str = "") -> dict:
 def test_every_isa_path_gives_identical_results(tmp_path):
     # Each path that this CPU can run is compared with the portable one, bit for bit; a
     # path the CPU lacks is reported as skipped rather than compared with itself.
-    # The AVX-512 path runs twice: with its own GEMM and with OpenBLAS's (USL_FAST_GEMM=blas);
-    # the filter admits any float32 product, so the answers must not move.
+    # The AVX-512 path runs with each tile GEMM: OpenBLAS's (USL_FAST_GEMM=blas), the own
+    # float32 kernel (avx512) and AMX bf16 (amx, where the CPU has it); the filter bounds each
+    # one's error, so the answers must not move.
     ref = _run_with_isa("portable", str(tmp_path / "portable.npz"))
     assert list(ref["arr_0"]) == [0, 0]
     missing = []
-    for isa, gemm in (("avx2", ""), ("avx512", "blas"), ("avx512", "")):
+    for isa, gemm, kind in (
+        ("avx2", "", 0),
+        ("avx512", "blas", 0),
+        ("avx512", "avx512", 1),
+        ("avx512", "amx", 2),
+    ):
         other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm)
         if other["arr_0"][0] != _ISAS[isa]:
             missing.append(isa)
             continue
-        assert other["arr_0"][1] == (isa == "avx512" and gemm != "blas")
+        if other["arr_0"][1] != kind:
+            assert kind == 2 and other["arr_0"][1] == 1  # no AMX: the float32 kernel runs
+            missing.append("AMX")
+            continue
         for key in ref:
             if key == "arr_0":
                 continue

@@ -56,24 +56,94 @@ def test_kernel_is_the_documented_definition(x):
     np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
 
 
-@pytest.mark.parametrize("d", [1, 15, 16, 17, 255, 256, 257, 513])
-def test_tile_gemm_is_within_its_error_bound(d):
-    # The tile GEMM (the engine's own AVX-512 kernel where it runs) only has to be a float32
-    # evaluation of a.b, within the bound the filter assumes: every shape of a tile's edges
-    # (rows and columns around multiples of 8, 16 and 32, coordinates around the 256-wide
-    # passes), strided inputs read in place, and nothing written outside (m, n).
-    rng = np.random.default_rng(d)
-    gamma = (d + 2) * 2.0**-24
-    for m in (1, 2, 3, 5, 7, 8, 9, 255, 256, 300):
-        for n in (1, 15, 16, 17, 31, 32, 33, 256):
-            a = rng.standard_normal((m, d + 3)).astype(np.float32)[:, 1 : d + 1]
-            b = rng.standard_normal((n, d + 5)).astype(np.float32)[:, 2 : d + 2]
-            out = np.full(m * n + 16, 7.0, np.float32)
-            _cpu.gemm_nt(a, b, out[: m * n])
-            assert np.all(out[m * n :] == 7.0)
-            a64, b64 = a.astype(np.float64), b.astype(np.float64)
-            err = np.abs(out[: m * n].reshape(m, n) - a64 @ b64.T)
-            assert np.all(err <= gamma * (np.abs(a64) @ np.abs(b64).T)), (m, n, d)
+# The tile GEMM's contract, checked for whichever GEMM this process runs (and, through the
+# subprocess test below, for every GEMM this CPU has): each tile entry ip, combined with the
+# engine's norms as e = fl(fl(na + nb) - 2 ip), is within rel * s + abs of exact_l2, with
+# the rel the GEMM returned for that tile. That is all the filter assumes. Shapes cover the
+# tile's edges (rows and columns around multiples of 8, 16 and 32, coordinates around the
+# 256- and 512-wide passes) and strided inputs read in place; data cover the bf16 worst
+# case (every coordinate just under a rounding midpoint, all errors the same sign), tiny
+# magnitudes whose products underflow, subnormal coordinates and large ones.
+_GEMM_BOUND_CHECK = r"""
+import numpy as np
+from usl_fast._backend import _cpu
+
+def check_tile(a, b):
+    m, n = a.shape[0], b.shape[0]
+    out = np.full(m * n + 16, 7.0, np.float32)
+    rel = np.float32(_cpu.gemm_tile(a, b, out[: m * n]))
+    assert np.all(out[m * n :] == 7.0)
+    ip = out[: m * n].reshape(m, n)
+    na = np.zeros(m, np.float32); nb = np.zeros(n, np.float32)
+    _cpu.row_norms(np.ascontiguousarray(a), na, 1, None)
+    _cpu.row_norms(np.ascontiguousarray(b), nb, 1, None)
+    s = na[:, None] + nb[None, :]
+    e = s - np.float32(2.0) * ip
+    E = np.empty((m, n), np.float32)
+    for i in range(m):
+        _cpu.exact_l2_pairs(np.repeat(a[i : i + 1], n, 0), b, E[i])
+    abs_ = np.float32(_cpu.filter_abs(a.shape[1]))
+    bound = rel.astype(np.float64) * s + abs_
+    err = np.abs(e.astype(np.float64) - E)
+    assert np.all(err <= bound), (m, n, a.shape[1], float((err / bound).max()))
+    assert rel >= _cpu.filter_rel(a.shape[1])
+    assert rel <= _cpu.filter_rel(a.shape[1]) * 1.05 + 2.0**-7 * 1.05   # never vacuous
+    return rel
+
+rng = np.random.default_rng(0)
+rels = []
+for d in (1, 15, 16, 17, 31, 33, 255, 256, 257, 511, 513, 1030):
+    for m, n in ((1, 1), (7, 33), (16, 16), (17, 31), (33, 250), (256, 256), (255, 17)):
+        if d > 300 and m * n > 5000:
+            continue
+        a = rng.standard_normal((m, d + 3)).astype(np.float32)[:, 1 : d + 1]
+        b = rng.standard_normal((n, d + 5)).astype(np.float32)[:, 2 : d + 2]
+        rels.append(check_tile(a, b))
+# bf16's worst case: |x - bf16(x)| = 2^-9 |x| (1 - 2^-15), the same sign everywhere, a == b
+w = np.full((40, 64), np.float32(1.0 + 2.0**-8 - 2.0**-23), np.float32)
+w[20:] *= np.float32(-1.5)
+rels.append(check_tile(w, w[::-1].copy()))
+for scale in (1e-30, 1e-20, 1e-3, 1e15, 1e18):
+    a = (rng.standard_normal((48, 40)) * scale).astype(np.float32)
+    rels.append(check_tile(a, a[::-1].copy()))
+sub = rng.standard_normal((32, 24)).astype(np.float32)
+sub[:, ::2] *= np.float32(1e-39)  # subnormal coordinates beside normal ones
+rels.append(check_tile(sub, sub.copy()))
+z = np.zeros((5, 9), np.float32); z[1, 3] = -0.0; z[2, 4] = 1.0
+rels.append(check_tile(z, z.copy()))
+print(_cpu.gemm_kind(), repr(float(max(rels))))
+"""
+
+
+def test_tile_gemm_is_within_its_error_bound():
+    exec(compile(_GEMM_BOUND_CHECK, "gemm_bound_check", "exec"), {})
+
+
+@pytest.mark.parametrize("gemm", ["blas", "avx512", "amx"])
+def test_every_tile_gemm_is_within_its_error_bound(gemm, tmp_path):
+    # USL_FAST_GEMM is read once per process: each GEMM gets its own interpreter.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, USL_FAST_GEMM=gemm)
+    out = subprocess.run(
+        [sys.executable, "-c", _GEMM_BOUND_CHECK],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    kind, worst_rel = int(out[0]), float(out[1])
+    want = {"blas": 0, "avx512": 1, "amx": 2}[gemm]
+    if kind != want:
+        pytest.skip(f"USL_FAST_GEMM={gemm}: this build or CPU runs GEMM kind {kind} instead")
+    if gemm == "amx":
+        # the measured bf16 bound, not the float32 one
+        assert worst_rel > 2.0**-10
+    else:
+        assert worst_rel == _cpu.filter_rel(1030)
 
 
 def test_kernel_symmetry_and_zero():

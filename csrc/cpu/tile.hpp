@@ -113,15 +113,17 @@ class Guard {
 // ---------------------------------------------------------------------------------------
 // Back-end primitives of the CPU (tile.cpp).
 
-// C[m x n] = A[m x d] * B[n x d]^T (row-major, leading dimensions lda, ldb, ldc), one thread.
-// It only feeds the filter, so any float32 evaluation will do: the AVX-512 path has its own
-// kernel (faster on tile shapes), the others call OpenBLAS.
-void gemm_nt(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
-             float* c, idx_t ldc);
+// The tile's inner products: tile[r * kTile + c] = a_r . b_c for r < m, c < n (m, n <=
+// kTile; a row-major tile buffer of kTile x kTile, which the AMX path also fills up to the
+// next multiples of 16), one thread. They only feed the filter, so any evaluation whose
+// error the filter bounds will do. Returns the relative bound `rel` of Tile for this tile:
+// filter_rel(d) for the float32 GEMMs, the measured bf16 bound for AMX (tile.cpp).
+float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
+                float* tile);
 
-// Whether gemm_nt runs the engine's own AVX-512 kernel (true on the AVX-512 path unless
-// USL_FAST_GEMM=blas) or OpenBLAS.
-bool own_gemm();
+// Which GEMM gemm_tile runs.
+constexpr int kGemmBlas = 0, kGemmAvx512 = 1, kGemmAmx = 2;
+int gemm_kind();
 
 // The calling thread's kTile x kTile scratch tile (allocated once per OpenMP thread).
 float* thread_tile();
@@ -273,7 +275,7 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
                    const Context& ctx) {
   const idx_t n = x.rows, m = y.rows, d = x.cols;
   const idx_t TR = num_tiles(n), TC = num_tiles(m);
-  const float rel = filter_rel(d), abs = filter_abs(d);
+  const float abs = filter_abs(d);
   Guard guard;
 #pragma omp parallel num_threads(ctx.threads)
   {
@@ -293,7 +295,7 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
         loc->begin(i0, mi);
         for (idx_t J = 0; J < TC; ++J) {
           const idx_t j0 = J * kTile, nj = std::min(kTile, m - j0);
-          gemm_nt(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, tile, kTile);
+          const float rel = gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, tile);
           loc->tile(Tile{tile, kTile, i0, mi, j0, nj, xn + i0, yn + j0, rel, abs, false, x, y});
         }
         loc->end(i0, mi);
@@ -314,7 +316,7 @@ template <class Epi, class Slots, class PairOf>
 void for_each_round(const View& a, const float* an, const View& b, const float* bn, bool same,
                     idx_t rounds, Slots slots, PairOf pair_of, Epi& epi, const Context& ctx) {
   const idx_t d = a.cols;
-  const float rel = filter_rel(d), abs = filter_abs(d);
+  const float abs = filter_abs(d);
   Guard guard;
 #pragma omp parallel num_threads(ctx.threads)
   {
@@ -336,7 +338,7 @@ void for_each_round(const View& a, const float* an, const View& b, const float* 
           guard.check_cancel(ctx);
           const idx_t i0 = I * kTile, j0 = J * kTile;
           const idx_t mi = std::min(kTile, a.rows - i0), nj = std::min(kTile, b.rows - j0);
-          gemm_nt(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, tile, kTile);
+          const float rel = gemm_tile(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, tile);
           loc->pair(
               Tile{tile, kTile, i0, mi, j0, nj, an + i0, bn + j0, rel, abs, same && I == J, a, b});
           ctx.add(1);

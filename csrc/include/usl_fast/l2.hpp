@@ -59,11 +59,13 @@ USL_HD float exact_l2(const float* a, const float* b, idx_t d) {
 // valid for every order); the norms, the two roundings of e, and E itself (<= 2^-22 E, see
 // above) each add at most a few u (na + nb) (|e| and E are <= 2 (na + nb)); float32
 // underflow, including in a - b, adds at most one
-// smallest-normal per operation (counted in kFilterAbs even with flush-to-zero). The
-// bound below doubles the derived d + 8 for margin, which also covers evaluating
-// e - kFilterRel * s itself in float32.
+// smallest-normal per operation (counted in kFilterAbs even with flush-to-zero; 16 d
+// leaves room for the 4 d that a bf16 product flushing its products and partial sums
+// adds, see the AMX GEMM in the CPU back end). The relative bound below doubles the
+// derived d + 8 for margin, which also covers evaluating e - kFilterRel * s itself in
+// float32. A GEMM with larger errors (bf16) passes its own, larger rel with each tile.
 USL_HD float filter_rel(idx_t d) { return static_cast<float>(d + 16) * 0x1p-23f; }
-USL_HD float filter_abs(idx_t d) { return static_cast<float>(8 * d + 64) * 0x1p-126f; }
+USL_HD float filter_abs(idx_t d) { return static_cast<float>(16 * d + 64) * 0x1p-126f; }
 
 // Rows whose squared norm exceeds this are rejected by Python: then na + nb, 2 ip and every
 // distance stay finite in float32 (2^124 ~ 2.1e37, i.e. |x| up to ~4.6e18).
