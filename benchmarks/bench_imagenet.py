@@ -72,7 +72,12 @@ def test_select_imagenet_scale(bench, cfg, threads):
         peak_rss_growth_bytes=peak - rss0,
         formula_bytes=formula,
     )
+    from usl_fast._backend import _cpu
+
+    gemm = {0: "OpenBLAS float32", 1: "own AVX-512 float32", 2: "AMX bfloat16"}[_cpu.gemm_kind()]
+    bench.extra_info.update(tile_gemm=gemm)
     bench.extra_info["summary"] = {
+        "tile GEMM (filter)": gemm,
         "phases": ", ".join(f"{k} {v:.0f} s" for k, v in t.items())
         + f"; total {sum(t.values()):.0f} s",
         "kNN density vs GEMM limit": f"{t['density'] / limit:.2f} x (limit {limit:.0f} s at "
