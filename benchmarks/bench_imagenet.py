@@ -60,7 +60,7 @@ def test_select_imagenet_scale(bench, cfg, threads):
     t = res.timings
     limit = n * n * d / (gflops * 1e9)  # symmetric pass: n^2 d multiply-adds = n^2 d flops x2 / 2
     peak = _vm("VmHWM")
-    formula = n * (8 * (2 * 20 + 16) + 8 + 8)
+    formula = n * (8 * (2 * 20 + 16) + 8 + 12)
     bench.extra_info.update(
         impl="usl_fast",
         n=n,
@@ -82,6 +82,6 @@ def test_select_imagenet_scale(bench, cfg, threads):
         + f"; total {sum(t.values()):.0f} s",
         "kNN density vs GEMM limit": f"{t['density'] / limit:.2f} x (limit {limit:.0f} s at "
         f"{gflops:.0f} GFLOP/s NumPy sgemm)",
-        "peak RSS growth": f"{(peak - rss0) / 2**20:.0f} MiB (formula n (16k + 144) B = "
+        "peak RSS growth": f"{(peak - rss0) / 2**20:.0f} MiB (formula n (16k + 148) B = "
         f"{formula / 2**20:.0f} MiB; features {n * d * 4 / 2**20:.0f} MiB, read in place)",
     }

@@ -115,20 +115,29 @@ PYBIND11_MODULE(_cpu, m) {
 
   // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM that runs (AMX, the own
   // AVX-512 kernel or OpenBLAS; gemm_kind()), m and n at most 256; returns the filter's
-  // relative bound for that tile.
-  m.def("gemm_tile", [](py::handle a, py::handle b, py::handle out) {
+  // relative bound for that tile. `center` (a (1, d) array, AMX only): the products of the
+  // centred rows, as the drivers run them.
+  m.def("gemm_tile", [](py::handle a, py::handle b, py::handle out, py::handle center) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
     if (av.cols != bv.cols) throw py::value_error("a and b: same number of columns");
     if (av.rows < 1 || av.rows > cpu::kTile) throw py::value_error("a: 1 to 256 rows");
     if (bv.rows < 1 || bv.rows > cpu::kTile) throw py::value_error("b: 1 to 256 rows");
+    const float* pc = nullptr;
+    if (!center.is_none()) {
+      const View cv = in_mat(center, "center");
+      if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
+      if (cpu::gemm_kind() != cpu::kGemmAmx) throw py::value_error("center: AMX GEMM only");
+      pc = cv.data;
+    }
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);
     py::gil_scoped_release nogil;
     float* tile = cpu::thread_tile();
-    const float rel = cpu::gemm_tile(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows, av.cols, tile);
+    const float rel =
+        cpu::gemm_tile(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows, av.cols, pc, tile);
     for (idx_t r = 0; r < av.rows; ++r)
       std::copy(tile + r * cpu::kTile, tile + r * cpu::kTile + bv.rows, po + r * bv.rows);
     return rel;
-  });
+  }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("center") = py::none());
 
   m.def("exact_l2_pairs", [](py::handle a, py::handle b, py::handle out) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");

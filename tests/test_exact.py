@@ -68,15 +68,22 @@ _GEMM_BOUND_CHECK = r"""
 import numpy as np
 from usl_fast._backend import _cpu
 
-def check_tile(a, b):
+def norms(a, center):
+    if center is None:
+        out = np.zeros(a.shape[0], np.float32)
+        _cpu.row_norms(np.ascontiguousarray(a), out, 1, None)
+        return out
+    out = np.empty(a.shape[0], np.float32)
+    _cpu.exact_l2_pairs(np.ascontiguousarray(a), np.repeat(center, a.shape[0], 0), out)
+    return out
+
+def check_tile(a, b, center=None):
     m, n = a.shape[0], b.shape[0]
     out = np.full(m * n + 16, 7.0, np.float32)
-    rel = np.float32(_cpu.gemm_tile(a, b, out[: m * n]))
+    rel = np.float32(_cpu.gemm_tile(a, b, out[: m * n], center))
     assert np.all(out[m * n :] == 7.0)
     ip = out[: m * n].reshape(m, n)
-    na = np.zeros(m, np.float32); nb = np.zeros(n, np.float32)
-    _cpu.row_norms(np.ascontiguousarray(a), na, 1, None)
-    _cpu.row_norms(np.ascontiguousarray(b), nb, 1, None)
+    na, nb = norms(a, center), norms(b, center)
     s = na[:, None] + nb[None, :]
     e = s - np.float32(2.0) * ip
     E = np.empty((m, n), np.float32)
@@ -88,7 +95,7 @@ def check_tile(a, b):
     assert np.all(err <= bound), (m, n, a.shape[1], float((err / bound).max()))
     assert rel >= _cpu.filter_rel(a.shape[1])
     assert rel <= _cpu.filter_rel(a.shape[1]) * 1.05 + 2.0**-7 * 1.05   # never vacuous
-    return rel
+    return rel, bound, E
 
 rng = np.random.default_rng(0)
 rels = []
@@ -98,19 +105,44 @@ for d in (1, 15, 16, 17, 31, 33, 255, 256, 257, 511, 513, 1030):
             continue
         a = rng.standard_normal((m, d + 3)).astype(np.float32)[:, 1 : d + 1]
         b = rng.standard_normal((n, d + 5)).astype(np.float32)[:, 2 : d + 2]
-        rels.append(check_tile(a, b))
-# bf16's worst case: |x - bf16(x)| = 2^-9 |x| (1 - 2^-15), the same sign everywhere, a == b
-w = np.full((40, 64), np.float32(1.0 + 2.0**-8 - 2.0**-23), np.float32)
+        rels.append(check_tile(a, b)[0])
+# bf16's worst case: every coordinate rounds by 2^-8 (1 - 2^-15) of its value, all errors
+# the same sign, a == b; in one pass, in the second 512-coordinate pass only, and in a
+# single row at the tile's last index.
+v = np.float32(1.0 + 2.0**-8 - 2.0**-23)
+w = np.full((40, 64), v, np.float32)
 w[20:] *= np.float32(-1.5)
-rels.append(check_tile(w, w[::-1].copy()))
+rels.append(check_tile(w, w[::-1].copy())[0])
+w = rng.standard_normal((24, 1030)).astype(np.float32) * np.float32(1e-3)
+w[:, 512:1024] = v
+rels.append(check_tile(w, w.copy())[0])
+w = rng.standard_normal((256, 80)).astype(np.float32)
+w[255] = v
+rels.append(check_tile(w, w[::-1].copy())[0])
 for scale in (1e-30, 1e-20, 1e-3, 1e15, 1e18):
     a = (rng.standard_normal((48, 40)) * scale).astype(np.float32)
-    rels.append(check_tile(a, a[::-1].copy()))
+    rels.append(check_tile(a, a[::-1].copy())[0])
 sub = rng.standard_normal((32, 24)).astype(np.float32)
 sub[:, ::2] *= np.float32(1e-39)  # subnormal coordinates beside normal ones
-rels.append(check_tile(sub, sub.copy()))
+sub[5] = np.float32(3e-39)        # and an all-subnormal row
+rels.append(check_tile(sub, sub.copy())[0])
+t = rng.standard_normal((16, 33)).astype(np.float32) * np.float32(2.0**-36)  # norm ~2^-60
+rels.append(check_tile(t, t[::-1].copy())[0])
 z = np.zeros((5, 9), np.float32); z[1, 3] = -0.0; z[2, 4] = 1.0
-rels.append(check_tile(z, z.copy()))
+rels.append(check_tile(z, z.copy())[0])
+if _cpu.gemm_kind() == 2:
+    # Centred products (what the drivers run with AMX): far from the origin the bound is
+    # relative to the centred norms, so it stays far below the distances.
+    for off, d in ((100.0, 64), (1e4, 300), (0.0, 17)):
+        a = (off + rng.standard_normal((200, d))).astype(np.float32)
+        b = (off + rng.standard_normal((150, d))).astype(np.float32)
+        c = b.mean(0, dtype=np.float64).astype(np.float32)[None, :]
+        rel, bound, E = check_tile(a, b, c)
+        assert bound.max() < 0.05 * np.median(E), (off, d)
+    w = np.full((40, 64), v, np.float32)
+    w[20:] *= np.float32(-1.5)
+    check_tile(w, w[::-1].copy(), np.zeros((1, 64), np.float32))
+    check_tile(w, w[::-1].copy(), np.full((1, 64), np.float32(-2.0**-8)))
 print(_cpu.gemm_kind(), repr(float(max(rels))))
 """
 

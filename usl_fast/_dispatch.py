@@ -102,8 +102,11 @@ def knn(
     """(distances, indices) of the k nearest; ``indices=False``: distances only (None for
     the indices, and 8 bytes a list entry less)."""
     rows = x.shape[0] if queries is None else queries.shape[0]
+    # + 4 bytes a row on each side: the filter's norms of the centred rows (AMX)
     check_memory(
-        rows * k * (12 if indices else 4) + knn_reservoir_bytes(x.shape[0], k, max_reservoir_bytes),
+        rows * k * (12 if indices else 4)
+        + 4 * (rows + x.shape[0])
+        + knn_reservoir_bytes(x.shape[0], k, max_reservoir_bytes),
         f"the kNN lists ({rows} x {k}) and their candidate buffers",
     )
     th = resolve_threads(threads)
@@ -135,7 +138,7 @@ def knn_density(
 ) -> np.ndarray:
     n = x.shape[0]
     check_memory(
-        n * 4 + knn_reservoir_bytes(n, k, max_reservoir_bytes),
+        n * 8 + knn_reservoir_bytes(n, k, max_reservoir_bytes),
         f"the kNN density of {n} points (k={k}: candidate buffers)",
     )
     th = resolve_threads(threads)

@@ -613,7 +613,7 @@ def select(
     (m,) int64 indices in pick order (numpy, or torch if a torch tensor came in), or a
     SelectResult.
 
-    Memory of USL beyond the features: about n (16 k + 144) bytes at the peak (the kNN
+    Memory of USL beyond the features: about n (16 k + 148) bytes at the peak (the kNN
     pass's candidate buffers; no (n, k) lists), checked against available memory first;
     no n x n or n x m matrix is ever formed.
     """

@@ -97,7 +97,7 @@ def filter_rel(d: int) -> float:
 
 
 def filter_abs(d: int) -> float:
-    return float(np.float32(8 * d + 64) * np.float32(2.0**-126))
+    return float(np.float32(16 * d + 64) * np.float32(2.0**-126))
 
 
 def exact_l2(a, b):

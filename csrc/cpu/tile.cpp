@@ -18,6 +18,11 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+// AMX intrinsics need GCC 11 / clang 12 or newer; older compilers build without the AMX GEMM.
+#if (defined(__clang__) && __clang_major__ >= 12) || \
+    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define USL_FAST_AMX 1
+#endif
 #endif
 
 namespace usl_fast {
@@ -180,6 +185,7 @@ __attribute__((target("avx512f"))) void gemm_nt_avx512(const float* a, idx_t lda
 
 }  // namespace
 
+#ifdef USL_FAST_AMX
 // ----------------------------------------------------------------------------- AMX bf16 filter GEMM
 // On CPUs with AMX (Sapphire Rapids and later) the tile products run as bfloat16 tile
 // multiplies with float32 accumulation: about 4 x the float32 FMA rate per core here. A
@@ -226,15 +232,15 @@ constexpr idx_t kKcAmx = 512;
 // good to a relative (d + 1) 2^-24 plus one smallest normal a term when squares underflow
 // (KappaMax adds both); a pass whose norm is tiny (< 2^-60) is summed again in float64
 // from the bf16 values just written, so tiny and all-zero rows get their true ratio.
-USL_AMX_TARGET inline void to_bf16(const float* x, idx_t kc, idx_t kp, uint16_t* out, double& res2,
-                                   double& norm2) {
+USL_AMX_TARGET inline void to_bf16(const float* x, const float* c, idx_t kc, idx_t kp, uint16_t* out,
+                                   double& res2, double& norm2) {
   __m512 r2 = _mm512_setzero_ps(), n2 = _mm512_setzero_ps();
   const __m256i expo = _mm256_set1_epi16(0x7F80);
   for (idx_t t = 0; t < kc; t += 16) {
     const idx_t left = kc - t;
     const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF)
                                    : static_cast<__mmask16>((1u << left) - 1u);
-    const __m512 v = _mm512_maskz_loadu_ps(m, x + t);
+    const __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + t), _mm512_maskz_loadu_ps(m, c + t));
     __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
     h = _mm256_maskz_mov_epi16(_mm256_test_epi16_mask(h, expo), h);  // subnormal -> 0
     const __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -255,9 +261,10 @@ USL_AMX_TARGET inline void to_bf16(const float* x, idx_t kc, idx_t kp, uint16_t*
     const uint32_t bits = static_cast<uint32_t>(out[t]) << 16;
     float back;
     std::memcpy(&back, &bits, sizeof back);
-    const double e = static_cast<double>(x[t]) - static_cast<double>(back);
+    const float v = x[t] - c[t];  // the same float32 subtraction as above
+    const double e = static_cast<double>(v) - static_cast<double>(back);
     rs += e * e;
-    ns += static_cast<double>(x[t]) * static_cast<double>(x[t]);
+    ns += static_cast<double>(v) * static_cast<double>(v);
   }
   res2 += rs;
   norm2 += ns;
@@ -310,7 +317,7 @@ USL_AMX_TARGET inline void transpose16_words(const uint16_t* in, idx_t ld, uint1
 
 struct AmxBuffers {
   std::vector<uint16_t> a, b, rows;  // A rows (mp x kp), B tiles, 16 B rows (16 x kp)
-  bool configured = false;
+  std::vector<float> zero;           // the center when there is none
 };
 
 AmxBuffers& amx_buffers() {
@@ -368,18 +375,18 @@ USL_AMX_TARGET inline void amx_block11(const uint16_t* a0, idx_t kp, const uint1
 // The tile (ld kTile) gets rows [0, round16(m)) x columns [0, round16(n)); rows and columns
 // past m and n hold zeros' products. Returns kappa^2 bounds of the rows and the columns.
 USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb,
-                                  idx_t n, idx_t d, float* tile, double& ka2, double& kb2) {
+                                  idx_t n, idx_t d, const float* center, float* tile, double& ka2,
+                                  double& kb2) {
   AmxBuffers& buf = amx_buffers();
-  if (!buf.configured) {
-    AmxConfig cfg;
-    std::memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; ++i) {
-      cfg.rows[i] = 16;
-      cfg.colsb[i] = 64;
-    }
-    _tile_loadconfig(&cfg);
-    buf.configured = true;
+  // The tile configuration is loaded on every call and released at the end: tile state is
+  // not preserved across calls (x86-64 ABI), and other code on this thread (oneDNN, a BLAS)
+  // may configure the tiles differently or release them.
+  AmxConfig cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
   }
   const idx_t kpmax = (std::min(d, kKcAmx) + 31) / 32 * 32;
   const idx_t mb = (m + 15) / 16, nb = (n + 15) / 16;
@@ -388,11 +395,15 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
     buf.b.resize(kTile * kpmax);
     buf.rows.resize(16 * kpmax);
   }
+  if (buf.zero.size() < static_cast<size_t>(d)) buf.zero.assign(d, 0.0f);
+  const float* cen = center ? center : buf.zero.data();
+  _tile_loadconfig(&cfg);
   double res_a[kTile] = {}, nrm_a[kTile] = {}, res_b[kTile] = {}, nrm_b[kTile] = {};
   for (idx_t t0 = 0; t0 < d; t0 += kKcAmx) {
     const idx_t kc = std::min(kKcAmx, d - t0), kp = (kc + 31) / 32 * 32;
     uint16_t* ab = buf.a.data();
-    for (idx_t r = 0; r < m; ++r) to_bf16(a + r * lda + t0, kc, kp, ab + r * kp, res_a[r], nrm_a[r]);
+    for (idx_t r = 0; r < m; ++r)
+      to_bf16(a + r * lda + t0, cen + t0, kc, kp, ab + r * kp, res_a[r], nrm_a[r]);
     std::memset(ab + m * kp, 0, sizeof(uint16_t) * (mb * 16 - m) * kp);
     uint16_t* bt = buf.b.data();
     uint16_t* rows = buf.rows.data();
@@ -400,7 +411,7 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
       for (idx_t q = 0; q < 16; ++q) {
         const idx_t j = jb * 16 + q;
         if (j < n) {
-          to_bf16(b + j * ldb + t0, kc, kp, rows + q * kp, res_b[j], nrm_b[j]);
+          to_bf16(b + j * ldb + t0, cen + t0, kc, kp, rows + q * kp, res_b[j], nrm_b[j]);
         } else {
           std::memset(rows + q * kp, 0, sizeof(uint16_t) * kp);
         }
@@ -423,6 +434,7 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
         }
       }
   }
+  _tile_release();
   KappaMax ka, kb;
   for (idx_t r = 0; r < m; ++r) ka.add(res_a[r], nrm_a[r], d);
   for (idx_t j = 0; j < n; ++j) kb.add(res_b[j], nrm_b[j], d);
@@ -431,6 +443,7 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
 }
 
 }  // namespace
+#endif  // USL_FAST_AMX
 #endif
 
 // Which GEMM fills the tiles: AMX where the CPU and OS have it, else the engine's own
@@ -443,7 +456,11 @@ int gemm_kind() {
     const std::string want = env ? env : "";
     if (active_isa() != 2 || want == "blas") return kGemmBlas;
     if (want == "avx512") return kGemmAvx512;
+#ifdef USL_FAST_AMX
     return amx_supported() ? kGemmAmx : kGemmAvx512;
+#else
+    return kGemmAvx512;
+#endif
 #else
     return kGemmBlas;
 #endif
@@ -451,23 +468,42 @@ int gemm_kind() {
   return kind;
 }
 
+// The tile's rel for the bf16 product (docs/engine.md, "AMX"): the float32 bound scaled by
+// (1 + kA)(1 + kB), plus the bf16 rounding measured on the worst row and column, plus
+// 2^-21 for the float32 centring (a - c, b - c each within u of exact, so the centred
+// squared distance is within 4 u s (1 + u)^2 of the true one).
 float amx_rel(double ka2, double kb2, idx_t d) {
   const double ka = std::sqrt(ka2), kb = std::sqrt(kb2);
   const double rel = static_cast<double>(filter_rel(d)) * (1.0 + ka) * (1.0 + kb) +
-                     (ka + kb + ka * kb) * (1.0 + 0x1p-20);
+                     (ka + kb + ka * kb) * (1.0 + 0x1p-20) + 0x1p-21;
   return round_up(rel);
 }
 
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
-                float* tile) {
+                const float* center, float* tile) {
   require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && d >= 1, "gemm_tile: tile shape");
+  require(!center || gemm_kind() == kGemmAmx, "gemm_tile: a center only for the AMX GEMM");
 #ifdef USL_FAST_X86
   const int kind = gemm_kind();
+#ifdef USL_FAST_AMX
   if (kind == kGemmAmx) {
     double ka2 = 0.0, kb2 = 0.0;
-    gemm_tile_amx(a, lda, m, b, ldb, n, d, tile, ka2, kb2);
-    return amx_rel(ka2, kb2, d);
+    gemm_tile_amx(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+    // A row that bf16 represents worse than its nominal 2^-8 has (near-)subnormal
+    // coordinates that bf16 flushes; its kappa (up to 1) would make the whole tile's bound
+    // useless, so this tile is redone in float32, on the same centred rows.
+    if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return amx_rel(ka2, kb2, d);
+    thread_local std::vector<float> ca, cb;
+    ca.resize(static_cast<size_t>(m) * d);
+    cb.resize(static_cast<size_t>(n) * d);
+    for (idx_t r = 0; r < m; ++r)
+      for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
+    for (idx_t j = 0; j < n; ++j)
+      for (idx_t t = 0; t < d; ++t) cb[j * d + t] = b[j * ldb + t] - (center ? center[t] : 0.0f);
+    gemm_nt_avx512(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
+    return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
   }
+#endif
   if (kind == kGemmAvx512) {
     gemm_nt_avx512(a, lda, m, b, ldb, n, d, tile, kTile);
     return filter_rel(d);
@@ -478,6 +514,39 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
                     static_cast<blasint>(lda), b, static_cast<blasint>(ldb), 0.0f, tile,
                     static_cast<blasint>(kTile));
   return filter_rel(d);
+}
+
+FilterNorms filter_norms(const View& x, const float* xn, const View& y, const float* yn,
+                         bool same, const Context& ctx) {
+  FilterNorms f;
+  f.xn = xn;
+  f.yn = yn;
+  if (gemm_kind() != kGemmAmx || y.rows == 0) return f;
+  const idx_t d = y.cols;
+  // The column set's mean, summed in float64 in row order (any common point would do).
+  std::vector<double> sum(d, 0.0);
+  for (idx_t j = 0; j < y.rows; ++j)
+    for (idx_t t = 0; t < d; ++t) sum[t] += y.row(j)[t];
+  f.center.resize(d);
+  for (idx_t t = 0; t < d; ++t) f.center[t] = static_cast<float>(sum[t] / static_cast<double>(y.rows));
+  const View c{f.center.data(), 1, d, d};
+  auto centred = [&](const View& v, Buffer<float>& out) {
+    out.reset(v.rows);
+    constexpr idx_t kStep = 4096;
+    parallel_rows((v.rows + kStep - 1) / kStep, ctx, [&](idx_t s) {
+      const idx_t j0 = s * kStep;
+      exact_range(c.row(0), v, j0, std::min(kStep, v.rows - j0), out.data() + j0);
+    });
+  };
+  centred(x, f.xc);
+  f.xn = f.xc.data();
+  if (same) {
+    f.yn = f.xn;
+  } else {
+    centred(y, f.yc);
+    f.yn = f.yc.data();
+  }
+  return f;
 }
 
 float* thread_tile() {

@@ -118,12 +118,30 @@ class Guard {
 // next multiples of 16), one thread. They only feed the filter, so any evaluation whose
 // error the filter bounds will do. Returns the relative bound `rel` of Tile for this tile:
 // filter_rel(d) for the float32 GEMMs, the measured bf16 bound for AMX (tile.cpp).
+// `center` (AMX only, else nullptr): the products are of the centred rows, fl(a - c) .
+// fl(b - c), and the bound includes the centring; the filter must then use the centred
+// squared norms exact_l2(a, c) (filter_norms).
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
-                float* tile);
+                const float* center, float* tile);
 
 // Which GEMM gemm_tile runs.
 constexpr int kGemmBlas = 0, kGemmAvx512 = 1, kGemmAmx = 2;
 int gemm_kind();
+
+// What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
+// data far from the origin (all-positive features, say) it would let every pair through;
+// with AMX the driver therefore centres both sides on the column set's mean (distances do
+// not change; only the filter's products and norms do). The float32 GEMMs use the plain
+// rows and norms (xn, yn as given).
+struct FilterNorms {
+  std::vector<float> center;  // empty: not centred
+  Buffer<float> xc, yc;       // centred squared norms, when centred
+  const float* xn = nullptr;  // the norms the tiles use
+  const float* yn = nullptr;
+  const float* c() const { return center.empty() ? nullptr : center.data(); }
+};
+FilterNorms filter_norms(const View& x, const float* xn, const View& y, const float* yn,
+                         bool same, const Context& ctx);
 
 // The calling thread's kTile x kTile scratch tile (allocated once per OpenMP thread).
 float* thread_tile();
@@ -165,7 +183,7 @@ struct Tile {
   idx_t ldt, i0, mi, j0, nj;
   const float* rn;  // the tile rows' squared norms (mi)
   const float* cn;  // the tile columns' squared norms (nj)
-  float rel, abs;   // filter_rel(d), filter_abs(d)
+  float rel, abs;   // this tile's relative bound (gemm_tile's result), filter_abs(d)
   bool diagonal;    // symmetric pass, I == J
   View rows, cols;  // the whole row and column sets (global indices)
 
@@ -276,6 +294,10 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
   const idx_t n = x.rows, m = y.rows, d = x.cols;
   const idx_t TR = num_tiles(n), TC = num_tiles(m);
   const float abs = filter_abs(d);
+  const bool same = x.data == y.data && x.rows == y.rows && x.ld == y.ld;
+  const FilterNorms fn = filter_norms(x, xn, y, yn, same, ctx);
+  xn = fn.xn;
+  yn = fn.yn;
   Guard guard;
 #pragma omp parallel num_threads(ctx.threads)
   {
@@ -295,7 +317,7 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
         loc->begin(i0, mi);
         for (idx_t J = 0; J < TC; ++J) {
           const idx_t j0 = J * kTile, nj = std::min(kTile, m - j0);
-          const float rel = gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, tile);
+          const float rel = gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), tile);
           loc->tile(Tile{tile, kTile, i0, mi, j0, nj, xn + i0, yn + j0, rel, abs, false, x, y});
         }
         loc->end(i0, mi);
@@ -317,6 +339,9 @@ void for_each_round(const View& a, const float* an, const View& b, const float* 
                     idx_t rounds, Slots slots, PairOf pair_of, Epi& epi, const Context& ctx) {
   const idx_t d = a.cols;
   const float abs = filter_abs(d);
+  const FilterNorms fn = filter_norms(a, an, b, bn, same, ctx);
+  an = fn.xn;
+  bn = fn.yn;
   Guard guard;
 #pragma omp parallel num_threads(ctx.threads)
   {
@@ -338,7 +363,7 @@ void for_each_round(const View& a, const float* an, const View& b, const float* 
           guard.check_cancel(ctx);
           const idx_t i0 = I * kTile, j0 = J * kTile;
           const idx_t mi = std::min(kTile, a.rows - i0), nj = std::min(kTile, b.rows - j0);
-          const float rel = gemm_tile(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, tile);
+          const float rel = gemm_tile(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, fn.c(), tile);
           loc->pair(
               Tile{tile, kTile, i0, mi, j0, nj, an + i0, bn + j0, rel, abs, same && I == J, a, b});
           ctx.add(1);
