@@ -51,8 +51,8 @@ namespace {
 
 constexpr idx_t kKc = 256;  // coordinates per packed pass (B panels of 32 x kKc stay in L1)
 
-// In-register transpose of 16 rows of 16 floats; column c goes to out[16 c .. 16 c + 15]
-// for c < ncols.
+// In-register transpose of 16 rows of 16 floats (or any 32-bit words); column c goes to
+// out[16 c .. 16 c + 15] for c < ncols.
 __attribute__((target("avx512f"))) inline void transpose16(const __m512* r, float* out,
                                                            int ncols) {
   __m512 t[16], u[16];
@@ -77,7 +77,7 @@ __attribute__((target("avx512f"))) inline void transpose16(const __m512* r, floa
     const __m512 o[4] = {_mm512_shuffle_f32x4(x01, y01, 0x88), _mm512_shuffle_f32x4(x01, y01, 0xDD),
                          _mm512_shuffle_f32x4(x23, y23, 0x88), _mm512_shuffle_f32x4(x23, y23, 0xDD)};
     for (int L = 0; L < 4; ++L)
-      if (4 * L + j < ncols) _mm512_store_ps(out + (4 * L + j) * 16, o[L]);
+      if (4 * L + j < ncols) _mm512_storeu_ps(out + (4 * L + j) * 16, o[L]);
   }
 }
 
@@ -289,30 +289,7 @@ struct KappaMax {
 USL_AMX_TARGET inline void transpose16_words(const uint16_t* in, idx_t ld, uint16_t* out) {
   __m512 r[16];
   for (int q = 0; q < 16; ++q) r[q] = _mm512_loadu_ps(reinterpret_cast<const float*>(in + q * ld));
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int g = 0; g < 4; ++g) {
-    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
-    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), e = _mm512_castps_pd(t[4 * g + 3]);
-    u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
-    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
-  }
-  float* o = reinterpret_cast<float*>(out);
-  for (int j = 0; j < 4; ++j) {
-    const __m512 x01 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44);
-    const __m512 y01 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
-    const __m512 x23 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
-    const __m512 y23 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
-    _mm512_storeu_ps(o + (0 + j) * 16, _mm512_shuffle_f32x4(x01, y01, 0x88));
-    _mm512_storeu_ps(o + (4 + j) * 16, _mm512_shuffle_f32x4(x01, y01, 0xDD));
-    _mm512_storeu_ps(o + (8 + j) * 16, _mm512_shuffle_f32x4(x23, y23, 0x88));
-    _mm512_storeu_ps(o + (12 + j) * 16, _mm512_shuffle_f32x4(x23, y23, 0xDD));
-  }
+  transpose16(r, reinterpret_cast<float*>(out), 16);
 }
 
 struct AmxBuffers {
