@@ -297,6 +297,12 @@ struct AmxBuffers {
   std::vector<float> zero;           // the center when there is none
 };
 
+// Palette 1, tiles 0-7 all 16 rows x 64 bytes. A constant object: GCC's _tile_loadconfig
+// tells the compiler it reads only 8 bytes of it, so a local filled just before the call
+// could legally be left unwritten.
+alignas(64) const AmxConfig kAmxConfig = {
+    1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
 AmxBuffers& amx_buffers() {
   thread_local AmxBuffers buf;
   return buf;
@@ -358,13 +364,6 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
   // The tile configuration is loaded on every call and released at the end: tile state is
   // not preserved across calls (x86-64 ABI), and other code on this thread (oneDNN, a BLAS)
   // may configure the tiles differently or release them.
-  AmxConfig cfg;
-  std::memset(&cfg, 0, sizeof cfg);
-  cfg.palette = 1;
-  for (int i = 0; i < 8; ++i) {
-    cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
-  }
   const idx_t kpmax = (std::min(d, kKcAmx) + 31) / 32 * 32;
   const idx_t mb = (m + 15) / 16, nb = (n + 15) / 16;
   if (buf.a.size() < static_cast<size_t>(kTile * kpmax)) {
@@ -374,7 +373,7 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
   }
   if (buf.zero.size() < static_cast<size_t>(d)) buf.zero.assign(d, 0.0f);
   const float* cen = center ? center : buf.zero.data();
-  _tile_loadconfig(&cfg);
+  _tile_loadconfig(&kAmxConfig);
   double res_a[kTile] = {}, nrm_a[kTile] = {}, res_b[kTile] = {}, nrm_b[kTile] = {};
   for (idx_t t0 = 0; t0 < d; t0 += kKcAmx) {
     const idx_t kc = std::min(kKcAmx, d - t0), kp = (kc + 31) / 32 * 32;
@@ -396,6 +395,9 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
       for (idx_t kk = 0; kk < kp / 32; ++kk)
         transpose16_words(rows + kk * 32, kp, bt + (jb * (kp / 32) + kk) * 512);
     }
+    // GCC's tile loads and stores declare no memory operands: keep the packing stores
+    // above the tile loads, and the tile stores above whatever reads the tile next.
+    asm volatile("" ::: "memory");
     const bool acc = t0 > 0;
     for (idx_t jb = 0; jb < nb; jb += 2)
       for (idx_t ib = 0; ib < mb; ib += 2) {
@@ -412,6 +414,7 @@ USL_AMX_TARGET void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const floa
       }
   }
   _tile_release();
+  asm volatile("" ::: "memory");
   KappaMax ka, kb;
   for (idx_t r = 0; r < m; ++r) ka.add(res_a[r], nrm_a[r], d);
   for (idx_t j = 0; j < n; ++j) kb.add(res_b[j], nrm_b[j], d);
@@ -448,7 +451,7 @@ int gemm_kind() {
 // The tile's rel for the bf16 product (docs/engine.md, "AMX"): the float32 bound scaled by
 // (1 + kA)(1 + kB), plus the bf16 rounding measured on the worst row and column, plus
 // 2^-21 for the float32 centring (a - c, b - c each within u of exact, so the centred
-// squared distance is within 4 u s (1 + u)^2 of the true one).
+// squared distance is within (4 u + 10 u^2) s of the true one).
 float amx_rel(double ka2, double kb2, idx_t d) {
   const double ka = std::sqrt(ka2), kb = std::sqrt(kb2);
   const double rel = static_cast<double>(filter_rel(d)) * (1.0 + ka) * (1.0 + kb) +
@@ -470,9 +473,7 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     // coordinates that bf16 flushes; its kappa (up to 1) would make the whole tile's bound
     // useless, so this tile is redone in float32, on the same centred rows.
     if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return amx_rel(ka2, kb2, d);
-    thread_local std::vector<float> ca, cb;
-    ca.resize(static_cast<size_t>(m) * d);
-    cb.resize(static_cast<size_t>(n) * d);
+    Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
     for (idx_t r = 0; r < m; ++r)
       for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
     for (idx_t j = 0; j < n; ++j)
@@ -509,7 +510,7 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
   const View c{f.center.data(), 1, d, d};
   auto centred = [&](const View& v, Buffer<float>& out) {
     out.reset(v.rows);
-    constexpr idx_t kStep = 4096;
+    constexpr idx_t kStep = 64;  // parallel_rows hands out 256 steps at a time
     parallel_rows((v.rows + kStep - 1) / kStep, ctx, [&](idx_t s) {
       const idx_t j0 = s * kStep;
       exact_range(c.row(0), v, j0, std::min(kStep, v.rows - j0), out.data() + j0);

@@ -68,7 +68,8 @@ USL_HD float filter_rel(idx_t d) { return static_cast<float>(d + 16) * 0x1p-23f;
 USL_HD float filter_abs(idx_t d) { return static_cast<float>(16 * d + 64) * 0x1p-126f; }
 
 // Rows whose squared norm exceeds this are rejected by Python: then na + nb, 2 ip and every
-// distance stay finite in float32 (2^124 ~ 2.1e37, i.e. |x| up to ~4.6e18).
+// distance stay finite in float32 (2^124 ~ 2.1e37, i.e. |x| up to ~4.6e18); so do the
+// centred norms of the AMX filter (||x - c||^2 <= 2^126 for a mean c of such rows).
 constexpr double kMaxSquaredNorm = 0x1p124;
 
 // ---------------------------------------------------------------------------------------
