@@ -507,14 +507,9 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
     for (idx_t t = 0; t < d; ++t) sum[t] += y.row(j)[t];
   f.center.resize(d);
   for (idx_t t = 0; t < d; ++t) f.center[t] = static_cast<float>(sum[t] / static_cast<double>(y.rows));
-  const View c{f.center.data(), 1, d, d};
   auto centred = [&](const View& v, Buffer<float>& out) {
     out.reset(v.rows);
-    constexpr idx_t kStep = 64;  // parallel_rows hands out 256 steps at a time
-    parallel_rows((v.rows + kStep - 1) / kStep, ctx, [&](idx_t s) {
-      const idx_t j0 = s * kStep;
-      exact_range(c.row(0), v, j0, std::min(kStep, v.rows - j0), out.data() + j0);
-    });
+    row_distances(v, f.center.data(), out.data(), ctx);
   };
   centred(x, f.xc);
   f.xn = f.xc.data();
@@ -788,9 +783,13 @@ void power_terms(const float* dv, const uint8_t* far, idx_t n, double alpha, flo
 }
 
 void row_norms(const View& x, float* out, const Context& ctx) {
-  const idx_t d = x.cols;
   // exact_l2 against the zero vector: fl(0 - b_t) = -b_t, the same square.
-  const std::vector<float> zero(static_cast<size_t>(d), 0.0f);
+  const std::vector<float> zero(static_cast<size_t>(x.cols), 0.0f);
+  row_distances(x, zero.data(), out, ctx);
+}
+
+void row_distances(const View& x, const float* a, float* out, const Context& ctx) {
+  const idx_t d = x.cols;
   const int isa = active_isa();
   const idx_t blocks = (x.rows + 63) / 64;
 #pragma omp parallel for schedule(static) num_threads(ctx.threads)
@@ -798,7 +797,7 @@ void row_norms(const View& x, float* out, const Context& ctx) {
     const float* ptr[64];
     const idx_t i0 = b * 64, m = std::min<idx_t>(64, x.rows - i0);
     for (idx_t t = 0; t < m; ++t) ptr[t] = x.row(i0 + t);
-    exact_many(isa, zero.data(), ptr, m, d, out + i0);
+    exact_many(isa, a, ptr, m, d, out + i0);
   }
 }
 

@@ -165,6 +165,10 @@ void power_terms(const float* dv, const uint8_t* far, idx_t n, double alpha, flo
 // Squared norm of every row (exact_l2 against the zero vector), threads over rows.
 void row_norms(const View& x, float* out, const Context& ctx);
 
+// out[i] = exact_l2(a, x_i) for every row (a: d floats), threads over rows; row_norms is
+// this with a = 0.
+void row_distances(const View& x, const float* a, float* out, const Context& ctx);
+
 // The same, into a new buffer (the filter needs the norms of both sides of every op).
 inline Buffer<float> norms(const View& x, const Context& ctx) {
   Buffer<float> out(x.rows);
