@@ -15,13 +15,14 @@ import pytest
 _GEMM_NAMES = {0: "OpenBLAS float32", 1: "own AVX-512 float32", 2: "AMX bfloat16"}
 
 # usl_fast.knn on conftest.unit_vectors(n, d) in a fresh interpreter (the tile GEMM is chosen
-# once per process): best of 3 seconds, and the GEMM kind that ran.
+# once per process; it runs in benchmarks/, so conftest is importable): best of 3 seconds,
+# and the GEMM kind that ran.
 _FLOAT32_FILTER_RUN = r"""
 import sys, time, numpy as np, usl_fast
+from conftest import unit_vectors
 from usl_fast._backend import _cpu
 n, d, k, threads = map(int, sys.argv[1:5])
-x = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
-x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+x = unit_vectors(n, d)
 best = np.inf
 for _ in range(3):
     t0 = time.perf_counter()
