@@ -188,7 +188,7 @@ __attribute__((target("avx512f"))) void gemm_nt_avx512(const float* a, idx_t lda
 #ifdef USL_FAST_AMX
 // ----------------------------------------------------------------------------- AMX bf16 filter GEMM
 // On CPUs with AMX (Sapphire Rapids and later) the tile products run as bfloat16 tile
-// multiplies with float32 accumulation: about 4 x the float32 FMA rate per core here. A
+// multiplies with float32 accumulation, at several times the float32 FMA rate of a core. A
 // bfloat16 keeps 8 significant bits, so the products are far from float32 accuracy; the
 // filter stays rigorous because each side's rounding is MEASURED while it is converted:
 // for a row a and its bf16 image a', kappa(a) = ||a - a'|| / ||a|| (<= 2^-8, ~2^-9.5 on
