@@ -201,3 +201,106 @@ def test_random_select_is_the_legacy_global_generator(usl, n, m, seed):
     np.testing.assert_array_equal(got, want)
     assert np.asarray(got).dtype == np.int64
     np.testing.assert_array_equal(got, oracles.random_select(n, m, seed))
+
+
+# --------------------------------------------------------------------------- random: no global state
+# The random baseline once seeded NumPy's global generator (saved and restored around the
+# draw): two threads interleaving seed/choice got each other's picks. These pin the picks
+# to the global-seed recipe while the global generator stays out of it.
+
+RANDOM_CASES = [(100, 10, 0), (50000, 40, 1), (7, 7, 123), (1000, 1, 5), (3000, 500, 2**32 - 1)]
+
+
+def test_random_select_matches_the_global_recipe_run_in_a_fresh_process(usl):
+    """Oracle: the published recipe, literally `np.random.seed(s); np.random.choice(...)`
+    on the global generator, in a process of its own (nothing here to save or restore)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, numpy as np\n"
+        "out = []\n"
+        "for n, m, s in json.loads(sys.argv[1]):\n"
+        "    np.random.seed(s)\n"
+        "    out.append(np.random.choice(n, m, replace=False).tolist())\n"
+        "print(json.dumps(out))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(RANDOM_CASES)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    want = json.loads(res.stdout)
+    for (n, m, s), w in zip(RANDOM_CASES, want):
+        np.testing.assert_array_equal(usl.random_select(n, m, s), np.array(w))
+
+
+@pytest.mark.parametrize("how", ["random_select", "RandomSelect", "select", "labeled"])
+def test_random_leaves_the_global_generator_alone(usl, how):
+    x = np.zeros((200, 2), np.float32)
+    np.random.seed(31337)
+    np.random.random(3)  # a state mid-stream, not just after seeding
+    before = np.random.get_state()
+    if how == "random_select":
+        usl.random_select(200, 20, 9)
+    elif how == "RandomSelect":
+        usl.RandomSelect(seed=9).fit(x, 20)
+    elif how == "select":
+        usl.select(x, 20, method="random", seed=9)
+    else:
+        usl.RandomSelect(seed=9).fit(x, 20, labeled=np.arange(0, 200, 3))
+    after = np.random.get_state()
+    assert before[0] == after[0] and np.array_equal(before[1], after[1])
+    assert before[2:] == after[2:]
+    # and the next global draw is the one the caller would have had anyway
+    np.random.set_state(before)
+    a = np.random.random(5)
+    np.random.set_state(after)
+    np.testing.assert_array_equal(np.random.random(5), a)
+
+
+def test_random_from_four_threads_equals_sequential_calls(usl):
+    """~1,200 calls with mixed seeds, sizes and entry points from 4 threads; a fifth thread
+    keeps reseeding and drawing from the global generator meanwhile. Every result must be
+    the one the same call gives alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.zeros((300, 2), np.float32)
+    lab = np.arange(0, 300, 7)
+    calls = []
+    for i in range(1200):
+        seed = (i * 7919) % 97
+        kind = i % 4
+        calls.append((kind, seed, 5 + i % 40))
+
+    def run(call):
+        kind, seed, m = call
+        if kind == 0:
+            return usl.random_select(300, m, seed)
+        if kind == 1:
+            return usl.RandomSelect(seed=seed).fit(x, m).indices_
+        if kind == 2:
+            return usl.select(x, m, method="random", seed=seed)
+        return usl.RandomSelect(seed=seed).fit(x, m, labeled=lab).indices_
+
+    want = [run(c) for c in calls]
+    stop = threading.Event()
+
+    def disturb():
+        while not stop.is_set():
+            np.random.seed(12345)
+            np.random.choice(300, 50, replace=False)
+
+    t = threading.Thread(target=disturb, daemon=True)
+    t.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(run, calls))
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    bad = [i for i, (g, w) in enumerate(zip(got, want)) if not np.array_equal(g, w)]
+    assert not bad, f"{len(bad)} of {len(calls)} calls differ from sequential, e.g. {bad[:5]}"
+    # and the sequential results are the recipe's
+    np.testing.assert_array_equal(want[0], oracles.random_select(300, calls[0][2], calls[0][1]))

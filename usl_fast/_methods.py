@@ -214,7 +214,8 @@ class RandomSelect(Selector):
     """The authors' random baseline: NumPy's legacy generator seeded with ``seed``, then
     ``choice(pool, m, replace=False)`` where the pool is 0..n-1 (first round: the same
     indices as ``usl_fast.random_select``) or the unlabeled indices in ascending order.
-    The global NumPy generator's state is saved and restored."""
+    Drawn from a private ``np.random.RandomState(seed)`` (the same picks as seeding the
+    global generator), so NumPy's global state is untouched and threads do not race."""
 
     method = "random"
 
@@ -227,15 +228,9 @@ class RandomSelect(Selector):
     def _select(self, x, m, lab, timings):
         n = x.shape[0]
         pool = np.flatnonzero(~_mask(n, lab)) if lab.size else None
-        state = np.random.get_state()
-        try:
-            np.random.seed(_seed(self.seed))
-            if pool is None:
-                idx = np.random.choice(n, size=m, replace=False)
-            else:
-                idx = np.random.choice(pool, size=m, replace=False)
-        finally:
-            np.random.set_state(state)
+        # Private generator: seeding the global one would race with other threads.
+        rs = np.random.RandomState(_seed(self.seed))
+        idx = rs.choice(n if pool is None else pool, size=m, replace=False)
         return {"indices": idx.astype(np.int64), "labels": None, "scores": None}
 
 

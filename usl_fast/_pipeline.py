@@ -765,15 +765,30 @@ def _class_name(method: str) -> str:
 
 
 def random_select(n: int, m: int, seed: int = 0) -> np.ndarray:
-    """The authors' random baseline: NumPy's legacy global generator, ``seed(seed)`` then
-    ``choice(n, m, replace=False)`` (reproduces their published random lists). The global
-    generator's state is saved and restored around the call."""
+    """The authors' random baseline: the indices of ``np.random.seed(seed)`` then
+    ``np.random.choice(n, m, replace=False)`` (reproduces their published random lists).
+
+    Drawn from a private ``np.random.RandomState(seed)``, which is the same Mersenne
+    Twister seeded the same way, so the picks are identical while NumPy's global generator
+    is neither read nor changed: safe to call from several threads at once.
+
+    Parameters
+    ----------
+    n : int
+        Pool size (indices 0..n-1).
+    m : int
+        Number of indices to draw, 1 <= m <= n.
+    seed : int
+        Seed, 0 <= seed < 2**32 (the legacy generator's range).
+
+    Returns
+    -------
+    numpy.ndarray
+        (m,) int64 distinct indices.
+    """
     n = as_int(n, "n", 1)
     m = as_int(m, "m", 1, n, f" = n={n}")
     seed = as_int(seed, "seed", 0)
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        return np.random.choice(n, size=m, replace=False).astype(np.int64)
-    finally:
-        np.random.set_state(state)
+    # A private generator, not a save/seed/restore of the global one: that sequence races
+    # with any other thread that seeds or draws between the three steps.
+    return np.random.RandomState(seed).choice(n, size=m, replace=False).astype(np.int64)
