@@ -1,0 +1,412 @@
+"""Output files, written safely: every output of a command is checked before any work,
+written to a temporary file beside its final path, and renamed into place only once all
+of the command's outputs were written (all or nothing). A symbolic link at an output path
+is refused, dangling or not: writing through it would create or clobber a file the user
+never named. Errors name the user's path, never a temporary file.
+
+Typical use (the CLI's ``select``)::
+
+    outs = Outputs(force=args.force, inputs=[args.features])
+    outs.check(args.output, "-o/--output")      # before any work
+    ...                                          # the work
+    with outs:                                   # on an error: every temporary removed
+        outs.stage(args.output, lambda f: np.save(f, picks), binary=True)
+        outs.commit()
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+__all__ = ["OutputError", "Outputs", "check_directory", "write_atomic", "open_append"]
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written, or a write that failed. A ``ValueError``
+    (like the other argument checks) so callers that report bad arguments report it too;
+    the message names the option (``what``) and the path the user gave."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+class _Target:
+    __slots__ = ("path", "what", "force", "real", "existed")
+
+    def __init__(self, path: str, what: str, force: bool, real: str, existed: bool) -> None:
+        self.path, self.what, self.force, self.real, self.existed = path, what, force, real, existed
+
+
+class Outputs:
+    """The output files of one command.
+
+    Parameters
+    ----------
+    force : bool
+        Default for ``check``: whether an existing regular file may be replaced.
+    inputs : iterable of str
+        Files the command reads; an output resolving to one of them is refused.
+
+    Notes
+    -----
+    ``check`` every output before any work; after the work, ``stage`` each one (its
+    writer fills a temporary file in the output's directory) and ``commit`` (renames all
+    of them). Used as a context manager, an exception removes every temporary file;
+    ``commit`` itself undoes its renames if one fails. Nothing is ever written through a
+    symbolic link: temporaries are created exclusively (``O_EXCL``) and a link at an
+    output path is refused at ``check`` and again at ``commit``.
+    """
+
+    def __init__(self, force: bool = False, inputs: Iterable[Optional[str]] = ()) -> None:
+        self.force = bool(force)
+        self._inputs = {os.path.realpath(os.fspath(p)) for p in inputs if p is not None}
+        self._targets: Dict[str, _Target] = {}
+        self._staged: List[Tuple[_Target, str]] = []
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self, path: Any, what: str, force: Optional[bool] = None) -> Optional[str]:
+        """Refuse, before any work, an output that could not be written at the end.
+
+        Parameters
+        ----------
+        path : str, os.PathLike or None
+            The output path as the user gave it (None: no such output, nothing checked).
+        what : str
+            The option or argument that named it, for messages (``"-o/--output"``).
+        force : bool, optional
+            Whether an existing regular file may be replaced (default: the object's).
+
+        Returns
+        -------
+        str or None
+            ``path`` as a str.
+
+        Raises
+        ------
+        OutputError
+            The directory does not exist, is not a directory or does not accept new files
+            (probed by creating and removing a file there: permissions, read-only mounts
+            and pseudo file systems such as /proc all show); the path is a symbolic link
+            (dangling or not), a directory or another non-regular file; it exists and
+            ``force`` is off; it is an input file or the same file as another output.
+        """
+        if path is None:
+            return None
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
+        path = os.fspath(path)
+        force = self.force if force is None else bool(force)
+        name = os.path.basename(path)
+        if name in ("", ".", ".."):
+            raise OutputError(f"{what} {path!r} names a directory, not a file")
+        # The directory as given, not os.path.abspath's lexical version: "nodir/../x"
+        # must fail here as it would when the file is created, not pass as "./x".
+        parent = os.path.dirname(path) or "."
+        check_directory(parent, what, path)
+        try:
+            st = os.lstat(path)
+            existed = True
+        except FileNotFoundError:
+            existed = False
+        except OSError as exc:
+            raise OutputError(f"{what} {path!r}: cannot use this path ({_reason(exc)})") from None
+        if existed:
+            _refuse_kind(path, what, st.st_mode)
+            if not force:
+                raise OutputError(
+                    f"{what}: refusing to overwrite existing file {path!r} (use --force)"
+                )
+        real = os.path.join(os.path.realpath(parent), name)
+        if real in self._inputs:
+            raise OutputError(f"{what} {path!r} is also an input file")
+        for other in self._targets.values():
+            if other.real == real and other.path != path:
+                raise OutputError(
+                    f"output files must be distinct ({other.what} {other.path!r} and "
+                    f"{what} {path!r} are the same file)"
+                )
+        self._targets[path] = _Target(path, what, force, real, existed)
+        return path
+
+    # ------------------------------------------------------------------ writing
+
+    def stage(self, path: Any, writer: Callable[[Any], Any], binary: bool = True) -> None:
+        """Write an output to a temporary file beside ``path`` (``commit`` renames it).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            An output given to ``check`` (one that was not is checked now).
+        writer : callable
+            Called with the open temporary file (binary, or text: UTF-8 with
+            ``newline=""``, the csv module writing its own line ends); writes the content.
+        binary : bool
+            The file object's mode.
+
+        Raises
+        ------
+        OutputError
+            The temporary file could not be created or written (disk full, ...): every
+            temporary of this object is removed; the message names ``path``.
+        """
+        path = os.fspath(path)
+        target = self._targets.get(path)
+        if target is None:
+            self.check(path, "output")
+            target = self._targets[path]
+        parent = os.path.dirname(path) or "."
+        try:
+            # mkstemp opens with O_CREAT | O_EXCL: never through a link planted at its name.
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent
+            )
+            self._staged.append((target, tmp))
+            if binary:
+                f = os.fdopen(fd, "wb")
+            else:
+                f = os.fdopen(fd, "w", newline="", encoding="utf-8")
+            with f:
+                writer(f)
+                f.flush()
+                # mkstemp's 0600 would make outputs private; give what open() would.
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
+        except OSError as exc:
+            self.discard()
+            why = _reason(exc)
+            raise OutputError(f"{target.what} {path!r}: could not write it ({why})") from exc
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        """Rename every staged temporary onto its output path, all or nothing.
+
+        Each path is checked again first (a link, directory or, without ``force``, a file
+        that appeared during the work is refused). If a rename fails, the outputs already
+        renamed are undone: a new one removed, a replaced one restored from a hard link
+        kept aside for that purpose (where the file system allows hard links).
+
+        Raises
+        ------
+        OutputError
+            Naming the output that could not be put in place; no temporary is left.
+        """
+        staged, self._staged = self._staged, []
+        backups: List[Optional[str]] = []
+        present: List[bool] = []  # whether each output exists just before its rename
+        try:
+            for target, tmp in staged:
+                try:
+                    st = os.lstat(target.path)
+                except FileNotFoundError:
+                    backups.append(None)
+                    present.append(False)
+                    continue
+                _refuse_kind(target.path, target.what, st.st_mode)
+                if not target.force and not target.existed:
+                    raise OutputError(
+                        f"{target.what} {target.path!r} was created by something else while "
+                        "this command ran; refusing to overwrite it (use --force)"
+                    )
+                backups.append(_link_aside(target.path, tmp))
+                present.append(True)
+        except BaseException:
+            self._staged = staged
+            self.discard()
+            for b in backups:
+                _unlink(b)
+            raise
+        done = 0
+        try:
+            for target, tmp in staged:
+                os.replace(tmp, target.path)
+                done += 1
+        except BaseException as exc:
+            for (target, _), b, was in zip(staged[:done], backups[:done], present):
+                if b is not None:
+                    _replace_quietly(b, target.path)
+                elif not was:
+                    _unlink(target.path)
+                # else: replaced where no hard link could be kept; nothing to restore from
+            for (_, tmp), b in zip(staged[done:], backups[done:]):
+                _unlink(tmp)
+                _unlink(b)
+            if isinstance(exc, OSError):
+                t = staged[done][0]
+                why = _reason(exc)
+                raise OutputError(f"{t.what} {t.path!r}: could not write it ({why})") from exc
+            raise
+        for b in backups:
+            _unlink(b)
+
+    def discard(self) -> None:
+        """Remove every temporary staged and not committed."""
+        staged, self._staged = self._staged, []
+        for _, tmp in staged:
+            _unlink(tmp)
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.discard()
+
+
+def check_directory(directory: str, what: str, path: Optional[str] = None) -> None:
+    """Refuse a directory that does not exist, is not a directory or does not accept new
+    files (probed by creating and removing a file there: permissions, read-only mounts and
+    pseudo file systems such as /proc all show).
+
+    Parameters
+    ----------
+    directory : str
+        Checked as given (a symbolic link to a directory is fine).
+    what : str
+        The option naming it, for messages.
+    path : str, optional
+        The path the user gave, named in messages (default: ``directory``).
+
+    Raises
+    ------
+    OutputError
+    """
+    shown = f"{what} {directory if path is None else path!r}"
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        raise OutputError(f"{shown}: no such directory {directory!r}") from None
+    except OSError as exc:
+        why = _reason(exc)
+        raise OutputError(f"{shown}: cannot use directory {directory!r} ({why})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{shown}: {directory!r} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".usl-fast-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"{shown}: cannot create files in directory {directory!r} ({_reason(exc)})"
+        ) from None
+
+
+def _refuse_kind(path: str, what: str, mode: int) -> None:
+    if stat.S_ISLNK(mode):
+        raise OutputError(
+            f"{what} {path!r} is a symbolic link; refusing to write through or replace it "
+            "(remove the link or give another path)"
+        )
+    if stat.S_ISDIR(mode):
+        raise OutputError(f"{what} {path!r} is a directory")
+    if not stat.S_ISREG(mode):
+        raise OutputError(f"{what} {path!r} exists and is not a regular file")
+
+
+def _unlink(path: Optional[str]) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _replace_quietly(src: str, dst: str) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError:
+        pass  # best effort while already reporting the failure that made it necessary
+
+
+def _link_aside(path: str, tmp: str) -> Optional[str]:
+    """A hard link to the file about to be replaced, to restore it if a later rename
+    fails; None where hard links are not allowed (the rename then cannot be undone)."""
+    aside = tmp + ".old"
+    try:
+        os.link(path, aside, follow_symlinks=False)
+    except OSError:
+        return None
+    return aside
+
+
+def write_atomic(
+    path: Any, writer: Callable[[Any], Any], what: str, binary: bool = True, force: bool = True
+) -> None:
+    """One output, checked and written through a temporary file and a rename.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    writer : callable
+        Called with the open temporary file.
+    what : str
+        The argument naming ``path``, for messages.
+    binary : bool
+        Binary or text (UTF-8) file object.
+    force : bool
+        Whether an existing regular file may be replaced.
+
+    Raises
+    ------
+    OutputError
+        As ``Outputs.check``, ``stage`` and ``commit``.
+    """
+    with Outputs(force=force) as outs:
+        outs.check(path, what)
+        outs.stage(path, writer, binary=binary)
+        outs.commit()
+
+
+def open_append(path: Any, what: str) -> Any:
+    """Open a log file for appending (created if missing), never through a symbolic link.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    what : str
+        The argument naming ``path``, for messages.
+
+    Returns
+    -------
+    io.TextIOWrapper
+        UTF-8, append mode.
+
+    Raises
+    ------
+    OutputError
+        ``path`` is a symbolic link (``O_NOFOLLOW``), not a regular file, or cannot be
+        opened.
+    """
+    path = os.fspath(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    # O_NONBLOCK: a FIFO planted at the path fails the regular-file check below instead of
+    # blocking the open until some reader appears.
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        try:
+            mode: Optional[int] = os.lstat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None:
+            _refuse_kind(path, what, mode)
+        raise OutputError(f"{what} {path!r}: cannot open it for writing ({_reason(exc)})") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        _refuse_kind(path, what, mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
