@@ -394,3 +394,148 @@ def test_quality_harness_runs_at_tiny_size(tmp_path):
     labels = np.repeat(np.arange(10), 5)
     s = y["stratified"](labels, 23, seed=1)
     assert np.bincount(labels[s], minlength=10).tolist() == [3, 3, 3] + [2] * 7
+
+
+# --------------------------------------------------------------------------- files that run code
+# A checkpoint (--resume) and CIFAR's batches (--root) are pickles by format. Each case
+# below builds one whose unpickling would create a marker file - through os.system or
+# builtins.open - and runs the CLI on it in a process of its own: it must be refused with a
+# one-line message and the marker must never appear.
+
+
+class _RunsCommand:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class _OpensFile:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return (builtins.open, (self.marker, "w"))
+
+
+def _cli(argv, cwd):
+    import subprocess
+    import sys
+
+    from test_cli import subprocess_env
+
+    return subprocess.run(
+        [sys.executable, "-m", "usl_fast", *[str(a) for a in argv]],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("fmt", ["torch-zip", "plain-pickle"])
+@pytest.mark.parametrize("payload", [_RunsCommand, _OpensFile])
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, fmt, payload):
+    pytest.importorskip("sklearn")
+    marker = tmp_path / "MARKER"
+    evil = {"config": payload(marker), "step": 3, "weights": torch.zeros(2)}
+    ck = tmp_path / "c.pt"
+    if fmt == "torch-zip":
+        torch.save(evil, ck)
+    else:
+        with open(ck, "wb") as fh:
+            pickle.dump(evil, fh, protocol=2)
+    r = _cli(["fixmatch", "--dataset", "digits", "--resume", ck, "--out", "run"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(ck) in lines[0] and "not a checkpoint written by usl-fast fixmatch" in lines[0]
+    assert "system" in lines[0] or "open" in lines[0]  # the refused global is named
+    assert "weights_only" not in r.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_files_that_are_not_its_checkpoints(tmp_path):
+    data = fake_data()
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt is not a checkpoint .*lacks config"):
+        FixMatch.resume(str(tmp_path / "other.pt"), data, device="cpu")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match=r"junk.pt is not a checkpoint .*not a readable torch"):
+        FixMatch.resume(str(tmp_path / "junk.pt"), data, device="cpu")
+
+
+def test_checkpoint_holds_only_what_weights_only_loading_admits(tmp_path):
+    """What save writes loads under weights_only=True (torch's restricted unpickler):
+    RNG state, optimizer state, history and config are tensors and plain values."""
+    data = fake_data()
+    a = FixMatch(data, np.arange(12), tiny_config(), device="cpu")
+    a.train(steps=3, log=None, checkpoint=str(tmp_path / "ck.pt"))
+    state = torch.load(tmp_path / "ck.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 3 and torch.equal(state["generator"], a.gen.get_state())
+    assert state["optimizer"]["state"], "momentum buffers saved"
+    assert [p for p in tmp_path.iterdir()] == [tmp_path / "ck.pt"]  # no temporary left
+
+
+@pytest.mark.parametrize("payload", [_RunsCommand, _OpensFile])
+def test_cifar_loader_refuses_a_batch_that_would_run_code(tmp_path, payload):
+    base = write_cifar10(tmp_path)
+    marker = tmp_path / "MARKER"
+    with open(base / "data_batch_3", "wb") as fh:
+        pickle.dump({b"data": payload(marker), b"labels": [0]}, fh, protocol=2)
+    np.save(tmp_path / "p.npy", np.arange(5))
+    argv = ["fixmatch", "--dataset", "cifar10", "--root", tmp_path, "--labeled", "p.npy"]
+    r = _cli(argv + ["--out", "run", "--steps", 1, "--no-progress"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(base / "data_batch_3") in lines[0] and "not a CIFAR python batch" in lines[0]
+    assert not marker.exists()
+    # in-process too: a ValueError, and still no marker
+    with pytest.raises(ValueError, match="which CIFAR batches never contain"):
+        load_cifar(str(tmp_path), "cifar10")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "protocol, numpy_name", [(2, "numpy.core"), (2, "numpy._core"), (4, "numpy._core")]
+)
+def test_genuine_cifar_batches_still_load(tmp_path, protocol, numpy_name):
+    """Batches as the originals hold them (a dict with a b'data' uint8 array, b'labels' a
+    list, b'batch_label' and b'filenames' bytes), pickled with protocol 2 like the
+    originals and with 4; arrays referred to by numpy 2's module name and by numpy 1's
+    (the originals', ``numpy.core.multiarray``)."""
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(1)
+    want_x, want_y = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x = rng.integers(0, 256, (4, 3072)).astype(np.uint8)
+        y = rng.integers(0, 10, 4).tolist()
+        d = {
+            b"batch_label": b"training batch",
+            b"labels": y,
+            b"data": x,
+            b"filenames": [b"img_%d.png" % i for i in range(4)],
+        }
+        blob = pickle.dumps(d, protocol=protocol)
+        if numpy_name == "numpy.core":  # protocol 2's GLOBAL is "module\nname\n" text
+            blob = blob.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+            assert b"numpy.core.multiarray" in blob and b"numpy._core" not in blob
+        (base / name).write_bytes(blob)
+        want_x.append(x)
+        want_y.append(y)
+    data = load_cifar(str(tmp_path), "cifar10")
+    np.testing.assert_array_equal(
+        data.train_x.numpy().reshape(-1, 3072), np.concatenate(want_x[:5])
+    )
+    assert data.train_y.tolist() == sum(want_y[:5], [])
+    np.testing.assert_array_equal(data.test_x.numpy().reshape(-1, 3072), want_x[5])
+    assert data.test_y.tolist() == want_y[5]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -173,9 +174,12 @@ def load_cifar(root: str, name: str = "cifar10") -> ImageData:
     """CIFAR-10/100 from the python-pickle batches (the format of ``cifar-10-python.tar.gz``
     / ``cifar-100-python.tar.gz``, which torchvision also reads), unpacked under ``root``:
     ``root/cifar-10-batches-py/{data_batch_1..5, test_batch}`` or
-    ``root/cifar-100-python/{train, test}``. Nothing is ever downloaded."""
-    import pickle
+    ``root/cifar-100-python/{train, test}``. Nothing is ever downloaded.
 
+    The batches are pickles by format; they are read by ``_CifarUnpickler``, which admits
+    only what they hold (dicts, lists, bytes, str, ints, numpy arrays), so a file that
+    would build anything else (run a command, open a file) is refused with a ValueError
+    before that happens."""
     if name not in CIFAR_DIRS:
         raise ValueError(f"`dataset` must be one of {tuple(CIFAR_DIRS)} for CIFAR (got {name!r})")
     base = os.path.join(root, CIFAR_DIRS[name])
@@ -197,8 +201,7 @@ def load_cifar(root: str, name: str = "cifar10") -> ImageData:
     def read(files: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for f in files:
-            with open(os.path.join(base, f), "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
+            d = _read_cifar_batch(os.path.join(base, f), (b"data", key))
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[key], dtype=np.int64))
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
@@ -206,6 +209,68 @@ def load_cifar(root: str, name: str = "cifar10") -> ImageData:
     trx, try_ = read(train_files)
     tex, tey = read(test_files)
     return ImageData(name, trx, try_, tex, tey, classes)
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
+    """What a Python 3 pickle of protocol <= 2 uses to rebuild ``bytes``
+    (``_codecs.encode(text, "latin1")``), restricted to exactly that: any other codec
+    (some compress, some look up further modules) is refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only admitted as encode(str, 'latin1') (got encoding {encoding!r})"
+        )
+    return text.encode("latin-1")
+
+
+def _numpy_reconstruct() -> Any:
+    # numpy >= 2 keeps it in numpy._core (numpy.core is a deprecated alias there).
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler for CIFAR's python batches. Their dicts, lists, bytes, str and ints
+    need no global at all; their numpy arrays need numpy's array reconstruction
+    (``_reconstruct``, ``ndarray``, ``dtype``), and a copy re-pickled by Python 3 with
+    protocol <= 2 needs ``_codecs.encode`` for bytes (admitted for 'latin1' only). Every
+    other global - ``os.system``, ``builtins.open``, ``eval`` - is refused before it is
+    looked up, so nothing in the file can run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _numpy_reconstruct()
+        if module == "numpy" and name == "ndarray":
+            return np.ndarray
+        if module == "numpy" and name == "dtype":
+            return np.dtype
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
+        raise pickle.UnpicklingError(
+            f"it refers to {module}.{name}, which CIFAR batches never contain"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it uses persistent ids, which CIFAR batches never contain")
+
+
+def _read_cifar_batch(path: str, keys: Tuple[bytes, ...]) -> Any:
+    """One CIFAR python batch through ``_CifarUnpickler`` (bytes keys, as the files were
+    written by Python 2). Raises ValueError naming ``path`` for anything else."""
+    try:
+        with open(path, "rb") as fh:
+            d = _CifarUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        why = " ".join(str(exc).split()) or type(exc).__name__  # one line
+        raise ValueError(
+            f"{path} is not a CIFAR python batch: {why} (refused without running anything)"
+        ) from None
+    if not isinstance(d, dict) or not all(k in d for k in keys):
+        want = ", ".join(repr(k) for k in keys)
+        raise ValueError(f"{path} is not a CIFAR python batch: expected a dict with keys {want}")
+    return d
 
 
 #: The digits split: a fixed permutation (seed 0, no labels used) -> 1,347 train, 450 test.
@@ -586,18 +651,28 @@ class FixMatch:
         }
 
     def save(self, path: str) -> None:
-        """Write a checkpoint atomically (a crash mid-write keeps the previous one)."""
+        """Write a checkpoint atomically (a crash mid-write keeps the previous one).
+
+        Written to a fresh temporary file beside ``path`` (created exclusively, so never
+        through a link planted there) and renamed over it. A symbolic link at ``path``
+        itself is refused (OutputError, a ValueError). The state holds only tensors,
+        dicts, lists, str and numbers: ``resume`` reads it with ``weights_only=True``."""
+        from .._io import write_atomic
+
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
-        tmp = path + ".tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        state = self.state_dict()
+        write_atomic(path, lambda f: torch.save(state, f), what="checkpoint")
 
     @classmethod
     def resume(cls, path: str, data: ImageData, device: Any = None) -> "FixMatch":
         """Rebuild a run from ``save``'s checkpoint on the same data set; training then
-        continues exactly where it stopped (same batches and augmentations)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        continues exactly where it stopped (same batches and augmentations).
+
+        The file is read with ``torch.load(weights_only=True)``: tensors and plain values
+        only, so a file that would build other objects (and could run code while doing
+        so) is refused with a ValueError naming it, before anything in it runs."""
+        state = _load_checkpoint(path)
         if state.get("dataset") != data.name:
             raise ValueError(
                 f"checkpoint {path} was trained on {state.get('dataset')!r}, not {data.name!r}"
@@ -612,3 +687,50 @@ class FixMatch:
         run.step_count = int(state["step"])
         run.history = History(**state["history"])
         return run
+
+
+#: What ``FixMatch.state_dict`` holds; a file without these keys is not its checkpoint.
+_CHECKPOINT_KEYS = (
+    "config",
+    "dataset",
+    "labeled",
+    "step",
+    "model",
+    "ema_model",
+    "optimizer",
+    "generator",
+    "labeled_stream",
+    "unlabeled_stream",
+    "history",
+)
+
+
+def _load_checkpoint(path: str) -> Dict[str, Any]:
+    """``torch.load(path, weights_only=True)``, its errors turned into one line naming the
+    file. torch's own message for a refused file suggests ``weights_only=False``, exactly
+    what must not be done with a file this tool did not write, so it is not passed on."""
+    not_ours = f"{path} is not a checkpoint written by usl-fast fixmatch"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message names the refused global ("unsupported GLOBAL posix.system");
+        # only that name is passed on. Garbage bytes end here too, without one.
+        import re
+
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        why = (
+            f"it refers to {found.group(1)}, not a tensor or plain value, and was not loaded"
+            if found
+            else "not a readable torch file"
+        )
+        raise ValueError(f"{not_ours}: {why}") from None
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors, ...
+        raise ValueError(
+            f"{not_ours}: not a readable torch file ({type(exc).__name__})"
+        ) from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{not_ours}: it lacks {', '.join(missing)}")
+    return state
