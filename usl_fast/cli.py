@@ -15,13 +15,15 @@ import argparse
 import csv
 import os
 import sys
-import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ._io import Outputs, check_directory, open_append, write_atomic
 
 PROG = "usl-fast"
 
@@ -137,22 +139,83 @@ def load_features(path: str, key: Optional[str] = None) -> Any:
         if suffix == ".npy":
             if key is not None:
                 raise CLIError("--key applies to .npz/.pt/.pth files, not to .npy")
+            _check_npy(p, path)
             # mmap_mode='r': nothing is read until the engine touches it, and a C-ordered
             # float32 file reaches the C++ core with no copy at all.
             return np.load(p, mmap_mode="r", allow_pickle=False)
         if suffix == ".npz":
+            if not zipfile.is_zipfile(p):
+                raise CLIError(
+                    f"FEATURES file {path!r} is not a valid .npz file (numpy.savez writes a "
+                    "zip archive; this is not one, or it is truncated)"
+                )
             with np.load(p, allow_pickle=False) as archive:
                 return _pick_entry({name: archive[name] for name in archive.files}, key, path)
         if suffix in (".pt", ".pth"):
             return _load_torch(p, key)
     except CLIError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise CLIError(f"cannot read FEATURES file {path!r}: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CLIError(f"cannot read FEATURES file {path!r}: {_never_unsafe(exc)}") from exc
     raise CLIError(
         f"FEATURES must be a .npy, .npz, .pt or .pth file (got {path!r}); "
         "save a numpy array with numpy.save or a tensor with torch.save"
     )
+
+
+def _never_unsafe(exc: BaseException) -> str:
+    """``exc``'s message on one line, unless it suggests loading the file unsafely (numpy's
+    "allow_pickle", torch's "weights_only=False"): files are never unpickled, so that
+    advice is replaced by what it means."""
+    msg = " ".join(str(exc).split())
+    if "allow_pickle" in msg or "weights_only" in msg or "pickle" in msg.lower():
+        return (
+            "it is not a valid array file, or it holds Python objects, which usl-fast never "
+            "loads (unpickling can run code); save a numeric array with numpy.save or a "
+            "tensor with torch.save"
+        )
+    return msg
+
+
+def _check_npy(p: Path, path: str) -> None:
+    """A CLIError before numpy's loader runs unless ``p`` is a .npy file of a numeric
+    array whose data is all there: numpy takes a file without the .npy signature for a
+    pickle (and says to load it with allow_pickle), and maps a truncated one into an
+    "mmap length is greater than file size" error."""
+    fmt = np.lib.format
+    with open(p, "rb") as f:
+        if f.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
+            raise CLIError(
+                f"FEATURES file {path!r} is not a valid .npy file: it does not start with the "
+                "\\x93NUMPY signature numpy.save writes (another format, or corrupt)"
+            )
+        f.seek(0)
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                return  # format 3.0 (utf-8 field names): numpy's own checks
+        except ValueError as exc:
+            raise CLIError(
+                f"FEATURES file {path!r} is not a valid .npy file: its header cannot be read "
+                f"({' '.join(str(exc).split())})"
+            ) from exc
+        offset = f.tell()
+    if dtype.hasobject:
+        raise CLIError(
+            f"FEATURES file {path!r} holds Python objects (dtype {dtype}), which usl-fast never "
+            "loads (unpickling can run code); save a numeric array"
+        )
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = p.stat().st_size
+    if actual < expected:
+        raise CLIError(
+            f"FEATURES file {path!r} is truncated: its header describes a {dtype} array of "
+            f"shape {tuple(shape)}, {expected:,} bytes in all, but the file has {actual:,} bytes"
+        )
 
 
 def _load_torch(p: Path, key: Optional[str]) -> np.ndarray:
@@ -163,17 +226,27 @@ def _load_torch(p: Path, key: Optional[str]) -> np.ndarray:
             f"reading {p.suffix} files needs PyTorch: pip install usl_fast[torch] "
             "(or save the features with numpy.save and pass the .npy file)"
         ) from exc
+    # torch.save writes a zip archive (legacy: a pickle starting with torch's magic
+    # number); anything else is refused here, before torch's unpickler reports it with
+    # advice to retry with weights_only=False.
+    zipped = zipfile.is_zipfile(p)
+    if not zipped:
+        with open(p, "rb") as f:
+            head = f.read(len(_TORCH_LEGACY_MAGIC))
+        if head != _TORCH_LEGACY_MAGIC:
+            raise CLIError(
+                f"FEATURES file {str(p)!r} is not a valid {p.suffix} file: torch.save writes a "
+                "zip archive (or, in its legacy format, a pickle starting with torch's magic "
+                "number), and this is neither (another format, truncated, or corrupt)"
+            )
     try:
         # mmap=True keeps a large tensor on disk like .npy; it needs torch's zip format,
-        # so fall back to a plain load for files written with the legacy serializer.
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a bad/unsafe pickle
-            raise CLIError(f"cannot read FEATURES file {str(p)!r} with torch.load: {exc}") from exc
-    except Exception as exc:
-        raise CLIError(f"cannot read FEATURES file {str(p)!r} with torch.load: {exc}") from exc
+        # so the legacy format gets a plain load.
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as exc:  # torch raises several types for a bad/unsafe pickle
+        raise CLIError(
+            f"cannot read FEATURES file {str(p)!r} with torch.load: {_torch_reason(exc)}"
+        ) from exc
     if isinstance(obj, dict):
         obj = _pick_entry(obj, key, str(p))
     elif key is not None:
@@ -190,6 +263,29 @@ def _load_torch(p: Path, key: Optional[str]) -> np.ndarray:
     raise CLIError(
         f"{str(p)!r} must hold a tensor (or a dict with one under --key), got {type(obj).__name__}"
     )
+
+
+#: The start of a file torch.save wrote in its legacy format: pickle protocol 2, then the
+#: magic number 0x1950a86a20f9469cfc6c as a pickled long.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, on one line and without its
+    advice (retry with weights_only=False, allowlist the global): the sentences that say
+    what the restricted unpickler met ("Trying to load unsupported GLOBAL posix.system
+    ..."), when torch gives them."""
+    advice = ("weights_only", "safe_globals", "trusted source", "documentation", "allowlist")
+    for line in str(exc).splitlines():
+        sentences = [x.strip() for x in line.split(". ") if x.strip()]
+        facts = [x for x in sentences if not any(a in x for a in advice)]
+        if facts and ("unsupported" in line.lower() or "Unpickler" in line):
+            return (
+                ". ".join(facts).rstrip(".")
+                + " (usl-fast loads only tensors and plain containers, never Python objects: "
+                "unpickling can run code)"
+            )
+    return _never_unsafe(exc)
 
 
 def _pick_entry(entries: Dict[Any, Any], key: Optional[str], path: str) -> Any:
@@ -259,63 +355,53 @@ def read_image_ids(path: str, n: int) -> List[str]:
 # -------------------------------------------------------------------------- output
 
 
-def _check_outputs(paths: Sequence[Optional[str]], force: bool, inputs: Sequence[str]) -> None:
-    """Fail before any computation if an output would be refused at the end."""
-    given = [p for p in paths if p is not None]
-    resolved = [os.path.realpath(p) for p in given]
-    if len(set(resolved)) != len(resolved):
-        raise CLIError(f"output files must be distinct (got {', '.join(given)})")
-    reads = {os.path.realpath(p) for p in inputs}
-    for p in given:
-        if os.path.realpath(p) in reads:
-            raise CLIError(f"output {p!r} is also an input file")
-        if os.path.isdir(p):
-            raise CLIError(f"output {p!r} is a directory")
-        if os.path.exists(p) and not force:
-            raise CLIError(f"refusing to overwrite existing file {p!r} (use --force)")
-        parent = os.path.dirname(os.path.abspath(p))
-        if not os.path.isdir(parent):
-            raise CLIError(f"directory of output {p!r} does not exist")
+def _check_outputs(
+    named: Sequence[Tuple[Optional[str], str]], force: bool, inputs: Sequence[str]
+) -> Outputs:
+    """Fail before any computation if an output would be refused at the end.
+
+    ``named`` pairs each output path (None: not given) with the option that names it.
+    Returns the ``Outputs`` that then stages and commits them (usl_fast._io): directory
+    exists and accepts files, no symbolic link, no directory, no existing file without
+    ``--force``, distinct from each other and from the inputs."""
+    outs = Outputs(force=force, inputs=inputs)
+    for path, what in named:
+        outs.check(path, what)
+    return outs
 
 
-def _write_atomic(path: str, write: Callable[[Any], None], binary: bool) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``,
-    so an interrupted run never leaves a truncated output behind."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".usl-fast-", dir=directory)
-    try:
-        # newline="": the csv module writes its own line terminators.
-        f = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")
-        with f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_atomic(
+    path: str, write: Callable[[Any], None], binary: bool, outs: Optional[Outputs] = None
+) -> None:
+    """Stage ``path`` into ``outs`` (renamed with the command's other outputs by
+    ``outs.commit()``), or with ``outs`` None write it alone: a temporary file in the same
+    directory renamed over ``path``, so an interrupted run never leaves a truncated
+    output behind, and never through a symbolic link."""
+    if outs is None:
+        write_atomic(path, write, what="output", binary=binary)
+    else:
+        outs.stage(path, write, binary=binary)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_picks_npy(path: str, picks: np.ndarray) -> None:
+def write_picks_npy(path: str, picks: np.ndarray, outs: Optional[Outputs] = None) -> None:
     """(m,) int64 in pick order. Written through a file object because ``np.save`` on a
     path would append ``.npy`` to a name that lacks it."""
     arr = np.ascontiguousarray(picks, dtype=np.int64)
-    _write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), binary=True)
+    _write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), True, outs)
 
 
-def write_picks_txt(path: str, picks: np.ndarray) -> None:
+def write_picks_txt(path: str, picks: np.ndarray, outs: Optional[Outputs] = None) -> None:
     """One index per line (decimal, ``\\n`` endings), in pick order."""
     arr = np.asarray(picks, dtype=np.int64)
-    _write_atomic(path, lambda f: f.write("".join(f"{int(i)}\n" for i in arr)), binary=False)
+    _write_atomic(path, lambda f: f.write("".join(f"{int(i)}\n" for i in arr)), False, outs)
 
 
-def write_index_csv(path: str, indices: np.ndarray, image_ids: Optional[List[str]]) -> None:
+def write_index_csv(
+    path: str,
+    indices: np.ndarray,
+    image_ids: Optional[List[str]],
+    outs: Optional[Outputs] = None,
+) -> None:
     """The reference's CSV: header ``Index,ImageID``, rows sorted by index ascending (what
     pandas ``to_csv(index=False)`` writes, with ``\\n`` line endings and minimal quoting).
     Without image ids the ImageID column is left out (header ``Index``): an empty column
@@ -331,7 +417,7 @@ def write_index_csv(path: str, indices: np.ndarray, image_ids: Optional[List[str
             w.writerow(["Index", "ImageID"])
             w.writerows((int(i), image_ids[i]) for i in rows)
 
-    _write_atomic(path, write, binary=False)
+    _write_atomic(path, write, False, outs)
 
 
 #: -o/--output formats by file extension (lower-cased) and what each writes.
@@ -363,15 +449,21 @@ def _require_suffix(path: Optional[str], option: str, suffix: str, what: str) ->
         raise CLIError(f"{option} {path!r}: must end in {suffix} ({what})")
 
 
-def write_picks(path: str, picks: np.ndarray, image_ids: Optional[List[str]]) -> None:
-    """Write ``picks`` to ``path`` in the format its extension names (``PICKS_FORMATS``)."""
+def write_picks(
+    path: str,
+    picks: np.ndarray,
+    image_ids: Optional[List[str]],
+    outs: Optional[Outputs] = None,
+) -> None:
+    """Write ``picks`` to ``path`` in the format its extension names (``PICKS_FORMATS``);
+    staged into ``outs`` when given (see ``_write_atomic``)."""
     fmt = picks_format(path)
     if fmt == ".npy":
-        write_picks_npy(path, picks)
+        write_picks_npy(path, picks, outs)
     elif fmt == ".txt":
-        write_picks_txt(path, picks)
+        write_picks_txt(path, picks, outs)
     else:
-        write_index_csv(path, picks, image_ids)
+        write_index_csv(path, picks, image_ids, outs)
 
 
 def _json_default(obj: Any) -> Any:
@@ -410,10 +502,10 @@ def info_arrays(result: Any) -> Dict[str, np.ndarray]:
     return out
 
 
-def write_info_npz(path: str, result: Any) -> None:
+def write_info_npz(path: str, result: Any, outs: Optional[Outputs] = None) -> None:
     """``info_arrays(result)`` as an uncompressed ``.npz`` (no pickles), atomically."""
     arrays = info_arrays(result)
-    _write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
+    _write_atomic(path, lambda f: np.savez(f, **arrays), True, outs)
 
 
 def complement(picks: np.ndarray, n: int) -> np.ndarray:
@@ -442,7 +534,16 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if args.image_ids is not None and not writes_csv:
         raise CLIError("--image-ids is only used with --csv / --complement-csv / -o PICKS.csv")
     inputs = [args.features] + [p for p in (args.image_ids, args.labeled) if p is not None]
-    _check_outputs([args.output, args.csv, args.complement_csv, args.save_info], args.force, inputs)
+    outs = _check_outputs(
+        [
+            (args.output, "-o/--output"),
+            (args.csv, "--csv"),
+            (args.complement_csv, "--complement-csv"),
+            (args.save_info, "--save-info"),
+        ],
+        args.force,
+        inputs,
+    )
     # The method's parameters (USL-T's need torch) and the labeled file, before any work.
     kwargs = _method_kwargs(args)
     labeled = read_indices(args.labeled, "--labeled") if args.labeled is not None else None
@@ -490,14 +591,18 @@ def _cmd_select(args: argparse.Namespace) -> int:
         summary = f"{labeled.size} labeled before, {summary}"
     summary = f"load {t_load:.2f} s, {summary}"
 
-    if args.output is not None:
-        write_picks(args.output, picks, ids)
-    if args.save_info is not None:
-        write_info_npz(args.save_info, res)
-    if args.csv is not None:
-        write_index_csv(args.csv, picks, ids)
-    if args.complement_csv is not None:
-        write_index_csv(args.complement_csv, complement(picks, n), ids)
+    # All or nothing: every output goes to a temporary file first, and only when all of
+    # them are written are they renamed into place; on any error none is left behind.
+    with outs:
+        if args.output is not None:
+            write_picks(args.output, picks, ids, outs)
+        if args.save_info is not None:
+            write_info_npz(args.save_info, res, outs)
+        if args.csv is not None:
+            write_index_csv(args.csv, picks, ids, outs)
+        if args.complement_csv is not None:
+            write_index_csv(args.complement_csv, complement(picks, n), ids, outs)
+        outs.commit()
     total = time.perf_counter() - t_start
     print(f"selected {picks.size} of {n} in {total:.2f} s ({summary})")
     return 0
@@ -635,6 +740,34 @@ def _require_file(path: Optional[str], option: str, what: str) -> None:
         raise CLIError(f"{option} {path!r}: no such file; it must be {what}")
 
 
+def _check_fixmatch_out(out: str, resume: bool, force: bool) -> Tuple[str, str]:
+    """``--out``'s files (checkpoint.pt, log.txt), checked before any work: no symbolic
+    link, directory or other non-file at either, an existing checkpoint only with --resume
+    or --force; the directory, or when it does not exist yet its nearest existing ancestor
+    (os.makedirs creates it before training), must accept new files.
+
+    Returns
+    -------
+    (str, str)
+        The checkpoint and log paths.
+    """
+    ckpt, log_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "log.txt")
+    if os.path.isdir(out):
+        outs = Outputs(force=True)
+        outs.check(ckpt, "--out checkpoint")
+        outs.check(log_path, "--out log file")
+        if os.path.lexists(ckpt) and not (resume or force):
+            raise CLIError(f"{ckpt} exists: --resume it, or pass --force to start over")
+        return ckpt, log_path
+    # Walk up the path as given (not os.path.abspath's lexical form, which would drop a
+    # "missing/.." that os.makedirs then trips over).
+    ancestor = os.path.dirname(out.rstrip(os.sep) or out)
+    while ancestor and not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    check_directory(ancestor or ".", "--out", out)
+    return ckpt, log_path
+
+
 def _cmd_fixmatch(args: argparse.Namespace) -> int:
     try:
         from .ssl import PRESETS, FixMatch, load_cifar, load_digits_split, read_labeled
@@ -647,8 +780,9 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
     _require_file(args.resume, "--resume", "a checkpoint written by usl-fast fixmatch")
     if args.resume is None and args.labeled is None:
         raise CLIError("give --labeled PICKS (.npy or the reference .csv) or --resume CKPT")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out!r} exists and is not a directory")
+    ckpt, log_path = _check_fixmatch_out(args.out, args.resume is not None, args.force)
 
     if args.dataset == "digits":
         try:
@@ -662,7 +796,6 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
             data = load_cifar(args.root, args.dataset)
         except FileNotFoundError as exc:
             raise CLIError(str(exc)) from exc
-    ckpt = os.path.join(args.out, "checkpoint.pt")
     if args.resume is not None:
         if args.labeled is not None:
             print(
@@ -680,8 +813,6 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
                 f"--labeled {args.labeled!r}: must be a .npy or .txt (usl-fast select -o "
                 "PICKS.npy / PICKS.txt) or .csv (usl-fast select --csv PICKS.csv) file"
             )
-        if os.path.exists(ckpt) and not args.force:
-            raise CLIError(f"{ckpt} exists: --resume it, or pass --force to start over")
         n_train = int(data.train_x.shape[0])
         try:
             labeled = read_labeled(args.labeled, n_train)
@@ -704,9 +835,9 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
         cfg = replace(cfg, seed=args.seed, **over)
         run = FixMatch(data, labeled, cfg, device=args.device)
     os.makedirs(args.out, exist_ok=True)
-    log_path = os.path.join(args.out, "log.txt")
     c = run.config
-    with open(log_path, "a", encoding="utf-8") as log_file:
+    # Appended line by line (a resumed run continues the log), opened with O_NOFOLLOW.
+    with open_append(log_path, "--out log file") as log_file:
 
         def log(line: str) -> None:
             print(line, flush=True)
@@ -748,7 +879,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
                 "--projection tsne needs scikit-learn: pip install scikit-learn"
             ) from exc
     inputs = [args.features, args.picks] + [p for p in (args.labeled, args.info) if p]
-    _check_outputs([args.output], args.force, inputs)
+    _check_outputs([(args.output, "-o/--output")], args.force, inputs)
     picks = read_indices(args.picks, "PICKS")
     labeled = read_indices(args.labeled, "--labeled") if args.labeled is not None else None
     extra: Dict[str, Any] = {}
@@ -1233,6 +1364,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.exit(2, f"{PROG}: error: {exc}\n")
     except OSError as exc:  # disk full, permission denied while writing outputs
         parser.exit(2, f"{PROG}: error: {exc}\n")
+    except MemoryError as exc:
+        # usl_fast's pre-check names the sizes and the limit; numpy's own names the size;
+        # an allocation failing in the engine says only std::bad_alloc.
+        msg = " ".join(str(exc).split())
+        if not msg.startswith("usl_fast:") and "allocate" not in msg:
+            msg = f"out of memory ({msg or 'MemoryError'})"
+        parser.exit(2, f"{PROG}: error: {msg}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"{PROG}: interrupted\n")
     return 0  # not reached: parser.exit raises

@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from ._io import Outputs, write_atomic
 from ._ops import density as _density
 from ._ops import kmeans as _kmeans
 from ._validate import _is_torch, as_features, as_int, as_vector, threads_arg
@@ -118,9 +119,14 @@ def _check_path(path: Any) -> Optional[str]:
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"`path` must end in one of {', '.join(FORMATS)} (got {path!r})")
-    parent = os.path.dirname(os.path.abspath(path))
+    # The directory as given (not os.path.abspath's lexical form: "missing/../f.png"
+    # must fail here, not after the plot is drawn).
+    parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
         raise ValueError(f"`path`'s directory does not exist (got {path!r})")
+    # Writable directory, no symbolic link or directory at path (an existing file is
+    # replaced: savefig's behaviour; the CLI refuses it without --force).
+    Outputs(force=True).check(path, "`path`")
     return path
 
 
@@ -606,5 +612,13 @@ def plot_picks(
     )
     fig = draw(data, title)
     if path is not None:
-        fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight")
+        # Into a temporary file beside path, renamed over it: never through a symbolic
+        # link, never a half-written figure. The format is explicit: a file object has no
+        # extension for matplotlib to go by.
+        fmt = os.path.splitext(path)[1].lower()[1:]
+
+        def save(f: Any) -> None:
+            fig.savefig(f, format=fmt, dpi=SAVE_DPI, bbox_inches="tight")
+
+        write_atomic(path, save, what="`path`")
     return fig

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .._io import Outputs
+
 PROG = "python -m usl_fast.distributed"
 
 
@@ -80,16 +82,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.output)
         if out.suffix != ".npy":
             raise ValueError(f"-o/--output must end in .npy (got {args.output})")
-        if out.exists() and not args.force:
-            raise ValueError(f"{out} exists (pass --force to overwrite it)")
         if args.timeout <= 0:
             raise ValueError(f"--timeout must be > 0 seconds (got {args.timeout})")
         if not Path(args.features).is_file():
             raise ValueError(f"FEATS.npy: no such file: {args.features}")
-        if not out.parent.is_dir():
-            raise ValueError(f"-o/--output: no such directory: {out.parent}")
-        if not os.access(out.parent, os.W_OK):
-            raise ValueError(f"-o/--output: cannot write in {out.parent}")
+        # Before any work, on every rank (each reports it and exits 1): the directory
+        # exists and accepts files, no symbolic link or directory at OUT, no existing
+        # file without --force. Rank 0 writes through a temporary file and a rename.
+        outs = Outputs(force=args.force, inputs=[args.features, args.labeled])
+        outs.check(args.output, "-o/--output")
         _init(args.timeout)
         import torch.distributed as dist
 
@@ -115,16 +116,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             **kw,
         )
         if rank == 0:
-            np.save(out, np.asarray(idx, np.int64))
+            picks = np.asarray(idx, np.int64)
+            with outs:
+                outs.stage(args.output, lambda f: np.save(f, picks, allow_pickle=False))
+                outs.commit()
             print(f"{PROG}: {len(idx)} picks from {dist.get_world_size()} ranks -> {out}")
         dist.destroy_process_group()
         return 0
     except KeyboardInterrupt:
-        print(f"{PROG}: rank {rank}: interrupted", file=sys.stderr)
+        _say(f"{PROG}: rank {rank}: interrupted")
         return 130
     except Exception as exc:  # every rank reports and exits 1; no traceback for users
-        print(f"{PROG}: rank {rank}: error: {exc}", file=sys.stderr)
+        _say(f"{PROG}: rank {rank}: error: {exc}")
         return 1
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr as ONE write of the line and its newline. print() writes the
+    text and the newline separately, and stderr writes through, so the ranks' lines
+    interleaved ("...nope.npypython -m ..."); one write(2) of up to PIPE_BUF (4096) bytes
+    to a pipe is atomic, and the text is on one line."""
+    data = (" ".join(line.split()) + "\n").encode("utf-8", "replace")
+    try:
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), data)
+    except (AttributeError, OSError, ValueError):  # stderr replaced (no file descriptor)
+        sys.stderr.write(data.decode("utf-8"))
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":
