@@ -48,26 +48,38 @@ def run(
     ctl = np.zeros(4, dtype=np.int64)
     last_control = ctl
     box: dict = {}
+    finished = threading.Event()
 
     def work() -> None:
         try:
             box["value"] = fn(*args, ctl, *extra)
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
+        finally:
+            # Set once the engine has returned: from here on this thread runs no C++.
+            finished.set()
 
     # The work runs in a worker thread so that the caller's thread stays free to receive
     # Ctrl-C (and to draw the bar); it gets the thread count resolved in the caller's thread.
-    worker = threading.Thread(target=work, name=f"usl_fast:{desc}", daemon=True)
+    # Not a daemon: should anything unwind the caller past the wait below, interpreter exit
+    # still waits for the engine (which the cancel flag stops within one work unit) instead
+    # of tearing the thread down inside C++, which aborts the process.
+    worker = threading.Thread(target=work, name=f"usl_fast:{desc}", daemon=False)
     bar = None
     worker.start()
     try:
-        while worker.is_alive():
-            worker.join(timeout=0.1)
+        # An Event, not Thread.join: on CPython < 3.12 a join interrupted by Ctrl-C can mark
+        # the thread as stopped while it still runs (bpo-45274's fix releases the thread's
+        # lock), so a second join returns at once and the process could exit with the engine
+        # still inside C++ ("terminate called without an active exception").
+        while not finished.wait(0.1):
             if progress:
                 bar = _update(bar, ctl, desc, unit)
-    except KeyboardInterrupt:
+    except BaseException:
+        # Ctrl-C (or anything else raised in this thread): stop the engine, then wait for it
+        # however many more Ctrl-C arrive (it stops within one tile), then re-raise.
         ctl[2] = 1
-        worker.join()
+        _wait_out(finished)
         if bar is not None:
             bar.close()
         raise
@@ -76,8 +88,26 @@ def run(
     if bar is not None:
         bar.close()
     if "error" in box:
-        raise box["error"]
+        exc = box["error"]
+        if isinstance(exc, MemoryError) and not str(exc).startswith("usl_fast"):
+            # The engine's own text says how much it could not get; add which op it was.
+            raise MemoryError(f"usl_fast: {desc or fn.__name__}: {exc}") from None
+        raise exc
     return box.get("value")
+
+
+def _wait_out(finished: threading.Event) -> None:
+    """Wait until ``finished`` is set; a KeyboardInterrupt meanwhile is held back and
+    raised again once it is (the cancelled engine returns within one work unit)."""
+    interrupted = None
+    while True:
+        try:
+            if finished.wait(0.1):
+                break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def bar(desc: str, total: int, units: str) -> Any:
