@@ -4,6 +4,7 @@
 // Arrays are borrowed for the duration of the call (the caller's references keep them
 // alive); views are built with the GIL held and the work runs without it.
 #include <omp.h>
+#include <pthread.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -87,9 +88,22 @@ Context context(int threads, py::handle ctl) {
   return c;
 }
 
+// fork(): libgomp keeps each master thread's pool of worker threads in that thread's
+// thread-local state. A child forked after the engine ran on the forking thread inherits the
+// pool's bookkeeping but none of its threads, so its next parallel region waits forever at a
+// barrier for workers that do not exist (or frees memory those threads owned). Before every
+// fork, release the forking thread's pool (OpenMP 5.0's omp_pause_resource_all, which libgomp
+// and LLVM's libomp implement for the host); the parent rebuilds it on its next parallel
+// region, at the cost of starting its threads again. Pools of other threads are unreachable
+// in the child (their threads are gone with them), so they need nothing.
+void release_openmp_pool_before_fork() { omp_pause_resource_all(omp_pause_hard); }
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
+  // Registered once per process (module initialisation runs once).
+  if (pthread_atfork(release_openmp_pool_before_fork, nullptr, nullptr) != 0)
+    throw std::runtime_error("usl_fast._cpu: pthread_atfork failed");
   m.doc() = "usl_fast CPU engine: one tiled distance driver, exact distances, epilogues";
   py::register_exception_translator([](std::exception_ptr p) {
     try {
