@@ -5,6 +5,7 @@
 #include <cblas.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -541,19 +542,26 @@ void set_alloc_limit(int64_t bytes) {
   g_used.store(0);
 }
 
+OutOfMemory::OutOfMemory(size_t bytes) {
+  std::snprintf(msg_, sizeof msg_,
+                "the engine could not allocate %.3g GiB (%zu bytes) more: the process is at "
+                "the memory it may use (RAM, RLIMIT_AS or its cgroup's memory.max)",
+                static_cast<double>(bytes) / 1073741824.0, bytes);
+}
+
 void* checked_alloc(size_t bytes) {
   const int64_t limit = g_limit.load(std::memory_order_relaxed);
   if (limit >= 0) {
     const int64_t now = g_used.fetch_add(static_cast<int64_t>(bytes)) + static_cast<int64_t>(bytes);
     if (now > limit) {
       g_used.fetch_sub(static_cast<int64_t>(bytes));
-      throw std::bad_alloc();
+      throw OutOfMemory(bytes);
     }
   }
   void* p = std::malloc(bytes ? bytes : 1);
   if (!p) {
     if (limit >= 0) g_used.fetch_sub(static_cast<int64_t>(bytes));
-    throw std::bad_alloc();
+    throw OutOfMemory(bytes);
   }
   return p;
 }

@@ -33,7 +33,19 @@ inline idx_t num_tiles(idx_t n) { return (n + kTile - 1) / kTile; }
 // Memory: every buffer whose size grows with the input goes through checked_alloc, which
 // honours a test-only budget (set_alloc_limit) so tests can inject an allocation failure
 // anywhere, inside OpenMP regions included.
-void* checked_alloc(size_t bytes);
+void* checked_alloc(size_t bytes);  // throws OutOfMemory
+
+// A failed engine allocation, naming its size; pybind11 turns any std::bad_alloc into
+// MemoryError with what() as its message. The text is formatted into the object itself
+// because there may be no memory left to allocate a string.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  explicit OutOfMemory(size_t bytes);
+  const char* what() const noexcept override { return msg_; }
+
+ private:
+  char msg_[200];
+};
 void checked_free(void* p, size_t bytes) noexcept;
 void set_alloc_limit(int64_t bytes);  // < 0: no limit
 
