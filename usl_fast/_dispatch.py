@@ -14,12 +14,11 @@ device, the same definitions) before reaching here. The op names and arguments a
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import numpy as np
 
-from . import _progress
+from . import _memory, _progress
 from ._backend import _cpu
 
 #: Squared distance the reference substitutes for a masked entry (it still adds far^-alpha).
@@ -29,6 +28,11 @@ FAR = 1e10
 MIN_MEAN_DIST = 1e-12
 
 
+#: Multiply-adds (rows x centroids x d) below which a k-means assign runs in the caller's
+#: thread instead of a cancellable worker thread (a few milliseconds of work at most).
+INLINE_ASSIGN_WORK = 1 << 26
+
+
 def resolve_threads(threads: Optional[int]) -> int:
     """``threads`` if given, else the OpenMP setting of the calling thread (what
     ``threadpoolctl.threadpool_limits``, ``omp_set_num_threads`` or ``OMP_NUM_THREADS`` set)."""
@@ -36,28 +40,31 @@ def resolve_threads(threads: Optional[int]) -> int:
 
 
 def available_memory() -> Optional[int]:
-    """Bytes the OS says a new allocation can use (MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
+    """Bytes a new allocation can take under the tightest limit that applies now
+    (RLIMIT_AS / RLIMIT_DATA, the cgroup's memory limit, MemAvailable: ``_memory``), or
+    None if none is known."""
+    found = _memory.limits()
+    return min(lim.free for lim in found) if found else None
 
 
-def check_memory(nbytes: float, what: str) -> None:
-    """Raise MemoryError naming the sizes when ``nbytes`` more cannot fit, before allocating."""
-    avail = available_memory()
-    if avail is not None and nbytes > avail:
-        raise MemoryError(
-            f"usl_fast: {what} needs about {nbytes / 2**30:.2f} GiB, but only "
-            f"{avail / 2**30:.2f} GiB of memory is available"
-        )
+def check_memory(nbytes: float, what: str, threads: int = 0, per_thread: float = 0.0) -> None:
+    """Raise MemoryError naming the sizes and the limit when an op cannot fit, before it
+    allocates anything.
+
+    Parameters
+    ----------
+    nbytes : float
+        The arrays the op allocates: its outputs and the engine's buffers sized by the input.
+    what : str
+        What they are, for the message ("the kNN lists (q x k) ...").
+    threads : int
+        OpenMP threads the op runs (0: none). Each adds the engine's own per-thread buffers
+        (``_memory.ENGINE_THREAD_BYTES``), ``per_thread``, OpenBLAS's buffer where the tile
+        GEMM is OpenBLAS, and, against the address-space limits, its stack and malloc arena.
+    per_thread : float
+        Further bytes each thread allocates (e.g. its candidate buffers).
+    """
+    _memory.check(_memory.Estimate(float(nbytes), int(threads), float(per_thread)), what)
 
 
 def reservoir_bytes_per_row(k: int) -> float:
@@ -66,23 +73,36 @@ def reservoir_bytes_per_row(k: int) -> float:
     return 8.0 * (2 * k + 16) + 8.0
 
 
-def knn_reservoir_bytes(n: int, k: int, max_reservoir_bytes: float) -> float:
-    """Bytes of candidate buffers the self kNN pass keeps (all rows, or per thread past
-    the budget)."""
+def topk_buffers(
+    n: int, k: int, self_pass: bool, max_reservoir_bytes: float
+) -> Tuple[float, float]:
+    """(bytes shared by the threads, bytes per thread) of the candidate buffers of a top-k
+    pass over n base rows: the symmetric self pass keeps every row's buffer
+    (``reservoir_bytes_per_row``) and its sampled bound (4 bytes a row), while the query
+    pass (queries, or a self pass past ``max_reservoir_bytes``) keeps a 256-row buffer per
+    thread; each thread also holds k keys to finish a row. (The norms: ``_norm_bytes``.)"""
     per_row = reservoir_bytes_per_row(k)
-    if n * per_row <= max_reservoir_bytes:
-        return n * per_row
-    return 256 * per_row * max(1, os.cpu_count() or 1)
+    if self_pass and n * per_row <= max_reservoir_bytes:
+        return n * per_row + 4.0 * n, 8.0 * k
+    return 0.0, 256 * per_row + 8.0 * k
+
+
+def _norm_bytes(*rows: int) -> float:
+    """The engine's squared norms of each side (4 bytes a row) and the AMX filter's
+    centred norms (4 more)."""
+    return 8.0 * sum(rows)
 
 
 def row_norms(x: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
     th = resolve_threads(threads)
+    check_memory(4.0 * x.shape[0], f"the squared norms of {x.shape[0]} rows", th)
     out = np.empty(x.shape[0], np.float32)
     _cpu.row_norms(x, out, th, None)
     return out
 
 
 def exact_l2_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    check_memory(4.0 * a.shape[0], f"the distances of {a.shape[0]} row pairs")  # one thread
     out = np.empty(a.shape[0], np.float32)
     _cpu.exact_l2_pairs(a, b, out)
     return out
@@ -101,15 +121,18 @@ def knn(
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(distances, indices) of the k nearest; ``indices=False``: distances only (None for
     the indices, and 8 bytes a list entry less)."""
-    rows = x.shape[0] if queries is None else queries.shape[0]
-    # + 4 bytes a row on each side: the filter's norms of the centred rows (AMX)
-    check_memory(
-        rows * k * (12 if indices else 4)
-        + 4 * (rows + x.shape[0])
-        + knn_reservoir_bytes(x.shape[0], k, max_reservoir_bytes),
-        f"the kNN lists ({rows} x {k}) and their candidate buffers",
-    )
+    n = x.shape[0]
+    rows = n if queries is None else queries.shape[0]
     th = resolve_threads(threads)
+    shared, per_thread = topk_buffers(n, k, queries is None, max_reservoir_bytes)
+    check_memory(
+        rows * k * (12.0 if indices else 4.0)
+        + shared
+        + _norm_bytes(n, 0 if queries is None else rows),
+        f"the kNN lists ({rows} x {k}) and their candidate buffers",
+        th,
+        per_thread,
+    )
     dist = np.empty((rows, k), np.float32)
     idx = np.empty((rows, k), np.int64) if indices else None
     _progress.run(
@@ -137,11 +160,14 @@ def knn_density(
     max_reservoir_bytes: float = _cpu.DEFAULT_MAX_RESERVOIR_BYTES,
 ) -> np.ndarray:
     n = x.shape[0]
-    check_memory(
-        n * 8 + knn_reservoir_bytes(n, k, max_reservoir_bytes),
-        f"the kNN density of {n} points (k={k}: candidate buffers)",
-    )
     th = resolve_threads(threads)
+    shared, per_thread = topk_buffers(n, k, True, max_reservoir_bytes)
+    check_memory(
+        4.0 * n + shared + _norm_bytes(n),
+        f"the kNN density of {n} points (k={k}: candidate buffers)",
+        th,
+        per_thread,
+    )
     out = np.empty(n, np.float32)
     _progress.run(
         _cpu.knn_density,
@@ -165,11 +191,24 @@ def assign(
     x_norms: Optional[np.ndarray] = None,
 ):
     th = resolve_threads(threads)
+    n, K = x.shape[0], centroids.shape[0]
+    check_memory(
+        8.0 * n + _norm_bytes(n, K),
+        f"the assignment of {n} points to {K} centroids",
+        th,
+    )
     labels = np.empty(x.shape[0], np.int32)
     dist = np.empty(x.shape[0], np.float32)
-    # One k-means iteration: run in the caller's thread (the Lloyd loop is in Python, so
-    # Ctrl-C lands between iterations) and skip a thread start per iteration.
-    _cpu.assign(x, x_norms, centroids, labels, dist, th, None)
+    # One k-means iteration. A large one runs in a worker thread with the cancel slot like
+    # every long op: a single assign can take seconds (100,000 x 256 against 10,000
+    # centroids: about 13 s on 2 cores), and Ctrl-C must stop it inside the pass. A small one
+    # (a few milliseconds at most) runs in the caller's thread, where Ctrl-C lands right
+    # after it, and skips the worker thread's start (about 0.3 ms, 5x a 2,000 x 32 x 20
+    # assign).
+    if x.shape[0] * centroids.shape[0] * x.shape[1] < INLINE_ASSIGN_WORK:
+        _cpu.assign(x, x_norms, centroids, labels, dist, th, None)
+    else:
+        _progress.run(_cpu.assign, x, x_norms, centroids, labels, dist, th, desc="k-means assign")
     return labels, dist
 
 
@@ -190,6 +229,11 @@ def segment_sum(
     visit only these rows, in that order (e.g. the block's members, sorted by label then
     row); counts are of the rows visited."""
     th = resolve_threads(threads)
+    check_memory(
+        8.0 * K + (0.0 if sums is not None else 8.0 * K * x.shape[1]),
+        f"the member sums of {K} clusters x {x.shape[1]} coordinates (float64)",
+        th,
+    )
     counts = np.empty(K, np.int64)
     hi = K if c_hi is None else int(c_hi)
     accumulate = sums is not None
@@ -213,11 +257,13 @@ def knn_cross(
     """Both sides of the block a x b: ((na, k), (nb, k)) float32 ascending exact distances,
     +inf past what was kept; ``*_start``: per-row bounds beyond which nothing is needed."""
     na, nb = a.shape[0], b.shape[0]
-    check_memory(
-        (na + nb) * (k * 4 + reservoir_bytes_per_row(k)),
-        f"a {na} x {nb} kNN block (k={k}: lists and candidate buffers)",
-    )
     th = resolve_threads(threads)
+    check_memory(
+        (na + nb) * (k * 4.0 + reservoir_bytes_per_row(k)) + _norm_bytes(na, nb),
+        f"a {na} x {nb} kNN block (k={k}: lists and candidate buffers)",
+        th,
+        8.0 * k,
+    )
     out_a = np.empty((na, k), np.float32)
     out_b = np.empty((nb, k), np.float32)
     _progress.run(
@@ -246,6 +292,11 @@ def min_update(
     threads: Optional[int],
 ) -> None:
     th = resolve_threads(threads)
+    check_memory(
+        _norm_bytes(x.shape[0], centers.shape[0]),
+        f"the nearest of {centers.shape[0]} centers for {x.shape[0]} points",
+        th,
+    )
     _progress.run(_cpu.min_update, x, centers, int(arg_offset), mind, arg, th, desc="min-update")
 
 
@@ -253,6 +304,10 @@ def range_count(
     queries: np.ndarray, base: np.ndarray, radius: float, threads: Optional[int], progress: bool
 ) -> np.ndarray:
     th = resolve_threads(threads)
+    q = queries.shape[0]
+    check_memory(
+        8.0 * q + _norm_bytes(q, base.shape[0]), f"the range counts of {q} queries", th
+    )
     out = np.empty(queries.shape[0], np.int64)
     # Distances are float32: E <= radius iff E <= the largest float32 <= radius.
     _progress.run(
@@ -289,9 +344,13 @@ def range_search(
             f"point), more than `max_edges`={max_edges:,}: use a smaller radius or raise max_edges "
             f"(memory: 4 bytes a pair)"
         )
-    check_memory(4.0 * total, f"the neighbour list of {total:,} pairs")
-    out = np.empty(total, np.int32)
     th = resolve_threads(threads)
+    check_memory(
+        4.0 * total + _norm_bytes(queries.shape[0], base.shape[0]),
+        f"the neighbour list of {total:,} pairs",
+        th,
+    )
+    out = np.empty(total, np.int32)
     _progress.run(
         _cpu.range_search,
         queries,
@@ -336,6 +395,14 @@ def regularizer(
     desc: str = "regularizer",
 ) -> np.ndarray:
     th = resolve_threads(threads)
+    n, m = x.shape[0], picks.shape[0]
+    check_memory(
+        8.0 * n + _norm_bytes(n, m),
+        f"the regularizer of {n} points and {m} picks",
+        th,
+        # the top-h epilogue (horizon_num > 0): a 256-row candidate buffer per thread
+        256 * reservoir_bytes_per_row(horizon_num) + 8.0 * horizon_num if horizon_num else 0.0,
+    )
     out = np.empty(x.shape[0], np.float64)
     _progress.run(
         _cpu.regularizer,
@@ -359,6 +426,7 @@ def regularizer(
 def segment_argmax(
     density: np.ndarray, reg: Optional[np.ndarray], weight: float, labels: np.ndarray, K: int
 ) -> np.ndarray:
+    check_memory(16.0 * K, f"the best member of each of {K} clusters")  # one thread
     out = np.empty(K, np.int64)
     _cpu.segment_argmax(density, reg, float(weight), labels, int(K), out)
     return out
@@ -368,6 +436,8 @@ def kmeanspp_init(
     x: np.ndarray, K: int, seed: int, threads: Optional[int], progress: bool = False
 ) -> np.ndarray:
     th = resolve_threads(threads)
+    # the engine's running minimum (float64) and taken flag per row, and the K picks
+    check_memory(9.0 * x.shape[0] + 8.0 * K, f"k-means++ seeding of {K} centers", th)
     out = np.empty(K, np.int64)
     _progress.run(
         _cpu.kmeanspp_init,
