@@ -145,5 +145,19 @@ def _say(line: str) -> None:
         sys.stderr.flush()
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``. After a failure the process group may be broken (a peer died
+    with sends and receives posted to it), and tearing it down at interpreter exit can
+    abort the process inside gloo's destructors instead of exiting with ``code``. The
+    message is printed and no output is half-written, so leave without running them."""
+    if code == 0:
+        sys.exit(0)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
