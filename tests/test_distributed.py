@@ -122,6 +122,16 @@ def job_nan_rows(rank, P):
     return ud.select(x, 12, k=10, threads=1)
 
 
+def job_nan_in_a_later_shard(rank, P):
+    # P = 3, shards of 1, 299 and 200 rows: rank 2's local row 15 is row 315 of the data.
+    import usl_fast.distributed as ud
+
+    x = _shard(blobs(), SPLITS[P][0], rank).copy()
+    if rank == 2:
+        x[15, 4] = np.nan
+    return ud.select(x, 12, k=10, threads=1)
+
+
 def job_different_m(rank, P):
     import usl_fast.distributed as ud
 
@@ -164,6 +174,7 @@ JOBS = {
         job_exit_in_kmeans,
         job_disagree_columns,
         job_nan_rows,
+        job_nan_in_a_later_shard,
         job_different_m,
         job_different_files,
         job_bad_threads,
@@ -325,6 +336,16 @@ def test_a_rank_with_bad_rows_fails_every_rank(tmp_path):
     assert res[0][:2] == ("error", "ValueError") and "NaN" in res[0][2]
     assert res[1][:2] == ("error", "DistributedError")
     assert "rank 0 rejected its arguments" in res[1][2] and "NaN" in res[1][2]
+
+
+def test_a_bad_row_is_named_by_its_global_index(tmp_path):
+    # Named by the row of the whole data (the file), not of the rank's shard.
+    res = spawn(tmp_path, 3, "job_nan_in_a_later_shard")
+    assert res[2][:2] == ("error", "ValueError")
+    assert "first at row 315 (local row 15), column 4" in res[2][2], res[2]
+    for r in (0, 1):
+        assert res[r][:2] == ("error", "DistributedError")
+        assert "rank 2 rejected its arguments" in res[r][2] and "row 315" in res[r][2]
 
 
 def test_ranks_called_with_different_arguments_fail(tmp_path):

@@ -96,10 +96,13 @@ def test_dtype_that_cannot_convert(usl, no_engine, bad):
         usl.select(bad, 1)
 
 
-def test_torch_integer_tensor_rejected(usl, no_engine):
+def test_torch_bool_tensor_rejected(usl, no_engine):
+    # Integer tensors are accepted like numpy integers (tests/test_messages.py); booleans
+    # and complex numbers are not numbers to measure distances between.
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="`features` must hold floating-point"):
-        usl.knn(torch.zeros((5, 2), dtype=torch.int64), 1)
+    for dtype in (torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match="`features` must be a real numeric array"):
+            usl.knn(torch.zeros((5, 2), dtype=dtype), 1)
 
 
 # --------------------------------------------------------------------------- m, k, counts

@@ -42,6 +42,29 @@ def point_sets(draw, max_n=70, max_d=20, scales=(1e-30, 1e-3, 1.0, 1e3, 1e15)):
     return x
 
 
+def below_public_scale(x) -> bool:
+    """Rows the public functions refuse as too small (largest squared norm in (0, 2**-60):
+    usl_fast._validate.MIN_SQUARED_NORM). The engine must still be exact on them: data at
+    unit scale has near-duplicate pairs at such distances."""
+    top = float(np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64)).max())
+    return 0.0 < top < usl_fast._validate.MIN_SQUARED_NORM
+
+
+def knn_any_scale(x, k, queries=None):
+    """usl_fast.knn, or the engine's kNN directly where the public function refuses the
+    scale."""
+    if below_public_scale(x):
+        return _dispatch.knn(np.ascontiguousarray(x), k, queries, None, False)
+    return usl_fast.knn(x, k, queries=queries)
+
+
+def range_count_any_scale(x, radius):
+    if below_public_scale(x):
+        x = np.ascontiguousarray(x)
+        return _dispatch.range_count(x, x, float(radius), None, False)
+    return usl_fast.range_count(x, radius)
+
+
 # --------------------------------------------------------------------------- the kernel
 
 
@@ -200,7 +223,7 @@ def test_kernel_symmetry_and_zero():
 def test_knn_equals_exact_oracle(x, data):
     n = x.shape[0]
     k = data.draw(st.integers(1, n - 1))
-    dist, idx = usl_fast.knn(x, k)
+    dist, idx = knn_any_scale(x, k)
     want_d, want_i = oracles.knn_exact(x, k)
     np.testing.assert_array_equal(idx, want_i)
     np.testing.assert_array_equal(dist.view(np.int32), want_d.view(np.int32))
@@ -209,7 +232,7 @@ def test_knn_equals_exact_oracle(x, data):
     D = oracles.exact_l2(x, x)
     assert np.array_equal(D, D.T)
     q = x[: max(1, n // 3)]
-    qd, qi = usl_fast.knn(x, k, queries=q)
+    qd, qi = knn_any_scale(x, k, queries=np.ascontiguousarray(q))
     wd, wi = oracles.knn_exact(x, k, queries=q)
     np.testing.assert_array_equal(qi, wi)
     np.testing.assert_array_equal(qd.view(np.int32), wd.view(np.int32))
@@ -392,7 +415,7 @@ def test_range_count_equals_exact_oracle(x, data):
     # radii at exact distance values (the boundary is inclusive) and in between
     r = float(data.draw(st.sampled_from(sorted(set(D.ravel().tolist())))))
     for radius in (r, float(np.nextafter(np.float32(r), np.float32(np.inf))), 0.0, r * (1 + 1e-9)):
-        got = usl_fast.range_count(x, radius)
+        got = range_count_any_scale(x, radius)
         np.testing.assert_array_equal(got, (D.astype(np.float64) <= radius).sum(1))
 
 
@@ -404,11 +427,22 @@ def test_subnormal_products_keep_every_pair_in_range_and_horizon(scale):
     x = (rng.standard_normal((64, 12)) * scale).astype(np.float32)
     x[10] = x[3]
     D = oracles.exact_l2(x, x)
-    np.testing.assert_array_equal(usl_fast.range_count(x, 0.0), (D <= 0).sum(1))
+    np.testing.assert_array_equal(range_count_any_scale(x, 0.0), (D <= 0).sum(1))
     labels = np.arange(64) % 4
     picks = np.array([3, 20, 41])
     h = float(np.sort(D[0])[5])
-    reg = usl_fast.regularizer(x, labels, picks, horizon_dist=h, own_cluster="none", alpha=1.0)
+    # The engine directly: usl_fast.regularizer refuses rows this small (2**-60 bound).
+    reg = _dispatch.regularizer(
+        x,
+        np.ascontiguousarray(x[picks]),
+        labels.astype(np.int32),
+        np.full(picks.size, -1, np.int32),
+        1.0,
+        h,
+        0,
+        False,
+        None,
+    )
     Dp = oracles.exact_l2(x, x[picks]).astype(np.float64)
     with np.errstate(divide="ignore"):
         terms = np.where(Dp >= h, 1.0 / oracles.FAR, 1.0 / Dp)
@@ -462,12 +496,16 @@ def test_tiny_subnormal_and_zero_magnitudes(scale):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((120, 5)) * scale).astype(np.float32)
     x[::7] = -0.0
-    d, i = usl_fast.knn(x, 10)
+    d, i = knn_any_scale(x, 10)
     wd, wi = oracles.knn_exact(x, 10)
     np.testing.assert_array_equal(i, wi)
     np.testing.assert_array_equal(d, wd)
-    picks = usl_fast.select(x, 6, k=10, kmeans_iter=5, rounds=2)
-    assert len(np.unique(picks)) == 6
+    if scale == 0.0:  # every row zero: duplicates, a legitimate input
+        picks = usl_fast.select(x, 6, k=10, kmeans_iter=5, rounds=2)
+        assert len(np.unique(picks)) == 6
+    else:  # squared distances below float32's normal range: refused, not silently tied
+        with pytest.raises(ValueError, match="too small in magnitude"):
+            usl_fast.select(x, 6, k=10, kmeans_iter=5, rounds=2)
 
 
 def test_smallest_sizes():
@@ -556,9 +594,14 @@ def test_reservoir_formula_matches_the_engine():
 
 
 def test_memory_estimate_is_checked_before_allocating(monkeypatch, no_engine):
+    from usl_fast import _memory
+
     x = _unit_with_dups(500, 8, 1)
-    monkeypatch.setattr(_dispatch, "available_memory", lambda: 1000)
-    with pytest.raises(MemoryError, match=r"needs about .* GiB, but only .* GiB"):
+    tight = [_memory.Limit("MemAvailable", 1000, "test", False)]
+    monkeypatch.setattr(_memory, "rlimit_limits", lambda: [])
+    monkeypatch.setattr(_memory, "touched_limits", lambda: tight)
+    monkeypatch.setattr(_memory, "SMALL_BYTES", 0)
+    with pytest.raises(MemoryError, match=r"would need about .*B \(.*\), but only .*B is"):
         usl_fast.density(x, 20)
     with pytest.raises(MemoryError, match="kNN lists"):
         usl_fast.knn(x, 20)

@@ -140,8 +140,12 @@ def test_device_path_checks_its_input(monkeypatch):
     x[17, 2] = float("nan")
     with pytest.raises(ValueError, match="row 17"):
         usl_fast.select(x, 3, k=5)
-    with pytest.raises(TypeError, match="floating-point"):
-        usl_fast.select(torch.ones((10, 3), dtype=torch.int64), 3, k=5)
+    with pytest.raises(TypeError, match="must be a real numeric array"):
+        usl_fast.select(torch.ones((10, 3), dtype=torch.bool), 3, k=5)
+    # integers are accepted, as on the CPU path (README: "or integers")
+    a = np.random.default_rng(0).integers(0, 9, (60, 3))
+    got = usl_fast.select(torch.from_numpy(a), 3, k=5, weight=0.0)
+    np.testing.assert_array_equal(got.numpy(), usl_fast.select(a, 3, k=5, weight=0.0))
     with pytest.raises(ValueError, match="kmeans_init"):
         usl_fast.select(torch.from_numpy(unit(50, 4)), 3, k=5, kmeans_init="k-means++")
     with pytest.raises(ValueError, match="`m`"):

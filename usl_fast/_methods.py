@@ -21,6 +21,7 @@ from ._validate import (
     as_float,
     as_int,
     as_interval,
+    as_seed,
     threads_arg,
 )
 
@@ -66,11 +67,13 @@ def as_labeled(labeled: Any, n: int) -> np.ndarray:
 
 
 def prepare_round(
-    X: Any, m: Any, labeled: Any, name: str
+    X: Any, m: Any, labeled: Any, name: str, normalize: bool = False
 ) -> Tuple[np.ndarray, Any, np.ndarray, int]:
     """The checks every selection starts with: (float32 features, converter back to the
-    caller's library, labeled indices, m), m at most the number of unlabeled points."""
-    x, back = as_features(X, name)
+    caller's library, labeled indices, m), m at most the number of unlabeled points.
+    ``normalize``: the rows will be L2-normalised before any distance (so their scale is
+    not checked)."""
+    x, back = as_features(X, name, check_scale=not normalize)
     lab, m = round_budget(x.shape[0], m, labeled)
     return x, back, lab, m
 
@@ -169,7 +172,8 @@ class Selector:
         """Choose ``m`` new points of ``X`` to label; ``labeled``: indices labeled in
         earlier rounds (never returned again). Returns self."""
         t_start = time.perf_counter()
-        x, back, lab, m = prepare_round(X, m, labeled, "X")
+        norm = getattr(self, "normalize", False) is True  # validated by _validate below
+        x, back, lab, m = prepare_round(X, m, labeled, "X", normalize=norm)
         n = x.shape[0]
         self._validate(n)
         if getattr(self, "normalize", False):
@@ -203,7 +207,7 @@ class Selector:
 
 
 def _seed(v: Any) -> int:
-    return as_int(v, "seed", 0)
+    return as_seed(v)
 
 
 # ---------------------------------------------------------------------------------------
@@ -540,16 +544,17 @@ def probcover_delta(
     of candidates: the largest one that passes (purity falls as delta grows, so scanning
     up to the first failure gives the same). Memory O(n); one pass over all pairs.
     """
-    x, _ = as_features(X, "X")
+    norm = as_bool(normalize, "normalize")
+    x, _ = as_features(X, "X", check_scale=not norm)
     n = x.shape[0]
-    if as_bool(normalize, "normalize"):
+    if norm:
         x = unit_rows(x)
     alpha = as_interval(alpha, "alpha", 0.0, 1.0, open_low=True)
     if labels is None:
         if n_classes is None:
             raise ValueError("give `n_classes` (k-means pseudo-labels) or `labels`")
         K = as_int(n_classes, "n_classes", 2, n, f" = number of points n={n}")
-        cent = _ops.initial_rows(x, K, "k-means++", as_int(seed, "seed", 0), threads, False)
+        cent = _ops.initial_rows(x, K, "k-means++", as_seed(seed), threads, False)
         lab, _, _, _ = _ops.lloyd(x, cent, as_int(kmeans_iter, "kmeans_iter", 1), threads=threads)
     else:
         from ._validate import as_labels

@@ -15,12 +15,14 @@ from . import _dispatch, _progress
 from ._backend import _cpu
 from ._dispatch import FAR, MIN_MEAN_DIST
 from ._validate import (
+    MAX_ROWS,
     _is_torch,
     _to_torch,
     as_features,
     as_float,
     as_int,
     as_labels,
+    as_seed,
     as_vector,
     threads_arg,
 )
@@ -174,7 +176,7 @@ def kmeans(
     n, d = x.shape
     K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")
     n_iter = as_int(n_iter, "n_iter", 1)
-    seed = as_int(seed, "seed", 0)
+    seed = as_seed(seed)
     threads_arg(threads)
     if isinstance(init, str):
         if init not in ("random", "k-means++"):
@@ -412,7 +414,11 @@ def regularizer(
         if horizon_dist is None
         else as_float(horizon_dist, "horizon_dist", 0.0, allow_inf=True)
     )
-    hn = 0 if horizon_num is None else as_int(horizon_num, "horizon_num", 1)
+    hn = (
+        0
+        if horizon_num is None
+        else as_int(horizon_num, "horizon_num", 1, MAX_ROWS, " = 2**31 - 1")
+    )
     threads_arg(threads)
     pts = np.ascontiguousarray(x[p])
     out = _dispatch.regularizer(x, pts, lab, tag, alpha, hd, hn, bool(mask_zero), threads)

@@ -11,7 +11,18 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from . import _dispatch, _ops, _progress
-from ._validate import as_bool, as_features, as_float, as_int, as_labels, as_vector, threads_arg
+from ._backend import _cpu
+from ._validate import (
+    MAX_ROWS,
+    as_bool,
+    as_features,
+    as_float,
+    as_int,
+    as_labels,
+    as_seed,
+    as_vector,
+    threads_arg,
+)
 
 
 class _FromPreset:
@@ -183,7 +194,8 @@ def _check_reg_params(p: Dict[str, Any], n: int) -> Dict[str, Any]:
     if p["horizon_dist"] is not None:
         p["horizon_dist"] = as_float(p["horizon_dist"], "horizon_dist", 0.0, allow_inf=True)
     if p["horizon_num"] is not None:
-        p["horizon_num"] = as_int(p["horizon_num"], "horizon_num", 1)
+        # (the engine takes a 32-bit count; more than the picks means all of them)
+        p["horizon_num"] = as_int(p["horizon_num"], "horizon_num", 1, MAX_ROWS, " = 2**31 - 1")
     if p["horizon_dist"] is not None and p["horizon_num"] is not None:
         raise ValueError("give at most one of `horizon_dist` and `horizon_num`")
     if p["own_cluster"] not in ("position", "cluster", "none"):
@@ -492,12 +504,34 @@ def _usl_params(
     else:
         K = as_int(n_clusters, "n_clusters", m, n, f" = number of points n={n}")
     p["n_clusters"] = K
-    p["seed"] = as_int(seed, "seed", 0)
+    p["seed"] = as_seed(seed)
     if not (isinstance(kmeans_init, str) and kmeans_init in ("random", "k-means++")):
         raise ValueError(f"`kmeans_init` must be 'random' or 'k-means++' (got {kmeans_init!r})")
     p["kmeans_init"] = kmeans_init
     p = _check_reg_params(p, n)
     return p, K, given
+
+
+def _check_usl_memory(x: np.ndarray, k: int, K: int, threads: Optional[int]) -> None:
+    """The whole pipeline's peak against the memory limits, before the density pass: every
+    phase checks its own allocations too, but k-means' float64 sums (K x d) failing after
+    a long density pass would waste it. Beyond the features: the density pass (its output,
+    norms and candidate buffers, ``_dispatch.knn_density``), or afterwards the densities
+    kept (4 bytes a row) plus the larger of k-means (labels, distances, norms, the moved
+    search's temporaries: 48 bytes a row; sums, centroids and their previous copy: 16 K d)
+    and the selection rounds (labels, the regularizer, its blend, the scores: 44 bytes a
+    row)."""
+    n, d = x.shape
+    th = _dispatch.resolve_threads(threads)
+    shared, per_thread = _dispatch.topk_buffers(n, k, True, _cpu.DEFAULT_MAX_RESERVOIR_BYTES)
+    density_pass = 4.0 * n + shared + _dispatch._norm_bytes(n)
+    later = 4.0 * n + max(48.0 * n + 16.0 * K * d, 44.0 * n)
+    _dispatch.check_memory(
+        max(density_pass, later),
+        f"USL on {n} points (k={k}, {K} clusters: the peak of its phases)",
+        th,
+        per_thread,
+    )
 
 
 def _usl(
@@ -516,6 +550,8 @@ def _usl(
     rows = x if isinstance(x, _Rows) else _Rows(x, threads, progress)
     p, K, given = _usl_params(rows.n, m, fixed, seed=seed, **usl)
     threads_arg(threads)
+    if type(rows) is _Rows:  # this process holds every row (the others check per step)
+        _check_usl_memory(rows.x, p["k"], K, threads)
     _unit_norm_warning(rows, p, given)
 
     # x and every parameter are validated above: straight to the engine from here (the
@@ -660,8 +696,9 @@ def select(
         )
     from ._methods import prepare_round, unit_rows
 
-    x, back, fixed, m = prepare_round(features, m, labeled, "features")
-    if normalize is not None and as_bool(normalize, "normalize"):
+    norm = normalize is not None and as_bool(normalize, "normalize")
+    x, back, fixed, m = prepare_round(features, m, labeled, "features", normalize=norm)
+    if norm:
         x = unit_rows(x)
     res = _usl(x, m, fixed, seed=seed, threads=threads, progress=progress, **usl)
     if not return_info:

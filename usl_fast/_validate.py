@@ -7,25 +7,60 @@ argument, the value received and what is allowed.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Tuple
+import os
+from typing import Any, Optional, Tuple
 
 import numpy as np
+
+from . import _memory
 
 #: Largest squared row norm the engine accepts: 2**124 (~2.1e37), so that every norm sum,
 #: inner product and distance stays finite in float32 (|x| up to ~4.6e18).
 MAX_SQUARED_NORM = 2.0**124
+#: Smallest LARGEST squared row norm accepted (unless it is 0: every row zero, i.e. all
+#: duplicates). Why 2**-60 (~8.7e-19, |x| ~ 9.3e-10): exact_l2 (usl_fast/l2.hpp) sums
+#: exact float64 squares and rounds the sum once to float32, so a squared distance keeps
+#: its ~2-ulp accuracy only while it is at least float32's smallest normal, 2**-126;
+#: below that it loses bits, and below 2**-150 it is 0 and neighbours tie by index. For
+#: data whose largest squared row norm is M, the largest coordinate c has c**2 >= M / d,
+#: and two float32 values near c that differ at all differ by at least one ulp, > c 2**-24;
+#: so rows that differ at the data's own resolution are at squared distance > M 2**-48 / d,
+#: a normal float32 whenever M >= d 2**-78, i.e. for any d up to 2**18 coordinates when
+#: M >= 2**-60. Under it (the issue's x * 1e-30 has M ~ 2**-195), whole neighbourhoods
+#: collapse to 0 and the results silently follow row order. Multiplying by a power of two
+#: is exact in float32 and scales every squared distance by the same factor, so the fix
+#: the message suggests keeps every neighbour order.
+MIN_SQUARED_NORM = 2.0**-60
 #: Rows are indexed with int32 inside the engine.
 MAX_ROWS = 2**31 - 1
+#: Largest ``threads``: 1024, or four times the CPU count where that is larger. More is
+#: always a mistake (a typo, a bit pattern): OpenMP maps a stack per thread (8 MiB by
+#: default, 40 GB of address space for 5,000) and libgomp aborts the process when it
+#: cannot create one, instead of raising.
+MAX_THREADS = max(1024, 4 * (os.cpu_count() or 1))
+#: Seeds are 32-bit, what every generator behind ``seed`` takes: the reference's legacy
+#: ``numpy.random.seed`` (random_select), ``numpy.random.default_rng``, the engine's
+#: k-means++ (64-bit) and torch's.
+MAX_SEED = 2**32 - 1
 
 
-def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
+def as_features(
+    x: Any, name: str = "features", row_offset: int = 0, check_scale: bool = True
+) -> Tuple[np.ndarray, Any]:
     """Return (float32 2-D numpy array with contiguous, evenly spaced rows; a converter of
     results back to the caller's library).
 
-    No copy is made when the input already is float32 with contiguous rows (C-ordered,
-    a row-strided view, read-only or memory-mapped); anything else is converted once.
-    Errors: not 2-D or empty, non-numeric, NaN/inf, more than 2**31 - 1 rows, or a row whose
-    squared norm exceeds 2**124 (float32 distances would overflow), each naming the row.
+    No copy is made when the input already is aligned float32 with contiguous rows
+    (C-ordered, a row-strided view, read-only or memory-mapped); anything else (another
+    dtype, a column-major or unaligned array) is converted once, after checking that the
+    copy fits in memory. Errors: not 2-D or empty, non-numeric, NaN/inf, more than
+    2**31 - 1 rows, a row whose squared norm exceeds 2**124 (float32 distances would
+    overflow), each naming the row, or a largest squared row norm in (0, 2**-60) (squared
+    distances would underflow: ``MIN_SQUARED_NORM``).
+
+    ``row_offset``: the index of ``x``'s first row in the caller's numbering (a shard of a
+    file), added to the row an error names. ``check_scale=False`` skips the 2**-60 check,
+    for a caller that L2-normalises the rows before computing any distance.
     """
     to_caller = _identity
     if _is_torch(x):
@@ -39,11 +74,21 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
             )
         if x.requires_grad:
             x = x.detach()
-        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            raise TypeError(f"`{name}` must hold floating-point values (got torch dtype {x.dtype})")
-        if x.dtype == torch.bfloat16:
+        if x.dtype == torch.bool or x.dtype.is_complex:
+            raise TypeError(
+                f"`{name}` must be a real numeric array (float16/32/64 or integer), got torch "
+                f"dtype {x.dtype}"
+            )
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
             x = x.float()
-        arr = x.numpy()
+        try:
+            # Integer tensors become numpy integers, converted below like numpy input.
+            arr = x.numpy()
+        except TypeError as exc:  # a dtype numpy lacks (e.g. torch.uint32 on older numpy)
+            raise TypeError(
+                f"`{name}` has torch dtype {x.dtype}, which has no numpy equivalent: convert "
+                "it with .float() first"
+            ) from exc
         to_caller = _to_torch
     elif hasattr(x, "__cuda_array_interface__"):
         raise ValueError(
@@ -69,10 +114,44 @@ def as_features(x: Any, name: str = "features") -> Tuple[np.ndarray, Any]:
         raise ValueError(f"`{name}` must not be empty, got shape {arr.shape}")
     if n > MAX_ROWS:
         raise ValueError(f"`{name}` has {n} rows; at most {MAX_ROWS} (2**31 - 1) are supported")
+    src = arr
     if not _engine_layout(arr):
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-    _check_rows(arr, name)
+        # np.array, not np.ascontiguousarray: the latter returns a C-contiguous float32
+        # array as it is even when it is unaligned (np.memmap(..., offset=3)).
+        _memory.check(
+            _memory.Estimate(4.0 * n * d),
+            f"a float32 copy of `{name}` ({n} x {d}, {arr.dtype}"
+            f"{', unaligned' if not arr.flags.aligned else ''})",
+        )
+        arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+    top = _check_rows(arr, name, row_offset)
+    if top == 0.0 and src is not arr and np.any(src):
+        # Every value underflowed to 0 in the float32 conversion (float64 below ~1.4e-45):
+        # not the all-duplicates input an all-zero array is.
+        amax = float(np.max(np.abs(src)))
+        raise ValueError(
+            f"`{name}` is too small in magnitude: its largest absolute value {amax:.3g} "
+            "becomes 0 in float32, so every row would be identical; rescale the features, "
+            f"e.g. multiply them by 2.0**{int(np.ceil(-np.log2(amax)))} (a power of two keeps "
+            "every neighbour order) or L2-normalise them"
+        )
+    if check_scale and 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message(name, top))
     return arr, to_caller
+
+
+
+def tiny_scale_message(name: str, top: float) -> str:
+    """The error for features whose largest squared row norm ``top`` is in (0, 2**-60)."""
+    # A power of two that brings the largest squared norm to about 1 (exact in float32).
+    e = int(np.ceil(-np.log2(top) / 2.0))
+    return (
+        f"`{name}` is too small in magnitude: its largest squared row norm is {top:.3g}, "
+        f"below {MIN_SQUARED_NORM:.3g} = 2**-60, where float32 squared distances underflow "
+        "(they come out 0 or subnormal and neighbours tie by index); rescale the features, "
+        f"e.g. multiply them by 2.0**{e} (a power of two scales every squared distance by "
+        "the same factor and keeps every neighbour order exactly) or L2-normalise them"
+    )
 
 
 def _engine_layout(arr: np.ndarray) -> bool:
@@ -88,29 +167,39 @@ def _engine_layout(arr: np.ndarray) -> bool:
     return n == 1 or (s0 > 0 and s0 % 4 == 0 and d <= s0 // 4 <= 2**31 - 1)
 
 
-def _check_rows(arr: np.ndarray, name: str, chunk_elems: int = 1 << 21) -> None:
+def _check_rows(
+    arr: np.ndarray, name: str, row_offset: int = 0, chunk_elems: int = 1 << 21
+) -> float:
     """One pass in row blocks (a large memory-mapped input never needs a full-size
-    temporary): the first row holding NaN/inf, or a squared norm beyond MAX_SQUARED_NORM."""
+    temporary): the first row holding NaN/inf, or a squared norm beyond MAX_SQUARED_NORM,
+    is an error naming it (as ``row_offset`` + its index). Returns the largest squared
+    row norm (float64, from the float32 values)."""
     rows = max(1, chunk_elems // max(1, arr.shape[1]))
+    top = 0.0
     for start in range(0, arr.shape[0], rows):
         block = arr[start : start + rows]
         sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
         ok = sq <= MAX_SQUARED_NORM  # False for NaN too
         if ok.all():
+            top = max(top, float(sq.max()))
             continue
         bad = start + int(np.flatnonzero(~ok)[0])
         row = arr[bad]
+        where = f"row {row_offset + bad}"
+        if row_offset:
+            where += f" (local row {bad})"
         if not np.isfinite(row).all():
             col = int(np.flatnonzero(~np.isfinite(row))[0])
             raise ValueError(
-                f"`{name}` contains NaN or inf (first at row {bad}, column {col}; "
+                f"`{name}` contains NaN or inf (first at {where}, column {col}; "
                 "after conversion to float32, values beyond +-3.4e38 become inf)"
             )
         raise ValueError(
-            f"`{name}` row {bad} has squared norm {float(sq[bad - start]):.3g}, above the "
+            f"`{name}` {where} has squared norm {float(sq[bad - start]):.3g}, above the "
             f"largest the float32 engine accepts ({MAX_SQUARED_NORM:.3g} = 2**124, i.e. |x| up "
             "to ~4.6e18); rescale the features (e.g. L2-normalise them)"
         )
+    return top
 
 
 def as_int(value: Any, name: str, low: int, high: int | None = None, high_msg: str = "") -> int:
@@ -202,9 +291,23 @@ def as_vector(values: Any, n: int, name: str, dtype=np.float32) -> np.ndarray:
 
 
 def threads_arg(threads: Any) -> int:
+    """``threads`` checked: None (0 returned: the OpenMP setting applies) or an integer in
+    [1, MAX_THREADS]."""
     if threads is None:
         return 0
-    return as_int(threads, "threads", 1)
+    return as_int(
+        threads,
+        "threads",
+        1,
+        MAX_THREADS,
+        f" = max(1024, 4 x {os.cpu_count()} CPUs): more threads cannot help, and OpenMP maps "
+        "a stack for each",
+    )
+
+
+def as_seed(seed: Any, name: str = "seed") -> int:
+    """A seed: an integer in [0, 2**32 - 1] (``MAX_SEED``)."""
+    return as_int(seed, name, 0, MAX_SEED, " = 2**32 - 1")
 
 
 def _is_torch(x: Any) -> bool:

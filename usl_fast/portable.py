@@ -551,12 +551,14 @@ def _as_tensor(x: Any):
     return x, lambda t: t
 
 
-def as_device_features(x, name: str = "features"):
+def as_device_features(x, name: str = "features", check_scale: bool = True):
     """Checks of ``_validate.as_features`` on the tensor's device: float32 contiguous rows
     (converted once if not), 2-D, non-empty, finite, squared norms within the engine's
-    range; an error names the first bad row."""
+    range (and, unless ``check_scale=False``, a largest one not in (0, 2**-60):
+    ``_validate.MIN_SQUARED_NORM``); an error names the first bad row."""
     torch = _torch()
     from ._backend import _cpu
+    from ._validate import MIN_SQUARED_NORM, tiny_scale_message
 
     if x.device.type == "mps":
         raise ValueError(
@@ -565,8 +567,11 @@ def as_device_features(x, name: str = "features"):
         )
     if x.requires_grad:
         x = x.detach()
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"`{name}` must hold floating-point values (got torch dtype {x.dtype})")
+    if x.dtype == torch.bool or x.dtype.is_complex:
+        raise TypeError(
+            f"`{name}` must be a real numeric array (float16/32/64 or integer), got torch "
+            f"dtype {x.dtype}"
+        )
     if x.ndim != 2:
         raise ValueError(f"`{name}` must be 2-D (n_points, dim), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -578,6 +583,7 @@ def as_device_features(x, name: str = "features"):
     # In row chunks: the float64 squares of the check are temporaries of _TEMP_BYTES at most,
     # not a float64 copy of all the features.
     chunk = max(1, _TEMP_BYTES // (8 * x.shape[1]))
+    top = 0.0
     for r0 in range(0, x.shape[0], chunk):
         xc = x[r0 : r0 + chunk]
         bad = ~torch.isfinite(xc).all(dim=1)
@@ -585,13 +591,17 @@ def as_device_features(x, name: str = "features"):
             i = r0 + int(torch.nonzero(bad)[0])
             raise ValueError(f"`{name}` has NaN or inf values (first in row {i})")
         xd = xc.to(torch.float64)
-        big = (xd * xd).sum(1) > _cpu.MAX_SQUARED_NORM  # float64, as the CPU path checks
+        sq = (xd * xd).sum(1)
+        big = sq > _cpu.MAX_SQUARED_NORM  # float64, as the CPU path checks
+        top = max(top, float(sq.max()))
         if bool(big.any()):
             i = r0 + int(torch.nonzero(big)[0])
             raise ValueError(
                 f"`{name}` row {i} has a squared norm above 2**124: its float32 distances "
                 "would overflow; rescale the features"
             )
+    if check_scale and 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message(name, top))
     return x
 
 
@@ -602,8 +612,9 @@ def select_usl(features, m, labeled, normalize, seed, threads, progress, return_
     from ._pipeline import _usl
     from ._validate import as_bool
 
+    norm = normalize is not None and as_bool(normalize, "normalize")
     x, to_caller = _as_tensor(features)
-    x = as_device_features(x)
+    x = as_device_features(x, check_scale=not norm)
     dev = x.device
     fixed, m = round_budget(x.shape[0], m, labeled)
     if usl["kmeans_init"] != "random":
@@ -611,7 +622,7 @@ def select_usl(features, m, labeled, normalize, seed, threads, progress, return_
             "`kmeans_init` must be 'random' for a tensor on a GPU (the portable back end has "
             f"no k-means++; got {usl['kmeans_init']!r})"
         )
-    if normalize is not None and as_bool(normalize, "normalize"):
+    if norm:
         # the CPU path's normalisation, bit for bit (its float64 norms' summation order)
         x = torch.from_numpy(unit_rows(x.cpu().numpy())).to(dev)
     res = _usl(
@@ -677,7 +688,7 @@ def public_density(features, k, threads=None):
 
 def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None):
     from ._ops import KMeansResult
-    from ._validate import as_int, threads_arg
+    from ._validate import as_int, as_seed, threads_arg
 
     threads_arg(threads)
     torch = _torch()
@@ -686,7 +697,7 @@ def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None):
     n, d = x.shape
     K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")
     n_iter = as_int(n_iter, "n_iter", 1)
-    seed = as_int(seed, "seed", 0)
+    seed = as_seed(seed)
     if isinstance(init, str):
         if init != "random":
             raise ValueError(

@@ -38,7 +38,15 @@ from .._pipeline import (
     _usl,
     _usl_params,
 )
-from .._validate import as_bool, as_features, as_int, as_labels, as_vector, threads_arg
+from .._validate import (
+    as_bool,
+    as_features,
+    as_int,
+    as_labels,
+    as_seed,
+    as_vector,
+    threads_arg,
+)
 from ._comm import Comm, DistributedError
 from ._shard import ShardRows
 
@@ -149,6 +157,7 @@ def _begin(
     fingerprint: str,
     threads: Optional[int],
     check: Optional[Callable] = None,
+    scale: bool = True,
 ):
     """Validate this rank's rows and threads, then agree with every rank before any work:
     each rank's outcome, column count, dtype and arguments are exchanged, and every rank
@@ -158,9 +167,18 @@ def _begin(
     err: Optional[BaseException] = None
     info = None
     extra = None
+    # Every rank's row count first, so that an error in a row names its global index (the
+    # row of the file), not its index within this rank's shard.
+    try:
+        local_n = int(features.shape[0])
+    except (AttributeError, TypeError, IndexError, ValueError):
+        local_n = -1  # not an array: as_features names the problem
+    counts = comm.all_gather_object(local_n)
+    offset = sum(counts[: comm.rank]) if min(counts[: comm.rank], default=0) >= 0 else 0
     try:
         dtype = str(getattr(features, "dtype", type(features).__name__)).replace("torch.", "")
-        x, back = as_features(features, name)
+        # (select may L2-normalise the rows first: their scale is then checked after that)
+        x, back = as_features(features, name, row_offset=offset, check_scale=scale)
         threads_arg(threads)
         if check is not None:
             extra = check(x)
@@ -281,7 +299,9 @@ def select(
         mask_zero=mask_zero,
     )
     fp = _fingerprint("select", m, labeled, params, normalize, seed)
-    x, back, sizes, _ = _begin(comm, local_rows, "local_rows", fp, threads)
+    x, back, sizes, _ = _begin(
+        comm, local_rows, "local_rows", fp, threads, scale=normalize is not True
+    )
     n = int(sizes.sum())
     from .._methods import round_budget, unit_rows
 
@@ -365,7 +385,7 @@ def kmeans(
         return (
             as_int(n_clusters, "n_clusters", 1, n, f" = number of points over all ranks n={n}"),
             as_int(n_iter, "n_iter", 1),
-            as_int(seed, "seed", 0),
+            as_seed(seed),
         )
 
     K, n_iter, seed = _agree(comm, check)

@@ -62,6 +62,13 @@ def as_features_torch(x: Any, name: str = "features") -> Tuple[torch.Tensor, str
             raise ValueError(
                 f"`{name}` contains NaN or inf (first at row {bad[0]}, column {bad[1]})"
             )
+        # The CPU path's scale check (usl_fast._validate.MIN_SQUARED_NORM): normalize=True
+        # does not rescue such rows, torch's normalize divides by max(norm, 1e-12).
+        from .._validate import MIN_SQUARED_NORM, tiny_scale_message
+
+        top = float(torch.linalg.vector_norm(t, dim=1, dtype=torch.float64).max()) ** 2
+        if 0.0 < top < MIN_SQUARED_NORM:
+            raise ValueError(tiny_scale_message(name, top))
         return t, "torch"
     from .._validate import as_features
 
@@ -79,11 +86,35 @@ def as_device(value: Optional[Any], name: str = "device") -> Optional[torch.devi
     if value is None:
         return None
     try:
-        return torch.device(value)
+        dev = torch.device(value)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"`{name}` must name a torch device such as 'cpu' or 'cuda:0' (got {value!r})"
         ) from exc
+    # Checked here, not at the first tensor moved there: torch reports a CUDA device on a
+    # CPU-only build with an AssertionError from deep inside its lazy initialisation.
+    # is_available() / device_count() do not create a CUDA context.
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this PyTorch ({torch.__version__}) was built without CUDA"
+                if torch.version.cuda is None
+                else "no CUDA device is visible (CUDA_VISIBLE_DEVICES, drivers)"
+            )
+            raise ValueError(f"`{name}`={value!r} is not available: {why}; use device='cpu'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"`{name}`={value!r} is not available: {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(
+                f"`{name}`={value!r} is not available on this machine; use device='cpu'"
+            )
+    return dev
 
 
 def is_int(value: Any) -> bool:

@@ -22,6 +22,7 @@ from ._checks import (
     as_prob,
     is_int,
 )
+from .._validate import as_seed, threads_arg
 from ._heads import HEAD_KINDS, ClusterHead
 from ._losses import EMAPrior, uslt_loss
 from ._select import SelectionResult, _select
@@ -210,9 +211,9 @@ class USLT:
                 raise TypeError(f"`assign_head` must be an int or 'best' (got {assign_head!r})")
             as_int(assign_head, "assign_head", 0, self.n_heads - 1, " = n_heads - 1")
         self.assign_head = assign_head
-        self.seed = as_int(seed, "seed", 0)
+        self.seed = as_seed(seed)
         self.device = as_device(device)
-        self.threads = None if threads is None else as_int(threads, "threads", 1)
+        self.threads = None if threads is None else threads_arg(threads)
         self.progress = as_bool(progress, "progress")
 
     # ------------------------------------------------------------------ fitting
