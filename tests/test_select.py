@@ -203,7 +203,7 @@ def test_random_select_is_the_legacy_global_generator(usl, n, m, seed):
     np.testing.assert_array_equal(got, oracles.random_select(n, m, seed))
 
 
-# --------------------------------------------------------------------------- random: no global state
+# ------------------------------------------------------------------ random: no global state
 # The random baseline once seeded NumPy's global generator (saved and restored around the
 # draw): two threads interleaving seed/choice got each other's picks. These pin the picks
 # to the global-seed recipe while the global generator stays out of it.
