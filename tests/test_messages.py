@@ -226,6 +226,8 @@ def test_seeds_beyond_32_bits_are_an_error(usl, no_engine, seed):
         lambda: usl.select(x, 3, k=3, seed=seed),
         lambda: usl.select(x, 3, k=3, kmeans_init="k-means++", seed=seed),
         lambda: usl.TypiClust(k=3, seed=seed).fit(x, 3),
+        lambda: usl.random_select(100, 3, seed=seed),
+        lambda: usl.RandomSelect(seed=seed).fit(x, 3),
     ):
         with pytest.raises(ValueError, match=rf"`seed` must be <= 4294967295 = 2\*\*32 - 1 \(got seed={seed}\)"):
             call()
