@@ -372,3 +372,30 @@ def test_plot_library_path_is_written_atomically_and_not_through_a_link(tmp_path
     plot.plot_picks(x, [1, 2, 3], path=tmp_path / "fig.svg", k=5)
     assert (tmp_path / "fig.svg").read_text(encoding="utf-8").startswith("<?xml")
     assert entries(tmp_path) == ["fig.svg"]
+
+
+# ------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        # the same string three times: the last writer used to win silently (exit 0, x.csv
+        # holding only the complement)
+        (["-o", "x.csv", "--csv", "x.csv", "--complement-csv", "x.csv"], ("-o/--output", "--csv")),
+        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "x.csv"], ("--csv", "--complement-csv")),
+        # different strings, one file: through ./ and through a link to the directory
+        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "./x.csv"], ("--csv", "--complement-csv")),
+        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "here/x.csv"], ("--csv", "--complement-csv")),
+    ],
+    ids=["same-string-x3", "same-string", "dot-slash", "dir-link"],
+)
+def test_select_refuses_one_file_named_by_two_outputs_before_work(work, argv, named):
+    (work / "here").symlink_to(work, target_is_directory=True)
+    before = entries(work)
+    r = run(["select", "f.npy", "-m", 5, "-k", 10, *argv], work)
+    line = one_error_line(r)
+    assert "must be distinct" in line and "same file" in line, line
+    for what in named:
+        assert what in line, line
+    assert entries(work) == before  # nothing written, no temporary

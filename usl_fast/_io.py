@@ -130,8 +130,10 @@ class Outputs:
         real = os.path.join(os.path.realpath(parent), name)
         if real in self._inputs:
             raise OutputError(f"{what} {path!r} is also an input file")
+        # Compared by resolved path, whether or not the strings match: "-o x.csv --csv
+        # x.csv" would otherwise stage the same file twice and the last writer would win.
         for other in self._targets.values():
-            if other.real == real and other.path != path:
+            if other.real == real:
                 raise OutputError(
                     f"output files must be distinct ({other.what} {other.path!r} and "
                     f"{what} {path!r} are the same file)"
