@@ -340,10 +340,17 @@ class TypiClust(Selector):
        faiss IndexFlatL2) or plain L2 with ``metric="euclidean"``; first index on ties. A
        cluster with one remaining member gives that member; an exhausted one is skipped.
 
-    scores_ : (n,) float64 typicality of each point within its whole cluster (labeled
-        members left out) before any pick; NaN for labeled points and dropped clusters.
-    labels_ : (n,) k-means clusters.  n_clusters_ : K used.  kept_clusters_ : the visiting
-    order (cluster ids).
+    Attributes
+    ----------
+    scores_ : (n,) float64
+        Typicality of each point within its whole cluster (labeled members left out)
+        before any pick; NaN for labeled points and dropped clusters.
+    labels_ : (n,) int64
+        k-means clusters.
+    n_clusters_ : int
+        K used.
+    kept_clusters_ : 1-D int64
+        The visiting order (cluster ids).
     """
 
     method = "typiclust"

@@ -375,12 +375,19 @@ def regularizer(
     array ``sum_j f(D[i, j])`` over the picks, where D is the squared distance to pick j,
     f(D) = D^-alpha, and a masked entry counts as D = 1e10.
 
-    horizon_dist : mask D >= horizon_dist (CIFAR flavour). horizon_num : sum only over
-        the horizon_num nearest picks, masks applied after choosing them (ImageNet flavour).
-    own_cluster : which picks count as the point's own cluster (masked): "position" (the
-        reference: pick number j vs the point's label, wrong once a cluster was skipped),
-        "cluster" (the pick's real cluster, needs ``pick_clusters``), or "none".
-    mask_zero : mask exact zero distances (the ImageNet MoCo flavour).
+    Parameters
+    ----------
+    horizon_dist : float, optional
+        Mask D >= horizon_dist (CIFAR flavour).
+    horizon_num : int, optional
+        Sum only over the horizon_num nearest picks, masks applied after choosing them
+        (ImageNet flavour).
+    own_cluster : {"position", "cluster", "none"}
+        Which picks count as the point's own cluster (masked): "position" (the reference:
+        pick number j vs the point's label, wrong once a cluster was skipped), "cluster"
+        (the pick's real cluster, needs ``pick_clusters``), or "none".
+    mask_zero : bool
+        Mask exact zero distances (the ImageNet MoCo flavour).
     """
     x, back = as_features(features, "features")
     lab, _ = as_labels(labels, x.shape[0], None)

@@ -145,18 +145,29 @@ def default_n_clusters(defaults: str, m: int) -> int:
 class SelectResult:
     """What ``select(..., return_info=True)`` returns.
 
-    indices : (m,) int64 picks in pick order (cluster order), caller's library.
-    labels : (n,) int64 cluster of every point (k-means, or the labels given); None for a
-        method without clusters.
-    density : (n,) float32 kNN density (USL; None for the other methods).
-    n_filled : picks added after the per-cluster ones because fewer than m clusters were
+    Attributes
+    ----------
+    indices : (m,) int64
+        Picks in pick order (cluster order), in the caller's library.
+    labels : (n,) int64 or None
+        Cluster of every point (k-means, or the labels given); None for a method without
+        clusters.
+    density : (n,) float32 or None
+        kNN density (USL; None for the other methods).
+    n_filled : int
+        Picks added after the per-cluster ones because fewer than m clusters were
         non-empty (0 in the normal case); they are the highest-scoring remaining points.
-    timings : seconds per phase.
-    params : the resolved parameters.
-    method : the method that chose the picks.
-    scores : (n,) the method's per-point score (USL: density - weight * reg of the last
-        round; the other methods: see their estimators), or None.
-    labeled : the indices given as already labeled (empty for a first round).
+    timings : dict
+        Seconds per phase.
+    params : dict
+        The resolved parameters.
+    method : str
+        The method that chose the picks.
+    scores : (n,) float64 or None
+        The method's per-point score (USL: density - weight * reg of the last round; the
+        other methods: see their estimators).
+    labeled : 1-D int64
+        The indices given as already labeled (empty for a first round).
     """
 
     indices: Any

@@ -270,17 +270,26 @@ def select(
 ) -> Any:
     """``usl_fast.select`` (method USL) over the rows of every rank of the process group.
 
-    local_rows : (n_r, d) this rank's rows (numpy, a memory-mapped slice, or a torch CPU
-        tensor); the global rows are rank 0's, then rank 1's, ... Every rank needs at least
-        one row; d and dtype must agree.
-    m, labeled, and every USL parameter : as ``usl_fast.select``, the same on every rank
-        (``labeled`` holds global indices). kmeans_init must be "random" (the default).
-    group : the process group (default: the default group).
-    progress : bars on rank 0 only.
+    Parameters
+    ----------
+    local_rows : (n_r, d) array or tensor
+        This rank's rows (numpy, a memory-mapped slice, or a torch CPU tensor); the global
+        rows are rank 0's, then rank 1's, ... Every rank needs at least one row; d and
+        dtype must agree.
+    m, labeled, and every USL parameter
+        As ``usl_fast.select``, the same on every rank (``labeled`` holds global indices).
+        kmeans_init must be "random" (the default).
+    group : process group, optional
+        The process group (default: the default group).
+    progress : bool
+        Bars on rank 0 only.
 
-    Returns the same (m,) int64 global indices on every rank, exactly those of
-    ``usl_fast.select`` on the concatenated rows; with ``return_info`` a SelectResult
-    whose per-row arrays (labels, density, scores) hold this rank's rows.
+    Returns
+    -------
+    (m,) int64 or SelectResult
+        The same global indices on every rank, exactly those of ``usl_fast.select`` on the
+        concatenated rows; with ``return_info`` a SelectResult whose per-row arrays
+        (labels, density, scores) hold this rank's rows.
     """
     comm = Comm(group)
     params = dict(

@@ -21,15 +21,24 @@ Chunks = Callable[[], Iterator[Tuple[int, torch.Tensor]]]
 class SelectionResult:
     """What ``select_confident`` returns (torch CPU tensors).
 
-    indices : (m,) int64 picks: first the most confident member of each chosen cluster,
-        in cluster-id order, then the filled picks (if any) in the order they were added.
-    labels : (n,) int64 cluster of every point under ``assign_head``.
-    confidence : (n,) float64 mean over heads of each head's max probability.
-    assign_head : the head whose arg-max defines the clusters.
-    cluster_sizes : (K,) int64 members per cluster under ``assign_head``.
-    n_nonempty : clusters with at least one member.
-    n_filled : picks added by the fill rule because fewer than m clusters were non-empty
-        (0 in the normal case); ``filled[j]`` says whether pick j is one of them.
+    Attributes
+    ----------
+    indices : (m,) int64
+        Picks: first the most confident member of each chosen cluster, in cluster-id
+        order, then the filled picks (if any) in the order they were added.
+    labels : (n,) int64
+        Cluster of every point under ``assign_head``.
+    confidence : (n,) float64
+        Mean over heads of each head's max probability.
+    assign_head : int
+        The head whose arg-max defines the clusters.
+    cluster_sizes : (K,) int64
+        Members per cluster under ``assign_head``.
+    n_nonempty : int
+        Clusters with at least one member.
+    n_filled : int
+        Picks added by the fill rule because fewer than m clusters were non-empty (0 in
+        the normal case); ``filled[j]`` says whether pick j is one of them.
     """
 
     indices: torch.Tensor
