@@ -58,7 +58,9 @@ def test_rlimit_as_raises_memoryerror_before_any_work_and_finally_runs(tmp_path)
     from usl_fast import _progress
     x = np.random.default_rng(0).standard_normal((100_000, 16)).astype(np.float32)
     try:
-        usl_fast.knn(x, 2000, queries=x[:50_000])
+        # threads=2: the estimate (and so "about 1.x GiB" below) grows with the thread
+        # count, which otherwise follows the machine's cores (2.18 GiB with 12 threads).
+        usl_fast.knn(x, 2000, queries=x[:50_000], threads=2)
     finally:
         print("FINALLY engine_started=%s" % (getattr(_progress, "last_control", None) is not None))
     """
