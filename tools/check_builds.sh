@@ -5,8 +5,8 @@
 #   1. USL_FAST_ISA_BUILD=portable: no SIMD code compiled in; the engine tests must pass.
 #   2. USL_FAST_SANITIZE=address,undefined: AddressSanitizer + UBSan; the core suite must
 #      run clean (any report aborts the run).
-# (Both without the CUDA kernels, USL_FAST_CUDA=OFF: the main install compiles those, with
-# warnings and ptxas spills as errors, wherever nvcc is found.)
+# (Both without the CUDA kernels, USL_FAST_CUDA=OFF, the default: the strict build above
+# and tools/build_wheels.sh compile those wherever nvcc is found.)
 # Needs the test extras installed (pip install ".[test]"). About 4 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

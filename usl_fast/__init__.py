@@ -3,6 +3,7 @@ compiled tiled-distance engine. ``usl_fast.select(features, m)`` returns the m i
 to send to annotators."""
 
 from ._backend import _cpu  # noqa: F401  (loads the engine and its OpenBLAS at import)
+from ._backend import build_info
 from ._methods import (
     METHODS,
     USL,
@@ -63,4 +64,5 @@ __all__ = [
     "Preset",
     "PRESET",
     "default_n_clusters",
+    "build_info",
 ]

@@ -51,4 +51,37 @@ except ImportError as exc:  # pragma: no cover - depends on how Python was start
         "Otherwise (re)install with `pip install .`."
     ) from exc
 
-__all__ = ["_cpu"]
+
+
+def build_info() -> dict:
+    """What the installed build of usl_fast holds, as its own build recorded it.
+
+    Returns
+    -------
+    dict
+        ``cuda`` (bool): whether the CUDA kernels (``usl_fast._cuda``) were built, which a
+        wheel also says in its build tag (``usl_fast-0.1.0-1cuda-...whl``);
+        ``cuda_version`` and ``cuda_architectures`` (str, or None without them);
+        ``isa``: ``"dispatch"`` (AVX2 / AVX-512 chosen at run time) or ``"portable"``;
+        ``sanitize``: the sanitizers compiled in (``""`` for none); ``cxx_compiler`` and
+        ``build_type``.
+
+    Raises
+    ------
+    RuntimeError
+        If the engine next to this package was not put there by the build's install step
+        (for example a compiled module copied by hand into a source checkout).
+    """
+    try:
+        from ._build_info import BUILD_INFO
+    except ImportError:
+        import pathlib
+
+        raise RuntimeError(
+            f"usl_fast at {pathlib.Path(__file__).resolve().parent} has no _build_info.py: "
+            "its engine was not installed by the build (pip install . or a wheel writes it)"
+        ) from None
+    return dict(BUILD_INFO)
+
+
+__all__ = ["_cpu", "build_info"]
