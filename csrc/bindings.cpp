@@ -92,18 +92,24 @@ Context context(int threads, py::handle ctl) {
 // thread-local state. A child forked after the engine ran on the forking thread inherits the
 // pool's bookkeeping but none of its threads, so its next parallel region waits forever at a
 // barrier for workers that do not exist (or frees memory those threads owned). Before every
-// fork, release the forking thread's pool (OpenMP 5.0's omp_pause_resource_all, which libgomp
-// and LLVM's libomp implement for the host); the parent rebuilds it on its next parallel
-// region, at the cost of starting its threads again. Pools of other threads are unreachable
-// in the child (their threads are gone with them), so they need nothing.
+// fork, release the forking thread's pool (OpenMP 5.0's omp_pause_resource_all, which
+// libgomp implements for the host from GCC 9 on, touching only the calling thread's pool);
+// the parent rebuilds it on its next parallel region, at the cost of starting its threads
+// again. Pools of other threads are unreachable in the child (their threads are gone with
+// them), so they need nothing. LLVM's libomp has fork handlers of its own, and a hard pause
+// there shuts down runtime state another thread may be using: libgomp only.
+#if defined(_LIBGOMP_OMP_LOCK_DEFINED)
 void release_openmp_pool_before_fork() { omp_pause_resource_all(omp_pause_hard); }
+#endif
 
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
+#if defined(_LIBGOMP_OMP_LOCK_DEFINED)
   // Registered once per process (module initialisation runs once).
   if (pthread_atfork(release_openmp_pool_before_fork, nullptr, nullptr) != 0)
     throw std::runtime_error("usl_fast._cpu: pthread_atfork failed");
+#endif
   m.doc() = "usl_fast CPU engine: one tiled distance driver, exact distances, epilogues";
   py::register_exception_translator([](std::exception_ptr p) {
     try {

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from test_cli import subprocess_env
 import usl_fast
 
 TIMEOUT = 120  # seconds a child may take before the test calls it a hang
+# Children run outside the checkout: with the repository root as the working directory,
+# `python -c` / `python -m` would import the sources (no compiled engine) first.
+CHILD_CWD = tempfile.gettempdir()
 
 
 def _child(code: str, timeout: float = TIMEOUT, **kw) -> subprocess.CompletedProcess:
@@ -30,6 +34,7 @@ def _child(code: str, timeout: float = TIMEOUT, **kw) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=subprocess_env(),
+        cwd=CHILD_CWD,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -121,6 +126,7 @@ def test_ctrl_c_in_cli_select_exits_130_every_time(feats_npy, tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "usl_fast", "select", str(feats_npy), "-m", "40", "-o", str(out)],
             env=subprocess_env(),
+            cwd=CHILD_CWD,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_default_sigint,
@@ -148,6 +154,7 @@ def test_ctrl_c_in_api_select_raises_keyboardinterrupt_every_time(feats_npy):
         proc = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(code)],
             env=subprocess_env(),
+            cwd=CHILD_CWD,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_default_sigint,
@@ -165,16 +172,19 @@ def test_ctrl_c_reaches_a_single_long_kmeans_assign():
         """
         import os, signal, sys, threading, time
         import numpy as np, usl_fast
+        from usl_fast import _progress
         x = np.random.default_rng(0).standard_normal((100_000, 256)).astype(np.float32)
         sent = {}
         def interrupt():
-            time.sleep(1.5)  # past the random init, inside the first assign
+            # Once the engine has finished a unit of the first assign, i.e. inside it.
+            while _progress.last_control is None or _progress.last_control[0] < 1:
+                time.sleep(0.001)
             sent["t"] = time.perf_counter()
             os.kill(os.getpid(), signal.SIGINT)
-        threading.Thread(target=interrupt).start()
+        threading.Thread(target=interrupt, daemon=True).start()
         t0 = time.perf_counter()
         try:
-            usl_fast.kmeans(x, 10_000, n_iter=3, threads=2)
+            usl_fast.kmeans(x, 10_000, n_iter=20, threads=2)
         except KeyboardInterrupt:
             print(f"late {time.perf_counter() - sent['t']:.3f}")
             sys.exit(0)
@@ -186,6 +196,31 @@ def test_ctrl_c_reaches_a_single_long_kmeans_assign():
     assert r.returncode == 0, r.stdout + r.stderr
     late = float(r.stdout.split()[-1])
     assert late < 1.0, r.stdout
+
+
+def test_exit_while_a_daemon_thread_is_inside_the_engine():
+    # The main thread ends while a daemon thread's op runs: shutdown cancels the op (its
+    # worker is not a daemon, so the interpreter waits for it) instead of waiting for the
+    # whole op or tearing the worker down inside C++ (SIGABRT).
+    r = _child(
+        """
+        import sys, threading, time
+        import numpy as np, usl_fast
+        from usl_fast import _progress
+        x = np.random.default_rng(0).standard_normal((60000, 128)).astype(np.float32)
+        _progress.last_control = None
+        threading.Thread(target=lambda: usl_fast.knn(x, 400, threads=2), daemon=True).start()
+        while _progress.last_control is None or _progress.last_control[0] < 1:
+            time.sleep(0.001)
+        print(f"{time.perf_counter():.6f}", flush=True)
+        """,
+        timeout=60,
+    )
+    ended = time.perf_counter()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "terminate called" not in r.stderr
+    # perf_counter is system-wide (CLOCK_MONOTONIC) on Linux: compare across processes.
+    assert ended - float(r.stdout.split()[-1]) < 5.0, "shutdown waited for the whole op"
 
 
 def test_large_assign_runs_cancellable_and_small_inline(monkeypatch):
@@ -249,12 +284,19 @@ def test_fork_after_the_engine_ran(case):
 def test_fork_while_another_thread_is_inside_the_engine():
     r = _child(
         """
-        import os, sys, threading
+        import os, sys, threading, time
         import numpy as np, usl_fast
-        x = np.random.default_rng(0).standard_normal((20000, 64)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((40000, 64)).astype(np.float32)
         ref = usl_fast.kmeans(x[:3000], 10, n_iter=5, threads=2).labels
+        from usl_fast import _progress
+        _progress.last_control = None
         busy = threading.Thread(target=lambda: usl_fast.knn(x, 50, threads=2))
         busy.start()
+        # Fork once the other thread's engine call has begun (it announced its total).
+        while _progress.last_control is None or _progress.last_control[1] < 1:
+            if not busy.is_alive():
+                sys.exit(5)  # it finished before the fork: the case was not exercised
+            time.sleep(0.0005)
         pid = os.fork()
         if pid == 0:
             got = usl_fast.kmeans(x[:3000], 10, n_iter=5, threads=2).labels
@@ -352,6 +394,7 @@ def test_survivor_of_a_killed_rank_exits_1_with_the_error(tmp_path):
                      "-m", "20", "-o", str(tmp_path / f"o{i}.npy"), "--timeout", "30",
                      "--threads", "1", "--kmeans-iter", "300", "-k", "20"],
                     env=env,
+                    cwd=CHILD_CWD,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                 )

@@ -17,7 +17,8 @@ re-check of a few rows, which the engine adds to the total when it starts them).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional
+import time
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -48,26 +49,30 @@ def run(
     ctl = np.zeros(4, dtype=np.int64)
     last_control = ctl
     box: dict = {}
+    entered = threading.Event()
     finished = threading.Event()
 
     def work() -> None:
+        entered.set()
         try:
             box["value"] = fn(*args, ctl, *extra)
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
         finally:
             # Set once the engine has returned: from here on this thread runs no C++.
+            _live.pop(id(ctl), None)
             finished.set()
 
     # The work runs in a worker thread so that the caller's thread stays free to receive
     # Ctrl-C (and to draw the bar); it gets the thread count resolved in the caller's thread.
     # Not a daemon: should anything unwind the caller past the wait below, interpreter exit
-    # still waits for the engine (which the cancel flag stops within one work unit) instead
-    # of tearing the thread down inside C++, which aborts the process.
+    # still waits for the engine (which the cancel flag, set at shutdown, stops within one
+    # work unit) instead of tearing the thread down inside C++, which aborts the process.
     worker = threading.Thread(target=work, name=f"usl_fast:{desc}", daemon=False)
     bar = None
-    worker.start()
+    _live[id(ctl)] = ctl
     try:
+        worker.start()
         # An Event, not Thread.join: on CPython < 3.12 a join interrupted by Ctrl-C can mark
         # the thread as stopped while it still runs (bpo-45274's fix releases the thread's
         # lock), so a second join returns at once and the process could exit with the engine
@@ -77,9 +82,14 @@ def run(
                 bar = _update(bar, ctl, desc, unit)
     except BaseException:
         # Ctrl-C (or anything else raised in this thread): stop the engine, then wait for it
-        # however many more Ctrl-C arrive (it stops within one tile), then re-raise.
+        # however many more Ctrl-C arrive (it stops within one tile), then re-raise. A
+        # Ctrl-C inside worker.start() may come before or after the thread was created: a
+        # created thread enters `work` at once and, with the flag set, returns at the
+        # engine's first check; one that never entered within a second was never created.
         ctl[2] = 1
-        _wait_out(finished)
+        if _wait_out(entered, limit=1.0) or worker.is_alive():
+            _wait_out(finished)
+        _live.pop(id(ctl), None)
         if bar is not None:
             bar.close()
         raise
@@ -96,18 +106,44 @@ def run(
     return box.get("value")
 
 
-def _wait_out(finished: threading.Event) -> None:
-    """Wait until ``finished`` is set; a KeyboardInterrupt meanwhile is held back and
-    raised again once it is (the cancelled engine returns within one work unit)."""
+def _wait_out(event: threading.Event, limit: Optional[float] = None) -> bool:
+    """Wait until ``event`` is set (or ``limit`` seconds pass); returns whether it is set.
+    A KeyboardInterrupt meanwhile is held back and raised again once the wait is over (the
+    cancelled engine returns within one work unit)."""
     interrupted = None
+    deadline = None if limit is None else time.monotonic() + limit
     while True:
         try:
-            if finished.wait(0.1):
+            if event.wait(0.05):
                 break
         except KeyboardInterrupt as exc:
             interrupted = exc
+        if deadline is not None and time.monotonic() >= deadline:
+            break
     if interrupted is not None:
         raise interrupted
+    return event.is_set()
+
+
+#: Control arrays of the engine calls in flight (by id), so that interpreter shutdown can
+#: cancel them: a call made from a daemon thread is still running when the main thread
+#: ends, and its non-daemon worker would otherwise hold the exit for the whole op.
+_live: Dict[int, np.ndarray] = {}
+
+
+def _cancel_all() -> None:
+    for c in list(_live.values()):
+        c[2] = 1
+
+
+# Runs at shutdown BEFORE the interpreter joins its non-daemon threads (the hook
+# concurrent.futures uses; private, hence the fallback to atexit, which runs after).
+try:
+    threading._register_atexit(_cancel_all)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover - other Pythons
+    import atexit
+
+    atexit.register(_cancel_all)
 
 
 def bar(desc: str, total: int, units: str) -> Any:
