@@ -399,3 +399,32 @@ def test_select_refuses_one_file_named_by_two_outputs_before_work(work, argv, na
     for what in named:
         assert what in line, line
     assert entries(work) == before  # nothing written, no temporary
+
+
+@pytest.mark.parametrize("length", [245, 255])
+def test_a_long_valid_file_name_is_written(work, length):
+    """A basename of 245 or 255 bytes is a valid file name, and check accepts it; the
+    temporary beside it (".NAME.<random>.tmp", and ".old" for the undo link of a replaced
+    file) must still fit NAME_MAX instead of failing after the work with "File name too
+    long"."""
+    name = "p" * (length - len(".npy")) + ".npy"
+    r = run(["select", "f.npy", "-m", 5, "-k", 10, "--no-progress", "-o", name], work)
+    assert r.returncode == 0, r.stderr
+    assert np.load(work / name).shape == (5,)
+    assert not [e for e in entries(work) if e.startswith(".")]
+
+
+@pytest.mark.parametrize("stem", ["q" * 251, "\u00e9" * 125], ids=["ascii", "two-byte-utf8"])
+def test_a_long_name_replaced_with_force_keeps_its_undo_link(tmp_path, monkeypatch, stem):
+    name = tmp_path / (stem + ".npy")  # 255 and 254 bytes
+    name.write_bytes(b"old")
+    real_link, linked = os.link, []
+
+    def link(src, dst, **kw):
+        real_link(src, dst, **kw)  # raises ENAMETOOLONG were the ".old" name too long
+        linked.append(dst)
+
+    monkeypatch.setattr(_io.os, "link", link)
+    _io.write_atomic(name, lambda f: f.write(b"new"), what="-o", force=True)
+    assert name.read_bytes() == b"new" and len(linked) == 1
+    assert entries(tmp_path) == [name.name]

@@ -36,6 +36,20 @@ def _umask() -> int:
     return mask
 
 
+#: At most this many bytes of an output's name go into its temporary's name
+#: (".NAME.<random>.tmp", plus ".old" for the undo link of a replaced file): a valid NAME
+#: can be NAME_MAX (255) bytes long, and the temporary's must fit too. The random part
+#: keeps truncated names unique; the kept part only helps a person see whose it is.
+_TMP_NAME_BYTES = 128
+
+
+def _tmp_prefix(path: str) -> str:
+    name = os.path.basename(path)
+    while len(os.fsencode(name)) > _TMP_NAME_BYTES:  # whole characters, never half one
+        name = name[:-1]
+    return f".{name}."
+
+
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -170,9 +184,7 @@ class Outputs:
         parent = os.path.dirname(path) or "."
         try:
             # mkstemp opens with O_CREAT | O_EXCL: never through a link planted at its name.
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent
-            )
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=parent)
             self._staged.append((target, tmp))
             if binary:
                 f = os.fdopen(fd, "wb")
