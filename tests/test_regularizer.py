@@ -475,3 +475,35 @@ def test_zero_momentum_forgets_an_infinite_regularizer(usl):
     assert got.tolist() == [0, 3]
     got2 = usl.regularized_select(x, dens, labels, 2, n_clusters=2, **dict(kw, rounds=2))
     assert got2.tolist() == [2, 1]
+
+
+def test_a_horizon_at_least_the_picks_needs_no_top_h_buffer(usl, make_unit, monkeypatch):
+    # The engine keeps the h nearest picks in a per-thread buffer only when h < the number
+    # of picks (csrc/cpu/regularizer.cpp); otherwise it sums over every pick. The memory
+    # estimate once charged 256 x 8 (2h + 16) bytes a thread whatever the picks, so
+    # horizon_num=10**7 with 10 picks "needed 81.3 GiB" and raised MemoryError.
+    from usl_fast import _dispatch, _memory
+
+    x = make_unit(500, 16, seed=3)
+    lab = np.arange(500) % 10
+    picks = np.arange(10)
+    per_thread = []
+    check = _memory.check
+
+    def spy(estimate, what, found=None):
+        per_thread.append((what, estimate.per_thread))
+        return check(estimate, what, found)
+
+    monkeypatch.setattr(_memory, "check", spy)
+    plain = usl.regularizer(x, lab, picks, horizon_num=None)
+    for h in (10, 10**7):
+        per_thread.clear()
+        np.testing.assert_array_equal(usl.regularizer(x, lab, picks, horizon_num=h), plain)
+        assert [p for w, p in per_thread if w.startswith("the regularizer")] == [0.0]
+    per_thread.clear()
+    usl.regularizer(x, lab, picks, horizon_num=9)  # 9 < 10 picks: the buffer counts
+    want = 256 * _dispatch.reservoir_bytes_per_row(9) + 8.0 * 9
+    assert [p for w, p in per_thread if w.startswith("the regularizer")] == [want]
+    # The whole selection with such a horizon runs (it raised MemoryError).
+    picks_big = usl.select(x, 10, k=10, horizon_num=10**7, weight=1)
+    assert len(picks_big) == 10

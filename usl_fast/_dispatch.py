@@ -396,12 +396,15 @@ def regularizer(
 ) -> np.ndarray:
     th = resolve_threads(threads)
     n, m = x.shape[0], picks.shape[0]
+    # The engine (csrc/cpu/regularizer.cpp) keeps the h nearest picks only when
+    # 0 < h < m: a 256-row candidate buffer and h keys per thread. With h >= m every pick
+    # counts and it sums them all with no buffer (h = 10**7 would otherwise "need" 81 GiB).
+    top_h = 0 < horizon_num < m
     check_memory(
         8.0 * n + _norm_bytes(n, m),
         f"the regularizer of {n} points and {m} picks",
         th,
-        # the top-h epilogue (horizon_num > 0): a 256-row candidate buffer per thread
-        256 * reservoir_bytes_per_row(horizon_num) + 8.0 * horizon_num if horizon_num else 0.0,
+        256 * reservoir_bytes_per_row(horizon_num) + 8.0 * horizon_num if top_h else 0.0,
     )
     out = np.empty(x.shape[0], np.float64)
     _progress.run(
