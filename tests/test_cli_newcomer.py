@@ -2,8 +2,8 @@
 list comes from the registered subcommands, parse errors are one line and options are
 never abbreviated, ``-o``'s extension sets the format, path errors name the option,
 ``--help`` shows defaults, the demo says when USL-T is skipped, progress bars start with
-a total and name their unit, ``--save-info`` round-trips ``SelectResult``, and README's
-FixMatch-on-digits lines run as written."""
+a total and name their unit, ``--save-info`` round-trips ``SelectResult``, and the
+FixMatch-on-digits lines of docs/fixmatch.md (moved there from README) run as written."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from test_cli import FAST, FAST_KW, D, M, N, run_cli  # noqa: E402,F401
 import usl_fast
 from usl_fast import _progress, cli
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+FIXMATCH_DOC = Path(__file__).resolve().parent.parent / "docs" / "fixmatch.md"
 
 
 def subcommands() -> Dict[str, argparse.ArgumentParser]:
@@ -355,11 +355,12 @@ def test_uslt_bar_names_its_figures_and_pluralises(
     assert "confident" in doc and "clusters used" in doc
 
 
-# --------------------------------------------------- 11. README's FixMatch on digits
+# ------------------------------------------ 11. docs/fixmatch.md's FixMatch on digits
 
 
 def readme_digits_lines() -> List[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    text = FIXMATCH_DOC.read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     (block,) = [b for b in blocks if "--dataset digits" in b]
     return [line for line in block.splitlines() if line.strip()]
 
@@ -376,7 +377,7 @@ def test_readme_fixmatch_digits_example_runs(
         argv = shlex.split(line)
         if argv[0] == "python":
             assert argv[1] == "-c"
-            exec(compile(argv[2], "README.md", "exec"), {})
+            exec(compile(argv[2], "docs/fixmatch.md", "exec"), {})
             continue
         assert argv[0] == "usl-fast"
         tiny = ["--no-progress"]  # and, for FixMatch, a few small steps
