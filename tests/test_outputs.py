@@ -382,11 +382,11 @@ def test_plot_library_path_is_written_atomically_and_not_through_a_link(tmp_path
     [
         # the same string three times: the last writer used to win silently (exit 0, x.csv
         # holding only the complement)
-        (["-o", "x.csv", "--csv", "x.csv", "--complement-csv", "x.csv"], ("-o/--output", "--csv")),
-        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "x.csv"], ("--csv", "--complement-csv")),
+        (["-o", "x.csv", "--csv", "x.csv", "--complement-csv", "x.csv"], ("-o/", "--csv")),
+        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "x.csv"], ("--csv", "--comp")),
         # different strings, one file: through ./ and through a link to the directory
-        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "./x.csv"], ("--csv", "--complement-csv")),
-        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "here/x.csv"], ("--csv", "--complement-csv")),
+        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "./x.csv"], ("--csv", "--comp")),
+        (["-o", "p.npy", "--csv", "x.csv", "--complement-csv", "here/x.csv"], ("--csv", "--comp")),
     ],
     ids=["same-string-x3", "same-string", "dot-slash", "dir-link"],
 )
@@ -428,3 +428,43 @@ def test_a_long_name_replaced_with_force_keeps_its_undo_link(tmp_path, monkeypat
     _io.write_atomic(name, lambda f: f.write(b"new"), what="-o", force=True)
     assert name.read_bytes() == b"new" and len(linked) == 1
     assert entries(tmp_path) == [name.name]
+
+
+_UMASK_CHILD = r"""
+import os, sys, threading
+os.umask(0o027)
+calls = []
+real_umask = os.umask
+def spy(mask):
+    # Setting the process umask, even for an instant, changes the mode of any file another
+    # thread creates meanwhile (0o027 -> 0o000 made them 0666/0777).
+    calls.append(threading.current_thread().name)
+    return real_umask(mask)
+os.umask = spy
+from usl_fast import cli
+code = cli.main(sys.argv[1:])
+print("umask calls:", len(calls), file=sys.stderr)
+sys.exit(code or (3 if calls else 0))
+"""
+
+
+def test_outputs_get_new_file_modes_without_touching_the_umask(work):
+    """Under a umask of 0o027 (set in the child), the outputs are 0o640, as a new file
+    from open() would be, and the process umask is never set, not even briefly: library
+    paths (plot_picks(path=), FixMatch.save) run inside multi-threaded training processes."""
+    (work / "old.csv").write_text("old\n")
+    argv = ["select", "f.npy", "-m", 5, "-k", 10, "--no-progress", "-o", "p.npy"]
+    argv += ["--save-info", "i.npz", "--csv", "old.csv", "--force"]  # one new, one replaced
+    r = subprocess.run(
+        [sys.executable, "-c", _UMASK_CHILD, *[str(a) for a in argv]],
+        cwd=work,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "umask calls: 0" in r.stderr
+    for name in ("p.npy", "i.npz", "old.csv"):
+        # a replaced file gets a new file's mode too (it is a new file renamed over it)
+        assert (work / name).stat().st_mode & 0o777 == 0o640, name

@@ -16,7 +16,9 @@ Typical use (the CLI's ``select``)::
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import stat
 import tempfile
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -30,16 +32,11 @@ class OutputError(ValueError):
     the message names the option (``what``) and the path the user gave."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 #: At most this many bytes of an output's name go into its temporary's name
-#: (".NAME.<random>.tmp", plus ".old" for the undo link of a replaced file): a valid NAME
-#: can be NAME_MAX (255) bytes long, and the temporary's must fit too. The random part
-#: keeps truncated names unique; the kept part only helps a person see whose it is.
+#: (".NAME.<8 hex digits>.tmp", plus ".old" for the undo link of a replaced file): a
+#: valid NAME can be NAME_MAX (255) bytes long, and the temporary's must fit too. The
+#: random part keeps truncated names unique; the kept part only helps a person see whose
+#: it is.
 _TMP_NAME_BYTES = 128
 
 
@@ -48,6 +45,26 @@ def _tmp_prefix(path: str) -> str:
     while len(os.fsencode(name)) > _TMP_NAME_BYTES:  # whole characters, never half one
         name = name[:-1]
     return f".{name}."
+
+
+def _create_temporary(parent: str, path: str) -> Tuple[int, str]:
+    """A new, empty temporary file beside ``path``, opened for writing.
+
+    Created with ``O_CREAT | O_EXCL`` (never through a link planted at its name) and mode
+    0o666, which the kernel reduces by the process umask: the file gets the permissions
+    ``open()`` gives a new file. mkstemp's 0o600 would make every output private, and
+    fixing that afterwards needs the umask, which can only be read by setting it, which
+    changes the mode of files other threads create meanwhile (this runs inside training
+    processes: plot_picks(path=), FixMatch.save)."""
+    prefix = _tmp_prefix(path)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(parent, f"{prefix}{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue  # a name taken, by chance or by someone planting one: draw another
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", parent)
 
 
 def _reason(exc: OSError) -> str:
@@ -183,8 +200,9 @@ class Outputs:
             target = self._targets[path]
         parent = os.path.dirname(path) or "."
         try:
-            # mkstemp opens with O_CREAT | O_EXCL: never through a link planted at its name.
-            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=parent)
+            # A replaced file (--force) gets a new file's mode, not its old one: the
+            # temporary is a new file renamed over it. Kept so, as it always was here.
+            fd, tmp = _create_temporary(parent, path)
             self._staged.append((target, tmp))
             if binary:
                 f = os.fdopen(fd, "wb")
@@ -193,8 +211,6 @@ class Outputs:
             with f:
                 writer(f)
                 f.flush()
-                # mkstemp's 0600 would make outputs private; give what open() would.
-                os.fchmod(f.fileno(), 0o666 & ~_umask())
         except OSError as exc:
             self.discard()
             why = _reason(exc)
