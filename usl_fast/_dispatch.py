@@ -47,7 +47,9 @@ def available_memory() -> Optional[int]:
     return min(lim.free for lim in found) if found else None
 
 
-def check_memory(nbytes: float, what: str, threads: int = 0, per_thread: float = 0.0) -> None:
+def check_memory(
+    nbytes: float, what: str, threads: int = 0, per_thread: float = 0.0, tiles: bool = True
+) -> None:
     """Raise MemoryError naming the sizes and the limit when an op cannot fit, before it
     allocates anything.
 
@@ -63,8 +65,13 @@ def check_memory(nbytes: float, what: str, threads: int = 0, per_thread: float =
         GEMM is OpenBLAS, and, against the address-space limits, its stack and malloc arena.
     per_thread : float
         Further bytes each thread allocates (e.g. its candidate buffers).
+    tiles : bool
+        Whether the threads run the tile GEMM and allocate (``_memory.Estimate.tiles``):
+        False for the norms and the k-means sums.
     """
-    _memory.check(_memory.Estimate(float(nbytes), int(threads), float(per_thread)), what)
+    _memory.check(
+        _memory.Estimate(float(nbytes), int(threads), float(per_thread), bool(tiles)), what
+    )
 
 
 def reservoir_bytes_per_row(k: int) -> float:
@@ -95,7 +102,7 @@ def _norm_bytes(*rows: int) -> float:
 
 def row_norms(x: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
     th = resolve_threads(threads)
-    check_memory(4.0 * x.shape[0], f"the squared norms of {x.shape[0]} rows", th)
+    check_memory(4.0 * x.shape[0], f"the squared norms of {x.shape[0]} rows", th, tiles=False)
     out = np.empty(x.shape[0], np.float32)
     _cpu.row_norms(x, out, th, None)
     return out
@@ -233,6 +240,7 @@ def segment_sum(
         8.0 * K + (0.0 if sums is not None else 8.0 * K * x.shape[1]),
         f"the member sums of {K} clusters x {x.shape[1]} coordinates (float64)",
         th,
+        tiles=False,  # each thread adds its clusters' rows: no GEMM, no allocation
     )
     counts = np.empty(K, np.int64)
     hi = K if c_hi is None else int(c_hi)

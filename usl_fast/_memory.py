@@ -47,6 +47,21 @@ BLAS_THREAD_TOUCHED = 8 * MiB
 #: on 64-bit Linux (measured: +72 MiB of address space per first-time thread with its
 #: stack), and keeps at most 8 arenas per core.
 ARENA_BYTES = 64 * MiB
+#: What stays mapped after an op, and what does not (VmSize measured around repeated
+#: ``knn(x, 5, threads=16)`` calls, 2 cores): glibc never unmaps an arena (a thread that
+#: exits leaves its arena on a free list for the next new thread), and OpenBLAS keeps its
+#: buffers in a pool for the next caller; so the first call grew VmSize by ~1 GiB (15
+#: arenas, 2 cores' cap of 16 with the main one) and identical later calls by nothing.
+#: Thread stacks do not stay: each call's worker thread and its OpenMP team exit with it
+#: and glibc unmaps their stacks (bar a 40 MiB cache), so every call maps them again.
+#: Hence the arenas and OpenBLAS buffers of an estimate are those of threads beyond the
+#: most that an earlier op of this process ran (``_TILE_THREADS_SEEN``, raised once an
+#: op's check has passed), while its stacks always count. A forked child inherits the
+#: mappings, glibc's arena list and this mark alike (measured: no growth in the child), so
+#: the mark is not reset at fork. It undercounts only when ops run concurrently from
+#: several Python threads after a larger sequential one; glibc then falls back to an
+#: existing arena or a plain mmap when it cannot map a new arena, not an abort.
+_TILE_THREADS_SEEN = 0
 #: Safety margin on every estimate, for what it does not itemise (Python objects, the
 #: validation's row-block temporaries, small engine vectors, allocator rounding): 1/16 of
 #: it plus 32 MiB.
@@ -140,6 +155,10 @@ def rlimit_limits() -> List[Limit]:
             finite.append((name, int(soft), field))
     if not finite:  # the usual case: two system calls, no file read
         return []
+    # The previous op's OpenMP team may still be exiting, its stacks still mapped.
+    from ._progress import wait_for_last_worker
+
+    wait_for_last_worker()
     used: Dict[str, int] = {}
     for line in (_read("/proc/self/status") or "").splitlines():
         key, _, rest = line.partition(":")
@@ -394,11 +413,14 @@ class Estimate:
     """What an op will allocate, itemised for the message.
 
     arrays: outputs and engine buffers sized by the input; threads: the OpenMP threads it
-    runs; per_thread: buffers each of them allocates beyond ``ENGINE_THREAD_BYTES``."""
+    runs; per_thread: buffers each of them allocates beyond ``ENGINE_THREAD_BYTES``;
+    tiles: whether its threads run the tile GEMM and allocate (False for the norms and the
+    k-means sums, whose threads only read and add: no OpenBLAS buffer, no arena)."""
 
     arrays: float
     threads: int = 0
     per_thread: float = 0.0
+    tiles: bool = True
 
     def touched(self, blas: bool) -> Tuple[float, List[str]]:
         """(bytes of memory it touches, margin included; the itemisation)."""
@@ -412,17 +434,34 @@ class Estimate:
 
     def reserved(self, blas: bool) -> Tuple[float, List[str]]:
         """(bytes of address space it maps, the itemisation): what it touches plus each
-        new thread's stack, malloc arena and OpenBLAS buffer, mapped but mostly never
-        touched."""
+        thread's stack and, for threads beyond those earlier ops already ran
+        (``_TILE_THREADS_SEEN``), a malloc arena and an OpenBLAS buffer, mapped but mostly
+        never touched."""
         total, parts = self.touched(blas)
         if not self.threads:
             return total, parts
-        arenas = min(self.threads, 8 * (os.cpu_count() or 1))
-        extra = self.threads * _stack_bytes() + arenas * ARENA_BYTES
-        if blas:
-            extra += self.threads * (BLAS_THREAD_RESERVED - BLAS_THREAD_TOUCHED)
+        extra = float(self.threads * _stack_bytes())
+        if self.tiles:
+            cap = _arena_cap()
+            extra += max(0, min(self.threads, cap) - min(_TILE_THREADS_SEEN, cap)) * ARENA_BYTES
+            if blas:
+                new = max(0, self.threads - _TILE_THREADS_SEEN)
+                extra += new * (BLAS_THREAD_RESERVED - BLAS_THREAD_TOUCHED)
         parts.insert(-1, f"{_gib(extra)} of thread stacks and allocator reservations")
         return total + extra, parts
+
+
+def _arena_cap() -> int:
+    """The most malloc arenas glibc makes: 8 per core on 64-bit."""
+    return 8 * (os.cpu_count() or 1)
+
+
+def _ran(estimate: Estimate) -> None:
+    """Note that an op with ``estimate`` passed its check and now runs: its threads'
+    arenas and OpenBLAS buffers will be mapped from here on (``_TILE_THREADS_SEEN``)."""
+    global _TILE_THREADS_SEEN
+    if estimate.tiles and estimate.threads > _TILE_THREADS_SEEN:
+        _TILE_THREADS_SEEN = estimate.threads
 
 
 #: An op whose estimate (margin excluded) is below this is checked against the
@@ -450,8 +489,9 @@ def check(estimate: Estimate, what: str, found: Optional[List[Limit]] = None) ->
         if estimate.arrays + estimate.threads * per >= SMALL_BYTES:
             found = found + touched_limits()
     if not found:
+        _ran(estimate)
         return
-    blas = estimate.threads > 0 and _uses_blas()
+    blas = estimate.threads > 0 and estimate.tiles and _uses_blas()
     worst = None
     for lim in found:
         need, parts = estimate.reserved(blas) if lim.address_space else estimate.touched(blas)
@@ -459,6 +499,7 @@ def check(estimate: Estimate, what: str, found: Optional[List[Limit]] = None) ->
         if short > 0 and (worst is None or short > worst[0]):
             worst = (short, need, parts, lim)
     if worst is None:
+        _ran(estimate)
         return
     _, need, parts, lim = worst
     raise MemoryError(
