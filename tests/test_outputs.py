@@ -468,3 +468,37 @@ def test_outputs_get_new_file_modes_without_touching_the_umask(work):
     for name in ("p.npy", "i.npz", "old.csv"):
         # a replaced file gets a new file's mode too (it is a new file renamed over it)
         assert (work / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_outputs_are_synced_before_their_renames_and_the_directory_after(tmp_path, monkeypatch):
+    """Atomic across a crash too: each temporary's data reaches the disk (fsync) before the
+    rename that makes it the output, and the directory holding the renames is synced after
+    them (else a power cut could leave an empty or missing file under the final name)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(_io.os, "fsync", fsync)
+    monkeypatch.setattr(_io.os, "replace", replace)
+    (tmp_path / "sub").mkdir()
+    outs_ = [tmp_path / "a.npy", tmp_path / "sub" / "b.csv"]
+    with _io.Outputs() as outs:
+        for p in outs_:
+            outs.check(p, "-o")
+        for p in outs_:
+            outs.stage(p, lambda f: f.write(b"data"))
+        outs.commit()
+    renames = [e for e in events if e[0] == "replace"]
+    assert [e[2] for e in renames] == [str(p) for p in outs_]
+    first_rename = events.index(renames[0])
+    synced_before = {e[1] for e in events[:first_rename] if e[0] == "fsync"}
+    assert synced_before == {e[1] for e in renames}  # every temporary, before any rename
+    synced_after = {e[1] for e in events[events.index(renames[-1]) :] if e[0] == "fsync"}
+    assert synced_after == {str(tmp_path), str(tmp_path / "sub")}

@@ -211,6 +211,10 @@ class Outputs:
             with f:
                 writer(f)
                 f.flush()
+                # On disk before commit's rename: without it a crash after the rename can
+                # leave the output's name on an empty or partly written file (delayed
+                # allocation), which is not the all-or-nothing promised.
+                os.fsync(f.fileno())
         except OSError as exc:
             self.discard()
             why = _reason(exc)
@@ -279,6 +283,9 @@ class Outputs:
             raise
         for b in backups:
             _unlink(b)
+        # The renames themselves reach the disk with their directories' metadata.
+        for d in sorted({os.path.dirname(t.real) for t, _ in staged}):
+            _sync_directory(d)
 
     def discard(self) -> None:
         """Remove every temporary staged and not committed."""
@@ -341,6 +348,21 @@ def _refuse_kind(path: str, what: str, mode: int) -> None:
         raise OutputError(f"{what} {path!r} is a directory")
     if not stat.S_ISREG(mode):
         raise OutputError(f"{what} {path!r} exists and is not a regular file")
+
+
+def _sync_directory(directory: str) -> None:
+    """fsync a directory, best effort: the outputs are already in place, and some file
+    systems cannot open or sync a directory; a crash there may only lose the renames."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: Optional[str]) -> None:
