@@ -306,6 +306,60 @@ def test_the_limit_is_found_on_a_parent_cgroup(tmp_path):
     assert _memory._dir_of(("/sys/fs/cgroup", "/z"), "/a/b") is None
 
 
+def test_clean_file_cache_is_free_under_a_cgroup_limit(tmp_path):
+    # A memory-mapped .npy read more than once is on the ACTIVE file list: charged to the
+    # cgroup but clean, so the kernel reclaims it before it kills. Counting it as used
+    # refused, in a pod whose limit is near the feature file's size, work that runs.
+    # Dirty and under-writeback file pages, and shmem (on the anon list), stay used.
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text(f"{1024 * MiB}\n")
+    (v2 / "memory.current").write_text(f"{1000 * MiB}\n")
+    (v2 / "memory.stat").write_text(
+        f"anon {150 * MiB}\nfile {850 * MiB}\nshmem {50 * MiB}\nfile_dirty {16 * MiB}\n"
+        f"file_writeback {8 * MiB}\ninactive_file {100 * MiB}\nactive_file {700 * MiB}\n"
+    )
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text(f"{1024 * MiB}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{1000 * MiB}\n")
+    (v1 / "memory.stat").write_text(
+        f"cache {850 * MiB}\nrss {150 * MiB}\nshmem {50 * MiB}\ndirty 0\nwriteback 0\n"
+        f"total_cache {850 * MiB}\ntotal_shmem {50 * MiB}\ntotal_dirty {16 * MiB}\n"
+        f"total_writeback {8 * MiB}\ntotal_inactive_file {100 * MiB}\n"
+        f"total_active_file {700 * MiB}\n"
+    )
+    lim2, lim1 = _memory.cgroup_limits([(2, str(v2)), (1, str(v1))])
+    # used: 1000 - (100 + 700 - 16 - 8) = 224 MiB; free: 800 MiB
+    for lim in (lim2, lim1):
+        assert lim.free == 800 * MiB, (lim.name, lim.free / MiB)
+        assert "224 MiB in use" in lim.detail
+    # An op of ~500 MiB runs under it (it was refused: "only 124 MiB is available").
+    _memory.check(_memory.Estimate(arrays=500 * MiB), "the test arrays", [lim2, lim1])
+    # The same through USL_FAST_CGROUP_ROOT: a ~360 MB density pass runs in a child.
+    own, _ = own_cgroup_paths()
+    if own is None:
+        return
+    root = tmp_path / "cg"
+    d = root / own.strip("/") if own.strip("/") else root
+    d.mkdir(parents=True)
+    for f in ("memory.max", "memory.current", "memory.stat"):
+        (d / f).write_text((v2 / f).read_text())
+    code = """
+    import numpy as np, usl_fast
+    x = np.random.default_rng(0).standard_normal((100_000, 16)).astype(np.float32)
+    print("OK", usl_fast.density(x[:20_000], 200).shape)
+    try:
+        usl_fast.density(x, 200)
+        print("RAN")
+    except MemoryError as e:
+        print("ERR", e)
+    """
+    r = run_child(code, tmp_path, {_memory.CGROUP_ROOT_ENV: str(root)})
+    assert r.returncode == 0, r.stderr
+    assert "RAN" in r.stdout, r.stdout
+
+
 def test_the_check_names_the_tightest_limit():
     est = _memory.Estimate(arrays=900 * MiB, threads=2, per_thread=MiB)
     lims = [

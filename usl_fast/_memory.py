@@ -120,19 +120,6 @@ def _read_int(path: str) -> Optional[int]:
         return None
 
 
-def _stat_field(path: str, names: Tuple[str, ...]) -> int:
-    """The first of ``names`` found in a ``memory.stat`` file (bytes), else 0."""
-    text = _read(path) or ""
-    fields = dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
-    for name in names:
-        if name in fields:
-            try:
-                return int(fields[name])
-            except ValueError:
-                pass
-    return 0
-
-
 # ------------------------------------------------------------------------------ rlimits
 
 
@@ -290,24 +277,48 @@ def limited_cgroups(
     return out
 
 
+def _clean_file_cache(stat_path: str, v1: bool) -> int:
+    """Bytes of clean page cache charged to a cgroup (its ``memory.stat``): the file LRU
+    lists, inactive AND active, less the dirty pages and those under writeback. Clean
+    file pages are dropped without any I/O before the kernel resorts to killing, whether
+    inactive or active: a memory-mapped feature file read more than once sits on the
+    active list, and counting it as used refused work in a pod whose limit is near the
+    file's size. (``file`` / ``total_cache`` would also count shmem and tmpfs pages,
+    which are on the anon lists and cannot be dropped.)"""
+    text = _read(stat_path) or ""
+    fields = dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
+
+    def get(name: str) -> int:
+        # v1: the hierarchical total_ figure (children included) where the kernel has it
+        for key in (("total_" + name, name) if v1 else (name,)):
+            try:
+                return int(fields[key])
+            except (KeyError, ValueError):
+                pass
+        return 0
+
+    busy = ("dirty", "writeback") if v1 else ("file_dirty", "file_writeback")
+    lru = get("inactive_file") + get("active_file")
+    return max(0, lru - get(busy[0]) - get(busy[1]))
+
+
 def cgroup_limits(dirs: List[Tuple[int, str]]) -> List[Limit]:
     """The limits of ``limited_cgroups``, re-read now: v2 ``memory.max`` less
     ``memory.current``, v1 ``memory.limit_in_bytes`` less ``memory.usage_in_bytes``. The
-    inactive file cache (``memory.stat``) is not counted as used: the kernel reclaims it
-    before it kills (what container runtimes call the working set)."""
+    clean file cache (``memory.stat``: ``_clean_file_cache``) is not counted as used: the
+    kernel reclaims it before it kills."""
     out = []
     for version, d in dirs:
+        stat = os.path.join(d, "memory.stat")
         if version == 2:
             limit = _v2_limit(d)
             current = _read_int(os.path.join(d, "memory.current"))
-            cache = _stat_field(os.path.join(d, "memory.stat"), ("inactive_file",))
+            cache = _clean_file_cache(stat, v1=False)
             name, file = "cgroup memory.max", "memory.max"
         else:
             limit = _v1_limit(d)
             current = _read_int(os.path.join(d, "memory.usage_in_bytes"))
-            cache = _stat_field(
-                os.path.join(d, "memory.stat"), ("total_inactive_file", "inactive_file")
-            )
+            cache = _clean_file_cache(stat, v1=True)
             name, file = "cgroup v1 memory.limit_in_bytes", "memory.limit_in_bytes"
         if limit is None:  # lifted since it was found
             continue
