@@ -100,12 +100,30 @@ def _escape_docstring(app, what, name, obj, options, lines) -> None:
     lines[:] = [_escape_plain_text(line) for line in lines]
 
 
+def _check_api_complete(app, env) -> None:
+    """Every public name of ``usl_fast`` (its ``__all__``) has an entry in the API pages,
+    so a function added to the package cannot go undocumented (api/usl_fast.rst lists
+    them by hand, grouped; the submodules' pages take their ``__all__`` automatically)."""
+    from sphinx.util import logging
+
+    documented = set(env.get_domain("py").objects)
+    missing = [n for n in usl_fast.__all__ if f"usl_fast.{n}" not in documented]
+    if missing:
+        logging.getLogger(__name__).warning(
+            "usl_fast.%s: in usl_fast.__all__ but on no API page (docs/api/usl_fast.rst)",
+            ", usl_fast.".join(missing),
+        )
+
+
 def setup(app):
     # before napoleon (priority 500) turns "Parameters" sections into fields
     app.connect("autodoc-process-docstring", _escape_docstring, priority=400)
+    app.connect("env-check-consistency", _check_api_complete)
 
 
 html_theme = "alabaster"
+# wide enough for the 90-column --help blocks and the 100-column code
+html_theme_options = {"page_width": "1240px", "sidebar_width": "250px"}
 html_title = f"usl_fast {release}"
 html_static_path: list = []
 html_show_sourcelink = False

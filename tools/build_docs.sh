@@ -7,8 +7,8 @@
 #
 # The pinned tools (docs/requirements.txt) go into a virtual environment of their own,
 # docs/_build/venv, which also sees the packages of the python3 that runs this script
-# (usl_fast, numpy, torch for the torch-only modules): installing Sphinx must not change
-# the environment the tests run in.
+# (usl_fast, numpy, and torch, which the API pages of usl_fast.uslt / .distributed / .ssl
+# import): installing Sphinx must not change the environment the tests run in.
 #   PYTHON=python3.12 bash tools/build_docs.sh   # another interpreter
 set -euo pipefail
 cd "$(dirname "$0")/.."

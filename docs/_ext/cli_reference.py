@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # argparse wraps help to the terminal's width; a fixed width makes the page the same on
 # every machine (CI has no terminal).
-HELP_WIDTH = "90"
+HELP_WIDTH = "80"
 
 
 def _factory(spec: str) -> argparse.ArgumentParser:
