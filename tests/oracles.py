@@ -366,7 +366,7 @@ def top_up(density, reg, weight: float, picks, m: int) -> np.ndarray:
     return np.concatenate([picks, order[: m - picks.size]])
 
 
-#: The published configurations (README's preset table), transcribed independently.
+#: The published configurations (docs/presets.md's table), transcribed independently.
 PRESETS = {
     "cifar10": dict(
         rounds=10,

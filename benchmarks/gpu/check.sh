@@ -6,7 +6,7 @@
 #   3. compute-sanitizer memcheck and racecheck on each kernel, small inputs;
 #   4. the GPU benchmarks -> benchmarks/results/gpu.{json,md}.
 # Usage: bash benchmarks/gpu/check.sh [seconds for the benchmarks, default 300]
-# NOT YET RUN ON A GPU: written without one (see README, "Tensors on a GPU").
+# NOT YET RUN ON A GPU: written without one (see docs/gpu.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
