@@ -5,28 +5,35 @@
 # package; a developer tree with the engine built in place works too (docs/conf.py says
 # which usl_fast it documents).
 #
-# The pinned tools (docs/requirements.txt) go into a virtual environment of their own,
-# docs/_build/venv, which also sees the packages of the python3 that runs this script
-# (usl_fast, numpy, and torch, which the API pages of usl_fast.uslt / .distributed / .ssl
-# import): installing Sphinx must not change the environment the tests run in.
-#   PYTHON=python3.12 bash tools/build_docs.sh   # another interpreter
+# The pinned tools (docs/requirements.txt) are installed into a folder of their own,
+# docs/_build/tools, put first on PYTHONPATH for the build only: the build runs with the
+# python3 that runs this script (or $PYTHON), so it imports the usl_fast installed there
+# (with numpy and torch, which the API pages of usl_fast.uslt / .distributed / .ssl need),
+# and installing Sphinx changes nothing in the environment the tests run in. (A virtual
+# environment would not do: one made from inside another venv sees only the base
+# interpreter's packages, not the usl_fast installed in that venv.)
+#   PYTHON=.venv/bin/python bash tools/build_docs.sh   # another interpreter
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 OUT=docs/_build
-VENV=$OUT/venv
+TOOLS=$OUT/tools
 start=$(date +%s)
 
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PY" -m venv --system-site-packages "$VENV"
+# Reinstalled only when docs/requirements.txt changes.
+if ! cmp -s docs/requirements.txt "$TOOLS/.requirements.txt"; then
+    rm -rf "$TOOLS"
+    "$PY" -m pip install --quiet --disable-pip-version-check --target "$TOOLS" \
+        -r docs/requirements.txt
+    cp docs/requirements.txt "$TOOLS/.requirements.txt"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r docs/requirements.txt
+export PYTHONPATH="$PWD/$TOOLS${PYTHONPATH:+:$PYTHONPATH}"
 
 rm -rf "$OUT/html" "$OUT/doctrees"
 # -W --keep-going: every warning fails the build, all of them reported; -n: nitpicky (every
 # cross-reference must resolve, docs/conf.py lists the exceptions); -E: no stale state.
-"$VENV/bin/python" -m sphinx -b html -W --keep-going -n -E -q \
+"$PY" -m sphinx -b html -W --keep-going -n -E -q \
     -d "$OUT/doctrees" docs "$OUT/html"
-"$VENV/bin/python" tools/check_site_links.py "$OUT/html"
+"$PY" tools/check_site_links.py "$OUT/html"
 echo "build_docs: site in $OUT/html/index.html ($(( $(date +%s) - start )) s)"
