@@ -87,6 +87,74 @@ def test_tiny_magnitudes_are_an_error(usl, no_engine, make):
         assert "multiply them by 2.0**" in msg and "keeps every neighbour order" in msg
 
 
+def test_a_tiny_second_side_is_fine_when_the_other_is_not(usl):
+    # Squared distances between two sets underflow only when BOTH are tiny: between
+    # normal features and queries of size 1e-10 every distance is about |x|^2. The rule
+    # applies to the larger of the two sides' largest squared norms.
+    x = normal(200, 16, seed=5).astype(np.float32)
+    q = np.full((2, 16), 1e-10)
+    d, i = usl.knn(x, 5, queries=q)  # the review's case: was "`queries` is too small"
+    want_d, want_i = oracles.knn(x, 5, queries=q.astype(np.float32))
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_allclose(d, want_d, rtol=3e-7)
+    qr = (normal(30, 16, seed=6) * 1e-12).astype(np.float32)
+    d, i = usl.knn(x, 7, queries=qr)
+    want_d, want_i = oracles.knn(x, 7, queries=qr)
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_allclose(d, want_d, rtol=3e-7)
+    r = float(want_d[0, 3] + want_d[0, 4]) / 2  # between two distances (all about |x|^2)
+    want_counts = (oracles.sqdist(qr, x) <= r).sum(axis=1)
+    np.testing.assert_array_equal(usl.range_count(x, r, queries=qr), want_counts)
+    # and the other way round: tiny features, normal queries
+    d, i = usl.knn(qr, 3, queries=x[:20])
+    want_d, want_i = oracles.knn(qr, 3, queries=x[:20])
+    np.testing.assert_allclose(d, want_d, rtol=3e-7)
+    # k-means from tiny initial centroids of normal features: the centroids become means
+    # of the features after one step
+    res = usl.kmeans(x, 3, init=np.full((3, 16), 1e-10), n_iter=5)
+    assert np.isfinite(res.centroids).all() and res.counts.sum() == 200
+
+
+def test_both_sides_tiny_is_an_error_naming_both(usl, no_engine):
+    x = (normal(200, 16, seed=5) * 1e-30).astype(np.float32)
+    q = (normal(5, 16, seed=6) * 1e-30).astype(np.float32)
+    for call in (lambda: usl.knn(x, 5, queries=q), lambda: usl.range_count(x, 1e-60, queries=q)):
+        with pytest.raises(ValueError) as info:
+            call()
+        msg = str(info.value)
+        assert msg.startswith("`features` and `queries` are too small in magnitude"), msg
+        assert "2**-60" in msg and "multiply both by 2.0**" in msg
+    # All-zero features (a legitimate input) with tiny initial centroids: the larger side
+    # is the centroids, tiny: an error naming both.
+    with pytest.raises(ValueError, match="`features` and `init` are too small in magnitude"):
+        usl.kmeans(np.zeros((20, 16), np.float32), 2, init=q[:2])
+    # k-means features stay checked on their own (the centroids become their means).
+    with pytest.raises(ValueError, match="^`features` is too small in magnitude"):
+        usl.kmeans(x, 2, init=normal(2, 16))
+
+
+def test_the_pair_rule_on_the_portable_path(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("USL_FAST_BACKEND", "portable")  # torch CPU tensors go the device way
+    x = torch.from_numpy(normal(200, 16, seed=5).astype(np.float32))
+    q = torch.full((2, 16), 1e-10)
+    d, i = usl_fast.knn(x, 5, queries=q)
+    want_d, want_i = oracles.knn(x.numpy(), 5, queries=q.numpy())
+    np.testing.assert_array_equal(i.numpy(), want_i)
+    np.testing.assert_allclose(d.numpy(), want_d, rtol=3e-7)
+    res = usl_fast.kmeans(x, 3, init=torch.full((3, 16), 1e-10), n_iter=5)
+    assert bool(torch.isfinite(res.centroids).all()) and int(res.counts.sum()) == 200
+    tiny = x * 1e-30
+    with pytest.raises(ValueError, match="^`features` and `queries` are too small"):
+        usl_fast.knn(tiny, 5, queries=tiny[:3])
+    with pytest.raises(ValueError, match="^`features` is too small"):
+        usl_fast.knn(tiny, 5)
+    with pytest.raises(ValueError, match="^`features` is too small"):
+        usl_fast.kmeans(tiny, 2, init=x[:2])
+    with pytest.raises(ValueError, match="^`features` and `init` are too small"):
+        usl_fast.kmeans(torch.zeros(20, 16), 2, init=tiny[:2])
+
+
 def test_float64_values_that_vanish_in_float32_are_an_error(usl, no_engine):
     x = normal() * 1e-300
     with pytest.raises(ValueError, match=r"largest absolute value 3.9e-300 becomes 0 in float32"):

@@ -16,15 +16,19 @@ from ._backend import _cpu
 from ._dispatch import FAR, MIN_MEAN_DIST
 from ._validate import (
     MAX_ROWS,
+    MIN_SQUARED_NORM,
     _is_torch,
     _to_torch,
     as_features,
+    as_features_top,
     as_float,
     as_int,
     as_labels,
     as_seed,
     as_vector,
+    check_pair_scale,
     threads_arg,
+    tiny_scale_message,
 )
 
 __all__ = ["FAR", "MIN_MEAN_DIST"]
@@ -71,14 +75,19 @@ def knn(
 
     if portable.wants(features):  # a tensor on a GPU: computed there
         return portable.public_knn(features, k, queries, threads)
-    x, back = as_features(features, "features")
+    # With queries, the 2**-60 rule applies to the larger side (check_pair_scale): a tiny
+    # side next to a normal one gives normal distances.
+    x, back, top = as_features_top(features, "features")
+    if queries is None and 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message("features", top))
     n = x.shape[0]
     threads_arg(threads)
     q = None
     if queries is None:
         k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
     else:
-        q, back = as_features(queries, "queries")
+        q, back, q_top = as_features_top(queries, "queries")
+        check_pair_scale(("features", top), ("queries", q_top))
         if q.shape[1] != x.shape[1]:
             raise ValueError(
                 f"`queries` must have the same dimension as `features` (got {q.shape[1]} and {x.shape[1]})"
@@ -172,7 +181,10 @@ def kmeans(
 
     if portable.wants(features):  # a tensor on a GPU: computed there
         return portable.public_kmeans(features, n_clusters, n_iter, init, seed, threads)
-    x, back = as_features(features, "features")
+    x, back, top = as_features_top(features, "features")
+    # The features are checked on their own: the centroids become their means.
+    if 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message("features", top))
     n, d = x.shape
     K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")
     n_iter = as_int(n_iter, "n_iter", 1)
@@ -185,7 +197,9 @@ def kmeans(
             )
         cent = initial_rows(x, K, init, seed, threads, progress)
     else:
-        cent, _ = as_features(init, "init")
+        # Tiny initial centroids are fine beside normal features (check_pair_scale).
+        cent, _, c_top = as_features_top(init, "init")
+        check_pair_scale(("features", top), ("init", c_top))
         if cent.shape != (K, d):
             raise ValueError(
                 f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {cent.shape}"
@@ -471,10 +485,14 @@ def range_count(
     radius are evaluated exactly, so the count is exact for the engine's distance.
     Memory: no pair list or matrix, O(threads * tile) beyond the output.
     """
-    x, back = as_features(features, "features")
+    x, back, top = as_features_top(features, "features")
     q = x
-    if queries is not None:
-        q, back = as_features(queries, "queries")
+    if queries is None:
+        if 0.0 < top < MIN_SQUARED_NORM:
+            raise ValueError(tiny_scale_message("features", top))
+    else:
+        q, back, q_top = as_features_top(queries, "queries")
+        check_pair_scale(("features", top), ("queries", q_top))  # the larger side counts
         if q.shape[1] != x.shape[1]:
             raise ValueError(
                 f"`queries` must have the same dimension as `features` (got {q.shape[1]} and {x.shape[1]})"

@@ -48,19 +48,34 @@ def as_features(
     x: Any, name: str = "features", row_offset: int = 0, check_scale: bool = True
 ) -> Tuple[np.ndarray, Any]:
     """Return (float32 2-D numpy array with contiguous, evenly spaced rows; a converter of
-    results back to the caller's library).
+    results back to the caller's library): ``as_features_top`` less the largest squared
+    norm, with the 2**-60 check unless ``check_scale=False``."""
+    arr, to_caller, top = as_features_top(x, name, row_offset)
+    if check_scale and 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message(name, top))
+    return arr, to_caller
+
+
+def as_features_top(
+    x: Any, name: str = "features", row_offset: int = 0
+) -> Tuple[np.ndarray, Any, float]:
+    """Return (float32 2-D numpy array with contiguous, evenly spaced rows; a converter of
+    results back to the caller's library; its largest squared row norm, float64).
 
     No copy is made when the input already is aligned float32 with contiguous rows
     (C-ordered, a row-strided view, read-only or memory-mapped); anything else (another
     dtype, a column-major or unaligned array) is converted once, after checking that the
     copy fits in memory. Errors: not 2-D or empty, non-numeric, NaN/inf, more than
     2**31 - 1 rows, a row whose squared norm exceeds 2**124 (float32 distances would
-    overflow), each naming the row, or a largest squared row norm in (0, 2**-60) (squared
-    distances would underflow: ``MIN_SQUARED_NORM``).
+    overflow), each naming the row, or float64 values that all vanish in float32. A
+    largest squared row norm in (0, 2**-60) (squared distances would underflow:
+    ``MIN_SQUARED_NORM``) is left to the caller: ``as_features`` checks one set,
+    ``check_pair_scale`` two whose cross distances are computed.
 
     ``row_offset``: the index of ``x``'s first row in the caller's numbering (a shard of a
-    file), added to the row an error names. ``check_scale=False`` skips the 2**-60 check,
-    for a caller that L2-normalises the rows before computing any distance.
+    file), added to the row an error names. (``as_features``' ``check_scale=False`` skips
+    the 2**-60 check, for a caller that L2-normalises the rows before computing any
+    distance.)
     """
     to_caller = _identity
     if _is_torch(x):
@@ -135,21 +150,35 @@ def as_features(
             f"e.g. multiply them by 2.0**{int(np.ceil(-np.log2(amax)))} (a power of two keeps "
             "every neighbour order) or L2-normalise them"
         )
-    if check_scale and 0.0 < top < MIN_SQUARED_NORM:
-        raise ValueError(tiny_scale_message(name, top))
-    return arr, to_caller
+    return arr, to_caller, top
+
+
+def check_pair_scale(a: Tuple[str, float], b: Tuple[str, float]) -> None:
+    """The 2**-60 rule for distances between two sets (features and queries, or centroids),
+    each given as (name, largest squared row norm): |a - b|^2 underflows float32 only when
+    BOTH sides are tiny (between normal features and queries of size 1e-10 every distance
+    is about |x|^2), so the rule applies to the larger of the two largest squared norms."""
+    top = max(a[1], b[1])
+    if 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message(a[0], top, b[0]))
 
 
 
-def tiny_scale_message(name: str, top: float) -> str:
-    """The error for features whose largest squared row norm ``top`` is in (0, 2**-60)."""
+def tiny_scale_message(name: str, top: float, other: Optional[str] = None) -> str:
+    """The error for features whose largest squared row norm ``top`` is in (0, 2**-60);
+    with ``other``, for two sets (``check_pair_scale``) whose larger such norm is."""
     # A power of two that brings the largest squared norm to about 1 (exact in float32).
     e = int(np.ceil(-np.log2(top) / 2.0))
+    if other is None:
+        what, norm, them = f"`{name}` is", "its largest squared row norm is", "them"
+    else:
+        what = f"`{name}` and `{other}` are"
+        norm, them = "the larger of their largest squared row norms is", "both"
     return (
-        f"`{name}` is too small in magnitude: its largest squared row norm is {top:.3g}, "
+        f"{what} too small in magnitude: {norm} {top:.3g}, "
         f"below {MIN_SQUARED_NORM:.3g} = 2**-60, where float32 squared distances underflow "
         "(they come out 0 or subnormal and neighbours tie by index); rescale the features, "
-        f"e.g. multiply them by 2.0**{e} (a power of two scales every squared distance by "
+        f"e.g. multiply {them} by 2.0**{e} (a power of two scales every squared distance by "
         "the same factor and keeps every neighbour order exactly) or L2-normalise them"
     )
 

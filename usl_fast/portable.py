@@ -529,14 +529,18 @@ def to_host(a: Any) -> Any:
     return a
 
 
-def _on_device(a: Any, like, name: str):
-    """``a`` (numpy, torch or CuPy) as a checked float32 tensor on ``like``'s device."""
+def _on_device(a: Any, like, name: str, with_top: bool = False):
+    """``a`` (numpy, torch or CuPy) as a checked float32 tensor on ``like``'s device;
+    ``with_top``: (that tensor, its largest squared row norm), the 2**-60 rule left to the
+    caller (``_validate.check_pair_scale``)."""
     torch = _torch()
     t = _as_tensor(a)[0] if (_is_cupy(a) or isinstance(a, torch.Tensor)) else None
     if t is None:
         t = torch.as_tensor(np.asarray(a))
     if t.device != like.device:
         t = t.to(like.device)
+    if with_top:
+        return device_features_top(t, name)
     return as_device_features(t, name)
 
 
@@ -556,9 +560,18 @@ def as_device_features(x, name: str = "features", check_scale: bool = True):
     (converted once if not), 2-D, non-empty, finite, squared norms within the engine's
     range (and, unless ``check_scale=False``, a largest one not in (0, 2**-60):
     ``_validate.MIN_SQUARED_NORM``); an error names the first bad row."""
+    from ._validate import MIN_SQUARED_NORM, tiny_scale_message
+
+    x, top = device_features_top(x, name)
+    if check_scale and 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message(name, top))
+    return x
+
+
+def device_features_top(x, name: str = "features"):
+    """(``as_device_features`` without the 2**-60 check, its largest squared row norm)."""
     torch = _torch()
     from ._backend import _cpu
-    from ._validate import MIN_SQUARED_NORM, tiny_scale_message
 
     if x.device.type == "mps":
         raise ValueError(
@@ -600,9 +613,7 @@ def as_device_features(x, name: str = "features", check_scale: bool = True):
                 f"`{name}` row {i} has a squared norm above 2**124: its float32 distances "
                 "would overflow; rescale the features"
             )
-    if check_scale and 0.0 < top < MIN_SQUARED_NORM:
-        raise ValueError(tiny_scale_message(name, top))
-    return x
+    return x, top
 
 
 def select_usl(features, m, labeled, normalize, seed, threads, progress, return_info, usl):
@@ -654,17 +665,27 @@ def select_usl(features, m, labeled, normalize, seed, threads, progress, return_
 
 
 def public_knn(features, k, queries, threads=None):
-    from ._validate import as_int, threads_arg
+    from ._validate import (
+        MIN_SQUARED_NORM,
+        as_int,
+        check_pair_scale,
+        threads_arg,
+        tiny_scale_message,
+    )
 
     threads_arg(threads)
     x, to_caller = _as_tensor(features)
-    x = as_device_features(x)
+    # With queries the 2**-60 rule applies to the larger side, as on the CPU (_ops.knn).
+    x, top = device_features_top(x)
     n = x.shape[0]
     q = None
     if queries is None:
+        if 0.0 < top < MIN_SQUARED_NORM:
+            raise ValueError(tiny_scale_message("features", top))
         k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
     else:
-        q = _on_device(queries, x, "queries")
+        q, q_top = _on_device(queries, x, "queries", with_top=True)
+        check_pair_scale(("features", top), ("queries", q_top))
         if q.shape[1] != x.shape[1]:
             raise ValueError(
                 f"`queries` must have the same dimension as `features` (got {q.shape[1]} and "
@@ -688,12 +709,22 @@ def public_density(features, k, threads=None):
 
 def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None):
     from ._ops import KMeansResult
-    from ._validate import as_int, as_seed, threads_arg
+    from ._validate import (
+        MIN_SQUARED_NORM,
+        as_int,
+        as_seed,
+        check_pair_scale,
+        threads_arg,
+        tiny_scale_message,
+    )
 
     threads_arg(threads)
     torch = _torch()
     x, to_caller = _as_tensor(features)
-    x = as_device_features(x)
+    x, top = device_features_top(x)
+    # The features are checked on their own: the centroids become their means.
+    if 0.0 < top < MIN_SQUARED_NORM:
+        raise ValueError(tiny_scale_message("features", top))
     n, d = x.shape
     K = as_int(n_clusters, "n_clusters", 1, n, f" = number of points n={n}")
     n_iter = as_int(n_iter, "n_iter", 1)
@@ -707,7 +738,10 @@ def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None):
         start = torch.from_numpy(np.random.default_rng(seed).permutation(n)[:K]).to(x.device)
         cent = x[start].clone()
     else:
-        cent = _on_device(init, x, "init").clone()
+        # Tiny initial centroids are fine beside normal features (check_pair_scale).
+        cent, c_top = _on_device(init, x, "init", with_top=True)
+        check_pair_scale(("features", top), ("init", c_top))
+        cent = cent.clone()
         if tuple(cent.shape) != (K, d):
             raise ValueError(
                 f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {tuple(cent.shape)}"
