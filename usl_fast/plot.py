@@ -36,19 +36,34 @@ _INSTALL = 'pip install "usl_fast[plot]" (or: pip install matplotlib)'
 class PicksPlotData:
     """Everything ``draw`` needs, computed by ``prepare``.
 
-    rows : (r,) int64 sorted row indices of the points drawn in the projection (every pick
-        and labeled point, plus a seeded random sample of the rest when n > max_points).
-    xy : (r, 2) float64 projection of those rows.
-    colour : (r,) int64 cluster of each drawn row as a rank 0..n_clusters-1 (the order of
-        the distinct label values), which picks its colour.
-    picks, labeled : int64 row indices as given (labeled may be empty).
-    pick_pos, labeled_pos : positions of picks / labeled in ``rows``.
-    density : (n,) float64 density of every point (all of them feed the histogram).
-    n : number of points; n_clusters : distinct labels among all n points.
-    projection : "pca" or "tsne"; explained : (2,) share of the sample's variance on PC1 and
-        PC2 (PCA only, else None).
-    labels_given, density_given : whether labels / density came from the caller.
-    k : kNN size of a computed density (None when given).
+    Attributes
+    ----------
+    rows : (r,) int64
+        Sorted row indices of the points drawn in the projection (every pick and labeled
+        point, plus a seeded random sample of the rest when n > max_points).
+    xy : (r, 2) float64
+        Projection of those rows.
+    colour : (r,) int64
+        Cluster of each drawn row as a rank 0..n_clusters-1 (the order of the distinct
+        label values), which picks its colour.
+    picks, labeled : int64
+        Row indices as given (labeled may be empty).
+    pick_pos, labeled_pos : int64
+        Positions of picks / labeled in ``rows``.
+    density : (n,) float64
+        Density of every point (all of them feed the histogram).
+    n : int
+        Number of points.
+    n_clusters : int
+        Distinct labels among all n points.
+    projection : {"pca", "tsne"}
+        The projection drawn.
+    explained : (2,) float64 or None
+        Share of the sample's variance on PC1 and PC2 (PCA only, else None).
+    labels_given, density_given : bool
+        Whether labels / density came from the caller.
+    k : int or None
+        kNN size of a computed density (None when given).
     """
 
     rows: np.ndarray
