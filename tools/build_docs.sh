@@ -24,8 +24,10 @@ start=$(date +%s)
 # Reinstalled only when docs/requirements.txt changes.
 if ! cmp -s docs/requirements.txt "$TOOLS/.requirements.txt"; then
     rm -rf "$TOOLS"
-    "$PY" -m pip install --quiet --disable-pip-version-check --target "$TOOLS" \
-        -r docs/requirements.txt
+    # --no-warn-conflicts: pip compares the target with the environment's own packages
+    # (e.g. awscli's docutils<=0.19), which this build shadows and never changes.
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+        --target "$TOOLS" -r docs/requirements.txt
     cp docs/requirements.txt "$TOOLS/.requirements.txt"
 fi
 export PYTHONPATH="$PWD/$TOOLS${PYTHONPATH:+:$PYTHONPATH}"
