@@ -285,19 +285,44 @@ def test_threads_beyond_the_cap_are_an_error(usl, no_engine, threads):
         assert f"(got threads={threads})" in msg
 
 
-@pytest.mark.parametrize("seed", [2**32, 2**64])
-def test_seeds_beyond_32_bits_are_an_error(usl, no_engine, seed):
-    x = normal(100, 4).astype(np.float32)
-    for call in (
-        lambda: usl.kmeans(x, 3, init="k-means++", seed=seed),
-        lambda: usl.kmeans(x, 3, seed=seed),
-        lambda: usl.select(x, 3, k=3, seed=seed),
-        lambda: usl.select(x, 3, k=3, kmeans_init="k-means++", seed=seed),
-        lambda: usl.TypiClust(k=3, seed=seed).fit(x, 3),
+def seeded_calls(usl, x, seed):
+    """Every consumer of a 64-bit ``seed`` (numpy's default_rng takes any size, the
+    engine's k-means++ a uint64, torch's Generator up to 2**64 - 1)."""
+    return [
+        lambda: usl.kmeans(x, 3, init="k-means++", seed=seed, n_iter=3),
+        lambda: usl.kmeans(x, 3, seed=seed, n_iter=3),
+        lambda: usl.select(x, 3, k=3, seed=seed, kmeans_iter=3),
+        lambda: usl.select(x, 3, k=3, kmeans_init="k-means++", seed=seed, kmeans_iter=3),
+        lambda: usl.TypiClust(k=3, seed=seed).fit(x, 3).indices_,
+        lambda: usl.ProbCover(seed=seed).fit(x, 3).indices_,
+        lambda: usl.KCenterGreedy(seed=seed).fit(x, 3).indices_,
+    ]
+
+
+def random_baseline_calls(usl, x, seed):
+    """The random baseline: numpy's legacy RandomState, 32-bit seeds."""
+    return [
         lambda: usl.random_select(100, 3, seed=seed),
         lambda: usl.RandomSelect(seed=seed).fit(x, 3),
-    ):
-        with pytest.raises(ValueError, match=rf"`seed` must be <= 4294967295 = 2\*\*32 - 1 \(got seed={seed}\)"):
+        lambda: usl.select(x, 3, method="random", seed=seed),
+    ]
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**64 - 1])
+def test_random_baseline_seeds_beyond_32_bits_are_an_error(usl, no_engine, seed):
+    x = normal(100, 4).astype(np.float32)
+    for call in random_baseline_calls(usl, x, seed):
+        with pytest.raises(ValueError, match=rf"`seed` must be <= 4294967295 = 2\*\*32 - 1\b.*\(got seed={seed}\)"):
+            call()
+
+
+def test_seeds_beyond_64_bits_are_an_error(usl, no_engine):
+    x = normal(100, 4).astype(np.float32)
+    for call in seeded_calls(usl, x, 2**64):
+        with pytest.raises(ValueError, match=rf"`seed` must be <= 18446744073709551615 = 2\*\*64 - 1 \(got seed={2**64}\)"):
+            call()
+    for call in seeded_calls(usl, x, -1) + random_baseline_calls(usl, x, -1):
+        with pytest.raises(ValueError, match=r"`seed` must be >= 0 \(got seed=-1\)"):
             call()
 
 
@@ -306,6 +331,26 @@ def test_largest_seed_and_thread_count_work(usl):
     a = usl.kmeans(x, 3, init="k-means++", seed=2**32 - 1, n_iter=3)
     b = usl.kmeans(x, 3, init="k-means++", seed=2**32 - 1, n_iter=3, threads=1)
     np.testing.assert_array_equal(a.labels, b.labels)
+    # 64-bit seeds, accepted before the 32-bit bound: every consumer runs, reproducibly.
+    for seed in (2**32, 2**64 - 1):
+        for call in seeded_calls(usl, x, seed):
+            first, again = call(), call()
+            first = first.labels if hasattr(first, "labels") else first
+            again = again.labels if hasattr(again, "labels") else again
+            np.testing.assert_array_equal(first, again)
+    assert usl.random_select(100, 3, seed=2**32 - 1).shape == (3,)
+
+
+def test_uslt_takes_64_bit_seeds(usl):
+    torch = pytest.importorskip("torch")
+    from usl_fast.uslt import USLT
+
+    x = normal(120, 4).astype(np.float32)
+    kw = dict(n_clusters=3, epochs=2, batch_size=32, n_neighbors=5, seed=2**64 - 1)
+    a, b = USLT(**kw).fit(x), USLT(**kw).fit(x)  # torch's Generator takes up to 2**64 - 1
+    np.testing.assert_array_equal(a.indices_, b.indices_)
+    with pytest.raises(ValueError, match=r"`seed` must be <= 18446744073709551615 = 2\*\*64 - 1"):
+        USLT(n_clusters=3, seed=2**64)
 
 
 def test_horizon_num_beyond_int32_is_an_error(usl, no_engine):

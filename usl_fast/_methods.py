@@ -227,13 +227,13 @@ class RandomSelect(Selector):
         self.seed = seed
 
     def _validate(self, n: int) -> None:
-        _seed(self.seed)
+        as_seed(self.seed, legacy=True)  # RandomState takes 32-bit seeds
 
     def _select(self, x, m, lab, timings):
         n = x.shape[0]
         pool = np.flatnonzero(~_mask(n, lab)) if lab.size else None
         # Private generator: seeding the global one would race with other threads.
-        rs = np.random.RandomState(_seed(self.seed))
+        rs = np.random.RandomState(as_seed(self.seed, legacy=True))
         idx = rs.choice(n if pool is None else pool, size=m, replace=False)
         return {"indices": idx.astype(np.int64), "labels": None, "scores": None}
 

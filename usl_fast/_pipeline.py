@@ -836,7 +836,7 @@ def random_select(n: int, m: int, seed: int = 0) -> np.ndarray:
     """
     n = as_int(n, "n", 1)
     m = as_int(m, "m", 1, n, f" = n={n}")
-    seed = as_seed(seed)  # RandomState takes 32-bit seeds
+    seed = as_seed(seed, legacy=True)  # RandomState takes 32-bit seeds
     # A private generator, not a save/seed/restore of the global one: that sequence races
     # with any other thread that seeds or draws between the three steps.
     return np.random.RandomState(seed).choice(n, size=m, replace=False).astype(np.int64)

@@ -38,10 +38,14 @@ MAX_ROWS = 2**31 - 1
 #: default, 40 GB of address space for 5,000) and libgomp aborts the process when it
 #: cannot create one, instead of raising.
 MAX_THREADS = max(1024, 4 * (os.cpu_count() or 1))
-#: Seeds are 32-bit, what every generator behind ``seed`` takes: the reference's legacy
-#: ``numpy.random.seed`` (random_select), ``numpy.random.default_rng``, the engine's
-#: k-means++ (64-bit) and torch's.
-MAX_SEED = 2**32 - 1
+#: Largest ``seed``: 2**64 - 1, what the generators behind it take (``numpy.random.
+#: default_rng``: any non-negative integer; the engine's k-means++: a uint64; torch's
+#: ``Generator.manual_seed``: up to 2**64 - 1). Beyond it pybind11 would refuse the engine's
+#: argument with "incompatible function arguments".
+MAX_SEED = 2**64 - 1
+#: Largest seed of the random baseline (random_select, RandomSelect, select(method=
+#: "random")): the authors' legacy ``numpy.random.RandomState`` takes 32-bit seeds.
+MAX_LEGACY_SEED = 2**32 - 1
 
 
 def as_features(
@@ -334,9 +338,18 @@ def threads_arg(threads: Any) -> int:
     )
 
 
-def as_seed(seed: Any, name: str = "seed") -> int:
-    """A seed: an integer in [0, 2**32 - 1] (``MAX_SEED``)."""
-    return as_int(seed, name, 0, MAX_SEED, " = 2**32 - 1")
+def as_seed(seed: Any, name: str = "seed", legacy: bool = False) -> int:
+    """A seed: an integer in [0, 2**64 - 1] (``MAX_SEED``), or with ``legacy=True``, for
+    numpy's RandomState, in [0, 2**32 - 1] (``MAX_LEGACY_SEED``)."""
+    if legacy:
+        return as_int(
+            seed,
+            name,
+            0,
+            MAX_LEGACY_SEED,
+            " = 2**32 - 1, the range of numpy.random.RandomState behind the random baseline",
+        )
+    return as_int(seed, name, 0, MAX_SEED, " = 2**64 - 1")
 
 
 def _is_torch(x: Any) -> bool:
