@@ -312,14 +312,16 @@ def random_baseline_calls(usl, x, seed):
 def test_random_baseline_seeds_beyond_32_bits_are_an_error(usl, no_engine, seed):
     x = normal(100, 4).astype(np.float32)
     for call in random_baseline_calls(usl, x, seed):
-        with pytest.raises(ValueError, match=rf"`seed` must be <= 4294967295 = 2\*\*32 - 1\b.*\(got seed={seed}\)"):
+        want = rf"`seed` must be <= 4294967295 = 2\*\*32 - 1\b.*\(got seed={seed}\)"
+        with pytest.raises(ValueError, match=want):
             call()
 
 
 def test_seeds_beyond_64_bits_are_an_error(usl, no_engine):
     x = normal(100, 4).astype(np.float32)
     for call in seeded_calls(usl, x, 2**64):
-        with pytest.raises(ValueError, match=rf"`seed` must be <= 18446744073709551615 = 2\*\*64 - 1 \(got seed={2**64}\)"):
+        want = rf"`seed` must be <= 18446744073709551615 = 2\*\*64 - 1 \(got seed={2**64}\)"
+        with pytest.raises(ValueError, match=want):
             call()
     for call in seeded_calls(usl, x, -1) + random_baseline_calls(usl, x, -1):
         with pytest.raises(ValueError, match=r"`seed` must be >= 0 \(got seed=-1\)"):
