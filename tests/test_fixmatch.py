@@ -539,3 +539,266 @@ def test_genuine_cifar_batches_still_load(tmp_path, protocol, numpy_name):
     assert data.train_y.tolist() == sum(want_y[:5], [])
     np.testing.assert_array_equal(data.test_x.numpy().reshape(-1, 3072), want_x[5])
     assert data.test_y.tolist() == want_y[5]
+
+
+# --------------------------------------------------------------------------- corrupt CIFAR batches
+
+
+def py2_style_batch(x: np.ndarray, labels) -> bytes:
+    """A CIFAR batch as Python 2's cPickle wrote the originals (protocol 2): str keys and
+    data as BINSTRING (bytes under encoding='bytes'), numpy.core's _reconstruct, a dtype
+    built as dtype('u1', 0, 1) with state (3, '|', None, None, None, -1, -1, 0)."""
+    import struct
+
+    def s(b: bytes) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(b)]) + b
+
+    def i(v: int) -> bytes:  # BININT1 / BININT2
+        return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v)
+
+    raw = x.tobytes()
+    out = b"\x80\x02}q\x01(" + s(b"batch_label") + s(b"training batch 1 of 5")
+    out += s(b"labels") + b"]q\x02(" + b"".join(i(v) for v in labels) + b"e"
+    out += s(b"data") + b"cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04"
+    out += i(0) + b"\x85" + s(b"b") + b"\x87R("
+    out += i(1) + i(x.shape[0]) + i(x.shape[1]) + b"\x86cnumpy\ndtype\nq\x05" + s(b"u1")
+    out += i(0) + i(1) + b"\x87R(" + i(3) + s(b"|") + b"NNN" + b"J\xff\xff\xff\xff" * 2
+    out += i(0) + b"tb\x89T" + struct.pack("<i", len(raw)) + raw + b"tb"
+    out += s(b"filenames") + b"](" + b"".join(s(b"img_%d.png" % k) for k in range(len(x)))
+    out += b"eu."
+    return out
+
+
+def fuzz_seeds(tmp_path):
+    """One genuine fake batch in each form a CIFAR batch can take: Python 2's (the
+    originals), and Python 3's pickle protocols 2, 4 and 5 (5: numpy's _frombuffer)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 128, (3, 3072)).astype(np.uint8)  # < 128: same bytes in latin1-utf8
+    labels = [3, 0, 9]
+    d = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": labels,
+        b"data": x,
+        b"filenames": [b"img_%d.png" % k for k in range(3)],
+    }
+    seeds = {"py2": py2_style_batch(x, labels)}
+    for protocol in (2, 4, 5):
+        seeds[f"protocol{protocol}"] = pickle.dumps(d, protocol=protocol)
+    for name, blob in seeds.items():
+        (tmp_path / name).write_bytes(blob)
+    np.save(tmp_path / "x.npy", x)
+    return list(seeds)
+
+
+_FUZZ_CHILD = r"""
+import json, os, random, resource, sys
+import numpy as np
+from usl_fast.ssl.fixmatch import _read_cifar_batch
+
+d, names, n = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+x = np.load(os.path.join(d, "x.npy"))
+with open("/proc/self/status") as fh:
+    vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+limit = vm + (1 << 30)  # a huge allocation fails here instead of taking the machine down
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+rng = random.Random(int(sys.argv[4]))
+bad, counts = [], {"loaded": 0, "refused": 0}
+path = os.path.join(d, "batch")
+
+def check(blob, what):
+    with open(path, "wb") as fh:
+        fh.write(blob)
+    try:
+        got = _read_cifar_batch(path, (b"data", b"labels"), 10)
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith(path + " is not a CIFAR python batch") and "\n" not in msg:
+            counts["refused"] += 1
+            return
+        bad.append((what, "ValueError", msg[:300]))
+        return
+    except BaseException as exc:
+        bad.append((what, type(exc).__name__, str(exc)[:300]))
+        return
+    data, labels = got.get(b"data"), got.get(b"labels")
+    ok = (
+        isinstance(got, dict) and type(data) is np.ndarray and data.dtype == np.uint8
+        and data.ndim == 2 and data.shape[1] == 3072 and data.flags.c_contiguous
+        and len(labels) == len(data) and all(0 <= int(v) < 10 for v in labels)
+    )
+    if ok:
+        counts["loaded"] += 1
+    else:
+        bad.append((what, "loaded", repr(type(data)) + repr(getattr(data, "shape", None))))
+
+for name in names:
+    with open(os.path.join(d, name), "rb") as fh:
+        seed = fh.read()
+    got = _read_cifar_batch(os.path.join(d, name), (b"data", b"labels"), 10)
+    assert np.array_equal(got[b"data"], x) and list(got[b"labels"]) == [3, 0, 9], name
+    start = seed.find(x.tobytes())
+    structure = [i for i in range(len(seed)) if not (start <= i < start + x.nbytes)]
+    for k in range(n):
+        blob = bytearray(seed)
+        kind = rng.choice(["flip", "flip", "byte", "truncate", "flip+truncate"])
+        if "flip" in kind:
+            for _ in range(rng.choice([1, 1, 2, 4])):
+                i = rng.choice(structure) if rng.random() < 0.9 else rng.randrange(len(blob))
+                blob[i] ^= 1 << rng.randrange(8)
+        if kind == "byte":
+            i = rng.choice(structure)
+            blob[i] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)])
+        if "truncate" in kind:
+            blob = blob[: rng.randrange(len(blob))]
+        check(bytes(blob), f"{name} #{k} {kind}")
+print(json.dumps({"counts": counts, "bad": bad[:20], "n_bad": len(bad)}))
+sys.exit(1 if bad else 0)
+"""
+
+
+def test_fuzzed_cifar_batches_load_or_are_refused_in_one_line(tmp_path):
+    """300 random mutations (bit flips, byte changes, truncations, mostly in the pickle's
+    structure rather than the pixels) of a genuine fake batch in each of its forms: each
+    either loads to a batch of CIFAR's shape or is the loader's own one-line ValueError -
+    no numpy internal error (SystemError, RuntimeError), no OverflowError or IndexError, no
+    crash. In a child under an address-space limit: a mutated length must not be able to
+    allocate the machine's memory."""
+    import json
+    import subprocess
+    import sys
+
+    from test_cli import subprocess_env
+
+    names = fuzz_seeds(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _FUZZ_CHILD, str(tmp_path), ",".join(names)]
+        + ["300", "1"],  # mutations per form, random seed
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode in (0, 1), (r.returncode, r.stderr[-3000:])  # not a signal
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["n_bad"] == 0, out
+    assert out["counts"]["refused"] > 0 and out["counts"]["loaded"] > 0, out
+    assert r.stderr == ""  # no warning, no "Exception ignored" from a buffer left exported
+
+
+class _Forged:
+    """Pickles as numpy pickles an array, ``_reconstruct(ndarray, (0,), b'b')``, but with
+    the given state: what a crafted file can hand to the array's state."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy 1.x
+            from numpy.core.multiarray import _reconstruct
+        return (_reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+def _batch(data) -> bytes:
+    return pickle.dumps({b"data": data, b"labels": [0, 1]}, protocol=2)
+
+
+@pytest.mark.parametrize(
+    "blob, reason",
+    [
+        (_batch(np.array([1, "a"], dtype=object)), "dtype"),
+        (_batch(np.zeros(2, dtype=[("a", "u1")])), "dtype"),
+        (_batch(np.zeros(2, dtype=np.float32)), "dtype"),
+        (_batch(np.zeros((2, 2, 2), np.uint8)), "1 or 2 dimensions"),
+        (_batch(_Forged((1, (2, 3072), np.dtype("u1"), False, b"\0" * 10))), "bytes of data"),
+        (_batch(_Forged((1, (2**62, 2**62), np.dtype("u1"), False, b""))), "bytes of data"),
+        (_batch(_Forged((1, (-1,), np.dtype("u1"), False, b""))), "1 or 2 dimensions"),
+        (_batch(_Forged((1, (3,), np.dtype("u1"), True, b"abc"))), "Fortran"),
+        (_batch(_Forged((1, (3,), "u1", False, b"abc"))), "dtype is 'u1'"),
+        (_batch(_Forged((1, (3,), np.dtype("u1"), False, [1, 2, 3]))), "not bytes"),
+        (b"\x80\x02cnumpy\nndarray\n}b.", "numpy.ndarray itself"),
+        (b"\x80\x02}r\xff\xff\xff\x7f.", "memo index"),  # the memo grown to 2**31 slots
+        (b"\x80\x04\x8e" + (2**60).to_bytes(8, "little") + b"x.", "bytes"),  # a 2**60 length
+        (pickle.dumps(np.zeros(3, np.uint8), protocol=5, buffer_callback=lambda b: False), "band"),
+    ],
+    ids=[
+        "object",
+        "structured",
+        "float",
+        "3-d",
+        "short-data",
+        "huge-shape",
+        "negative-shape",
+        "fortran",
+        "dtype-not-a-dtype",
+        "data-a-list",
+        "state-of-ndarray",
+        "huge-memo-index",
+        "huge-length",
+        "out-of-band",
+    ],
+)
+def test_crafted_cifar_batches_are_refused_before_numpy_sees_them(tmp_path, blob, reason):
+    """What the stand-ins refuse: anything but a C-ordered plain-integer array of 1 or 2
+    dimensions whose data is exactly its shape's length; lengths and memo indices the file
+    cannot back. Each one line, naming the file."""
+    from usl_fast.ssl.fixmatch import _read_cifar_batch
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(blob)
+    with pytest.raises(ValueError) as e:
+        _read_cifar_batch(str(path), (b"data", b"labels"), 10)
+    msg = str(e.value)
+    assert msg.startswith(f"{path} is not a CIFAR python batch") and "\n" not in msg, msg
+    assert reason in msg, msg
+
+
+def test_labels_outside_the_classes_or_not_one_per_image_are_refused(tmp_path):
+    from usl_fast.ssl.fixmatch import _read_cifar_batch
+
+    x = np.zeros((2, 3072), np.uint8)
+    cases = [([0, 10], "outside 0..9"), ([0], "list of 2 integer labels"), ([0, "a"], "integer")]
+    cases += [(np.array([1, 2], np.int64), None), ([0, 9], None)]
+    for labels, reason in cases:
+        (tmp_path / "b").write_bytes(pickle.dumps({b"data": x, b"labels": labels}))
+        if reason is None:
+            got = _read_cifar_batch(str(tmp_path / "b"), (b"data", b"labels"), 10)
+            assert list(got[b"labels"]) == list(labels)
+            continue
+        with pytest.raises(ValueError, match=reason):
+            _read_cifar_batch(str(tmp_path / "b"), (b"data", b"labels"), 10)
+
+    # an empty batch, pickled by Python 3 with protocol 2: its data is bytes() and loads
+    blob = pickle.dumps({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, protocol=2)
+    assert b"bytes" in blob
+    (tmp_path / "b").write_bytes(blob)
+    got = _read_cifar_batch(str(tmp_path / "b"), (b"data", b"labels"), 10)
+    assert got[b"data"].shape == (0, 3072) and got[b"labels"] == []
+
+
+def test_cli_corrupt_cifar_batch_is_one_line_exit_2(tmp_path):
+    base = write_cifar10(tmp_path)
+    blob = (base / "data_batch_2").read_bytes()
+    np.save(tmp_path / "p.npy", np.arange(5))
+    argv = ["fixmatch", "--dataset", "cifar10", "--root", tmp_path, "--labeled", "p.npy"]
+    argv += ["--out", "run", "--steps", 1, "--no-progress"]
+    for corrupt in (blob[: len(blob) // 2], blob.replace(b"labels", b"labelz")):
+        (base / "data_batch_2").write_bytes(corrupt)
+        r = _cli(argv, tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+        assert f"{base / 'data_batch_2'} is not a CIFAR python batch" in r.stderr
+
+
+def test_cifar_batch_too_large_for_memory_is_a_memory_error_naming_it(tmp_path, monkeypatch):
+    from usl_fast.ssl import fixmatch
+
+    base = write_cifar10(tmp_path)
+
+    def no_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(fixmatch._CifarUnpickler, "load", no_memory)
+    with pytest.raises(MemoryError, match=r"data_batch_1: not enough memory .* \([\d,]+ bytes\)"):
+        load_cifar(str(tmp_path), "cifar10")

@@ -6,6 +6,7 @@ Plain PyTorch (no torchvision); data sets live in memory as tensors."""
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 import pickle
@@ -177,9 +178,11 @@ def load_cifar(root: str, name: str = "cifar10") -> ImageData:
     ``root/cifar-100-python/{train, test}``. Nothing is ever downloaded.
 
     The batches are pickles by format; they are read by ``_CifarUnpickler``, which admits
-    only what they hold (dicts, lists, bytes, str, ints, numpy arrays), so a file that
-    would build anything else (run a command, open a file) is refused with a ValueError
-    before that happens."""
+    only what they hold (dicts, lists, bytes, str, ints, C-ordered integer numpy arrays of
+    1 or 2 dimensions), so a file that would build anything else (run a command, open a
+    file, an object array) is refused with a ValueError before that happens, as is a
+    corrupt or truncated one, and a batch whose pixels are not uint8 (N, 3072) or whose
+    labels are not N integers in [0, classes)."""
     if name not in CIFAR_DIRS:
         raise ValueError(f"`dataset` must be one of {tuple(CIFAR_DIRS)} for CIFAR (got {name!r})")
     base = os.path.join(root, CIFAR_DIRS[name])
@@ -201,7 +204,7 @@ def load_cifar(root: str, name: str = "cifar10") -> ImageData:
     def read(files: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for f in files:
-            d = _read_cifar_batch(os.path.join(base, f), (b"data", key))
+            d = _read_cifar_batch(os.path.join(base, f), (b"data", key), classes)
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[key], dtype=np.int64))
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
@@ -222,54 +225,321 @@ def _latin1_encode(text: Any, encoding: str = "latin1") -> bytes:
     return text.encode("latin-1")
 
 
-def _numpy_reconstruct() -> Any:
-    # numpy >= 2 keeps it in numpy._core (numpy.core is a deprecated alias there).
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+#: The element types a CIFAR batch's arrays may have, as numpy's pickles name them: the
+#: pixels are uint8, and a re-packed batch may hold its labels as an integer array. Plain
+#: integers only: never object, void, structured or subarray types.
+_CIFAR_DTYPES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """What a Python 3 pickle of protocol <= 2 uses for an empty ``bytes`` (``bytes()``),
+    restricted to exactly that."""
+    if args:
+        _refuse("bytes() is only admitted without arguments, as pickle writes b''")
+    return b""
+
+
+def _refuse(why: str) -> Any:
+    raise pickle.UnpicklingError(why)
+
+
+def _short(obj: Any) -> str:
+    """A value from the file, shown in a message: reprlib bounds its size and nesting."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 40
+    return r.repr(obj)
+
+
+class _NdarrayMark:
+    """What ``numpy.ndarray`` stands for in a batch: only ``_reconstruct``'s first argument.
+    Shared by every load, so it holds no state a pickle could change."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+    def __setstate__(self, state: Any) -> None:
+        _refuse("it sets the state of numpy.ndarray itself")
+
+
+_NDARRAY = _NdarrayMark()
+
+
+class _DtypeSpec:
+    """A pickled ``numpy.dtype(code, align, copy)`` and its state, checked: one of
+    ``_CIFAR_DTYPES`` and a byte order, nothing else. numpy never sees the pickle's own
+    arguments; ``dtype()`` builds the type from the checked ones. Unhashable, as every
+    stand-in here: it cannot hide in a dict key or a set, where it would not be checked."""
+
+    __slots__ = ("code", "order", "stated")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, code: str) -> None:
+        self.code, self.order, self.stated = code, "=", False
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (3, order, subarray, names, fields, elsize, alignment, flags), or
+        # version 4 with metadata last; for a plain integer type the middle is
+        # (None, None, None, -1, -1, 0).
+        if self.stated:
+            _refuse("it sets a dtype's state twice")
+        self.stated = True
+        if not (type(state) is tuple and len(state) in (8, 9) and state[0] in (3, 4)):
+            _refuse(f"it holds a dtype state {_short(state)}, not a plain number type's")
+        if state[2:5] != (None, None, None) or state[5:8] != (-1, -1, 0) or state[8:] not in (
+            (),
+            (None,),
+        ):
+            _refuse(f"it holds a dtype state {_short(state)}, not a plain number type's")
+        order = _ascii(state[1])
+        if order not in ("|", "<", ">", "="):
+            _refuse(f"it holds a dtype byte order {_short(state[1])}")
+        if order == "|" and np.dtype(self.code).itemsize > 1:
+            _refuse(f"it holds dtype {self.code} without a byte order")
+        self.order = order
+
+    def dtype(self) -> np.dtype:
+        dt = np.dtype(self.code)
+        return dt.newbyteorder(self.order) if self.order in "<>" else dt
+
+
+def _ascii(value: Any) -> Optional[str]:
+    """``value`` as text when it is short ASCII str or bytes (a Python 2 batch read with
+    encoding='bytes' has bytes where numpy wrote str), else None."""
+    if type(value) is bytes and len(value) <= 8:
+        value = value.decode("latin-1")
+    return value if type(value) is str and len(value) <= 8 and value.isascii() else None
+
+
+def _dtype_standin(code: Any, align: Any = False, copy: Any = False) -> _DtypeSpec:
+    """Stands in for ``numpy.dtype`` while a batch is unpickled."""
+    text = _ascii(code)
+    if text not in _CIFAR_DTYPES:
+        _refuse(f"it holds an array of dtype {_short(code)}, not a plain integer type")
+    if type(align) not in (bool, int) or type(copy) not in (bool, int):
+        _refuse("it builds a dtype with other arguments than numpy writes")
+    return _DtypeSpec(text)  # type: ignore[arg-type]
+
+
+class _ArraySpec:
+    """A pickled numpy array, built only from checked parts (``_build_array``); the
+    unpickler's result holds these until ``_resolve_arrays`` swaps in the arrays. A real
+    array never stands on the unpickler's stack, so no state from the file reaches
+    ``ndarray.__setstate__``."""
+
+    __slots__ = ("array",)
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, array: Optional[np.ndarray] = None) -> None:
+        self.array = array
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (1, shape, dtype, is_fortran, data); older numpy the last four only.
+        if self.array is not None:
+            _refuse("it sets an array's state twice")
+        if type(state) is tuple and len(state) == 5 and type(state[0]) is int and state[0] == 1:
+            state = state[1:]
+        if not (type(state) is tuple and len(state) == 4):
+            _refuse(f"it holds an array state {_short(state)}, not numpy's")
+        shape, spec, fortran, raw = state
+        if type(fortran) not in (bool, int) or fortran:
+            _refuse("it holds a Fortran-ordered array; CIFAR's are C-ordered")
+        self.array = _build_array(shape, spec, raw)
+
+
+def _build_array(shape: Any, spec: Any, raw: Any) -> np.ndarray:
+    """A new C-contiguous array of at most 2 dimensions, its data copied out of ``raw``,
+    whose length must be exactly the shape's: anything else is refused."""
+    if not (
+        type(shape) is tuple
+        and 1 <= len(shape) <= 2
+        and all(type(n) is int and n >= 0 for n in shape)
+    ):
+        _refuse(f"it holds an array of shape {_short(shape)}; CIFAR's have 1 or 2 dimensions")
+    if not isinstance(spec, _DtypeSpec):
+        _refuse(f"it holds an array whose dtype is {_short(spec)}")
+    if type(raw) not in (bytes, bytearray):
+        _refuse(f"it holds an array whose data is a {type(raw).__name__}, not bytes")
+    dt = spec.dtype()
+    count = 1
+    for n in shape:
+        count *= n  # Python ints: no overflow
+    if count * dt.itemsize != len(raw):
+        _refuse(
+            f"it holds a {spec.code} array of shape {shape} ({count * dt.itemsize} bytes) "
+            f"with {len(raw)} bytes of data"
+        )
+    native = dt.newbyteorder("=")
+    if count == 0:
+        return np.zeros(shape, native)
+    return np.frombuffer(raw, dtype=dt).astype(native).reshape(shape)  # astype: a copy
+
+
+def _reconstruct_standin(subtype: Any, shape: Any, typecode: Any) -> _ArraySpec:
+    """Stands in for ``numpy.core.multiarray._reconstruct``: numpy pickles an array as
+    ``_reconstruct(ndarray, (0,), b'b')`` and then sets its state."""
+    if subtype is not _NDARRAY or type(shape) is not tuple or shape != (0,):
+        _refuse("it calls numpy's _reconstruct with other arguments than numpy writes")
+    if typecode not in (b"b", "b"):
+        _refuse("it calls numpy's _reconstruct with other arguments than numpy writes")
+    return _ArraySpec()
+
+
+def _frombuffer_standin(buf: Any, spec: Any, shape: Any, order: Any) -> _ArraySpec:
+    """Stands in for ``numpy.core.numeric._frombuffer``, what pickle protocol 5 uses
+    (the data in band: out-of-band buffers are never passed to the unpickler)."""
+    if order != "C" or type(order) is not str:
+        _refuse("it holds a Fortran-ordered array; CIFAR's are C-ordered")
+    return _ArraySpec(_build_array(shape, spec, buf))
+
+
+def _resolve_arrays(obj: Any) -> Any:
+    """``obj`` with every ``_ArraySpec`` in its dicts and lists replaced by its array (in
+    place: the unpickler built these containers just now); any other stand-in left over,
+    or one inside a tuple, is refused. Iterative: a deeply nested file cannot exhaust
+    the stack."""
+    if isinstance(obj, _ArraySpec):
+        return _array_of(obj)
+    seen = set()
+    todo = [obj]
+    while todo:
+        c = todo.pop()
+        if id(c) in seen:
+            continue
+        seen.add(id(c))
+        if isinstance(c, dict):
+            items = list(c.items())
+        elif isinstance(c, (list, tuple)):
+            items = list(enumerate(c))
+        else:
+            continue
+        for k, v in items:
+            if isinstance(v, _ArraySpec):
+                if isinstance(c, tuple):
+                    _refuse("it holds an array inside a tuple")
+                c[k] = _array_of(v)
+            elif isinstance(v, (_DtypeSpec, _NdarrayMark)):
+                _refuse("it holds a bare numpy dtype or numpy.ndarray")
+            elif isinstance(v, (dict, list, tuple)):
+                todo.append(v)
+    if isinstance(obj, (_DtypeSpec, _NdarrayMark)):
+        _refuse("it holds a bare numpy dtype or numpy.ndarray")
+    return obj
+
+
+def _array_of(spec: _ArraySpec) -> np.ndarray:
+    if spec.array is None:
+        _refuse("it holds an array without its data")
+    return spec.array  # type: ignore[return-value]
 
 
 class _CifarUnpickler(pickle.Unpickler):
     """An unpickler for CIFAR's python batches. Their dicts, lists, bytes, str and ints
-    need no global at all; their numpy arrays need numpy's array reconstruction
-    (``_reconstruct``, ``ndarray``, ``dtype``), and a copy re-pickled by Python 3 with
-    protocol <= 2 needs ``_codecs.encode`` for bytes (admitted for 'latin1' only). Every
-    other global - ``os.system``, ``builtins.open``, ``eval`` - is refused before it is
-    looked up, so nothing in the file can run."""
+    need no global at all; their numpy arrays name numpy's array reconstruction
+    (``_reconstruct``, ``ndarray``, ``dtype``; protocol 5: ``_frombuffer``), and a copy
+    re-pickled by Python 3 with protocol <= 2 needs ``_codecs.encode`` for bytes (and
+    ``bytes()`` for empty ones). Each of
+    these names gets a stand-in that checks its arguments and builds only what CIFAR
+    batches hold: C-ordered plain-integer arrays of 1 or 2 dimensions, their data exactly
+    the shape's length. Every other global - ``os.system``, ``builtins.open``, ``eval`` -
+    is refused before it is looked up, so nothing in the file can run, and numpy's own
+    constructors never see the file's values."""
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return _numpy_reconstruct()
+            return _reconstruct_standin
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return _frombuffer_standin
         if module == "numpy" and name == "ndarray":
-            return np.ndarray
+            return _NDARRAY
         if module == "numpy" and name == "dtype":
-            return np.dtype
+            return _dtype_standin
         if module == "_codecs" and name == "encode":
             return _latin1_encode
-        raise pickle.UnpicklingError(
-            f"it refers to {module}.{name}, which CIFAR batches never contain"
-        )
+        if module in ("__builtin__", "builtins") and name == "bytes":
+            return _empty_bytes
+        where = f"{module}.{name}"  # any str (STACK_GLOBAL): shortened, one line below
+        where = where if len(where) <= 80 else where[:77] + "..."
+        return _refuse(f"it refers to {where}, which CIFAR batches never contain")
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("it uses persistent ids, which CIFAR batches never contain")
 
 
-def _read_cifar_batch(path: str, keys: Tuple[bytes, ...]) -> Any:
+def _check_sizes(blob: bytes) -> None:
+    """Walk the pickle's opcodes (pickletools reads each argument and checks that it is
+    all there) before the unpickler runs. The unpickler allocates what a length field
+    says before reading the data, and grows its memo to the index a PUT names: a few
+    corrupt bytes could ask for gigabytes. Here every length is within the file, and a
+    memo index beyond the opcodes seen so far (numpy and pickle number them in order) is
+    refused."""
+    import pickletools
+
+    puts = ("PUT", "BINPUT", "LONG_BINPUT")
+    ops = 0
+    for op, arg, pos in pickletools.genops(blob):
+        ops += 1
+        if op.name in puts and not (type(arg) is int and 0 <= arg <= ops):
+            _refuse(f"it stores an object at memo index {arg} after {ops} opcodes")
+        if op.name == "FRAME" and not (type(arg) is int and 0 <= arg <= len(blob) - pos):
+            _refuse(f"its frame of {arg} bytes runs past the end of the file")
+
+
+def _read_cifar_batch(path: str, keys: Tuple[bytes, ...], classes: Optional[int] = None) -> Any:
     """One CIFAR python batch through ``_CifarUnpickler`` (bytes keys, as the files were
-    written by Python 2). Raises ValueError naming ``path`` for anything else."""
+    written by Python 2): a dict whose ``keys[0]`` is the uint8 pixels, (N, 3072), and
+    ``keys[1]`` the N labels, ints in [0, classes) when ``classes`` is given. Raises
+    ValueError naming ``path``, on one line, for anything else (MemoryError only when the
+    file's own size cannot be held)."""
+    bad = f"{path} is not a CIFAR python batch"
     try:
         with open(path, "rb") as fh:
-            d = _CifarUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        why = " ".join(str(exc).split()) or type(exc).__name__  # one line
-        raise ValueError(
-            f"{path} is not a CIFAR python batch: {why} (refused without running anything)"
+            blob = fh.read()
+        _check_sizes(blob)
+        d = _resolve_arrays(_CifarUnpickler(io.BytesIO(blob), encoding="bytes").load())
+    except MemoryError:
+        raise MemoryError(
+            f"{path}: not enough memory to read this CIFAR python batch "
+            f"({os.path.getsize(path):,} bytes)"
         ) from None
+    except OSError:
+        raise
+    except Exception as exc:  # a corrupt file can fail anywhere in pickle or numpy
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__  # one line
+        raise ValueError(f"{bad}: {why} (refused without running anything)") from None
     if not isinstance(d, dict) or not all(k in d for k in keys):
         want = ", ".join(repr(k) for k in keys)
-        raise ValueError(f"{path} is not a CIFAR python batch: expected a dict with keys {want}")
+        raise ValueError(f"{bad}: expected a dict with keys {want}")
+    data = d[keys[0]]
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3072
+    ):
+        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else (
+            type(data).__name__
+        )
+        raise ValueError(f"{bad}: {keys[0]!r} must be a uint8 array of shape (N, 3072), got {got}")
+    if len(keys) > 1:
+        labels = d[keys[1]]
+        if isinstance(labels, np.ndarray) and labels.ndim == 1:
+            ok = labels.dtype.kind in "iu"
+            values = labels.tolist() if ok else []
+        else:
+            ok = isinstance(labels, list) and all(type(v) is int for v in labels)
+            values = labels if ok else []
+        if not ok or len(values) != len(data):
+            raise ValueError(
+                f"{bad}: {keys[1]!r} must be a list of {len(data)} integer labels (one per row "
+                f"of {keys[0]!r})"
+            )
+        if classes is not None and values and not 0 <= min(values) <= max(values) < classes:
+            raise ValueError(
+                f"{bad}: {keys[1]!r} holds labels outside 0..{classes - 1} "
+                f"({min(values)} to {max(values)})"
+            )
     return d
 
 
