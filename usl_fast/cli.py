@@ -130,6 +130,9 @@ def load_features(path: str, key: Optional[str] = None) -> Any:
     ------
     CLIError
         Unknown extension, missing/ambiguous key, torch not installed, unreadable file.
+    ImportError
+        A ``.pt``/``.pth`` file with torch older than 2.6, whose ``weights_only=True``
+        loading can run code from a crafted file (CVE-2025-32434): upgrade torch.
     """
     p = Path(path)
     suffix = p.suffix.lower()
@@ -226,6 +229,9 @@ def _load_torch(p: Path, key: Optional[str]) -> np.ndarray:
             f"reading {p.suffix} files needs PyTorch: pip install usl_fast[torch] "
             "(or save the features with numpy.save and pass the .npy file)"
         ) from exc
+    from ._safe_torch import check_torch_load
+
+    check_torch_load(f"reading {p.suffix} files")  # torch <= 2.5.1: weights_only can run code
     # torch.save writes a zip archive (legacy: a pickle starting with torch's magic
     # number); anything else is refused here, before torch's unpickler reports it with
     # advice to retry with weights_only=False.
@@ -783,6 +789,10 @@ def _cmd_fixmatch(args: argparse.Namespace) -> int:
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out!r} exists and is not a directory")
     ckpt, log_path = _check_fixmatch_out(args.out, args.resume is not None, args.force)
+    if args.resume is not None:  # before the data set is read: torch <= 2.5.1 is refused
+        from ._safe_torch import check_torch_load
+
+        check_torch_load("--resume")
 
     if args.dataset == "digits":
         try:

@@ -941,7 +941,9 @@ class FixMatch:
 
         The file is read with ``torch.load(weights_only=True)``: tensors and plain values
         only, so a file that would build other objects (and could run code while doing
-        so) is refused with a ValueError naming it, before anything in it runs."""
+        so) is refused with a ValueError naming it, before anything in it runs. On torch
+        older than 2.6, where that loading could run code (CVE-2025-32434), nothing is
+        loaded: an ImportError says to upgrade torch."""
         state = _load_checkpoint(path)
         if state.get("dataset") != data.name:
             raise ValueError(
@@ -979,6 +981,9 @@ def _load_checkpoint(path: str) -> Dict[str, Any]:
     """``torch.load(path, weights_only=True)``, its errors turned into one line naming the
     file. torch's own message for a refused file suggests ``weights_only=False``, exactly
     what must not be done with a file this tool did not write, so it is not passed on."""
+    from .._safe_torch import check_torch_load
+
+    check_torch_load("loading a FixMatch checkpoint")  # torch <= 2.5.1: weights_only can run code
     not_ours = f"{path} is not a checkpoint written by usl-fast fixmatch"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
