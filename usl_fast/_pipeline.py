@@ -444,19 +444,16 @@ def _unit_norm_warning(rows: "_Rows", p: Dict[str, Any], given: Dict[str, Any]) 
         return
     import warnings
 
+    from ._validate import caller_stacklevel
+
+    # One line (the CLIs print it as a note): what is wrong, its effect, what to do.
+    effect = "does nothing" if med > 4.0 else "outweighs the density"
     warnings.warn(
-        f"usl_fast.select: the features' median row norm is {np.sqrt(med):.3g}, far from 1. "
-        "The preset's regularizer (horizon_dist, alpha) is tuned for L2-normalised features; "
-        + (
-            "at this scale every pick is past its horizon and the regularizer has no effect "
-            "(the same picks as weight=0). "
-            if med > 4.0
-            else "at this scale it dominates the density. "
-        )
-        + "Pass normalize=True (CLI: --normalize) to L2-normalise a copy first, or set "
-        "horizon_dist / weight for your scale.",
+        f"usl_fast.select: the features' median row norm is {np.sqrt(med):.3g}, far from 1, "
+        f"so the preset's regularizer {effect}; pass normalize=True (CLI: --normalize) or "
+        "set horizon_dist and weight",
         UserWarning,
-        stacklevel=4,
+        stacklevel=caller_stacklevel(),
     )
 
 

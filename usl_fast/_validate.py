@@ -365,3 +365,25 @@ def _to_torch(a: np.ndarray):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a))
+
+
+#: usl_fast's own directory: frames whose file lies under it are not the caller's.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the function calling this one
+    point at the first frame outside usl_fast: the user's line, whichever public entry
+    point (select, an estimator's fit, distributed.select, ...) and however many internal
+    calls led there. A fixed number would be right for one path only. (Python 3.12's
+    ``skip_file_prefixes`` does this, but usl_fast supports 3.9.)"""
+    import sys
+
+    frame = sys._getframe(2)  # the caller of the function that will warn: stacklevel 2
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _PACKAGE_DIR
+    ):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -42,6 +42,7 @@ deterministic.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -196,7 +197,9 @@ def run_demo(
     budgets : labeling budgets m to try.
     seeds : seeds; each gives one USL run (k-means init), one USL-T run (head init,
         batches, augmentation) and one random draw.
-    print_fn : called with each line of the report; None prints nothing.
+    print_fn : called with each line of the report, each row as soon as it is computed
+        (stdout is flushed after each, so the report streams through a pipe); None
+        prints nothing.
     threads : CPU threads for ``usl_fast.select`` / the kNN of USL-T (default all).
     methods : any of "usl", "uslt", "random", in the order to report them (default: all
         three; without PyTorch "uslt" is left out and the report says so, and why).
@@ -235,6 +238,17 @@ def run_demo(
     t0 = time.perf_counter()
     x, y = digits_features()
     n = x.shape[0]
+
+    def emit(lines: Iterable[str]) -> None:
+        if print_fn is None:
+            return
+        for line in lines:
+            print_fn(line)
+        # Each row as soon as it is known: through a pipe (usl-fast demo > log) stdout is
+        # block-buffered and the whole report would otherwise arrive only at the end.
+        sys.stdout.flush()
+
+    emit(_header_lines(methods, n=n, n_seeds=len(seeds), notes=notes))
     rows: List[Dict[str, Any]] = []
     for m in budgets:
         for method in methods:
@@ -268,21 +282,17 @@ def run_demo(
                     seconds=secs,
                 )
             )
-    if print_fn is not None:
-        for line in format_table(rows, n=n, elapsed=time.perf_counter() - t0, notes=notes):
-            print_fn(line)
+            emit([_row_line(rows[-1])])
+    emit(_footer_lines(time.perf_counter() - t0))
     return rows
 
 
-def format_table(
-    rows: Sequence[Dict[str, Any]], n: int, elapsed: float, notes: Sequence[str] = ()
+def _header_lines(
+    methods: Sequence[str], n: int, n_seeds: int, notes: Sequence[str] = ()
 ) -> List[str]:
-    """The report printed by ``run_demo``, as lines; ``notes`` (e.g. why a method was
-    skipped) are printed under the header."""
-    n_seeds = len(rows[0]["seeds"]) if rows else 0
-    shown = list(dict.fromkeys(r["method"] for r in rows))  # methods run, in report order
-    names = " / ".join(METHOD_NAMES.get(m, m) for m in shown)
-    lines = [
+    """The report's lines before its rows: what is compared, on what, and how."""
+    names = " / ".join(METHOD_NAMES.get(m, m) for m in methods)
+    return [
         f"{names} picks on scikit-learn digits (n={n}, 10 classes), {n_seeds} seed(s)",
         f"features: standardise -> PCA({N_COMPONENTS}) -> L2-normalise; "
         f"USL: {USL_DEFAULTS} preset with k={USL_K}",
@@ -293,13 +303,32 @@ def format_table(
         "budget | method | classes covered (mean) | label-spreading accuracy",
         "-------+--------+------------------------+--------------------------",
     ]
-    for r in rows:
-        lines.append(
-            f"{r['budget']:>6} | {r['method']:<6} | {r['coverage_mean']:>22.1f} | "
-            f"{100 * r['accuracy_mean']:5.1f}% +- {100 * r['accuracy_std']:4.1f}%"
-        )
-    lines += ["", f"total {elapsed:.1f} s"]
-    return lines
+
+
+def _row_line(r: Dict[str, Any]) -> str:
+    return (
+        f"{r['budget']:>6} | {r['method']:<6} | {r['coverage_mean']:>22.1f} | "
+        f"{100 * r['accuracy_mean']:5.1f}% +- {100 * r['accuracy_std']:4.1f}%"
+    )
+
+
+def _footer_lines(elapsed: float) -> List[str]:
+    return ["", f"total {elapsed:.1f} s"]
+
+
+def format_table(
+    rows: Sequence[Dict[str, Any]], n: int, elapsed: float, notes: Sequence[str] = ()
+) -> List[str]:
+    """The report ``run_demo`` prints (header, one line per row, total), as lines; ``notes``
+    (e.g. why a method was skipped) are printed under the header. ``run_demo`` prints the
+    same lines piece by piece, each row as soon as it is computed."""
+    n_seeds = len(rows[0]["seeds"]) if rows else 0
+    shown = list(dict.fromkeys(r["method"] for r in rows))  # methods run, in report order
+    return [
+        *_header_lines(shown, n=n, n_seeds=n_seeds, notes=notes),
+        *(_row_line(r) for r in rows),
+        *_footer_lines(elapsed),
+    ]
 
 
 if __name__ == "__main__":  # pragma: no cover

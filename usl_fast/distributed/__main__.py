@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Sequence
@@ -104,17 +105,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for key in ("k", "n_clusters", "kmeans_iter", "rounds", "weight")
             if getattr(args, key) is not None
         }
-        idx = ud.select(
-            x,
-            args.m,
-            labeled=labeled,
-            defaults=args.defaults,
-            normalize=True if args.normalize else None,
-            seed=args.seed,
-            threads=args.threads,
-            progress=not args.no_progress,
-            **kw,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            idx = ud.select(
+                x,
+                args.m,
+                labeled=labeled,
+                defaults=args.defaults,
+                normalize=True if args.normalize else None,
+                seed=args.seed,
+                threads=args.threads,
+                progress=not args.no_progress,
+                **kw,
+            )
+        # As usl-fast select does: a warning (features far from unit norm) is a one-line
+        # note, not Python's "file:line: UserWarning" pointing into this module.
+        for w in caught:
+            _say(f"{PROG}: note: {w.message}")
         if rank == 0:
             picks = np.asarray(idx, np.int64)
             with outs:

@@ -128,7 +128,8 @@ class USLT:
     threads : int, optional
         CPU threads of the kNN search (default all).
     progress : bool
-        A tqdm bar counting epochs (off by default; the CLI turns it on). After each
+        tqdm bars on stderr (off by default; ``usl-fast select --method uslt`` turns them
+        on): the kNN search's, then one counting training epochs. After each
         epoch it shows ``loss`` (mean total loss of the epoch), ``confident`` (percentage
         of the epoch's samples whose weak-view top probability exceeds ``tau``, the ones
         the global loss learns from) and ``clusters used`` (non-empty clusters of head 0
@@ -270,7 +271,7 @@ class USLT:
         timings: Dict[str, float] = {"validate": time.perf_counter() - t_start}
         t0 = time.perf_counter()
         if nbr is None:
-            nbr = knn_neighbors(X, self.n_neighbors, threads=self.threads)
+            nbr = knn_neighbors(X, self.n_neighbors, threads=self.threads, progress=self.progress)
         self.neighbors_ = nbr
         nbr_dev = nbr.to(device)
         timings["knn"] = time.perf_counter() - t0
