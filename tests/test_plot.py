@@ -193,6 +193,66 @@ def test_computed_labels_and_density_match_the_public_functions(data, usl):
     np.testing.assert_array_equal(d.xy, d2.xy)  # the same picture every time
 
 
+def pick_rug(fig):
+    """x positions of the picks' ticks below the histogram (black '|' marks)."""
+    (rug,) = [
+        ln for ln in fig.axes[1].lines if ln.get_marker() == "|" and ln.get_color() == "black"
+    ]
+    return np.asarray(rug.get_xdata(), dtype=np.float64)
+
+
+def test_density_panel_uses_the_selections_k(usl, request):
+    """Issue 25: the panel showed k=20 while USL ranks by the preset's k=400. By default it
+    is the preset's k (select's rule, ``defaults=`` included), the one given, or the
+    result's own density and k; the panel's title names k."""
+    from usl_fast._pipeline import PRESETS
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    picks = np.array([3, 50, 400, 599])
+    k_preset = PRESETS["cifar10"]["k"]
+    assert k_preset == 400  # the issue's figure; the test follows the preset if it changes
+
+    for kwargs, k in [
+        ({}, k_preset),
+        ({"defaults": "imagenet"}, PRESETS["imagenet"]["k"]),
+        ({"k": 15}, 15),
+    ]:
+        want = usl.density(x, k=k).astype(np.float64)
+        d = plot.prepare(x, picks, **kwargs)
+        np.testing.assert_array_equal(d.density, want)
+        assert d.k == k and not d.density_given
+        fig = plot.draw(d)
+        np.testing.assert_array_equal(pick_rug(fig), want[picks])
+        assert f"kNN density (k={k})" in fig.axes[1].get_title(), kwargs
+        assert f"k={k} nearest" in fig.axes[1].get_xlabel()
+
+    # a SelectResult: its own density, labels and k; nothing computed again
+    res = usl.select(x, 12, k=25, kmeans_iter=10, return_info=True)
+    calls = request.getfixturevalue("no_engine")
+    fig = plot.plot_picks(x, res.indices, result=res)
+    assert calls == []
+    np.testing.assert_array_equal(pick_rug(fig), res.density[res.indices].astype(np.float64))
+    assert "kNN density (k=25)" in fig.axes[1].get_title()
+    assert "given labels (12 distinct)" in fig.axes[0].get_title()  # the selection's clusters
+    # an explicit density wins over the result's and has no k to name
+    fig = plot.plot_picks(x, res.indices, result=res, density=np.arange(600.0) + 1)
+    np.testing.assert_array_equal(pick_rug(fig), res.indices + 1.0)
+    assert "Density (as given)" in fig.axes[1].get_title()
+    assert "k=" not in fig.axes[1].get_title()
+
+
+def test_preset_k_larger_than_n_names_the_preset(data, no_engine):
+    x, picks, _, _ = data  # 300 points < the cifar10 preset's k = 400
+    with pytest.raises(ValueError, match=r"`k`=400 comes from the defaults='cifar10' preset"):
+        plot.prepare(x, picks)
+    with pytest.raises(ValueError, match="`defaults` must be one of"):
+        plot.prepare(x, picks, defaults="cifar-10")
+    with pytest.raises(TypeError, match="`result` must be a usl_fast.SelectResult"):
+        plot.prepare(x, picks, result=np.ones(300))
+
+
 def pca_reference(x, dims):
     xc = x.astype(np.float64) - x.astype(np.float64).mean(0)
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
@@ -220,6 +280,7 @@ def test_pca_signs_are_fixed():
     np.testing.assert_allclose(a, -b, atol=1e-9)  # same axes, mirrored data
 
 
+@pytest.mark.slow  # scikit-learn's t-SNE
 def test_tsne_on_tiny_data(data):
     pytest.importorskip("sklearn", reason="projection='tsne' needs scikit-learn")
     x, picks, labeled, ids = data
@@ -336,3 +397,33 @@ def test_doc_example_runs(tmp_path, monkeypatch):
     env: dict = {}
     exec(compile(blocks[0], "docs/plot.md", "exec"), env)
     assert (tmp_path / "picks_digits.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_cli_plot_takes_the_density_and_k_of_the_selection(tmp_path, monkeypatch, capsys, usl):
+    """usl-fast plot: --info's density is shown with the k the selection used (from the
+    archive's params); without it the density is computed at --defaults' preset k."""
+    from usl_fast import cli
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    feats, picks, info = tmp_path / "f.npy", tmp_path / "p.npy", tmp_path / "i.npz"
+    np.save(feats, x)
+    argv = ["select", feats, "-m", 8, "-k", 12, "--kmeans-iter", 10, "-o", picks]
+    assert cli.main([str(a) for a in argv + ["--save-info", info, "--no-progress"]]) == 0
+    drawn = []
+    real_draw = plot.draw
+
+    def draw(data, title=None):
+        drawn.append(data)
+        return real_draw(data, title)
+
+    monkeypatch.setattr(plot, "draw", draw)
+    for extra, k in [(["--info", info], 12), (["--defaults", "imagenet"], 20)]:
+        argv = ["plot", feats, picks, "-o", tmp_path / "fig.png", "--force", *extra]
+        assert cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+        assert drawn[-1].k == k
+    with np.load(info) as z:
+        np.testing.assert_array_equal(drawn[0].density, z["density"].astype(np.float64))
+    np.testing.assert_array_equal(drawn[1].density, usl.density(x, k=20).astype(np.float64))
+    capsys.readouterr()

@@ -896,9 +896,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if args.info is not None:
         _require_suffix(args.info, "--info", ".npz", "written by usl-fast select --save-info")
         _require_file(args.info, "--info", "written by usl-fast select --save-info")
-        with np.load(args.info, allow_pickle=False) as z:
-            extra = {key: z[key] for key in ("labels", "density") if key in z.files}
-    for opt in ("k", "max_points", "title", "threads"):
+        extra["result"] = _read_info_result(args.info)
+    for opt in ("defaults", "k", "max_points", "title", "threads"):
         if getattr(args, opt) is not None:
             extra[opt] = getattr(args, opt)
 
@@ -925,6 +924,27 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_info_result(path: str) -> Any:
+    """The ``SelectResult`` parts ``plot`` uses (labels, density, params: the density's k)
+    from a ``select --save-info`` archive."""
+    import json
+
+    from ._pipeline import SelectResult
+
+    with np.load(path, allow_pickle=False) as z:
+        got = {key: z[key] for key in ("indices", "labels", "density", "params") if key in z.files}
+    try:
+        params = json.loads(str(got["params"])) if "params" in got else {}
+    except ValueError:
+        params = {}
+    return SelectResult(
+        indices=got.get("indices"),
+        labels=got.get("labels"),
+        density=got.get("density"),
+        params=params if isinstance(params, dict) else {},
+    )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -946,6 +966,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------- parsing
+
+
+def _preset_k(name: str) -> int:
+    from ._pipeline import PRESETS
+
+    return int(PRESETS[name]["k"])
 
 
 def _positive_int(text: str) -> int:
@@ -1329,12 +1355,21 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--projection", choices=plot.PROJECTIONS, default="pca", help="2-D projection")
     pp.add_argument("--seed", type=int, default=0, help="k-means, background sample and t-SNE")
     pp.add_argument(
+        "--defaults",
+        choices=DEFAULTS_CHOICES,
+        default=None,
+        help="the preset the selection used: the computed density takes its k, as "
+        "usl-fast select does [default: cifar10]",
+    )
+    pp.add_argument(
         "-k",
         "--k",
         dest="k",
         type=_positive_int,
         default=None,
-        help=f"kNN size of the computed density [default: {plot_default['k']}]",
+        help="kNN size of the computed density, when the selection set one [default: the "
+        f"--defaults preset's: cifar10 {_preset_k('cifar10')}; unused with --info, whose "
+        "density and k are the selection's]",
     )
     pp.add_argument(
         "--max-points",

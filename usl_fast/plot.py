@@ -61,9 +61,10 @@ class PicksPlotData:
     explained : (2,) float64 or None
         Share of the sample's variance on PC1 and PC2 (PCA only, else None).
     labels_given, density_given : bool
-        Whether labels / density came from the caller.
+        Whether labels / density came from the caller (directly or through ``result``).
     k : int or None
-        kNN size of a computed density (None when given).
+        kNN size of the density shown: the one computed here, or ``result.params["k"]``
+        for a result's density; None for a density given as an array alone.
     """
 
     rows: np.ndarray
@@ -253,6 +254,42 @@ def project(
     return tsne.fit_transform(np.asarray(z, dtype=np.float64)).astype(np.float64), None
 
 
+def _from_result(result: Any) -> Tuple[Any, Any, Optional[int]]:
+    """(labels, density, k of that density) of a ``SelectResult`` (or any object with
+    ``labels``, ``density`` and ``params`` attributes); None where it has none."""
+    missing = [a for a in ("labels", "density", "params") if not hasattr(result, a)]
+    if missing:
+        raise TypeError(
+            "`result` must be a usl_fast.SelectResult (select(..., return_info=True)); got "
+            f"{type(result).__name__}, without {', '.join(missing)}"
+        )
+    params = result.params if isinstance(result.params, dict) else {}
+    k = params.get("k") if result.density is not None else None
+    return result.labels, result.density, (int(k) if isinstance(k, (int, np.integer)) else None)
+
+
+def _density_k(k: Any, defaults: Any, n: int) -> int:
+    """The kNN size of the density computed here: ``k``, or when None the ``defaults``
+    preset's, the k ``usl_fast.select`` ranks by with the same ``defaults``."""
+    from ._pipeline import PRESETS
+
+    if k is not None:
+        k = as_int(k, "k", 1)
+        if k >= n:
+            raise ValueError(f"`k` must be < number of points n={n} (self included) (got k={k})")
+        return k
+    if not isinstance(defaults, str) or defaults not in PRESETS:
+        raise ValueError(f"`defaults` must be one of {sorted(PRESETS)} (got {defaults!r})")
+    k = int(PRESETS[defaults]["k"])
+    if k >= n:
+        raise ValueError(
+            f"`k`={k} comes from the defaults={defaults!r} preset (the k select() ranks by) "
+            f"and must be < number of points n={n} (self included): pass the k the "
+            f"selection used, e.g. k={min(20, n - 1)}, or its result (result=)"
+        )
+    return k
+
+
 def prepare(
     features: Any,
     picks: Any,
@@ -260,9 +297,11 @@ def prepare(
     labeled: Any = None,
     labels: Any = None,
     density: Any = None,
+    result: Any = None,
     projection: str = "pca",
     seed: int = 0,
-    k: int = 20,
+    defaults: str = "cifar10",
+    k: Optional[int] = None,
     max_points: int = 20000,
     threads: Optional[int] = None,
 ) -> PicksPlotData:
@@ -270,13 +309,21 @@ def prepare(
     Needs neither matplotlib nor, for PCA, scikit-learn."""
     x, _ = as_features(features, "features")
     n = x.shape[0]
+    result_k = None
+    if result is not None:
+        r_labels, r_density, r_k = _from_result(result)
+        if labels is None:
+            labels = r_labels
+        if density is None and r_density is not None:
+            density, result_k = r_density, r_k
     picks = _as_indices(picks, n, "picks")
     if picks.size == 0:
         raise ValueError("`picks` must hold at least one index (got an empty array)")
     labeled = _as_indices(np.empty(0, np.int64) if labeled is None else labeled, n, "labeled")
     projection = _check_projection(projection)
     seed = as_int(seed, "seed", 0)
-    k = as_int(k, "k", 1)
+    if k is not None:
+        k = as_int(k, "k", 1)
     max_points = as_int(max_points, "max_points", 1)
     threads_arg(threads)
     labels_given = labels is not None
@@ -285,8 +332,11 @@ def prepare(
         labels = _as_any_labels(labels, n)
     if density_given:
         density = as_vector(density, n, "density", np.float64)
-    elif k >= n:
-        raise ValueError(f"`k` must be < number of points n={n} (self included) (got k={k})")
+        k = result_k  # known only for a result's density
+    else:
+        # The same k as the selection being drawn (select's preset rule), not a k of its
+        # own: the panel must show the density the picks were ranked by.
+        k = _density_k(k, defaults, n)
 
     if not density_given:
         density = np.asarray(_density(x, k=k, threads=threads), dtype=np.float64)
@@ -312,7 +362,7 @@ def prepare(
         explained=explained,
         labels_given=labels_given,
         density_given=density_given,
-        k=None if density_given else k,
+        k=k,
     )
 
 
@@ -508,7 +558,7 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
     hx.axhline(0, color="0.3", lw=0.8, zorder=2)
     hx.set_ylim(-0.22 * top if n_l else -0.12 * top, top * 1.08)
     hx.set_yticks([t for t in hx.get_yticks() if 0 <= t <= top * 1.08])
-    if data.density_given:
+    if data.k is None:
         hx.set_xlabel("density (as given)" + (", log scale" if log else ""))
     else:
         hx.set_xlabel(
@@ -516,8 +566,10 @@ def draw(data: PicksPlotData, title: Optional[str] = None) -> Any:
             + (", log scale" if log else "")
         )
     hx.set_ylabel("number of points")
+    # The title names k: a density at another k than the selection's ranks points differently.
+    which = "Density (as given)" if data.k is None else f"kNN density (k={data.k})"
     hx.set_title(
-        "Density of every point (high = typical, in a crowded region)\n"
+        f"{which} of every point: high = typical, in a crowded region\n"
         + (
             "picks and earlier labeled points marked below the axis"
             if n_l
@@ -551,10 +603,12 @@ def plot_picks(
     labeled: Any = None,
     labels: Any = None,
     density: Any = None,
+    result: Any = None,
     path: Any = None,
     projection: str = "pca",
     seed: int = 0,
-    k: int = 20,
+    defaults: str = "cifar10",
+    k: Optional[int] = None,
     title: Optional[str] = None,
     max_points: int = 20000,
     threads: Optional[int] = None,
@@ -577,15 +631,22 @@ def plot_picks(
         ``usl_fast.kmeans(features, K, seed=seed)`` with K = number of distinct picks and
         labeled points (pass ``SelectResult.labels`` to show the selection's own clusters).
     density : (n,) real, optional
-        Default: ``usl_fast.density(features, k=k)`` (pass ``SelectResult.density``).
+        Default: ``result.density``, else ``usl_fast.density(features, k=k)``.
+    result : usl_fast.SelectResult, optional
+        The selection's own ``select(..., return_info=True)`` result: its ``labels`` and
+        ``density`` (and the ``k`` in its ``params``, named in the figure) are used where
+        ``labels`` / ``density`` are not given, and nothing is computed again.
     path : str or os.PathLike ending in .png, .pdf or .svg, optional
         Where to save the figure (dpi 150, tight bounding box).
     projection : "pca" (default; NumPy only) or "tsne" (scikit-learn; 90 s for 5,000 points
         on 2 cores, growing faster than linearly: lower ``max_points`` to 5,000 or less).
     seed : int >= 0
         Seeds k-means, the background sample and t-SNE: the same figure every time.
-    k : int, 1 <= k < n
-        kNN size of the computed density (unused when ``density`` is given).
+    defaults, k : str, int (1 <= k < n)
+        kNN size of a computed density, as ``usl_fast.select`` takes it: ``k``, or the
+        ``defaults`` preset's (cifar10: 400, the k USL ranks by) when ``k`` is None. Pass
+        the ``k`` or ``defaults`` the selection used. The density panel's title names k.
+        Unused when the density is given (``density`` or ``result``).
     title : str, optional
         The figure's title (default says how many picks among how many points).
     max_points : int >= 1
@@ -619,8 +680,10 @@ def plot_picks(
         labeled=labeled,
         labels=labels,
         density=density,
+        result=result,
         projection=projection,
         seed=seed,
+        defaults=defaults,
         k=k,
         max_points=max_points,
         threads=threads,
