@@ -794,7 +794,7 @@ def test_cli_corrupt_cifar_batch_is_one_line_exit_2(tmp_path):
 def test_cifar_batch_too_large_for_memory_is_a_memory_error_naming_it(tmp_path, monkeypatch):
     from usl_fast.ssl import fixmatch
 
-    base = write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
 
     def no_memory(self):
         raise MemoryError

@@ -287,10 +287,8 @@ class _DtypeSpec:
         self.stated = True
         if not (type(state) is tuple and len(state) in (8, 9) and state[0] in (3, 4)):
             _refuse(f"it holds a dtype state {_short(state)}, not a plain number type's")
-        if state[2:5] != (None, None, None) or state[5:8] != (-1, -1, 0) or state[8:] not in (
-            (),
-            (None,),
-        ):
+        plain = state[2:5] == (None, None, None) and state[5:8] == (-1, -1, 0)
+        if not plain or state[8:] not in ((), (None,)):  # 9th: version 4's metadata
             _refuse(f"it holds a dtype state {_short(state)}, not a plain number type's")
         order = _ascii(state[1])
         if order not in ("|", "<", ">", "="):
@@ -518,9 +516,10 @@ def _read_cifar_batch(path: str, keys: Tuple[bytes, ...], classes: Optional[int]
         and data.ndim == 2
         and data.shape[1] == 3072
     ):
-        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else (
-            type(data).__name__
-        )
+        if isinstance(data, np.ndarray):
+            got = f"{data.dtype} array of shape {data.shape}"
+        else:
+            got = type(data).__name__
         raise ValueError(f"{bad}: {keys[0]!r} must be a uint8 array of shape (N, 3072), got {got}")
     if len(keys) > 1:
         labels = d[keys[1]]
