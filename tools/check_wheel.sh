@@ -92,6 +92,13 @@ assert info["cuda"] == (build == "1cuda"), (info, name)
 print("installed:", where.parent, info)
 EOF
 )
+summary() {
+  echo "wheel: $name"
+  echo "size: $(stat -c %s "$wheel") bytes"
+  echo "platform tag: $(echo "${name%.whl}" | awk -F- '{print $NF}')"
+  echo "pip install of the wheel (--no-index --no-deps, no compiler): ${t_install} s"
+}
+summary
 
 echo "== the whole test suite (slow tests included) against the installed wheel"
 mapfile -t testpaths < <(python3 - <<'EOF'
@@ -105,13 +112,13 @@ t0=$(date +%s)
 # From $work: neither the checkout nor its usl_fast/ is on sys.path (tests/conftest.py also
 # drops the root when the checkout holds no compiled engine, as in CI).
 # USL_FAST_WHEEL_SITE tells tests/test_wheel.py which install it must be testing.
+rc=0
 (cd "$work" && USL_FAST_WHEEL_SITE="$site" "$py" -m pytest -p no:cacheprovider \
-  --rootdir="$root" -m "slow or not slow" "${testpaths[@]/#/$root/}")
+  --rootdir="$root" -m "slow or not slow" "${testpaths[@]/#/$root/}") || rc=$?
 t_tests=$(( $(date +%s) - t0 ))
 
 echo "== check_wheel summary"
-echo "wheel: $name"
-echo "size: $(stat -c %s "$wheel") bytes"
-echo "platform tag: $(echo "${name%.whl}" | awk -F- '{print $NF}')"
-echo "pip install of the wheel (--no-index --no-deps, no compiler): ${t_install} s"
-echo "build_wheels.sh: ${t_wheel} s; test suite: ${t_tests} s; check_wheel.sh: $(( $(date +%s) - t_start )) s"
+summary
+echo "build_wheels.sh: ${t_wheel} s; test suite: ${t_tests} s (exit code $rc);" \
+  "check_wheel.sh: $(( $(date +%s) - t_start )) s"
+exit $rc
