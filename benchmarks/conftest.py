@@ -113,6 +113,40 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("select_m", c["select"]["ms"], ids=lambda m: f"m={m}")
 
 
+def _benchmarks_named(config: pytest.Config) -> bool:
+    """Whether the command line named this directory or a file or test in it."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        return False  # no paths given: testpaths (or the current directory)
+    for arg in config.args:
+        path = Path(arg.split("::")[0]).resolve()
+        if path == HERE or HERE in path.parents:
+            return True
+    return False
+
+
+def _marker_expression_given(config: pytest.Config) -> bool:
+    """Whether the user chose a -m expression (the command line or PYTEST_ADDOPTS), rather
+    than running under pyproject.toml's default -m 'not slow'."""
+    import shlex
+
+    args = list(config.invocation_params.args)
+    args += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    return any(a == "-m" or (a.startswith("-m") and not a.startswith("--")) for a in args)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    # Every benchmark at its tiny size takes minutes in all: they are `slow`, so the fast
+    # default run (`pytest`, whose addopts deselect that marker) leaves them out, and
+    # `pytest -m slow` or `-m "slow or not slow"` (CI) runs them. Asked for by path with no
+    # -m of one's own (`pytest benchmarks --scale=full`, as the docs show) they run as asked.
+    if _benchmarks_named(config) and not _marker_expression_given(config):
+        return
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
     # pyproject.toml's python_files names bench_*.py; should a run use another ini (or
     # none), still collect the benchmark files whenever this directory is collected. Files

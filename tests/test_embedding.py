@@ -119,6 +119,7 @@ def feats_npy(tmp_path_factory) -> Path:
 N_INTERRUPTS = 20
 
 
+@pytest.mark.slow  # 20 interpreters, each interrupted
 def test_ctrl_c_in_cli_select_exits_130_every_time(feats_npy, tmp_path):
     rng = random.Random(0)
     for i in range(N_INTERRUPTS):
@@ -138,6 +139,7 @@ def test_ctrl_c_in_cli_select_exits_130_every_time(feats_npy, tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow  # 20 interpreters, each interrupted
 def test_ctrl_c_in_api_select_raises_keyboardinterrupt_every_time(feats_npy):
     code = f"""
         import sys, numpy as np, usl_fast
@@ -370,6 +372,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 20 two-rank gloo runs, one rank killed in each
 def test_survivor_of_a_killed_rank_exits_1_with_the_error(tmp_path):
     pytest.importorskip("torch")
     feats = tmp_path / "f.npy"

@@ -356,6 +356,7 @@ def test_cli_fixmatch_errors(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow  # the quality harness end to end: every method, FixMatch training
 def test_quality_harness_runs_at_tiny_size(tmp_path):
     """benchmarks/quality/digits_fixmatch.py end to end, every method, a few steps."""
     pytest.importorskip("sklearn")

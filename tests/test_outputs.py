@@ -144,6 +144,7 @@ def test_fixmatch_refuses_a_link_in_out_before_work(work, name, dangling):
     assert entries(work / "run") == [name]
 
 
+@pytest.mark.slow  # a short FixMatch training in a child process (torch import, digits)
 def test_fixmatch_checkpoint_never_goes_through_a_link_at_its_old_temporary_name(work):
     """The checkpoint used to be written to OUT/checkpoint.pt.tmp, following a link planted
     there; now the temporary is a fresh exclusive file."""
@@ -185,6 +186,7 @@ def test_select_paths_that_cannot_be_written_fail_before_work(work, argv, named)
     assert not [e for e in entries(work) if e.startswith(".")]
 
 
+@pytest.mark.slow  # two FixMatch command lines, each a child process importing torch
 def test_fixmatch_out_that_cannot_be_created_fails_before_work(work):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
