@@ -423,7 +423,9 @@ def test_demo_rows_and_coverage() -> None:
     assert any("budget | method | classes covered (mean)" in line for line in lines)
 
 
-@pytest.mark.slow  # the whole demo with USL-T at its default length: minutes on 2 cores
+# USL-T at its default length: torch's tiny ops on 2 threads were 5-10x slower beside other
+# jobs on 2 cores (126 s instead of 7 s here), so one thread.
+@pytest.mark.usefixtures("one_torch_thread")
 def test_demo_command(capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("sklearn")
     code, stdout, err = run_cli(["demo", "--seeds", 1, "--budgets", 10], capsys)
@@ -439,7 +441,7 @@ def test_demo_command(capsys: pytest.CaptureFixture) -> None:
     assert code == 0 and "| usl " not in stdout and "| random" in stdout
 
 
-@pytest.mark.slow  # two default-length USL-T fits: minutes on 2 cores
+@pytest.mark.usefixtures("one_torch_thread")  # two default-length USL-T fits (see above)
 def test_demo_uslt_rows_match_the_library() -> None:
     pytest.importorskip("sklearn")
     uslt = pytest.importorskip("usl_fast.uslt")
