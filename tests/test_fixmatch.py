@@ -675,6 +675,7 @@ def test_fuzzed_cifar_batches_load_or_are_refused_in_one_line(tmp_path):
         [sys.executable, "-W", "error", "-c", _FUZZ_CHILD, str(tmp_path), ",".join(names)]
         + ["300", "1"],  # mutations per form, random seed
         env=subprocess_env(),
+        cwd=tmp_path,  # outside the checkout, whose sources have no compiled engine
         capture_output=True,
         text=True,
         timeout=600,

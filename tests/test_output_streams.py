@@ -11,6 +11,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -80,6 +81,7 @@ def test_demo_rows_arrive_through_a_pipe_before_the_run_ends() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=subprocess_env(),
+        cwd=tempfile.gettempdir(),  # outside the checkout: its sources have no engine
     )
     try:
         lines = _lines_with_times(proc.stdout)
@@ -282,6 +284,7 @@ def test_unit_norm_warning_in_distributed_select_and_the_clis(
     r = subprocess.run(
         [sys.executable, str(script)],
         env=subprocess_env(),
+        cwd=tempfile.gettempdir(),  # outside the checkout: its sources have no engine
         capture_output=True,
         text=True,
         timeout=180,
@@ -297,6 +300,7 @@ def test_unit_norm_warning_in_distributed_select_and_the_clis(
         [sys.executable, "-m", "usl_fast.distributed", "select", str(feats), "-m", "10",
          "-k", "10", "--kmeans-iter", "5", "-o", str(tmp_path / "d.npy"), "--no-progress"],
         env=subprocess_env(),
+        cwd=tempfile.gettempdir(),  # outside the checkout: its sources have no engine
         capture_output=True,
         text=True,
         timeout=180,
