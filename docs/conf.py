@@ -8,8 +8,8 @@ rendered from the argparse parsers at build time (``_ext/cli_reference.py``).
 from __future__ import annotations
 
 import glob
-import re
 import os
+import re
 import sys
 from pathlib import Path
 

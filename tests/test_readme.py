@@ -191,7 +191,10 @@ def _check_python_script(args: Tuple[str, ...]) -> Optional[str]:
     if not script.is_file():
         return f"{args[0]} does not exist"
     r = subprocess.run(
-        [sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, str(script), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     if r.returncode != 0:
@@ -256,7 +259,9 @@ def broken_links(path: Path) -> List[str]:
         target, _, frag = link.partition("#")
         dest = (path.parent / target).resolve() if target else path
         if not dest.exists():
-            bad.append(f"{link}: no file {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
+            bad.append(
+                f"{link}: no file {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}"
+            )
         elif frag and dest.suffix == ".md" and frag not in anchors(dest):
             bad.append(f"{link}: no heading #{frag} in {dest.name}")
     return bad
@@ -366,7 +371,9 @@ def test_input_types_readme_claims():
     base = rng.integers(-8, 9, size=(200, 6))
     want = usl_fast.select(base.astype(np.float32), 5, k=10, normalize=True)
     for dtype in (np.int32, np.int64, np.float16, np.float64):
-        np.testing.assert_array_equal(usl_fast.select(base.astype(dtype), 5, k=10, normalize=True), want)
+        np.testing.assert_array_equal(
+            usl_fast.select(base.astype(dtype), 5, k=10, normalize=True), want
+        )
     torch = pytest.importorskip("torch")
     for dtype in (torch.int32, torch.int64, torch.float32):
         got = usl_fast.select(torch.from_numpy(base).to(dtype), 5, k=10, normalize=True)
@@ -383,7 +390,7 @@ def test_no_python_m_pytest_in_instructions():
         for m in re.finditer(r"python3? -m pytest", text):
             before = text[max(0, m.start() - 5) : m.start()]
             assert before.endswith(("not `", "not ")), (
-                f"{path.relative_to(ROOT)}: {text[m.start():m.start() + 60]!r}: use `pytest`"
+                f"{path.relative_to(ROOT)}: {text[m.start() : m.start() + 60]!r}: use `pytest`"
             )
 
 

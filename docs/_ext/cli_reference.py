@@ -77,9 +77,7 @@ class CliHelp(Directive):
         if len(self.arguments) == 2:
             name = self.arguments[1]
             if name not in subs:
-                raise self.error(
-                    f"{spec} has no subcommand {name!r} (it has: {', '.join(subs)})"
-                )
+                raise self.error(f"{spec} has no subcommand {name!r} (it has: {', '.join(subs)})")
             key = name
             parser = subs[name]
         shown.setdefault((spec, key), set()).add(env.docname)
