@@ -53,13 +53,23 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _interrupt_when(proc: subprocess.Popen, marker: bytes, delay: float, limit: float = 60):
-    """Read ``proc``'s stderr until ``marker`` shows, wait ``delay`` s, send SIGINT; returns
-    everything read from stderr once the process has ended."""
+def _interrupt_when(argv: list, marker: bytes, delay: float, limit: float = 60):
+    """Start ``argv`` (a Python child importing the usl_fast under test, SIGINT at its
+    default), read its stderr until ``marker`` shows, wait ``delay`` s, send SIGINT;
+    returns (exit status, everything read from stderr) once the process has ended."""
+    proc = subprocess.Popen(
+        argv,
+        env=subprocess_env(),
+        cwd=CHILD_CWD,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
     buf = _read_until(proc, marker, limit)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
-    return (buf + _read_rest(proc)).decode(errors="replace")
+    err = (buf + _read_rest(proc)).decode(errors="replace")
+    return proc.returncode, err
 
 
 def _read_until(proc: subprocess.Popen, marker: bytes, limit: float = 60) -> bytes:
@@ -124,16 +134,10 @@ def test_ctrl_c_in_cli_select_exits_130_every_time(feats_npy, tmp_path):
     rng = random.Random(0)
     for i in range(N_INTERRUPTS):
         out = tmp_path / f"p{i}.npy"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "usl_fast", "select", str(feats_npy), "-m", "40", "-o", str(out)],
-            env=subprocess_env(),
-            cwd=CHILD_CWD,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=_default_sigint,
-        )
-        err = _interrupt_when(proc, b"kNN", rng.uniform(0.0, 0.6))
-        assert proc.returncode == 130, (i, proc.returncode, err[-500:])
+        argv = [sys.executable, "-m", "usl_fast", "select", str(feats_npy), "-m", "40",
+                "-o", str(out)]  # fmt: skip
+        rc, err = _interrupt_when(argv, b"kNN", rng.uniform(0.0, 0.6))
+        assert rc == 130, (i, rc, err[-500:])
         assert "usl-fast: interrupted" in err
         assert "terminate called" not in err
         assert not out.exists()
@@ -153,17 +157,10 @@ def test_ctrl_c_in_api_select_raises_keyboardinterrupt_every_time(feats_npy):
         """
     rng = random.Random(1)
     for i in range(N_INTERRUPTS):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env=subprocess_env(),
-            cwd=CHILD_CWD,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=_default_sigint,
-        )
         # Anywhere from the start of the work to well inside k-means.
-        err = _interrupt_when(proc, b"ready", rng.uniform(0.05, 1.5))
-        assert proc.returncode == 7, (i, proc.returncode, err[-500:])
+        argv = [sys.executable, "-c", textwrap.dedent(code)]
+        rc, err = _interrupt_when(argv, b"ready", rng.uniform(0.05, 1.5))
+        assert rc == 7, (i, rc, err[-500:])
         assert "terminate called" not in err
 
 
