@@ -123,13 +123,15 @@ class Guard {
 };
 
 // ---------------------------------------------------------------------------------------
-// Back-end primitives of the CPU (tile.cpp).
+// Back-end primitives of the CPU: the tile GEMM and the filter's norms in gemm.cpp (its
+// per-ISA kernels behind gemm.hpp: gemm_avx512.cpp, gemm_amx.cpp), the allocation budget
+// and active_isa in runtime.cpp, the exact kernels in exact.cpp, the scans in scan.cpp.
 
 // The tile's inner products: tile[r * kTile + c] = a_r . b_c for r < m, c < n (m, n <=
 // kTile; a row-major tile buffer of kTile x kTile, which the AMX path also fills up to the
 // next multiples of 16), one thread. They only feed the filter, so any evaluation whose
 // error the filter bounds will do. Returns the relative bound `rel` of Tile for this tile:
-// filter_rel(d) for the float32 GEMMs, the measured bf16 bound for AMX (tile.cpp).
+// filter_rel(d) for the float32 GEMMs, the measured bf16 bound for AMX (gemm_amx.cpp).
 // `center` (AMX only, else nullptr): the products are of the centred rows, fl(a - c) .
 // fl(b - c), and the bound includes the centring; the filter must then use the centred
 // squared norms exact_l2(a, c) (filter_norms).
@@ -287,7 +289,7 @@ class TopK {
 };
 
 // Offers every pair of a tile whose lower bound passes the row's threshold (and, in the
-// symmetric pass, the column's) to the reservoirs (tile.cpp; SIMD per active_isa()).
+// symmetric pass, the column's) to the reservoirs (scan.cpp; SIMD per active_isa()).
 // rows: reservoir of the tile's rows, local row of tile row r = row_off + r;
 // cols (symmetric off-diagonal tiles only): reservoir of the columns, row = j0 + c.
 void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols);

@@ -1,0 +1,133 @@
+// The tile GEMM dispatcher: which kernel fills the tiles (gemm_kind), the one call into BLAS,
+// the filter's norms and centring (filter_norms) and the per-thread tile. The SIMD kernels
+// live one per file behind gemm.hpp (gemm_avx512.cpp, gemm_amx.cpp); which runs is chosen
+// once, at run time.
+#include <cblas.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gemm.hpp"
+
+namespace usl_fast {
+namespace cpu {
+
+// ----------------------------------------------------------------------------- BLAS
+namespace {
+// Every caller already runs inside its own OpenMP thread on a private tile, so OpenBLAS's
+// own thread pool would only compete with ours.
+struct BlasSingleThread {
+  BlasSingleThread() { scipy_openblas_set_num_threads(1); }
+};
+const BlasSingleThread blas_single_thread_once;
+}  // namespace
+
+// Which GEMM fills the tiles: AMX where the CPU and OS have it, else the engine's own
+// AVX-512 kernel, else OpenBLAS. USL_FAST_GEMM=amx|avx512|blas narrows it (tests compare all
+// three bit for bit; benchmarks compare their speed).
+int gemm_kind() {
+  static const int kind = [] {
+#ifdef USL_FAST_X86
+    const char* env = std::getenv("USL_FAST_GEMM");
+    const std::string want = env ? env : "";
+    if (active_isa() != 2 || want == "blas") return kGemmBlas;
+    if (want == "avx512") return kGemmAvx512;
+#ifdef USL_FAST_AMX
+    return amx_supported() ? kGemmAmx : kGemmAvx512;
+#else
+    return kGemmAvx512;
+#endif
+#else
+    return kGemmBlas;
+#endif
+  }();
+  return kind;
+}
+
+// The tile's rel for the bf16 product (docs/engine.md, "AMX"): the float32 bound scaled by
+// (1 + kA)(1 + kB), plus the bf16 rounding measured on the worst row and column, plus
+// 2^-21 for the float32 centring (a - c, b - c each within u of exact, so the centred
+// squared distance is within (4 u + 10 u^2) s of the true one).
+float amx_rel(double ka2, double kb2, idx_t d) {
+  const double ka = std::sqrt(ka2), kb = std::sqrt(kb2);
+  const double rel = static_cast<double>(filter_rel(d)) * (1.0 + ka) * (1.0 + kb) +
+                     (ka + kb + ka * kb) * (1.0 + 0x1p-20) + 0x1p-21;
+  return round_up(rel);
+}
+
+float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
+                const float* center, float* tile) {
+  require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && d >= 1, "gemm_tile: tile shape");
+  require(!center || gemm_kind() == kGemmAmx, "gemm_tile: a center only for the AMX GEMM");
+#ifdef USL_FAST_X86
+  const int kind = gemm_kind();
+#ifdef USL_FAST_AMX
+  if (kind == kGemmAmx) {
+    double ka2 = 0.0, kb2 = 0.0;
+    gemm_tile_amx(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+    // A row that bf16 represents worse than its nominal 2^-8 has (near-)subnormal
+    // coordinates that bf16 flushes; its kappa (up to 1) would make the whole tile's bound
+    // useless, so this tile is redone in float32, on the same centred rows.
+    if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return amx_rel(ka2, kb2, d);
+    Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
+    for (idx_t r = 0; r < m; ++r)
+      for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
+    for (idx_t j = 0; j < n; ++j)
+      for (idx_t t = 0; t < d; ++t) cb[j * d + t] = b[j * ldb + t] - (center ? center[t] : 0.0f);
+    gemm_nt_avx512(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
+    return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
+  }
+#endif
+  if (kind == kGemmAvx512) {
+    gemm_nt_avx512(a, lda, m, b, ldb, n, d, tile, kTile);
+    return filter_rel(d);
+  }
+#endif
+  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m),
+                    static_cast<blasint>(n), static_cast<blasint>(d), 1.0f, a,
+                    static_cast<blasint>(lda), b, static_cast<blasint>(ldb), 0.0f, tile,
+                    static_cast<blasint>(kTile));
+  return filter_rel(d);
+}
+
+FilterNorms filter_norms(const View& x, const float* xn, const View& y, const float* yn,
+                         bool same, const Context& ctx) {
+  FilterNorms f;
+  f.xn = xn;
+  f.yn = yn;
+  if (gemm_kind() != kGemmAmx || y.rows == 0) return f;
+  const idx_t d = y.cols;
+  // The column set's mean, summed in float64 in row order (any common point would do).
+  std::vector<double> sum(d, 0.0);
+  for (idx_t j = 0; j < y.rows; ++j)
+    for (idx_t t = 0; t < d; ++t) sum[t] += y.row(j)[t];
+  f.center.resize(d);
+  for (idx_t t = 0; t < d; ++t) f.center[t] = static_cast<float>(sum[t] / static_cast<double>(y.rows));
+  auto centred = [&](const View& v, Buffer<float>& out) {
+    out.reset(v.rows);
+    row_distances(v, f.center.data(), out.data(), ctx);
+  };
+  centred(x, f.xc);
+  f.xn = f.xc.data();
+  if (same) {
+    f.yn = f.xn;
+  } else {
+    centred(y, f.yc);
+    f.yn = f.yc.data();
+  }
+  return f;
+}
+
+float* thread_tile() {
+  // Allocated once per OpenMP thread (OpenMP keeps its pool between regions): a fresh
+  // 256 KiB buffer per call costs page faults on every k-means iteration.
+  thread_local std::unique_ptr<float[]> tile;
+  if (!tile) tile.reset(new float[static_cast<size_t>(kTile) * kTile]);
+  return tile.get();
+}
+
+}  // namespace cpu
+}  // namespace usl_fast

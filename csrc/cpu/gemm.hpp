@@ -1,0 +1,61 @@
+// Internal to the CPU back end: the per-ISA tile GEMM kernels that gemm_tile (gemm.cpp)
+// dispatches to, one file each (gemm_avx512.cpp, gemm_amx.cpp), and what they share. A new
+// kernel adds its declaration here, a kGemm* constant (tile.hpp), and a branch in gemm_kind
+// and gemm_tile.
+#pragma once
+
+#include "simd.hpp"
+
+namespace usl_fast {
+namespace cpu {
+
+// The AMX tile's rel from the measured bf16 roundings of its rows and columns (gemm.cpp).
+float amx_rel(double ka2, double kb2, idx_t d);
+
+#ifdef USL_FAST_X86
+// In-register transpose of 16 rows of 16 floats (or any 32-bit words); column c goes to
+// out[16 c .. 16 c + 15] for c < ncols.
+__attribute__((target("avx512f"))) inline void transpose16(const __m512* r, float* out,
+                                                           int ncols) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4 g + j], 128-bit lane L: rows 4 g .. 4 g + 3 of coordinate 4 L + j.
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), e = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 x01 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44);
+    const __m512 y01 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+    const __m512 x23 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+    const __m512 y23 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+    const __m512 o[4] = {_mm512_shuffle_f32x4(x01, y01, 0x88), _mm512_shuffle_f32x4(x01, y01, 0xDD),
+                         _mm512_shuffle_f32x4(x23, y23, 0x88), _mm512_shuffle_f32x4(x23, y23, 0xDD)};
+    for (int L = 0; L < 4; ++L)
+      if (4 * L + j < ncols) _mm512_storeu_ps(out + (4 * L + j) * 16, o[L]);
+  }
+}
+
+// C = A B^T into the tile (ld ldc), float32 FMA; n <= kTile (gemm_avx512.cpp).
+void gemm_nt_avx512(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                    idx_t d, float* c, idx_t ldc);
+
+#ifdef USL_FAST_AMX
+// Whether the CPU and the OS let this process run AMX bf16 (gemm_amx.cpp).
+bool amx_supported();
+// bf16 products of the (centred) rows; kappa^2 bounds of the rows and columns out
+// (gemm_amx.cpp).
+void gemm_tile_amx(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                   idx_t d, const float* center, float* tile, double& ka2, double& kb2);
+#endif  // USL_FAST_AMX
+#endif  // USL_FAST_X86
+
+}  // namespace cpu
+}  // namespace usl_fast

@@ -1,0 +1,252 @@
+// The top-k filter scan (scan_topk) and the arg-min candidates: which pairs of a tile pass
+// the filter's lower bound and go on to exact evaluation (exact_many, exact.cpp). SIMD per
+// active_isa() (runtime.cpp).
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "simd.hpp"
+
+namespace usl_fast {
+namespace cpu {
+
+// ----------------------------------------------------------------------------- top-k scan
+namespace {
+
+// Pairs of one tile row whose lower bound passed a threshold wait in `Pending` and are
+// evaluated in batches (four pairs per SIMD call), then each is kept on every side whose
+// threshold its exact value still passes. Thresholds seen while pairs wait are at most a
+// few steps stale, which only adds evaluations, never changes the result.
+struct Pending {
+  static constexpr int kCap = 32;
+  const float* ptr[kCap + 16];
+  idx_t col[kCap + 16];
+  float v[kCap + 16];
+  int n = 0;
+};
+
+inline void flush(int isa, const Tile& t, idx_t r, TopK* rows, idx_t row_off, TopK* cols,
+                  Pending& p) {
+  if (!p.n) return;
+  const idx_t i = t.i0 + r;
+  exact_many(isa, t.rows.row(i), p.ptr, p.n, t.cols.cols, p.v);
+  for (int u = 0; u < p.n; ++u) {
+    const idx_t j = t.j0 + p.col[u];
+    if (p.v[u] <= rows->thresholds()[row_off + r])
+      rows->push(row_off + r, p.v[u], static_cast<int32_t>(j));
+    if (cols && p.v[u] <= cols->thresholds()[j]) cols->push(j, p.v[u], static_cast<int32_t>(i));
+  }
+  p.n = 0;
+}
+
+inline void offer(int isa, const Tile& t, idx_t r, idx_t c, unsigned bits, TopK* rows,
+                  idx_t row_off, TopK* cols, Pending& p) {
+  while (bits) {
+    const int b = __builtin_ctz(bits);
+    bits &= bits - 1;
+    p.col[p.n] = c + b;
+    p.ptr[p.n++] = t.cols.row(t.j0 + c + b);
+  }
+  if (p.n >= Pending::kCap) flush(isa, t, r, rows, row_off, cols, p);
+}
+
+void scan_portable(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, int isa,
+                   idx_t c_begin, idx_t r_begin, idx_t r_end, Pending& p) {
+  for (idx_t r = r_begin; r < r_end; ++r) {
+    for (idx_t c = c_begin; c < t.nj; ++c) {
+      const float l = t.lower(r, c);
+      if (l <= rows->thresholds()[row_off + r] || (cols && l <= cols->thresholds()[t.j0 + c]))
+        offer(isa, t, r, c, 1u, rows, row_off, cols, p);
+    }
+    flush(isa, t, r, rows, row_off, cols, p);
+  }
+}
+
+#ifdef USL_FAST_X86
+// 16 lanes a step: the same roundings as scan_portable, one compare against the row
+// threshold and one against the 16 column thresholds; almost every step rejects all lanes.
+// Lower bounds of 16 pairs of tile row r, columns c .. c + 15 (lanes in `live`): the same
+// roundings as Tile::lower.
+__attribute__((target("avx512f"))) inline __m512 lower16(const Tile& t, const float* ip, __m512 xn,
+                                                        idx_t c, __mmask16 live) {
+  const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
+  const __m512 e =
+      _mm512_sub_ps(s, _mm512_mul_ps(_mm512_set1_ps(2.0f), _mm512_maskz_loadu_ps(live, ip + c)));
+  return _mm512_sub_ps(e, _mm512_mul_ps(_mm512_set1_ps(t.rel), s));
+}
+
+// Columns 64 at a time with one branch for all four groups of 16 (almost every step rejects
+// every lane), then 16 at a time for the rest. A group offered after another in the same
+// step used the row threshold from before that offer: a few extra evaluations at most.
+template <bool kCols>
+__attribute__((target("avx512f"))) void scan_avx512(const Tile& t, TopK* rows, idx_t row_off,
+                                                    TopK* cols) {
+  Pending p;
+  float* const rthr = rows->thresholds() + row_off;
+  const float* const cthr = kCols ? cols->thresholds() + t.j0 : nullptr;
+  const __mmask16 all = static_cast<__mmask16>(0xFFFF);
+  for (idx_t r = 0; r < t.mi; ++r) {
+    const float* ip = t.ip + r * t.ldt;
+    const __m512 xn = _mm512_set1_ps(t.rn[r]);
+    __m512 tr = _mm512_set1_ps(rthr[r]);
+    idx_t c = 0;
+    for (; c + 64 <= t.nj; c += 64) {
+      __mmask16 m[4];
+      for (int g = 0; g < 4; ++g) {
+        const __m512 l = lower16(t, ip, xn, c + 16 * g, all);
+        m[g] = _mm512_cmp_ps_mask(l, tr, _CMP_LE_OQ);
+        if (kCols) m[g] |= _mm512_cmp_ps_mask(l, _mm512_loadu_ps(cthr + c + 16 * g), _CMP_LE_OQ);
+      }
+      if (!(m[0] | m[1] | m[2] | m[3])) continue;
+      for (int g = 0; g < 4; ++g)
+        if (m[g]) offer(2, t, r, c + 16 * g, static_cast<unsigned>(m[g]), rows, row_off, cols, p);
+      tr = _mm512_set1_ps(rthr[r]);
+    }
+    for (; c < t.nj; c += 16) {
+      const idx_t left = t.nj - c;
+      const __mmask16 live = left >= 16 ? all : static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 l = lower16(t, ip, xn, c, live);
+      __mmask16 m = _mm512_mask_cmp_ps_mask(live, l, tr, _CMP_LE_OQ);
+      if (kCols)
+        m |= _mm512_mask_cmp_ps_mask(live, l, _mm512_maskz_loadu_ps(live, cthr + c), _CMP_LE_OQ);
+      if (!m) continue;
+      offer(2, t, r, c, static_cast<unsigned>(m), rows, row_off, cols, p);
+      tr = _mm512_set1_ps(rthr[r]);
+    }
+    flush(2, t, r, rows, row_off, cols, p);
+  }
+}
+
+__attribute__((target("avx2"))) void scan_avx2(const Tile& t, TopK* rows, idx_t row_off,
+                                               TopK* cols) {
+  Pending p;
+  const __m256 two = _mm256_set1_ps(2.0f), rel = _mm256_set1_ps(t.rel);
+  const idx_t nj8 = t.nj - t.nj % 8;
+  for (idx_t r = 0; r < t.mi; ++r) {
+    const float* ip = t.ip + r * t.ldt;
+    const __m256 xn = _mm256_set1_ps(t.rn[r]);
+    __m256 tr = _mm256_set1_ps(rows->thresholds()[row_off + r]);
+    for (idx_t c = 0; c < nj8; c += 8) {
+      const __m256 s = _mm256_add_ps(xn, _mm256_loadu_ps(t.cn + c));
+      const __m256 e = _mm256_sub_ps(s, _mm256_mul_ps(two, _mm256_loadu_ps(ip + c)));
+      const __m256 l = _mm256_sub_ps(e, _mm256_mul_ps(rel, s));
+      unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(l, tr, _CMP_LE_OQ)));
+      if (cols)
+        bits |= static_cast<unsigned>(_mm256_movemask_ps(
+            _mm256_cmp_ps(l, _mm256_loadu_ps(cols->thresholds() + t.j0 + c), _CMP_LE_OQ)));
+      if (!bits) continue;
+      offer(1, t, r, c, bits, rows, row_off, cols, p);
+      tr = _mm256_set1_ps(rows->thresholds()[row_off + r]);
+    }
+    flush(1, t, r, rows, row_off, cols, p);
+    if (nj8 < t.nj) scan_portable(t, rows, row_off, cols, 1, nj8, r, r + 1, p);
+  }
+}
+#endif
+
+}  // namespace
+
+// ----------------------------------------------------------------------------- arg-min
+namespace {
+
+void argmin_portable(const Tile& t, idx_t r, float best, int32_t* out, idx_t& n) {
+  const float* ip = t.ip + r * t.ldt;
+  float U = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : U)
+  for (idx_t c = 0; c < t.nj; ++c) {
+    const float s = t.rn[r] + t.cn[c];
+    const float u = (s - 2.0f * ip[c]) + t.rel * s;
+    U = u < U ? u : U;
+  }
+  float thr = round_up(static_cast<double>(U) + 2.0 * t.abs);
+  thr = best < thr ? best : thr;
+  for (idx_t c = 0; c < t.nj; ++c)
+    if (t.lower(r, c) <= thr) out[n++] = static_cast<int32_t>(t.j0 + c);
+}
+
+#ifdef USL_FAST_X86
+__attribute__((target("avx512f"))) void argmin_avx512(const Tile& t, idx_t r, float best,
+                                                      int32_t* out, idx_t& n) {
+  const float* ip = t.ip + r * t.ldt;
+  const __m512 two = _mm512_set1_ps(2.0f), rel = _mm512_set1_ps(t.rel);
+  const __m512 xn = _mm512_set1_ps(t.rn[r]);
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 umin = inf;
+  for (idx_t c = 0; c < t.nj; c += 16) {
+    const idx_t left = t.nj - c;
+    const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
+    const __m512 u = _mm512_add_ps(_mm512_sub_ps(s, _mm512_mul_ps(two, _mm512_maskz_loadu_ps(live, ip + c))),
+                                   _mm512_mul_ps(rel, s));
+    umin = _mm512_mask_min_ps(umin, live, umin, u);
+  }
+  float thr = round_up(static_cast<double>(_mm512_reduce_min_ps(umin)) + 2.0 * t.abs);
+  thr = best < thr ? best : thr;
+  const __m512 vt = _mm512_set1_ps(thr);
+  for (idx_t c = 0; c < t.nj; c += 16) {
+    const idx_t left = t.nj - c;
+    const __mmask16 live = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 s = _mm512_add_ps(xn, _mm512_maskz_loadu_ps(live, t.cn + c));
+    const __m512 l = _mm512_sub_ps(_mm512_sub_ps(s, _mm512_mul_ps(two, _mm512_maskz_loadu_ps(live, ip + c))),
+                                   _mm512_mul_ps(rel, s));
+    unsigned bits = _mm512_mask_cmp_ps_mask(live, l, vt, _CMP_LE_OQ);
+    while (bits) {
+      const int b = __builtin_ctz(bits);
+      bits &= bits - 1;
+      out[n++] = static_cast<int32_t>(t.j0 + c + b);
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+void argmin_candidates(const Tile& t, idx_t r, float best, int32_t* out, idx_t& n) {
+#ifdef USL_FAST_X86
+  if (active_isa() == 2) return argmin_avx512(t, r, best, out, n);
+#endif
+  argmin_portable(t, r, best, out, n);
+}
+
+// A row (or column) that has no threshold yet (+inf: nothing kept so far) starts from the
+// k-th smallest filter UPPER bound among this tile's pairs: at least k candidates are
+// surely within it, so it bounds the k-th exact distance. Without it, the first 2k + 16
+// pairs of every row would all be evaluated exactly before the first compaction.
+void seed_thresholds(const Tile& t, TopK* rows, idx_t row_off, TopK* cols) {
+  const int k = rows->k();
+  float u[kTile];
+  if (t.nj >= k)
+    for (idx_t r = 0; r < t.mi; ++r) {
+      float& thr = rows->thresholds()[row_off + r];
+      if (thr != std::numeric_limits<float>::infinity()) continue;
+      for (idx_t c = 0; c < t.nj; ++c) u[c] = t.upper(r, c);
+      std::nth_element(u, u + (k - 1), u + t.nj);
+      thr = round_up(static_cast<double>(u[k - 1]) + t.abs);
+    }
+  if (cols && t.mi >= k)
+    for (idx_t c = 0; c < t.nj; ++c) {
+      float& thr = cols->thresholds()[t.j0 + c];
+      if (thr != std::numeric_limits<float>::infinity()) continue;
+      for (idx_t r = 0; r < t.mi; ++r) u[r] = t.upper(r, c);
+      std::nth_element(u, u + (k - 1), u + t.mi);
+      thr = round_up(static_cast<double>(u[k - 1]) + t.abs);
+    }
+}
+
+void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols) {
+  const int isa = active_isa();
+  seed_thresholds(t, rows, row_off, cols);
+#ifdef USL_FAST_X86
+  if (isa == 2)
+    return cols ? scan_avx512<true>(t, rows, row_off, cols)
+                : scan_avx512<false>(t, rows, row_off, cols);
+  if (isa == 1) return scan_avx2(t, rows, row_off, cols);
+#endif
+  Pending p;
+  scan_portable(t, rows, row_off, cols, isa, 0, 0, t.mi, p);
+}
+
+}  // namespace cpu
+}  // namespace usl_fast
