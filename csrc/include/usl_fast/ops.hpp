@@ -1,8 +1,11 @@
 // Every operation of the engine, one declaration each, in back-end-neutral terms: views in,
 // caller-allocated outputs, a Context for threads / stream, cancellation and progress. The
-// CPU back end implements these in csrc/cpu/<op>.cpp; a CUDA back end mirrors the same
-// names and arguments in csrc/cuda/<op>.cu. Inputs are validated by Python: finite float32
-// rows whose squared norms are <= kMaxSquaredNorm, shapes that agree, <= kMaxRows rows.
+// CPU back end implements these in csrc/cpu/ (knn.cpp, kmeans.cpp, regularizer.cpp,
+// range_count.cpp; row_norms in exact.cpp). csrc/cuda/ does not mirror them: it holds a few
+// kernels (exact_grid, exact_gather, segment_sum; usl_fast/cuda_ops.hpp) that the portable
+// back end (usl_fast/portable.py) calls for its hot steps on GPU tensors, and their pybind11
+// module. Inputs are validated by Python: finite float32 rows whose squared norms are
+// <= kMaxSquaredNorm, shapes that agree, <= kMaxRows rows.
 // Every distance any op returns or uses is exact_l2 (usl_fast/l2.hpp).
 #pragma once
 
