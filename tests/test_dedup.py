@@ -116,6 +116,26 @@ def test_self_knn_equals_oracle(k):
     assert np.array_equal(dist, want_d)
 
 
+@pytest.fixture(scope="module")
+def sampled_case():
+    x = planted(2400, 12, 120, seed=11, big=300)
+    return x, oracles.knn_exact(x, 120)
+
+
+@pytest.mark.parametrize(
+    "knobs", [dict(_sample_hits=1.0), dict(_sample_hits=0.0), dict(_max_reservoir_bytes=0.0)]
+)
+def test_self_knn_paths_on_groups(knobs, sampled_case):
+    # The representatives' pass on each path of the self graph: the sampled bound (hits = 1
+    # fails on many rows, redone exhaustively), no sample, and the query pass.
+    x, (want_d, want_i) = sampled_case
+    d, i = usl_fast.knn(x, 120, **knobs)
+    assert np.array_equal(i, want_i) and np.array_equal(d, want_d)
+    dens = usl_fast.density(x, 120, **knobs)
+    mean = np.cumsum(want_d.astype(np.float64), axis=1)[:, -1] / 120
+    assert np.array_equal(dens, (1.0 / np.maximum(mean, oracles.MIN_MEAN_DIST)).astype("f4"))
+
+
 @pytest.mark.parametrize("k", [1, 5, 12, 13])
 def test_knn_with_queries_equals_oracle(k):
     x = planted(400, 10, 12, seed=k)
@@ -171,7 +191,7 @@ def test_probcover_graph_equals_oracle():
 
 def test_kmeans_assign_equals_oracle():
     x = planted(800, 6, 10, seed=6, big=200)
-    cent = np.random.default_rng(6).standard_normal((70, 6)).astype(np.float32)
+    cent = np.random.default_rng(6).standard_normal((300, 6)).astype(np.float32)
     lab, dist = usl_fast._dispatch.assign(x, cent, None)
     E = oracles.exact_l2(x, cent)
     assert np.array_equal(lab, E.argmin(axis=1))
@@ -189,7 +209,7 @@ n, big = int(sys.argv[3]), int(sys.argv[4])
 out = {"on": np.array([_cpu.dedup_enabled()])}
 x = planted(n, 9, 20, seed=7, big=big)
 half = planted(n, 5, 20, seed=8, big=n // 2)
-zero = np.zeros((max(n // 5, 64), 4), np.float32)
+zero = np.zeros((max(n // 5, 300), 4), np.float32)
 for name, data in (("x", x), ("half", half), ("zero", zero)):
     for k in (1, 3, 19, 20, 21, 50):
         out[f"{name}_knn_d{k}"], out[f"{name}_knn_i{k}"] = usl_fast.knn(data, k)
@@ -197,15 +217,15 @@ for name, data in (("x", x), ("half", half), ("zero", zero)):
     q = np.vstack([data[::3], data[:25]])
     out[f"{name}_q_d"], out[f"{name}_q_i"] = usl_fast.knn(data, 21, queries=q)
     out[f"{name}_rc"] = usl_fast.range_count(data, 1.0)
-    km = usl_fast.kmeans(data, 70, n_iter=15)
+    km = usl_fast.kmeans(data, 260, n_iter=15)  # >= 256 centroids: assign collapses
     out[f"{name}_km_l"], out[f"{name}_km_c"] = km.labels, km.centroids
-    picks = np.arange(0, data.shape[0], max(data.shape[0] // 80, 1))[:80]
+    picks = np.arange(0, data.shape[0], max(data.shape[0] // 260, 1))[:260]
     for j, kw in enumerate((dict(horizon_dist=9.0), dict(horizon_num=7),
                             dict(alpha=1.0, mask_zero=True))):
         out[f"{name}_reg{j}"] = usl_fast.regularizer(data, km.labels, picks, **kw)
 for method, kw in (("usl", dict(k=20, kmeans_iter=10)), ("typiclust", dict(k=20)),
                    ("probcover", dict(delta=0.9)), ("kcenter", {})):
-    out["sel_" + method] = usl_fast.select(x, 70, method=method, normalize=False, **kw)
+    out["sel_" + method] = usl_fast.select(x, 260, method=method, normalize=False, **kw)
 np.savez(sys.argv[1], **out)
 """
 

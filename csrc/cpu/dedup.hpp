@@ -17,10 +17,11 @@ namespace cpu {
 bool dedup_enabled();
 
 // Rectangular ops (assign, regularizer, range count) collapse their rows only against at
-// least this many columns: the detection reads every row once, about the cost of a few
-// columns, and a duplicate row there costs one row's work, not a group's (kNN and density
-// always look: their cost grows with the square of a group).
-constexpr idx_t kDedupMinCols = 64;
+// least this many columns: there a duplicate row costs one row's work, not a group's, and
+// the detection must stay small next to the op (50,000 x 128: detection 1.4 ms on 2 cores,
+// an assign against 64 centroids ~30 ms, against 256 ~100 ms). kNN and density always
+// look: their cost grows with the square of a group.
+constexpr idx_t kDedupMinCols = 256;
 
 // Memory the collapse may add beyond what the op saves. Python checks each op's estimate
 // (usl_fast/_memory.py) with 32 MiB for what it does not itemise; the collapse takes at most
