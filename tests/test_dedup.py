@@ -174,6 +174,18 @@ def test_half_the_rows_one_group():
         assert np.array_equal(i, wi) and np.array_equal(d, wd)
 
 
+@pytest.mark.parametrize("k", [1, 12, 13, 40])
+def test_knn_cross_equals_oracle(k):
+    # A distributed kNN's block between two shards: each side's k smallest distances to
+    # the other, with duplicate groups inside each side and across the two.
+    x = planted(600, 7, 12, seed=k, big=90)
+    a, b = x[:250], x[250:]
+    E = oracles.exact_l2(a, b)
+    da, db = usl_fast._dispatch.knn_cross(a, b, k, None, None, None)
+    assert np.array_equal(da, np.sort(E, axis=1)[:, :k])
+    assert np.array_equal(db, np.sort(E.T, axis=1)[:, :k])
+
+
 def test_range_count_equals_oracle():
     x = planted(500, 7, 10, seed=3, big=80)
     E = oracles.exact_l2(x, x)
@@ -217,6 +229,11 @@ for name, data in (("x", x), ("half", half), ("zero", zero)):
     q = np.vstack([data[::3], data[:25]])
     out[f"{name}_q_d"], out[f"{name}_q_i"] = usl_fast.knn(data, 21, queries=q)
     out[f"{name}_rc"] = usl_fast.range_count(data, 1.0)
+    h = data.shape[0] // 2
+    bounds = (0.5 * data[:, 0] ** 2).astype(np.float32)  # a row's own: equal rows, equal bounds
+    for j, (sa, sb) in enumerate(((None, None), (bounds[:h], bounds[h:]))):
+        ca, cb = usl_fast._dispatch.knn_cross(data[:h], data[h:], 21, sa, sb, None)
+        out[f"{name}_cross_a{j}"], out[f"{name}_cross_b{j}"] = ca, cb
     km = usl_fast.kmeans(data, 260, n_iter=15)  # >= 256 centroids: assign collapses
     out[f"{name}_km_l"], out[f"{name}_km_c"] = km.labels, km.centroids
     picks = np.arange(0, data.shape[0], max(data.shape[0] // 260, 1))[:260]

@@ -3,6 +3,7 @@
 // against a base set, and the self graph past the reservoir budget). The density epilogue
 // keeps no lists: each row's k exact distances are averaged as soon as they are final.
 #include <cmath>
+#include <cstring>
 
 #include "dedup.hpp"
 #include "tile.hpp"
@@ -303,11 +304,92 @@ void finish_distances(TopK& res, idx_t n, int k, float* out, const Context& ctx)
 }
 }  // namespace
 
+namespace {
+// Each row's kept keys, ascending, ~0 past the kept ones (list r at r * k).
+void finish_keys(TopK& res, idx_t n, int k, uint64_t* out, const Context& ctx) {
+  parallel_rows(n, ctx, [&](idx_t i) {
+    uint64_t* o = out + static_cast<size_t>(i) * k;
+    const int kk = res.finish(i, o);
+    for (int t = kk; t < k; ++t) o[t] = ~uint64_t(0);
+  });
+}
+
+// A side's groups for knn_cross: identical rows with the same start bound (its bits as the
+// tag) have the same list; false if no two match.
+bool cross_groups(const View& x, const float* start, const Context& ctx, Groups& g) {
+  Buffer<int32_t> tag;
+  if (start) {
+    tag.reset(x.rows);
+    std::memcpy(tag.data(), start, sizeof(float) * x.rows);
+  }
+  return find_groups(x, start ? tag.data() : nullptr, ctx, g);
+}
+}  // namespace
+
 void knn_cross(const View& a, const View& b, int k, const float* a_start, const float* b_start,
                float* out_a, float* out_b, const Context& ctx) {
   require(k >= 1, "knn_cross: k >= 1");
   require(a.cols == b.cols, "knn_cross: same dimension");
   require(a.rows <= kMaxRows && b.rows <= kMaxRows, "knn_cross: rows fit in int32");
+  // Duplicate groups on either side (dedup.hpp): a row's list is the k smallest distances
+  // within its start bound, the same for identical rows with the same bound; a group of
+  // the other side counts once per member. Taken when the groups, the representatives'
+  // rows and their key lists fit in the slack (the reservoirs then shrink too).
+  Groups ga, gb;
+  const bool ca = cross_groups(a, a_start, ctx, ga);
+  const bool cb = cross_groups(b, b_start, ctx, gb);
+  if (ca || cb) {
+    const idx_t na = ca ? ga.count : a.rows, nb = cb ? gb.count : b.rows;
+    const double d4 = 4.0 * a.cols;
+    double extra = 8.0 * static_cast<double>(k) * (na + nb) + 4.0 * (a.rows + b.rows);
+    if (ca) extra += static_cast<double>(ga.count) * (d4 + 16.0) + 8.0 * a.rows;
+    if (cb) extra += static_cast<double>(gb.count) * (d4 + 16.0) + 8.0 * b.rows;
+    const double saved = reservoir_bytes_per_row(k) * ((a.rows - na) + (b.rows - nb));
+    if (extra <= saved + kDedupSlackBytes) {
+      Buffer<float> ax, bx, as, bs;
+      View av = a, bv = b;
+      const float *ps = a_start, *pt = b_start;
+      if (ca) {
+        ax = gather_first(a, ga);
+        av = View{ax.data(), ga.count, a.cols, a.cols};
+        if (a_start) {
+          as.reset(ga.count);
+          for (idx_t c = 0; c < ga.count; ++c) as[c] = a_start[ga.first[c]];
+          ps = as.data();
+        }
+      }
+      if (cb) {
+        bx = gather_first(b, gb);
+        bv = View{bx.data(), gb.count, b.cols, b.cols};
+        if (b_start) {
+          bs.reset(gb.count);
+          for (idx_t c = 0; c < gb.count; ++c) bs[c] = b_start[gb.first[c]];
+          pt = bs.data();
+        }
+      }
+      Buffer<uint64_t> la(static_cast<size_t>(av.rows) * k), lb(static_cast<size_t>(bv.rows) * k);
+      {
+        const Buffer<float> an = norms(av, ctx), bn = norms(bv, ctx);
+        const float abs = filter_abs(a.cols);
+        TopK ra, rb;
+        ra.init(av.rows, k, abs);
+        rb.init(bv.rows, k, abs);
+        if (ps)
+          for (idx_t i = 0; i < av.rows; ++i) ra.start_below(i, ps[i]);
+        if (pt)
+          for (idx_t j = 0; j < bv.rows; ++j) rb.start_below(j, pt[j]);
+        ctx.set_total(num_tiles(av.rows) * num_tiles(bv.rows));
+        CrossTopK epi{&ra, &rb};
+        for_each_tile_cross(av, an.data(), bv, bn.data(), epi, ctx);
+        finish_keys(ra, av.rows, k, la.data(), ctx);
+        finish_keys(rb, bv.rows, k, lb.data(), ctx);
+      }
+      const ListSink sa{out_a, nullptr, k}, sb{out_b, nullptr, k};
+      expand_lists(ca ? &ga : nullptr, cb ? &gb : nullptr, av.rows, la.data(), k, k, sa, ctx);
+      expand_lists(cb ? &gb : nullptr, ca ? &ga : nullptr, bv.rows, lb.data(), k, k, sb, ctx);
+      return;
+    }
+  }
   const Buffer<float> an = norms(a, ctx), bn = norms(b, ctx);
   const float abs = filter_abs(a.cols);
   TopK ra, rb;
