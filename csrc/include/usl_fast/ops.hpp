@@ -3,8 +3,7 @@
 // CPU back end implements these in csrc/cpu/<op>.cpp; a CUDA back end mirrors the same
 // names and arguments in csrc/cuda/<op>.cu. Inputs are validated by Python: finite float32
 // rows whose squared norms are <= kMaxSquaredNorm, shapes that agree, <= kMaxRows rows.
-// Every distance any op returns or uses is exact_l2 (usl_fast/l2.hpp). Exact-duplicate rows
-// may be collapsed to one representative first (cpu/dedup.hpp): the results are the same.
+// Every distance any op returns or uses is exact_l2 (usl_fast/l2.hpp).
 #pragma once
 
 #include "usl_fast/common.hpp"
