@@ -38,6 +38,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "select": {"n": 3_000, "d": 32, "ms": (40, 250), "kmeans_iter": 20},
         "memory": {"n": 20_000, "d": 32, "k": 20, "m": 40, "kmeans_iter": 10},
         "uslt": {"n": 2_000, "d": 32, "m": 40, "epochs": 10},
+        "dedup": {"n": 3_000, "d": 16, "k": 100, "knn_d": 32, "knn_k": 20, "pairs": 3},
         "rounds": 3,
     },
     # select() at ImageNet-1k size (not in CI: about an hour on 2 cores); only
@@ -53,6 +54,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "select": {"n": 50_000, "d": 128, "ms": (40, 2_500), "kmeans_iter": 200},
         "memory": {"n": 200_000, "d": 128, "k": 20, "m": 40, "kmeans_iter": 10},
         "uslt": {"n": 50_000, "d": 128, "m": 40, "epochs": None},
+        "dedup": {"n": 50_000, "d": 16, "k": 100, "knn_d": 128, "knn_k": 20, "pairs": 5},
         "rounds": 1,
     },
 }

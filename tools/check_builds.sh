@@ -16,7 +16,7 @@ python3 -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
 trap 'rm -rf "$work"' EXIT
 core_tests=(tests/test_exact.py tests/test_knn.py tests/test_kmeans.py tests/test_regularizer.py
             tests/test_engine_paths.py tests/test_errors.py tests/test_select.py
-            tests/test_methods.py tests/test_shard_ops.py)
+            tests/test_methods.py tests/test_shard_ops.py tests/test_dedup.py)
 
 if command -v nvcc >/dev/null; then
   echo "== CUDA kernels, strict: warnings and ptxas local-memory spills are errors"
@@ -35,7 +35,7 @@ USL_FAST_CUDA=OFF USL_FAST_ISA_BUILD=portable python3 -m pip install --no-deps -
   "from usl_fast._backend import _cpu; assert _cpu.active_isa() == 0, 'portable build runs SIMD'")
 PYTHONPATH="$work/portable" python3 -m pytest -q -p no:cacheprovider --rootdir="$root" \
   tests/test_exact.py tests/test_knn.py tests/test_engine_paths.py tests/test_methods.py \
-  tests/test_shard_ops.py
+  tests/test_shard_ops.py tests/test_dedup.py
 
 echo "== AddressSanitizer + UBSan build"
 USL_FAST_CUDA=OFF USL_FAST_SANITIZE=address,undefined python3 -m pip install --no-deps --no-build-isolation -q \

@@ -94,6 +94,12 @@ def topk_buffers(
     return 0.0, 256 * per_row + 8.0 * k
 
 
+#: The engine's duplicate-row detection before a kNN or density pass (csrc/cpu/dedup.hpp):
+#: a hash, a head and 2-4 table slots per row, freed before the pass allocates its own
+#: buffers. It only adds to an estimate where those are smaller: the query pass.
+DEDUP_DETECT_BYTES_PER_ROW = 28.0
+
+
 def _norm_bytes(*rows: int) -> float:
     """The engine's squared norms of each side (4 bytes a row) and the AMX filter's
     centred norms (4 more)."""
@@ -132,6 +138,8 @@ def knn(
     rows = n if queries is None else queries.shape[0]
     th = resolve_threads(threads)
     shared, per_thread = topk_buffers(n, k, queries is None, max_reservoir_bytes)
+    if shared == 0.0:
+        shared = DEDUP_DETECT_BYTES_PER_ROW * (n + (0 if queries is None else rows))
     check_memory(
         rows * k * (12.0 if indices else 4.0)
         + shared
@@ -169,6 +177,8 @@ def knn_density(
     n = x.shape[0]
     th = resolve_threads(threads)
     shared, per_thread = topk_buffers(n, k, True, max_reservoir_bytes)
+    if shared == 0.0:
+        shared = DEDUP_DETECT_BYTES_PER_ROW * n
     check_memory(
         4.0 * n + shared + _norm_bytes(n),
         f"the kNN density of {n} points (k={k}: candidate buffers)",

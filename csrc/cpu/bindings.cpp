@@ -8,6 +8,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "dedup.hpp"
 #include "tile.hpp"
 #include "usl_fast/ops.hpp"
 
@@ -126,6 +127,21 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("set_alloc_limit", [](int64_t bytes) { cpu::set_alloc_limit(bytes); },
         "Test hook: engine allocations beyond `bytes` raise MemoryError (< 0: no limit).");
   m.def("reservoir_bytes_per_row", &cpu::reservoir_bytes_per_row);
+  m.def("dedup_enabled", [] { return cpu::dedup_enabled(); });
+  // Test hook: the duplicate groups the ops collapse, as each row's group number (groups
+  // in ascending order of their lowest row) into out (int32, rows); returns the number of
+  // groups, or 0 when no two rows are identical or USL_FAST_DEDUP=0.
+  m.def("duplicate_groups", [](py::handle x, py::handle out) {
+    const View xv = in_mat(x, "x");
+    int32_t* po = out_vec<int32_t>(out, "out", xv.rows);
+    py::gil_scoped_release nogil;
+    cpu::Groups g;
+    Context c;
+    c.threads = omp_get_max_threads();  // as the ops run it
+    if (!cpu::find_groups(xv, nullptr, c, g)) return int64_t(0);
+    std::copy(g.of.data(), g.of.data() + xv.rows, po);
+    return static_cast<int64_t>(g.count);
+  });
   m.def("filter_rel", [](int64_t d) { return filter_rel(d); });
   m.def("filter_abs", [](int64_t d) { return filter_abs(d); });
   m.attr("MAX_SQUARED_NORM") = kMaxSquaredNorm;

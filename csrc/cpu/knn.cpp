@@ -3,7 +3,9 @@
 // against a base set, and the self graph past the reservoir budget). The density epilogue
 // keeps no lists: each row's k exact distances are averaged as soon as they are final.
 #include <cmath>
+#include <cstring>
 
+#include "dedup.hpp"
 #include "tile.hpp"
 #include "usl_fast/ops.hpp"
 
@@ -193,6 +195,30 @@ void self_topk(const View& x, int k, const Sink& sink, const Context& ctx, const
   rect_topk(sv, subn.data(), x, xn.data(), k, nullptr, remap, ctx);
 }
 
+// The self graph over one representative per group of identical rows (dedup.hpp): each
+// group's list over the first k groups, expanded to rows and shared by its members.
+template <class Sink>
+void self_topk_groups(const View& x, int k, const Sink& sink, const Context& ctx,
+                      const KnnOptions& opt) {
+  Groups g;
+  if (!find_groups(x, nullptr, ctx, g)) return self_topk(x, k, sink, ctx, opt);
+  const int kg = static_cast<int>(std::min<idx_t>(k, g.count));
+  // The symmetric pass's buffers (self_topk) for all rows and for the groups: gathering
+  // may not take more memory than it saves there (plus the slack; dedup.hpp).
+  auto pass_bytes = [&](idx_t rows, int kk) {
+    const double res = static_cast<double>(rows) * reservoir_bytes_per_row(kk);
+    return res > opt.max_reservoir_bytes ? 0.0 : res + 4.0 * static_cast<double>(rows);
+  };
+  const double saved = pass_bytes(x.rows, k) - pass_bytes(g.count, kg);
+  if (!gather_fits(x.rows, g.count, x.cols, 8.0 * kg, saved))
+    return self_topk(x, k, sink, ctx, opt);
+  const Buffer<float> rx = gather_first(x, g);
+  const View rv{rx.data(), g.count, x.cols, x.cols};
+  Buffer<uint64_t> lists(static_cast<size_t>(g.count) * kg);
+  self_topk(rv, kg, KeySink{lists.data(), kg}, ctx, opt);
+  expand_lists(&g, &g, g.count, lists.data(), kg, k, sink, ctx);
+}
+
 }  // namespace
 
 double reservoir_bytes_per_row(int k) { return 8.0 * (2.0 * k + 16.0) + 8.0; }
@@ -202,11 +228,50 @@ void knn(const View& x, const View* queries, int k, float* out_dist, int64_t* ou
   require(k >= 1 && k <= x.rows, "knn: 1 <= k <= base rows");
   require(x.rows <= kMaxRows, "knn: rows fit in int32");
   const ListSink sink{out_dist, out_idx, k};
-  if (!queries) return self_topk(x, k, sink, ctx, opt);
+  if (!queries) return self_topk_groups(x, k, sink, ctx, opt);
   require(queries->cols == x.cols, "knn: same dimension");
-  const Buffer<float> qn = norms(*queries, ctx), bn = norms(x, ctx);
-  ctx.set_total(num_tiles(queries->rows));
-  rect_topk(*queries, qn.data(), x, bn.data(), k, nullptr, sink, ctx);
+  // Identical queries share one list; identical base rows are searched once, as one group.
+  Groups gq, gb;
+  bool cq = find_groups(*queries, nullptr, ctx, gq);
+  bool cb = find_groups(x, nullptr, ctx, gb);
+  if (cq || cb) {
+    // What gathering adds (the query pass's own buffers are per thread, so nothing is
+    // saved): the groups, the representatives' rows and their lists (dedup.hpp).
+    const idx_t nq = cq ? gq.count : queries->rows, nb = cb ? gb.count : x.rows;
+    const double d4 = 4.0 * x.cols;
+    double extra = static_cast<double>(nq) * 8.0 * std::min<idx_t>(k, nb);
+    if (cq) extra += static_cast<double>(gq.count) * (d4 + 12.0) + 8.0 * queries->rows;
+    if (cb) extra += static_cast<double>(gb.count) * (d4 + 12.0) + 8.0 * x.rows;
+    if (extra > kDedupSlackBytes) {
+      cq = cb = false;
+      gq = Groups();
+      gb = Groups();
+    }
+  }
+  if (!cq && !cb) {
+    const Buffer<float> qn = norms(*queries, ctx), bn = norms(x, ctx);
+    ctx.set_total(num_tiles(queries->rows));
+    rect_topk(*queries, qn.data(), x, bn.data(), k, nullptr, sink, ctx);
+    return;
+  }
+  Buffer<float> qx, bx;
+  View qv = *queries, bv = x;
+  if (cq) {
+    qx = gather_first(*queries, gq);
+    qv = View{qx.data(), gq.count, x.cols, x.cols};
+  }
+  if (cb) {
+    bx = gather_first(x, gb);
+    bv = View{bx.data(), gb.count, x.cols, x.cols};
+  }
+  const int kg = static_cast<int>(std::min<idx_t>(k, bv.rows));
+  Buffer<uint64_t> lists(static_cast<size_t>(qv.rows) * kg);
+  {
+    const Buffer<float> qn = norms(qv, ctx), bn = norms(bv, ctx);
+    ctx.set_total(num_tiles(qv.rows));
+    rect_topk(qv, qn.data(), bv, bn.data(), kg, nullptr, KeySink{lists.data(), kg}, ctx);
+  }
+  expand_lists(cq ? &gq : nullptr, cb ? &gb : nullptr, qv.rows, lists.data(), kg, k, sink, ctx);
 }
 
 namespace {
@@ -239,11 +304,92 @@ void finish_distances(TopK& res, idx_t n, int k, float* out, const Context& ctx)
 }
 }  // namespace
 
+namespace {
+// Each row's kept keys, ascending, ~0 past the kept ones (list r at r * k).
+void finish_keys(TopK& res, idx_t n, int k, uint64_t* out, const Context& ctx) {
+  parallel_rows(n, ctx, [&](idx_t i) {
+    uint64_t* o = out + static_cast<size_t>(i) * k;
+    const int kk = res.finish(i, o);
+    for (int t = kk; t < k; ++t) o[t] = ~uint64_t(0);
+  });
+}
+
+// A side's groups for knn_cross: identical rows with the same start bound (its bits as the
+// tag) have the same list; false if no two match.
+bool cross_groups(const View& x, const float* start, const Context& ctx, Groups& g) {
+  Buffer<int32_t> tag;
+  if (start) {
+    tag.reset(x.rows);
+    std::memcpy(tag.data(), start, sizeof(float) * x.rows);
+  }
+  return find_groups(x, start ? tag.data() : nullptr, ctx, g);
+}
+}  // namespace
+
 void knn_cross(const View& a, const View& b, int k, const float* a_start, const float* b_start,
                float* out_a, float* out_b, const Context& ctx) {
   require(k >= 1, "knn_cross: k >= 1");
   require(a.cols == b.cols, "knn_cross: same dimension");
   require(a.rows <= kMaxRows && b.rows <= kMaxRows, "knn_cross: rows fit in int32");
+  // Duplicate groups on either side (dedup.hpp): a row's list is the k smallest distances
+  // within its start bound, the same for identical rows with the same bound; a group of
+  // the other side counts once per member. Taken when the groups, the representatives'
+  // rows and their key lists fit in the slack (the reservoirs then shrink too).
+  Groups ga, gb;
+  const bool ca = cross_groups(a, a_start, ctx, ga);
+  const bool cb = cross_groups(b, b_start, ctx, gb);
+  if (ca || cb) {
+    const idx_t na = ca ? ga.count : a.rows, nb = cb ? gb.count : b.rows;
+    const double d4 = 4.0 * a.cols;
+    double extra = 8.0 * static_cast<double>(k) * (na + nb) + 4.0 * (a.rows + b.rows);
+    if (ca) extra += static_cast<double>(ga.count) * (d4 + 16.0) + 8.0 * a.rows;
+    if (cb) extra += static_cast<double>(gb.count) * (d4 + 16.0) + 8.0 * b.rows;
+    const double saved = reservoir_bytes_per_row(k) * ((a.rows - na) + (b.rows - nb));
+    if (extra <= saved + kDedupSlackBytes) {
+      Buffer<float> ax, bx, as, bs;
+      View av = a, bv = b;
+      const float *ps = a_start, *pt = b_start;
+      if (ca) {
+        ax = gather_first(a, ga);
+        av = View{ax.data(), ga.count, a.cols, a.cols};
+        if (a_start) {
+          as.reset(ga.count);
+          for (idx_t c = 0; c < ga.count; ++c) as[c] = a_start[ga.first[c]];
+          ps = as.data();
+        }
+      }
+      if (cb) {
+        bx = gather_first(b, gb);
+        bv = View{bx.data(), gb.count, b.cols, b.cols};
+        if (b_start) {
+          bs.reset(gb.count);
+          for (idx_t c = 0; c < gb.count; ++c) bs[c] = b_start[gb.first[c]];
+          pt = bs.data();
+        }
+      }
+      Buffer<uint64_t> la(static_cast<size_t>(av.rows) * k), lb(static_cast<size_t>(bv.rows) * k);
+      {
+        const Buffer<float> an = norms(av, ctx), bn = norms(bv, ctx);
+        const float abs = filter_abs(a.cols);
+        TopK ra, rb;
+        ra.init(av.rows, k, abs);
+        rb.init(bv.rows, k, abs);
+        if (ps)
+          for (idx_t i = 0; i < av.rows; ++i) ra.start_below(i, ps[i]);
+        if (pt)
+          for (idx_t j = 0; j < bv.rows; ++j) rb.start_below(j, pt[j]);
+        ctx.set_total(num_tiles(av.rows) * num_tiles(bv.rows));
+        CrossTopK epi{&ra, &rb};
+        for_each_tile_cross(av, an.data(), bv, bn.data(), epi, ctx);
+        finish_keys(ra, av.rows, k, la.data(), ctx);
+        finish_keys(rb, bv.rows, k, lb.data(), ctx);
+      }
+      const ListSink sa{out_a, nullptr, k}, sb{out_b, nullptr, k};
+      expand_lists(ca ? &ga : nullptr, cb ? &gb : nullptr, av.rows, la.data(), k, k, sa, ctx);
+      expand_lists(cb ? &gb : nullptr, ca ? &ga : nullptr, bv.rows, lb.data(), k, k, sb, ctx);
+      return;
+    }
+  }
   const Buffer<float> an = norms(a, ctx), bn = norms(b, ctx);
   const float abs = filter_abs(a.cols);
   TopK ra, rb;
@@ -264,7 +410,7 @@ void knn_density(const View& x, int k, double min_mean, float* out_density, cons
                  const KnnOptions& opt) {
   require(k >= 1 && k <= x.rows, "knn_density: 1 <= k <= rows");
   require(x.rows <= kMaxRows, "knn_density: rows fit in int32");
-  self_topk(x, k, DensitySink{out_density, min_mean}, ctx, opt);
+  self_topk_groups(x, k, DensitySink{out_density, min_mean}, ctx, opt);
 }
 
 namespace {
@@ -316,18 +462,38 @@ void assign(const View& x, const float* x_norms, const View& cent, int32_t* out_
             float* out_dist, const Context& ctx) {
   require(cent.cols == x.cols && cent.rows >= 1, "assign: centroids");
   require(cent.rows <= kMaxRows, "assign: centroids fit in int32");
+  // Identical rows get the same centroid: one assignment per group (dedup.hpp).
+  Groups g;
+  Buffer<float> gx, gn;
+  View xv = x;
+  if (find_groups_rect(x, nullptr, cent.rows, 12.0, ctx, g)) {
+    gx = gather_first(x, g);
+    xv = View{gx.data(), g.count, x.cols, x.cols};
+    if (x_norms) {
+      gn.reset(g.count);
+      for (idx_t c = 0; c < g.count; ++c) gn[c] = x_norms[g.first[c]];
+      x_norms = gn.data();
+    }
+  }
   Buffer<float> xn;
   if (!x_norms) {
-    xn = norms(x, ctx);
+    xn = norms(xv, ctx);
     x_norms = xn.data();
   }
   const Buffer<float> cn = norms(cent, ctx);
-  ctx.set_total(num_tiles(x.rows));
+  ctx.set_total(num_tiles(xv.rows));
   auto sink = [&](idx_t i, const uint64_t* keys, int) {
-    out_label[i] = key_index(keys[0]);
-    if (out_dist) out_dist[i] = key_dist(keys[0]);
+    if (g.count == 0) {
+      out_label[i] = key_index(keys[0]);
+      if (out_dist) out_dist[i] = key_dist(keys[0]);
+      return;
+    }
+    for (int64_t u = g.start[i]; u < g.start[i + 1]; ++u) {
+      out_label[g.member[u]] = key_index(keys[0]);
+      if (out_dist) out_dist[g.member[u]] = key_dist(keys[0]);
+    }
   };
-  rect_argmin(x, x_norms, cent, cn.data(), sink, ctx);
+  rect_argmin(xv, x_norms, cent, cn.data(), sink, ctx);
 }
 
 // Running nearest-center distance (k-center greedy, k-means++): the same top-1, then a

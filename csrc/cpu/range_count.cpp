@@ -3,6 +3,7 @@
 // from its bounds alone (lower > radius: out; upper <= radius: in); only the pairs in
 // between are evaluated. Range search writes each row's neighbours in ascending index
 // order into a CSR slot the caller sized with range_count, so memory is exactly the edges.
+#include "dedup.hpp"
 #include "tile.hpp"
 #include "usl_fast/ops.hpp"
 
@@ -49,7 +50,8 @@ struct RangeCount {
 
 struct RangeList {
   float radius;
-  const int64_t* offsets;
+  const int64_t* offsets;  // row i's slot: [offsets[i], ends[i])
+  const int64_t* ends;
   int32_t* out;
   struct Local {
     RangeList& e;
@@ -78,7 +80,7 @@ struct RangeList {
         }
         // Write in column order: the row's list ends up ascending, whatever the threads.
         const idx_t gi = t.i0 + r;
-        const int64_t end = e.offsets[gi + 1];
+        const int64_t end = e.ends[gi];
         int64_t p = pos[r];
         idx_t u = 0;
         for (idx_t c = 0; c < t.nj; ++c) {
@@ -95,7 +97,7 @@ struct RangeList {
     }
     void end(idx_t i0, idx_t mi) {
       for (idx_t r = 0; r < mi; ++r) {
-        if (pos[r] != e.offsets[i0 + r + 1]) {
+        if (pos[r] != e.ends[i0 + r]) {
           require(false, "range_search: fewer neighbours than counted");
         }
       }
@@ -108,9 +110,33 @@ void range_search(const View& q, const View& base, float radius, const int64_t* 
                   int32_t* out_index, const Context& ctx) {
   require(q.cols == base.cols, "range_search: same dimension");
   require(base.rows <= kMaxRows, "range_search: rows fit in int32");
+  // Identical queries have the same list: each group's list is searched once, into its
+  // lowest member's slot, and copied to the others' (dedup.hpp).
+  Groups g;
+  if (find_groups_rect(q, nullptr, base.rows, 16.0, ctx, g)) {
+    const Buffer<float> gq = gather_first(q, g);
+    const View gv{gq.data(), g.count, q.cols, q.cols};
+    Buffer<int64_t> gb(g.count), ge(g.count);
+    for (idx_t c = 0; c < g.count; ++c) {
+      gb[c] = offsets[g.first[c]];
+      ge[c] = offsets[g.first[c] + 1];
+    }
+    const Buffer<float> qn = norms(gv, ctx), bn = norms(base, ctx);
+    ctx.set_total(num_tiles(gv.rows));
+    RangeList epi{radius, gb.data(), ge.data(), out_index};
+    for_each_tile(gv, qn.data(), base, bn.data(), epi, ctx);
+    parallel_rows(q.rows, ctx, [&](idx_t i) {
+      const idx_t c = g.of[i];
+      if (g.first[c] == i) return;
+      require(offsets[i + 1] - offsets[i] == ge[c] - gb[c],
+              "range_search: identical rows with different counts");
+      std::copy(out_index + gb[c], out_index + ge[c], out_index + offsets[i]);
+    });
+    return;
+  }
   const Buffer<float> qn = norms(q, ctx), bn = norms(base, ctx);
   ctx.set_total(num_tiles(q.rows));
-  RangeList epi{radius, offsets, out_index};
+  RangeList epi{radius, offsets, offsets + 1, out_index};
   for_each_tile(q, qn.data(), base, bn.data(), epi, ctx);
 }
 
@@ -118,6 +144,16 @@ void range_count(const View& q, const View& base, float radius, int64_t* out_cou
                  const Context& ctx) {
   require(q.cols == base.cols, "range_count: same dimension");
   require(base.rows <= kMaxRows, "range_count: rows fit in int32");
+  // Identical queries have the same count: one per group (dedup.hpp), copied. (Base rows
+  // stay as they are: each one counts.)
+  Groups g;
+  if (find_groups_rect(q, nullptr, base.rows, 8.0, ctx, g)) {
+    const Buffer<float> gq = gather_first(q, g);
+    Buffer<int64_t> gc(g.count);
+    range_count(View{gq.data(), g.count, q.cols, q.cols}, base, radius, gc.data(), ctx);
+    for (idx_t i = 0; i < q.rows; ++i) out_count[i] = gc[g.of[i]];
+    return;
+  }
   const Buffer<float> qn = norms(q, ctx), bn = norms(base, ctx);
   ctx.set_total(num_tiles(q.rows));
   RangeCount epi{radius, out_count};

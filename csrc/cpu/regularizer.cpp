@@ -6,6 +6,7 @@
 // result depends neither on threads nor on the path.
 #include <cmath>
 
+#include "dedup.hpp"
 #include "tile.hpp"
 #include "usl_fast/ops.hpp"
 
@@ -136,6 +137,20 @@ void regularizer(const View& x, const View& picks, const int32_t* labels, const 
                  double* out, const Context& ctx) {
   require(picks.cols == x.cols && picks.rows >= 1, "regularizer: picks");
   require(picks.rows <= kMaxRows, "regularizer: picks fit in int32");
+  // A row's sum depends only on its bytes and its label: one sum per group of rows that
+  // match in both (dedup.hpp), copied to the members. The picks are never collapsed (each
+  // pick is one term of the sum, in pick order).
+  Groups g;
+  if (find_groups_rect(x, labels, picks.rows, 12.0, ctx, g)) {
+    const Buffer<float> gx = gather_first(x, g);
+    Buffer<int32_t> gl(g.count);
+    Buffer<double> go(g.count);
+    for (idx_t c = 0; c < g.count; ++c) gl[c] = labels[g.first[c]];
+    regularizer(View{gx.data(), g.count, x.cols, x.cols}, picks, gl.data(), pick_tag, alpha,
+                horizon_dist, horizon_num, mask_zero, far, go.data(), ctx);
+    for (idx_t i = 0; i < x.rows; ++i) out[i] = go[g.of[i]];
+    return;
+  }
   const Buffer<float> xn = norms(x, ctx), pn = norms(picks, ctx);
   const RegParams p{x.cols, labels,       pick_tag,  alpha,    neg_pow(far, alpha),
                     horizon_dist, horizon_num, mask_zero, out};
