@@ -247,8 +247,8 @@ def test_over_memory_budget_falls_back_to_query_search():
     assert np.all(d1[:, 0] == 0.0)
 
 
-# Inputs built to stress the filters' bounds (the int16 one above all): d = 1 .. 7 and d off
-# the vector widths, n off the tile, rows whose coordinates span 12 decades or that one
+# Inputs built to stress the filters' bounds (the int16 one above all, which runs from 64
+# coordinates): d = 1 .. 7, d off the vector widths and around 64, n off the tile, rows whose coordinates span 12 decades or that one
 # coordinate dominates, exact duplicates and one-ulp neighbours, tiny and huge norms, data
 # far from the origin, tiny rows among normal ones (the int16 kernel's float32 fallback), and
 # queries with k = n - 1.
@@ -260,26 +260,32 @@ arrays = [np.array([_cpu.active_isa(), _cpu.gemm_kind()])]
 def unit(n, d):
     x = rng.standard_normal((n, d))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype('f4')
-for d in (1, 2, 3, 4, 5, 6, 7, 9, 17, 33):
+for d in (1, 2, 3, 4, 5, 6, 7, 9, 17, 33, 63, 64, 65, 127):
     arrays += list(usl_fast.knn(rng.standard_normal((300 + 7 * d, d)).astype('f4'), 9))
-x = rng.standard_normal((700, 24)).astype('f4') * np.logspace(-6, 6, 24).astype('f4')
+x = rng.standard_normal((700, 70)).astype('f4') * np.logspace(-6, 6, 70).astype('f4')
 x[::5, 3] = 1e7
 arrays += list(usl_fast.knn(x, 15))
 arrays.append(usl_fast.kmeans(x, 7, n_iter=5).labels)
-base = unit(400, 40)
+base = unit(400, 72)
 x = np.vstack([base, base[:100], np.nextafter(base[:100], np.float32(2))])
 arrays += list(usl_fast.knn(x, 12))
 arrays.append(usl_fast.density(x, 12))
 arrays.append(usl_fast.range_count(x, 0.5))
 for s in (1e-8, 1e15):
-    arrays += list(usl_fast.knn(unit(600, 20) * np.float32(s), 10))
-far = unit(900, 30) + np.float32(1000.0)
+    arrays += list(usl_fast.knn(unit(600, 66) * np.float32(s), 10))
+far = unit(900, 96) + np.float32(1000.0)
 arrays += list(usl_fast.knn(far, 10))
 arrays.append(usl_fast.kmeans(far, 9, n_iter=5).labels)
-x = unit(520, 16)
+x = unit(520, 80)
 x[::50] *= np.float32(1e-30)
 arrays += list(usl_fast.knn(x, 8))
-arrays += list(usl_fast.knn(base[:60], 59, queries=unit(37, 40)))
+arrays += list(usl_fast.knn(base[:60], 59, queries=unit(37, 72)))
+# rows +-x interleaved, so the centre (the mean) is exactly 0 and the tiny rows stay tiny
+# after centring: their int16 scale is out of range and their tiles run in float32
+x = np.concatenate([unit(262, 80), unit(3, 80) * np.float32(1e-30)])
+x = np.stack([x, -x], 1).reshape(-1, 80)
+arrays += list(usl_fast.knn(x, 6))
+arrays.append(usl_fast.density(x, 6))
 np.savez(sys.argv[1], *arrays)
 """
 

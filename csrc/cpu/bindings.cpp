@@ -146,7 +146,8 @@ PYBIND11_MODULE(_cpu, m) {
     if (!center.is_none()) {
       const View cv = in_mat(center, "center");
       if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
-      if (!cpu::gemm_centred()) throw py::value_error("center: AMX and int16 GEMMs only");
+      if (!cpu::gemm_centred(av.cols))
+        throw py::value_error("center: AMX and int16 GEMMs only (int16: d >= 64)");
       pc = cv.data;
     }
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);

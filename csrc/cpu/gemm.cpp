@@ -54,9 +54,9 @@ int gemm_kind() {
   return kind;
 }
 
-bool gemm_centred() {
+bool gemm_centred(idx_t d) {
   const int kind = gemm_kind();
-  return kind == kGemmAmx || kind == kGemmAvx2I16;
+  return kind == kGemmAmx || (kind == kGemmAvx2I16 && d >= kI16MinCols);
 }
 
 // The tile's rel for the bf16 or int16 product (docs/engine.md, "AMX" and "AVX2"): the
@@ -74,7 +74,7 @@ float amx_rel(double ka2, double kb2, idx_t d) {
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile) {
   require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && d >= 1, "gemm_tile: tile shape");
-  require(!center || gemm_centred(), "gemm_tile: a center only for the AMX and int16 GEMMs");
+  require(!center || gemm_centred(d), "gemm_tile: a center only for the AMX and int16 GEMMs");
 #ifdef USL_FAST_X86
   const int kind = gemm_kind();
 #ifdef USL_FAST_AMX
@@ -94,7 +94,7 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
   }
 #endif
-  if (kind == kGemmAvx2I16) {
+  if (kind == kGemmAvx2I16 && d >= kI16MinCols) {
     double ka2 = 0.0, kb2 = 0.0;
     // The same fallback as AMX's: a row the int16 image represents badly (centred squared
     // norm below ~2^-93, or d past kI16MaxCols) would make the tile's bound useless.
@@ -109,7 +109,7 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     gemm_nt_avx2(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
     return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
   }
-  if (kind == kGemmAvx2) {
+  if (kind == kGemmAvx2 || kind == kGemmAvx2I16) {
     gemm_nt_avx2(a, lda, m, b, ldb, n, d, tile, kTile);
     return filter_rel(d);
   }
@@ -130,7 +130,7 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
   FilterNorms f;
   f.xn = xn;
   f.yn = yn;
-  if (!gemm_centred() || y.rows == 0) return f;
+  if (!gemm_centred(y.cols) || y.rows == 0) return f;
   const idx_t d = y.cols;
   // The column set's mean, summed in float64 in row order (any common point would do).
   std::vector<double> sum(d, 0.0);

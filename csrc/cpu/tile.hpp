@@ -142,8 +142,11 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
 constexpr int kGemmBlas = 0, kGemmAvx512 = 1, kGemmAmx = 2;
 // The own AVX2 kernels: float32, and int16 products with a measured bound (gemm_avx2.cpp).
 constexpr int kGemmAvx2 = 3, kGemmAvx2I16 = 4;
-// Whether gemm_tile multiplies centred rows (its bound is relative to the centred norms).
-bool gemm_centred();
+// Whether gemm_tile multiplies centred rows at d coordinates (its bound is then relative to
+// the centred norms): AMX, and AVX2 int16 from kI16MinCols coordinates (below, converting
+// the rows costs more than int16 saves, and the float32 kernel runs).
+constexpr idx_t kI16MinCols = 64;
+bool gemm_centred(idx_t d);
 int gemm_kind();
 
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
