@@ -1,7 +1,7 @@
 """The engine's internal fast paths give the same answers as its plain ones: every SIMD
 scan (AVX-512, AVX2, portable), every tile GEMM (AMX bf16, the engine's own AVX-512 and AVX2
-float32 ones, AVX2 int16, OpenBLAS's), and the sampled early-rejection threshold of the self kNN graph, including rows
-where the sampled threshold fails and the row is redone."""
+float32 ones, AVX2 int16, OpenBLAS's), and the sampled early-rejection threshold of the self
+kNN graph, including rows where the sampled threshold fails and the row is redone."""
 
 from __future__ import annotations
 
@@ -248,10 +248,11 @@ def test_over_memory_budget_falls_back_to_query_search():
 
 
 # Inputs built to stress the filters' bounds (the int16 one above all, which runs from 64
-# coordinates): d = 1 .. 7, d off the vector widths and around 64, n off the tile, rows whose coordinates span 12 decades or that one
-# coordinate dominates, exact duplicates and one-ulp neighbours, tiny and huge norms, data
-# far from the origin, tiny rows among normal ones (the int16 kernel's float32 fallback), and
-# queries with k = n - 1.
+# coordinates): d = 1 .. 7, d off the vector widths and around 64, n off the tile, rows whose
+# coordinates span 12 decades or that one coordinate dominates, exact duplicates and one-ulp
+# neighbours, tiny and huge norms, data far from the origin, tiny rows among normal ones, rows
+# that stay tiny after centring (the int16 kernel's float32 fallback), and queries with
+# k = n - 1.
 _ADVERSARIAL = r"""
 import sys, numpy as np, usl_fast
 from usl_fast._backend import _cpu

@@ -1,7 +1,7 @@
 // Internal to the CPU back end: the per-ISA tile GEMM kernels that gemm_tile (gemm.cpp)
-// dispatches to, one file each (gemm_avx512.cpp, gemm_amx.cpp, gemm_avx2.cpp), and what they share. A new
-// kernel adds its declaration here, a kGemm* constant (tile.hpp), and a branch in gemm_kind
-// and gemm_tile.
+// dispatches to, one file each (gemm_avx512.cpp, gemm_amx.cpp, gemm_avx2.cpp), and what they
+// share. A new kernel adds its declaration here, a kGemm* constant (tile.hpp), and a branch
+// in gemm_kind and gemm_tile.
 #pragma once
 
 #include <algorithm>

@@ -95,21 +95,29 @@ template <int MR, int NP>
 USL_AVX2_TARGET inline void micro_f32(const float* a, idx_t lda, const float* bp, idx_t kc,
                                       float* c, idx_t ldc, idx_t last, bool accumulate) {
   __m256 acc[MR][NP];
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r)
-    _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_setzero_ps();
+  _Pragma("GCC unroll 8")
+  for (int r = 0; r < MR; ++r)
+    _Pragma("GCC unroll 8")
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_setzero_ps();
   const float* ar[MR];
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) ar[r] = a + r * lda;
+  _Pragma("GCC unroll 8")
+  for (int r = 0; r < MR; ++r) ar[r] = a + r * lda;
   for (idx_t t = 0; t < kc; ++t) {
     __m256 bv[NP];
-    _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p) bv[p] = _mm256_load_ps(bp + p * kc * 8 + t * 8);
-    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
+    _Pragma("GCC unroll 8")
+    for (int p = 0; p < NP; ++p) bv[p] = _mm256_load_ps(bp + p * kc * 8 + t * 8);
+    _Pragma("GCC unroll 8")
+    for (int r = 0; r < MR; ++r) {
       const __m256 av = _mm256_broadcast_ss(ar[r] + t);
-      _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_fmadd_ps(av, bv[p], acc[r][p]);
+      _Pragma("GCC unroll 8")
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_fmadd_ps(av, bv[p], acc[r][p]);
     }
   }
   const __m256i lm = lane_mask(last);
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r)
-    _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p) {
+  _Pragma("GCC unroll 8")
+  for (int r = 0; r < MR; ++r)
+    _Pragma("GCC unroll 8")
+    for (int p = 0; p < NP; ++p) {
       float* cp = c + r * ldc + p * 8;
       __m256 v = acc[r][p];
       if (p < NP - 1 || last == 8) {
@@ -126,7 +134,8 @@ template <int NP>
 USL_AVX2_TARGET void rows_f32(const float* a, idx_t lda, idx_t m, const float* bp, idx_t kc,
                               float* c, idx_t ldc, idx_t last, bool acc) {
   idx_t i = 0;
-  for (; i + 6 <= m; i += 6) micro_f32<6, NP>(a + i * lda, lda, bp, kc, c + i * ldc, ldc, last, acc);
+  for (; i + 6 <= m; i += 6)
+    micro_f32<6, NP>(a + i * lda, lda, bp, kc, c + i * ldc, ldc, last, acc);
   const float* ai = a + i * lda;
   float* ci = c + i * ldc;
   switch (m - i) {
@@ -141,7 +150,7 @@ USL_AVX2_TARGET void rows_f32(const float* a, idx_t lda, idx_t m, const float* b
 
 // ----------------------------------------------------------------------------- int16
 // C[MR x 8 NP] for NP panels of coordinate pairs: vpmaddwd multiplies 16 int16 pairs and
-// adds each pair into an int32 (8 rows x 2 coordinates an instruction, twice the float32
+// adds each pair into an int32 (8 columns x 2 coordinates an instruction, twice the float32
 // FMA's 8 products), vpaddd accumulates; every sum is exact (quant_i16.hpp). Earlier passes
 // leave int32 sums in the tile; the last one converts to float32 and scales by
 // 2^-(ka + kb) (sa[r] * sb[c], exact), the only rounding of the product.
@@ -150,25 +159,33 @@ USL_AVX2_TARGET inline void micro_i16(const int16_t* a, idx_t lda, const int32_t
                                       float* c, idx_t ldc, idx_t last, bool accumulate,
                                       bool final, const float* sa, const float* sb) {
   __m256i acc[MR][NP];
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r)
-    _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_setzero_si256();
+  _Pragma("GCC unroll 8")
+  for (int r = 0; r < MR; ++r)
+    _Pragma("GCC unroll 8")
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_setzero_si256();
   const int16_t* ar[MR];
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) ar[r] = a + r * lda;
+  _Pragma("GCC unroll 8")
+  for (int r = 0; r < MR; ++r) ar[r] = a + r * lda;
   for (idx_t w = 0; w < kw; ++w) {
     __m256i bv[NP];
-    _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p)
+    _Pragma("GCC unroll 8")
+    for (int p = 0; p < NP; ++p)
       bv[p] = _mm256_load_si256(reinterpret_cast<const __m256i*>(bp + p * kw * 8 + w * 8));
-    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
+    _Pragma("GCC unroll 8")
+    for (int r = 0; r < MR; ++r) {
       int32_t pair;
       std::memcpy(&pair, ar[r] + 2 * w, sizeof pair);
       const __m256i av = _mm256_set1_epi32(pair);
-      _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p)
+      _Pragma("GCC unroll 8")
+      for (int p = 0; p < NP; ++p)
         acc[r][p] = _mm256_add_epi32(acc[r][p], _mm256_madd_epi16(av, bv[p]));
     }
   }
   const __m256i lm = lane_mask(last);
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r)
-    _Pragma("GCC unroll 8") for (int p = 0; p < NP; ++p) {
+  _Pragma("GCC unroll 8")
+  for (int r = 0; r < MR; ++r)
+    _Pragma("GCC unroll 8")
+    for (int p = 0; p < NP; ++p) {
       float* cp = c + r * ldc + p * 8;
       const bool full = p < NP - 1 || last == 8;
       __m256i v = acc[r][p];
@@ -176,9 +193,11 @@ USL_AVX2_TARGET inline void micro_i16(const int16_t* a, idx_t lda, const int32_t
         v = _mm256_add_epi32(v, full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp))
                                      : _mm256_maskload_epi32(reinterpret_cast<const int*>(cp), lm));
       __m256 out = _mm256_castsi256_ps(v);
-      if (final)
-        out = _mm256_mul_ps(_mm256_cvtepi32_ps(v),
-                            _mm256_mul_ps(_mm256_broadcast_ss(sa + r), _mm256_loadu_ps(sb + p * 8)));
+      if (final) {
+        const __m256 scale =
+            _mm256_mul_ps(_mm256_broadcast_ss(sa + r), _mm256_loadu_ps(sb + p * 8));
+        out = _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale);
+      }
       if (full)
         _mm256_storeu_ps(cp, out);
       else

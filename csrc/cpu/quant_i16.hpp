@@ -66,7 +66,8 @@ __attribute__((target("avx2,fma"))) inline void quantize_i16(const float* x, con
                                                             double& norm2) {
   const __m256 s = _mm256_set1_ps(scale);
   __m256 r2 = _mm256_setzero_ps(), n2 = _mm256_setzero_ps();
-  alignas(32) static const int32_t kLanes[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  alignas(32) static const int32_t kLanes[16] = {0, 1, 2,  3,  4,  5,  6,  7,
+                                                 8, 9, 10, 11, 12, 13, 14, 15};
   const __m256i lanes0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLanes));
   const __m256i lanes1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLanes + 8));
   for (idx_t t = 0; t < kc; t += 16) {
@@ -79,7 +80,8 @@ __attribute__((target("avx2,fma"))) inline void quantize_i16(const float* x, con
       } else {
         const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)),
                                              h ? lanes1 : lanes0);
-        v = _mm256_sub_ps(_mm256_maskload_ps(x + t + 8 * h, m), _mm256_maskload_ps(c + t + 8 * h, m));
+        v = _mm256_sub_ps(_mm256_maskload_ps(x + t + 8 * h, m),
+                          _mm256_maskload_ps(c + t + 8 * h, m));
       }
       const __m256 w = _mm256_mul_ps(v, s);
       q[h] = _mm256_cvtps_epi32(w);  // MXCSR's default rounding: nearest, ties to even
