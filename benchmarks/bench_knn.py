@@ -12,7 +12,15 @@ import time
 import numpy as np
 import pytest
 
-_GEMM_NAMES = {0: "OpenBLAS float32", 1: "own AVX-512 float32", 2: "AMX bfloat16"}
+_GEMM_NAMES = {
+    0: "OpenBLAS float32",
+    1: "own AVX-512 float32",
+    2: "AMX bfloat16",
+    3: "own AVX2 float32",
+    4: "AVX2 int16",
+}
+#: low-precision filter kind -> (the float32 GEMM of the same path, its kind)
+_FLOAT32_OF = {2: ("avx512", 1), 4: ("avx2", 3)}
 
 # usl_fast.knn on conftest.unit_vectors(n, d) in a fresh interpreter (the tile GEMM is chosen
 # once per process; it runs in benchmarks/, so conftest is importable): best of 3 seconds,
@@ -171,20 +179,23 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
         kind = _cpu.gemm_kind()
         bench.extra_info.update(tile_gemm=_GEMM_NAMES[kind])
         summary = {}
-        if kind == 2:
-            # The limit is a float32 one; the AMX filter multiplies in bfloat16. Time the
-            # float32 filter too (own AVX-512 GEMM, same data, a fresh process) so the table
-            # shows what AMX buys and where the float32 engine stands against the limit.
-            k32, t32 = _knn_with_gemm("avx512", n, d, k, threads)
-            assert k32 == 1
+        if kind in _FLOAT32_OF:
+            # The limit is a float32 one; the AMX / AVX2 int16 filters multiply in bfloat16 /
+            # int16. Time the float32 filter too (the own kernel of the same path, same data,
+            # a fresh process) so the table shows what the low precision buys and where the
+            # float32 engine stands against the limit.
+            gemm32, want32 = _FLOAT32_OF[kind]
+            k32, t32 = _knn_with_gemm(gemm32, n, d, k, threads)
+            assert k32 == want32
             rate32 = _sgemm_rate(sgemm)
             bench.extra_info.update(
                 float32_filter_seconds=t32,
                 float32_filter_over_gemm_limit=t32 / (n * n * d / (rate32 * 1e9)),
             )
-            summary["float32 filter (USL_FAST_GEMM=avx512), fresh process"] = (
+            summary[f"float32 filter (USL_FAST_GEMM={gemm32}), fresh process"] = (
                 f"{t32:.2f} s = {t32 / (n * n * d / (rate32 * 1e9)):.2f} x the limit at "
-                f"{rate32:.0f} GFLOP/s measured right after; AMX is {t32 / t:.2f} x faster"
+                f"{rate32:.0f} GFLOP/s measured right after; {_GEMM_NAMES[kind]} is "
+                f"{t32 / t:.2f} x faster"
             )
         bench.extra_info["summary"] = {
             "tile GEMM (filter)": _GEMM_NAMES[kind],

@@ -1,7 +1,7 @@
 """The engine's internal fast paths give the same answers as its plain ones: every SIMD
-scan (AVX-512, AVX2, portable), every tile GEMM (AMX bf16, the engine's own AVX-512 one,
-OpenBLAS's), and the sampled early-rejection threshold of the self kNN graph, including rows
-where the sampled threshold fails and the row is redone."""
+scan (AVX-512, AVX2, portable), every tile GEMM (AMX bf16, the engine's own AVX-512 and AVX2
+float32 ones, AVX2 int16, OpenBLAS's), and the sampled early-rejection threshold of the self
+kNN graph, including rows where the sampled threshold fails and the row is redone."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import usl_fast
+from test_cli import subprocess_env
 
 _SCRIPT = r"""
 import sys, numpy as np, usl_fast
@@ -44,16 +45,31 @@ np.savez(sys.argv[1], *arrays)
 _ISAS = {"portable": 0, "avx2": 1, "avx512": 2}
 
 
-def _run_with_isa(isa: str, path: str, gemm: str = "") -> dict:
-    env = dict(os.environ)
+def _run_with_isa(isa: str, path: str, gemm: str = "", script: str = _SCRIPT) -> dict:
+    # the child imports this process's usl_fast (the tree under test), not another install
+    env = subprocess_env()
     env["USL_FAST_ISA"] = isa
     env["USL_FAST_GEMM"] = gemm
     # cwd away from the source tree, which has no compiled module to import
     subprocess.run(
-        [sys.executable, "-c", _SCRIPT, path], check=True, env=env, cwd=os.path.dirname(path)
+        [sys.executable, "-c", script, path], check=True, env=env, cwd=os.path.dirname(path)
     )
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
+
+
+#: (USL_FAST_ISA, USL_FAST_GEMM, the GEMM kind that must run): 0 OpenBLAS, 1 own AVX-512
+#: float32, 2 AMX bf16, 3 own AVX2 float32, 4 AVX2 int16 (the AVX2 path's default).
+_GEMM_PATHS = (
+    ("avx2", "", 4),
+    ("avx2", "blas", 0),
+    ("avx2", "avx2", 3),
+    ("avx512", "blas", 0),
+    ("avx512", "avx512", 1),
+    ("avx512", "amx", 2),
+    ("avx512", "avx2", 3),
+    ("avx512", "avx2i16", 4),
+)
 
 
 def test_every_isa_path_gives_identical_results(tmp_path):
@@ -65,12 +81,7 @@ def test_every_isa_path_gives_identical_results(tmp_path):
     ref = _run_with_isa("portable", str(tmp_path / "portable.npz"))
     assert list(ref["arr_0"]) == [0, 0]
     missing = []
-    for isa, gemm, kind in (
-        ("avx2", "", 0),
-        ("avx512", "blas", 0),
-        ("avx512", "avx512", 1),
-        ("avx512", "amx", 2),
-    ):
+    for isa, gemm, kind in _GEMM_PATHS:
         other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm)
         if other["arr_0"][0] != _ISAS[isa]:
             missing.append(isa)
@@ -234,3 +245,101 @@ def test_over_memory_budget_falls_back_to_query_search():
     assert np.array_equal(i0, i1)
     np.testing.assert_allclose(d0, d1, rtol=0, atol=2e-6)
     assert np.all(d1[:, 0] == 0.0)
+
+
+# Inputs built to stress the filters' bounds (the int16 one above all, which runs from 64
+# coordinates): d = 1 .. 7, d off the vector widths and around 64, n off the tile, rows whose
+# coordinates span 12 decades or that one coordinate dominates, exact duplicates and one-ulp
+# neighbours, tiny and huge norms, data far from the origin, tiny rows among normal ones, rows
+# that stay tiny after centring (the int16 kernel's float32 fallback), and queries with
+# k = n - 1.
+_ADVERSARIAL = r"""
+import sys, numpy as np, usl_fast
+from usl_fast._backend import _cpu
+rng = np.random.default_rng(2)
+arrays = [np.array([_cpu.active_isa(), _cpu.gemm_kind()])]
+def unit(n, d):
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype('f4')
+for d in (1, 2, 3, 4, 5, 6, 7, 9, 17, 33, 63, 64, 65, 127):
+    arrays += list(usl_fast.knn(rng.standard_normal((300 + 7 * d, d)).astype('f4'), 9))
+x = rng.standard_normal((700, 70)).astype('f4') * np.logspace(-6, 6, 70).astype('f4')
+x[::5, 3] = 1e7
+arrays += list(usl_fast.knn(x, 15))
+arrays.append(usl_fast.kmeans(x, 7, n_iter=5).labels)
+base = unit(400, 72)
+x = np.vstack([base, base[:100], np.nextafter(base[:100], np.float32(2))])
+arrays += list(usl_fast.knn(x, 12))
+arrays.append(usl_fast.density(x, 12))
+arrays.append(usl_fast.range_count(x, 0.5))
+for s in (1e-8, 1e15):
+    arrays += list(usl_fast.knn(unit(600, 66) * np.float32(s), 10))
+far = unit(900, 96) + np.float32(1000.0)
+arrays += list(usl_fast.knn(far, 10))
+arrays.append(usl_fast.kmeans(far, 9, n_iter=5).labels)
+x = unit(520, 80)
+x[::50] *= np.float32(1e-30)
+arrays += list(usl_fast.knn(x, 8))
+arrays += list(usl_fast.knn(base[:60], 59, queries=unit(37, 72)))
+# rows +-x interleaved, so the centre (the mean) is exactly 0 and the tiny rows stay tiny
+# after centring: their int16 scale is out of range and their tiles run in float32
+x = np.concatenate([unit(262, 80), unit(3, 80) * np.float32(1e-30)])
+x = np.stack([x, -x], 1).reshape(-1, 80)
+arrays += list(usl_fast.knn(x, 6))
+arrays.append(usl_fast.density(x, 6))
+np.savez(sys.argv[1], *arrays)
+"""
+
+
+def test_every_gemm_gives_identical_results_on_adversarial_inputs(tmp_path):
+    ref = _run_with_isa("portable", str(tmp_path / "portable.npz"), script=_ADVERSARIAL)
+    assert list(ref["arr_0"]) == [0, 0]
+    missing = []
+    for isa, gemm, kind in _GEMM_PATHS:
+        other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm, _ADVERSARIAL)
+        if other["arr_0"][0] != _ISAS[isa] or other["arr_0"][1] != kind:
+            missing.append(f"{isa}/{gemm or 'default'}")
+            continue
+        for key in ref:
+            a, b = ref[key], other[key]
+            if key != "arr_0":
+                assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)), (
+                    isa,
+                    gemm,
+                    key,
+                )
+    if missing:
+        pytest.skip(f"this build or CPU cannot run {', '.join(missing)}; compared the others")
+
+
+_REPORT = r"""
+import sys
+from usl_fast._backend import _cpu
+print(_cpu.active_isa(), _cpu.gemm_kind())
+"""
+
+
+@pytest.mark.parametrize(
+    "isa, gemm, want",
+    [
+        # AVX-512 and AMX kernels are not offered on the AVX2 path: its default runs
+        ("avx2", "avx512", (1, 4)),
+        ("avx2", "amx", (1, 4)),
+        ("avx2", "no-such-gemm", (1, 4)),
+        # the portable path has OpenBLAS only
+        ("portable", "avx2", (0, 0)),
+        ("portable", "avx2i16", (0, 0)),
+    ],
+)
+def test_a_gemm_the_path_cannot_run_falls_back(isa, gemm, want, tmp_path):
+    env = subprocess_env()
+    env["USL_FAST_ISA"] = isa
+    env["USL_FAST_GEMM"] = gemm
+    out = subprocess.run(
+        [sys.executable, "-c", _REPORT], check=True, env=env, cwd=tmp_path, capture_output=True,
+        text=True,
+    ).stdout.split()
+    got = (int(out[0]), int(out[1]))
+    if got[0] != _ISAS[isa]:
+        pytest.skip(f"this build or CPU cannot run the {isa} path")
+    assert got == want

@@ -36,9 +36,9 @@ CGROUP_ROOT_ENV = "USL_FAST_CGROUP_ROOT"
 
 #: What the engine allocates per OpenMP thread whatever the op: a 256 x 256 float32 tile
 #: (256 KiB), the float32 GEMM's packed B panels (256 KiB), the AMX bfloat16 operands (up
-#: to 528 KiB) and small per-tile vectors; rounded up.
+#: to 528 KiB) or the AVX2 int16 ones (520 KiB), and small per-tile vectors; rounded up.
 ENGINE_THREAD_BYTES = 5 * MiB // 4
-#: OpenBLAS (the AVX2 / portable paths, or USL_FAST_GEMM=blas) maps a buffer per thread
+#: OpenBLAS (the portable path, or USL_FAST_GEMM=blas) maps a buffer per thread
 #: that calls it: measured 32 MiB of address space a thread with the scipy-openblas32
 #: build, of which the packing of one tile's operands touches a few MiB (counted as 8).
 BLAS_THREAD_RESERVED = 32 * MiB

@@ -151,8 +151,8 @@ PYBIND11_MODULE(_cpu, m) {
 
   // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM that runs (AMX, the own
   // AVX-512 kernel or OpenBLAS; gemm_kind()), m and n at most 256; returns the filter's
-  // relative bound for that tile. `center` (a (1, d) array, AMX only): the products of the
-  // centred rows, as the drivers run them.
+  // relative bound for that tile. `center` (a (1, d) array, AMX and AVX2 int16 only): the
+  // products of the centred rows, as the drivers run them.
   m.def("gemm_tile", [](py::handle a, py::handle b, py::handle out, py::handle center) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
     if (av.cols != bv.cols) throw py::value_error("a and b: same number of columns");
@@ -162,7 +162,8 @@ PYBIND11_MODULE(_cpu, m) {
     if (!center.is_none()) {
       const View cv = in_mat(center, "center");
       if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
-      if (cpu::gemm_kind() != cpu::kGemmAmx) throw py::value_error("center: AMX GEMM only");
+      if (!cpu::gemm_centred(av.cols))
+        throw py::value_error("center: AMX and int16 GEMMs only (int16: d >= 64)");
       pc = cv.data;
     }
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);

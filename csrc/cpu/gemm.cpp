@@ -26,14 +26,21 @@ const BlasSingleThread blas_single_thread_once;
 }  // namespace
 
 // Which GEMM fills the tiles: AMX where the CPU and OS have it, else the engine's own
-// AVX-512 kernel, else OpenBLAS. USL_FAST_GEMM=amx|avx512|blas narrows it (tests compare all
-// three bit for bit; benchmarks compare their speed).
+// AVX-512 kernel on the AVX-512 path, the int16 AVX2 filter on the AVX2 path, else OpenBLAS.
+// USL_FAST_GEMM=amx|avx512|avx2|avx2i16|blas narrows it (tests compare all of them bit for
+// bit; benchmarks compare their speed); a kernel the path cannot run (avx512 or amx on the
+// AVX2 path, anything but blas on the portable one) gives that path's default.
 int gemm_kind() {
   static const int kind = [] {
 #ifdef USL_FAST_X86
     const char* env = std::getenv("USL_FAST_GEMM");
     const std::string want = env ? env : "";
-    if (active_isa() != 2 || want == "blas") return kGemmBlas;
+    const int isa = active_isa();
+    if (isa == 0 || want == "blas") return kGemmBlas;
+    // Both AVX2 kernels need only AVX2 and FMA, which either SIMD path implies.
+    if (want == "avx2") return kGemmAvx2;
+    if (want == "avx2i16") return kGemmAvx2I16;
+    if (isa == 1) return kGemmAvx2I16;
     if (want == "avx512") return kGemmAvx512;
 #ifdef USL_FAST_AMX
     return amx_supported() ? kGemmAmx : kGemmAvx512;
@@ -47,8 +54,14 @@ int gemm_kind() {
   return kind;
 }
 
-// The tile's rel for the bf16 product (docs/engine.md, "AMX"): the float32 bound scaled by
-// (1 + kA)(1 + kB), plus the bf16 rounding measured on the worst row and column, plus
+bool gemm_centred(idx_t d) {
+  const int kind = gemm_kind();
+  return kind == kGemmAmx || (kind == kGemmAvx2I16 && d >= kI16MinCols);
+}
+
+// The tile's rel for the bf16 or int16 product (docs/engine.md, "AMX" and "AVX2"): the
+// float32 bound scaled by (1 + kA)(1 + kB), plus the rounding measured on the worst row and
+// column, plus
 // 2^-21 for the float32 centring (a - c, b - c each within u of exact, so the centred
 // squared distance is within (4 u + 10 u^2) s of the true one).
 float amx_rel(double ka2, double kb2, idx_t d) {
@@ -61,7 +74,7 @@ float amx_rel(double ka2, double kb2, idx_t d) {
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile) {
   require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && d >= 1, "gemm_tile: tile shape");
-  require(!center || gemm_kind() == kGemmAmx, "gemm_tile: a center only for the AMX GEMM");
+  require(!center || gemm_centred(d), "gemm_tile: a center only for the AMX and int16 GEMMs");
 #ifdef USL_FAST_X86
   const int kind = gemm_kind();
 #ifdef USL_FAST_AMX
@@ -81,6 +94,25 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
   }
 #endif
+  if (kind == kGemmAvx2I16 && d >= kI16MinCols) {
+    double ka2 = 0.0, kb2 = 0.0;
+    // The same fallback as AMX's: a row the int16 image represents badly (centred squared
+    // norm below ~2^-93, or d past kI16MaxCols) would make the tile's bound useless.
+    if (gemm_tile_avx2i16(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2) && ka2 <= 0x1p-15 &&
+        kb2 <= 0x1p-15)
+      return amx_rel(ka2, kb2, d);
+    Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
+    for (idx_t r = 0; r < m; ++r)
+      for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
+    for (idx_t j = 0; j < n; ++j)
+      for (idx_t t = 0; t < d; ++t) cb[j * d + t] = b[j * ldb + t] - (center ? center[t] : 0.0f);
+    gemm_nt_avx2(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
+    return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
+  }
+  if (kind == kGemmAvx2 || kind == kGemmAvx2I16) {
+    gemm_nt_avx2(a, lda, m, b, ldb, n, d, tile, kTile);
+    return filter_rel(d);
+  }
   if (kind == kGemmAvx512) {
     gemm_nt_avx512(a, lda, m, b, ldb, n, d, tile, kTile);
     return filter_rel(d);
@@ -98,7 +130,7 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
   FilterNorms f;
   f.xn = xn;
   f.yn = yn;
-  if (gemm_kind() != kGemmAmx || y.rows == 0) return f;
+  if (!gemm_centred(y.cols) || y.rows == 0) return f;
   const idx_t d = y.cols;
   // The column set's mean, summed in float64 in row order (any common point would do).
   std::vector<double> sum(d, 0.0);

@@ -1,16 +1,35 @@
 // Internal to the CPU back end: the per-ISA tile GEMM kernels that gemm_tile (gemm.cpp)
-// dispatches to, one file each (gemm_avx512.cpp, gemm_amx.cpp), and what they share. A new
-// kernel adds its declaration here, a kGemm* constant (tile.hpp), and a branch in gemm_kind
-// and gemm_tile.
+// dispatches to, one file each (gemm_avx512.cpp, gemm_amx.cpp, gemm_avx2.cpp), and what they
+// share. A new kernel adds its declaration here, a kGemm* constant (tile.hpp), and a branch
+// in gemm_kind and gemm_tile.
 #pragma once
+
+#include <algorithm>
 
 #include "simd.hpp"
 
 namespace usl_fast {
 namespace cpu {
 
-// The AMX tile's rel from the measured bf16 roundings of its rows and columns (gemm.cpp).
+// The tile's rel from the measured roundings of its rows and columns, for the bf16 (AMX) and
+// int16 (AVX2) products (gemm.cpp).
 float amx_rel(double ka2, double kb2, idx_t d);
+
+// Largest kappa^2 bound over rows, for the low-precision GEMMs (AMX bf16, AVX2 int16) that
+// measure each row's rounding while converting it: the ratio of the float32 sums of
+// ||x - x'||^2 and ||x||^2, with a relative margin of (4 d + 8) 2^-24 for their roundings;
+// 1 (always valid: each coordinate of x' is a rounding of x's or 0) when the ratio is not
+// usable.
+struct KappaMax {
+  double k2 = 0.0;
+  void add(double res2, double norm2, idx_t d) {
+    double v = 0.0;
+    if (res2 > 0.0)
+      v = norm2 > 0.0 ? std::min(1.0, res2 / norm2 * (1.0 + (4.0 * d + 8.0) * 0x1p-24)) : 1.0;
+    if (!(v >= 0.0)) v = 1.0;
+    k2 = std::max(k2, v);
+  }
+};
 
 #ifdef USL_FAST_X86
 // In-register transpose of 16 rows of 16 floats (or any 32-bit words); column c goes to
@@ -43,7 +62,14 @@ __attribute__((target("avx512f"))) inline void transpose16(const __m512* r, floa
   }
 }
 
-// C = A B^T into the tile (ld ldc), float32 FMA; n <= kTile (gemm_avx512.cpp).
+// C = A B^T into the tile (ld ldc), float32 FMA; n <= kTile (gemm_avx512.cpp, gemm_avx2.cpp).
+void gemm_nt_avx2(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                  idx_t d, float* c, idx_t ldc);
+// int16 products of the (centred) rows with exact int32 sums; kappa^2 bounds of the rows and
+// columns out. False (tile not written) where a row's scale is out of range or d too large:
+// the caller then runs float32 (gemm_avx2.cpp).
+bool gemm_tile_avx2i16(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                       idx_t d, const float* center, float* tile, double& ka2, double& kb2);
 void gemm_nt_avx512(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                     idx_t d, float* c, idx_t ldc);
 

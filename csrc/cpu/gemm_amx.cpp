@@ -100,20 +100,6 @@ USL_AMX_TARGET inline void to_bf16(const float* x, const float* c, idx_t kc, idx
   norm2 += ns;
 }
 
-// Largest kappa^2 bound over rows: the ratio of the sums above, with a relative margin of
-// (4 d + 8) 2^-24 for their roundings; 1 (always valid: each coordinate of x' is a rounding
-// of x's or 0) when the ratio is not usable.
-struct KappaMax {
-  double k2 = 0.0;
-  void add(double res2, double norm2, idx_t d) {
-    double v = 0.0;
-    if (res2 > 0.0)
-      v = norm2 > 0.0 ? std::min(1.0, res2 / norm2 * (1.0 + (4.0 * d + 8.0) * 0x1p-24)) : 1.0;
-    if (!(v >= 0.0)) v = 1.0;
-    k2 = std::max(k2, v);
-  }
-};
-
 // 16 rows x 16 32-bit words, transposed: the VNNI layout of a B tile is the transpose of
 // 16 rows of coordinate PAIRS.
 USL_AMX_TARGET inline void transpose16_words(const uint16_t* in, idx_t ld, uint16_t* out) {

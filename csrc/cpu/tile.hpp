@@ -124,15 +124,15 @@ class Guard {
 
 // ---------------------------------------------------------------------------------------
 // Back-end primitives of the CPU: the tile GEMM and the filter's norms in gemm.cpp (its
-// per-ISA kernels behind gemm.hpp: gemm_avx512.cpp, gemm_amx.cpp), the allocation budget
+// per-ISA kernels behind gemm.hpp: gemm_avx512.cpp, gemm_amx.cpp, gemm_avx2.cpp), the allocation budget
 // and active_isa in runtime.cpp, the exact kernels in exact.cpp, the scans in scan.cpp.
 
 // The tile's inner products: tile[r * kTile + c] = a_r . b_c for r < m, c < n (m, n <=
 // kTile; a row-major tile buffer of kTile x kTile, which the AMX path also fills up to the
 // next multiples of 16), one thread. They only feed the filter, so any evaluation whose
 // error the filter bounds will do. Returns the relative bound `rel` of Tile for this tile:
-// filter_rel(d) for the float32 GEMMs, the measured bf16 bound for AMX (gemm_amx.cpp).
-// `center` (AMX only, else nullptr): the products are of the centred rows, fl(a - c) .
+// filter_rel(d) for the float32 GEMMs, the measured bf16 / int16 bound for AMX / AVX2 int16.
+// `center` (only where gemm_centred(), else nullptr): the products are of the centred rows, fl(a - c) .
 // fl(b - c), and the bound includes the centring; the filter must then use the centred
 // squared norms exact_l2(a, c) (filter_norms).
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
@@ -140,11 +140,18 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
 
 // Which GEMM gemm_tile runs.
 constexpr int kGemmBlas = 0, kGemmAvx512 = 1, kGemmAmx = 2;
+// The own AVX2 kernels: float32, and int16 products with a measured bound (gemm_avx2.cpp).
+constexpr int kGemmAvx2 = 3, kGemmAvx2I16 = 4;
+// Whether gemm_tile multiplies centred rows at d coordinates (its bound is then relative to
+// the centred norms): AMX, and AVX2 int16 from kI16MinCols coordinates (below, converting
+// the rows costs more than int16 saves, and the float32 kernel runs).
+constexpr idx_t kI16MinCols = 64;
+bool gemm_centred(idx_t d);
 int gemm_kind();
 
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
 // data far from the origin (all-positive features, say) it would let every pair through;
-// with AMX the driver therefore centres both sides on the column set's mean (distances do
+// with AMX or AVX2 int16 the driver therefore centres both sides on the column set's mean (distances do
 // not change; only the filter's products and norms do). The float32 GEMMs use the plain
 // rows and norms (xn, yn as given).
 struct FilterNorms {
