@@ -1,10 +1,11 @@
-"""The register-blocked exact kernel (exact_block, csrc/cpu/exact.cpp) and the regularizer's
-masked power-sum built on it, held to the float64 transcription of exact_l2
-(tests/oracles.py) bit for bit on every SIMD path, each in a fresh process
-(USL_FAST_ISA=portable|avx2|avx512). Adversarial shapes: d = 1..9 and around multiples of 8
-and 16, column counts that are not multiples of the 4- or 8-pair register block, pairs
-exactly at the horizon, duplicate rows, tiny and huge norms; and for the regularizer the
-filter both paying and switched off (whether it runs must never change a bit)."""
+"""The register-blocked exact kernel (exact_block, csrc/cpu/exact.cpp), the regularizer's
+masked power-sum built on it, and the range pass's SIMD filter (csrc/cpu/range_count.cpp),
+held to the float64 transcription of exact_l2 (tests/oracles.py) bit for bit on every SIMD
+path, each in a fresh process (USL_FAST_ISA=portable|avx2|avx512). Adversarial shapes:
+d = 1..9 and around multiples of 8 and 16, column counts that are not multiples of the
+register block or of the 16-lane filter step, pairs exactly at the horizon or the radius,
+duplicate rows, tiny and huge norms; and for the regularizer the filter both paying and
+switched off (whether it runs must never change a bit)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ for key in sorted(data):
         for th in (1, 2):
             out[f"reg{th}_" + name] = _dispatch.regularizer(
                 x, p, lab, tag, alpha, hd, 0, bool(mz), th)
+    if key.startswith("rng_x_"):
+        name = key[6:]
+        x, q, r = data["rng_x_" + name], data["rng_q_" + name], float(data["rng_r_" + name][0])
+        for th in (1, 2):
+            out[f"rngc{th}_" + name] = _dispatch.range_count(q, x, r, th, False)
+            off, nbr = _dispatch.range_search(q, x, r, th, False)
+            out[f"rngo{th}_" + name], out[f"rngn{th}_" + name] = off, nbr
 np.savez(sys.argv[2], **out)
 """
 
@@ -116,6 +124,21 @@ def _reg_cases() -> dict:
     return data
 
 
+def _range_cases() -> dict:
+    rng = np.random.default_rng(11)
+    data = {}
+    for d in (1, 2, 3, 5, 7, 9, 17, 33):
+        for scale in (1.0, 1e-10, 1e15):
+            x = _rows(rng, 301, d, scale)
+            q = np.vstack([x[::7], _rows(rng, 5, d, scale)])
+            D = oracles.exact_l2(q, x)
+            for j, quant in enumerate((0.02, 0.5, 0.98)):  # radius = some pairs' distance
+                name = f"d{d}s{scale:g}r{j}"
+                data["rng_x_" + name], data["rng_q_" + name] = x, np.ascontiguousarray(q)
+                data["rng_r_" + name] = np.array([float(np.quantile(D, quant, method="lower"))])
+    return data
+
+
 def _power_sum(x, p, lab, tag, alpha, hd, mask_zero) -> np.ndarray:
     """The masked power-sum, transcribed: exact_l2 distances, masks, float64 terms, and
     every row's sum in ascending pick order (one rounding per term)."""
@@ -153,7 +176,7 @@ def _run(isa: str, data_path: str, out_path: str, cwd: str) -> dict:
 @pytest.fixture(scope="module")
 def dense_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dense")
-    data = {**_block_cases(), **_reg_cases()}
+    data = {**_block_cases(), **_reg_cases(), **_range_cases()}
     np.savez(tmp / "data.npz", **data)
     runs = {}
     for isa in _ISAS:
@@ -210,6 +233,27 @@ def test_power_sum_is_the_transcription(dense_runs, isa):
                 assert np.array_equal(r.view(np.int64), want.view(np.int64)), (name, th)
             else:  # std::pow is not correctly rounded; the paths agree with each other below
                 np.testing.assert_allclose(r, want, rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("isa", list(_ISAS))
+def test_range_pass_is_the_transcription(dense_runs, isa):
+    data, runs = dense_runs
+    if isa not in runs:
+        pytest.skip(f"this build or CPU cannot run the {isa} path")
+    got = runs[isa]
+    for key in data:
+        if not key.startswith("rng_x_"):
+            continue
+        name = key[6:]
+        x, q = data["rng_x_" + name], data["rng_q_" + name]
+        r = np.float32(data["rng_r_" + name][0])
+        inside = oracles.exact_l2(q, x) <= r
+        assert inside.any() and not inside.all(), name  # the radius is some pair's distance
+        for th in (1, 2):
+            np.testing.assert_array_equal(got[f"rngc{th}_" + name], inside.sum(axis=1), name)
+            off, nbr = got[f"rngo{th}_" + name], got[f"rngn{th}_" + name]
+            np.testing.assert_array_equal(np.diff(off), inside.sum(axis=1), name)
+            np.testing.assert_array_equal(nbr, np.nonzero(inside)[1], name)
 
 
 def test_every_path_gives_the_same_bits(dense_runs):
