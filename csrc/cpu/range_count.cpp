@@ -23,16 +23,19 @@ struct RowBits {
 
 void range_bits_portable(const Tile& t, idx_t r, float radius, float out_above, idx_t c0,
                          RowBits& b) {
-  for (idx_t c = c0; c < t.nj; ++c) {
-    const idx_t g = c / 16;
-    const uint16_t bit = static_cast<uint16_t>(1u << (c % 16));
-    if (c % 16 == 0) b.in[g] = b.need[g] = 0;
-    if (t.lower(r, c) > out_above) continue;  // most pairs: one bound, one branch
-    if (t.upper(r, c) <= radius) {
-      b.in[g] |= bit;
-    } else {
-      b.need[g] |= bit;
+  for (idx_t g0 = c0; g0 < t.nj; g0 += 16) {
+    const int w = static_cast<int>(std::min<idx_t>(16, t.nj - g0));
+    unsigned in = 0, need = 0;
+    for (int k = 0; k < w; ++k) {
+      if (t.lower(r, g0 + k) > out_above) continue;  // most pairs: one bound, one branch
+      if (t.upper(r, g0 + k) <= radius) {
+        in |= 1u << k;
+      } else {
+        need |= 1u << k;
+      }
     }
+    b.in[g0 / 16] = static_cast<uint16_t>(in);
+    b.need[g0 / 16] = static_cast<uint16_t>(need);
   }
 }
 
