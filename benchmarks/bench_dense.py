@@ -7,11 +7,9 @@ same bits; the selections return m distinct indices."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -46,9 +44,14 @@ def _pair_sizes(scale: str) -> tuple[int, int, int]:
 
 
 def _regularizer_on(isa: str, n: int, m: int, d: int) -> tuple[int, float, str]:
+    import usl_fast
+
+    # the child imports the usl_fast this session benchmarks (cwd is benchmarks/)
+    site = os.path.dirname(os.path.dirname(os.path.abspath(usl_fast.__file__)))
+    path = site + os.pathsep + os.environ.get("PYTHONPATH", "")
     out = subprocess.run(
         [sys.executable, "-c", _PAIR_RUN, str(n), str(m), str(d)],
-        env=dict(os.environ, USL_FAST_ISA=isa),
+        env=dict(os.environ, USL_FAST_ISA=isa, PYTHONPATH=path),
         cwd=os.path.dirname(os.path.abspath(__file__)),
         check=True,
         capture_output=True,
