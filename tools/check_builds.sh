@@ -16,7 +16,8 @@ python3 -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
 trap 'rm -rf "$work"' EXIT
 core_tests=(tests/test_exact.py tests/test_knn.py tests/test_kmeans.py tests/test_regularizer.py
             tests/test_engine_paths.py tests/test_errors.py tests/test_select.py
-            tests/test_methods.py tests/test_shard_ops.py tests/test_dedup.py)
+            tests/test_methods.py tests/test_shard_ops.py tests/test_dedup.py
+            tests/test_dense_paths.py)
 
 if command -v nvcc >/dev/null; then
   echo "== CUDA kernels, strict: warnings and ptxas local-memory spills are errors"

@@ -27,6 +27,8 @@ template <>
 const char* type_name<int32_t>() { return "int32"; }
 template <>
 const char* type_name<int64_t>() { return "int64"; }
+template <>
+const char* type_name<uint8_t>() { return "uint8"; }
 
 template <class T>
 bool aligned(const py::array& a) {
@@ -183,6 +185,23 @@ PYBIND11_MODULE(_cpu, m) {
     py::gil_scoped_release nogil;
     for (idx_t i = 0; i < av.rows; ++i) cpu::exact_range(av.row(i), bv, i, 1, po + i);
   });
+
+  // Every pair of a and b through the register-blocked kernel the regularizer uses
+  // (tests compare it with the transcription on every path); skip: optional (na, nb) uint8
+  // flags of pairs it may leave unwritten. Returns how many pairs it evaluated.
+  m.def("exact_l2_block", [](py::handle a, py::handle b, py::handle out, py::handle skip) {
+    const View av = in_mat(a, "a"), bv = in_mat(b, "b");
+    if (av.cols != bv.cols) throw py::value_error("a and b: same number of columns");
+    float* po = out_vec<float>(out, "out", av.rows * bv.rows);
+    const uint8_t* ps =
+        skip.is_none() ? nullptr : in_vec<uint8_t>(skip, "skip", av.rows * bv.rows);
+    py::gil_scoped_release nogil;
+    std::vector<const float*> ra(static_cast<size_t>(av.rows)), rb(static_cast<size_t>(bv.rows));
+    for (idx_t i = 0; i < av.rows; ++i) ra[i] = av.row(i);
+    for (idx_t j = 0; j < bv.rows; ++j) rb[j] = bv.row(j);
+    return cpu::exact_block(ra.data(), av.rows, rb.data(), bv.rows, av.cols, ps, bv.rows, po,
+                            bv.rows);
+  }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("skip") = py::none());
 
   m.def("row_norms", [](py::handle x, py::handle out, int threads, py::handle ctl) {
     const View xv = in_mat(x, "x");

@@ -161,6 +161,183 @@ void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out
   }
 }
 
+// ----------------------------------------------------------------------------- blocks
+// exact_block: every row of a short list against every column row, for the epilogues that
+// need (nearly) all pairs of a tile (the regularizer's power-sum). One row against 8 columns
+// per step: the row's 8 coordinates are loaded once for 8 pairs, the 8 accumulators (lane l
+// = coordinates t % 8 == l, ascending t, exactly exact_l2's lanes) combine into one vector
+// of 8 results with shuffles and vector adds, and the tail of d is one more step on
+// zero-filled loads (0 - 0 = 0 adds +0.0 to a lane, which leaves its bits as they are).
+// What bounds the speed is the conversion: every pair converts its own d float32
+// differences to float64 (docs/engine.md, "The exact regularizer").
+namespace {
+
+#ifdef USL_FAST_X86
+// (s0 + s1), (s2 + s3), ... of two accumulators, interleaved: [a01 b01 a23 b23 a45 b45 a67 b67].
+__attribute__((target("avx512f"))) inline __m512d pair_sums(__m512d a, __m512d b) {
+  return _mm512_add_pd(_mm512_unpacklo_pd(a, b), _mm512_unpackhi_pd(a, b));
+}
+
+// exact_lanes_combine of 8 accumulators at once, as float32: every add is one of the adds of
+// ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) for one pair, only gathered differently.
+__attribute__((target("avx512f"))) inline __m256 combine8_avx512(const __m512d* acc) {
+  const __m512d p01 = pair_sums(acc[0], acc[1]), p23 = pair_sums(acc[2], acc[3]);
+  const __m512d p45 = pair_sums(acc[4], acc[5]), p67 = pair_sums(acc[6], acc[7]);
+  // 128-bit lanes (x, y) of p01 are [01, 23, 45, 67] of accumulators 0 and 1; 0x88 takes
+  // lanes 0 and 2 of each source, 0xDD lanes 1 and 3.
+  const __m512d q0 = _mm512_add_pd(_mm512_shuffle_f64x2(p01, p23, 0x88),
+                                   _mm512_shuffle_f64x2(p01, p23, 0xDD));  // 0123, 4567 of 0-3
+  const __m512d q1 = _mm512_add_pd(_mm512_shuffle_f64x2(p45, p67, 0x88),
+                                   _mm512_shuffle_f64x2(p45, p67, 0xDD));
+  const __m512d s = _mm512_add_pd(_mm512_shuffle_f64x2(q0, q1, 0x88),
+                                  _mm512_shuffle_f64x2(q0, q1, 0xDD));
+  return _mm512_cvtpd_ps(s);
+}
+
+// One row a against the 8 rows b[0..8): out[0..8) (lanes of `store` only).
+__attribute__((target("avx512f,fma"))) void row8_avx512(const float* a, const float* const* b,
+                                                        idx_t d, float* out, __mmask16 store) {
+  __m512d acc[8];
+#pragma GCC unroll 8
+  for (int p = 0; p < 8; ++p) acc[p] = _mm512_setzero_pd();
+  idx_t t = 0;
+  for (; t + 8 <= d; t += 8) {
+    const __m256 va = _mm256_loadu_ps(a + t);
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; ++p) {
+      const __m512d df = _mm512_cvtps_pd(_mm256_sub_ps(va, _mm256_loadu_ps(b[p] + t)));
+      acc[p] = _mm512_fmadd_pd(df, df, acc[p]);  // df * df is exact: rounds as mul + add
+    }
+  }
+  if (t < d) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (d - t)) - 1u);
+    const __m256 va = _mm512_castps512_ps256(_mm512_maskz_loadu_ps(m, a + t));
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; ++p) {
+      const __m256 vb = _mm512_castps512_ps256(_mm512_maskz_loadu_ps(m, b[p] + t));
+      const __m512d df = _mm512_cvtps_pd(_mm256_sub_ps(va, vb));
+      acc[p] = _mm512_fmadd_pd(df, df, acc[p]);
+    }
+  }
+  // (the upper half is never stored; zero it so that no lane is undefined)
+  const __m256d v = _mm256_castps_pd(combine8_avx512(acc));
+  _mm512_mask_storeu_ps(out, store, _mm512_castpd_ps(_mm512_insertf64x4(_mm512_setzero_pd(), v, 0)));
+}
+
+// The same combine for 4 pairs of two 4-lane halves (lanes 0-3 in lo, 4-7 in hi).
+__attribute__((target("avx2"))) inline __m128 combine4_avx2(const __m256d* lo, const __m256d* hi) {
+  __m256d q[2];
+  for (int h = 0; h < 2; ++h) {
+    // [a01 b01 a23 b23] and [a45 b45 a67 b67] of pairs a = 2h, b = 2h + 1
+    const __m256d x = _mm256_hadd_pd(lo[2 * h], lo[2 * h + 1]);
+    const __m256d y = _mm256_hadd_pd(hi[2 * h], hi[2 * h + 1]);
+    q[h] = _mm256_add_pd(_mm256_permute2f128_pd(x, y, 0x20), _mm256_permute2f128_pd(x, y, 0x31));
+  }
+  // q[h] = [a0123 b0123 a4567 b4567]
+  return _mm256_cvtpd_ps(_mm256_add_pd(_mm256_permute2f128_pd(q[0], q[1], 0x20),
+                                       _mm256_permute2f128_pd(q[0], q[1], 0x31)));
+}
+
+// 8 coordinates of a against 4 rows: lanes 0-3 of each pair to lo, 4-7 to hi.
+__attribute__((target("avx2,fma"))) inline void step4_avx2(__m256 va, const __m256* vb,
+                                                           __m256d* lo, __m256d* hi) {
+  for (int p = 0; p < 4; ++p) {
+    const __m256 df = _mm256_sub_ps(va, vb[p]);
+    const __m256d dl = _mm256_cvtps_pd(_mm256_castps256_ps128(df));
+    const __m256d dh = _mm256_cvtps_pd(_mm256_extractf128_ps(df, 1));
+    lo[p] = _mm256_fmadd_pd(dl, dl, lo[p]);
+    hi[p] = _mm256_fmadd_pd(dh, dh, hi[p]);
+  }
+}
+
+// One row a against the 4 rows b[0..4): out[0..n) (n <= 4).
+__attribute__((target("avx2,fma"))) void row4_avx2(const float* a, const float* const* b, idx_t d,
+                                                   float* out, int n) {
+  __m256d lo[4], hi[4];
+  for (int p = 0; p < 4; ++p) lo[p] = hi[p] = _mm256_setzero_pd();
+  idx_t t = 0;
+  for (; t + 8 <= d; t += 8) {
+    __m256 vb[4];
+    for (int p = 0; p < 4; ++p) vb[p] = _mm256_loadu_ps(b[p] + t);
+    step4_avx2(_mm256_loadu_ps(a + t), vb, lo, hi);
+  }
+  if (t < d) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(d - t)), lane);
+    __m256 vb[4];
+    for (int p = 0; p < 4; ++p) vb[p] = _mm256_maskload_ps(b[p] + t, m);
+    step4_avx2(_mm256_maskload_ps(a + t, m), vb, lo, hi);
+  }
+  const __m128 r = combine4_avx2(lo, hi);
+  if (n == 4) {
+    _mm_storeu_ps(out, r);
+  } else {
+    alignas(16) float v[4];
+    _mm_store_ps(v, r);
+    for (int p = 0; p < n; ++p) out[p] = v[p];
+  }
+}
+#endif
+
+// All of the `w` (<= 8) flags at f set.
+inline bool all_set(const uint8_t* f, idx_t w) {
+  for (idx_t c = 0; c < w; ++c)
+    if (!f[c]) return false;
+  return true;
+}
+
+}  // namespace
+
+idx_t exact_block(const float* const* a, idx_t na, const float* const* b, idx_t nb, idx_t d,
+                  const uint8_t* skip, idx_t lds, float* out, idx_t ldo) {
+  const int isa = active_isa();
+  idx_t skipped = 0;
+  for (idx_t u = 0; u < na; ++u) {
+    const uint8_t* su = skip ? skip + u * lds : nullptr;
+    float* ou = out + u * ldo;
+    idx_t c = 0;
+#ifdef USL_FAST_X86
+    if (isa == 2) {
+      for (; c < nb; c += 8) {
+        const idx_t w = std::min<idx_t>(8, nb - c);
+        if (su && all_set(su + c, w)) {
+          skipped += w;
+          continue;
+        }
+        if (w == 8) {
+          row8_avx512(a[u], b + c, d, ou + c, static_cast<__mmask16>(0xFF));
+        } else {
+          // the last columns: lanes past nb repeat the last column and are not stored
+          const float* bp[8];
+          for (idx_t p = 0; p < 8; ++p) bp[p] = b[c + std::min(p, w - 1)];
+          row8_avx512(a[u], bp, d, ou + c, static_cast<__mmask16>((1u << w) - 1u));
+        }
+      }
+    } else if (isa == 1) {
+      for (; c < nb; c += 4) {
+        const idx_t w = std::min<idx_t>(4, nb - c);
+        if (su && all_set(su + c, w)) {
+          skipped += w;
+          continue;
+        }
+        const float* bp[4];
+        for (idx_t p = 0; p < 4; ++p) bp[p] = b[c + std::min(p, w - 1)];
+        row4_avx2(a[u], bp, d, ou + c, static_cast<int>(w));
+      }
+    }
+#endif
+    (void)isa;
+    for (; c < nb; ++c) {
+      if (su && su[c]) {
+        ++skipped;
+        continue;
+      }
+      ou[c] = exact_l2(a[u], b[c], d);
+    }
+  }
+  return na * nb - skipped;
+}
+
 namespace {
 
 inline double power_term(float dv, bool far, double alpha, float horizon, bool mask_zero,
@@ -196,6 +373,27 @@ __attribute__((target("avx512f"))) void power_terms_avx512(const float* dv, cons
     _mm512_mask_storeu_pd(out + c, live, _mm512_mask_blend_pd(m, t, ft));
   }
 }
+
+__attribute__((target("avx2"))) void power_terms_avx2(const float* dv, const uint8_t* far, idx_t n,
+                                                      bool half, float horizon, bool mask_zero,
+                                                      double far_term, double* out) {
+  const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd();
+  const __m256d hz = _mm256_set1_pd(static_cast<double>(horizon)), ft = _mm256_set1_pd(far_term);
+  idx_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(dv + c));
+    int32_t fb = 0;
+    std::memcpy(&fb, far + c, 4);
+    const __m256i f = _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(fb));
+    __m256d m = _mm256_castsi256_pd(_mm256_cmpgt_epi64(f, _mm256_setzero_si256()));
+    m = _mm256_or_pd(m, _mm256_cmp_pd(v, hz, _CMP_GE_OQ));
+    if (mask_zero) m = _mm256_or_pd(m, _mm256_cmp_pd(v, zero, _CMP_EQ_OQ));
+    const __m256d t = _mm256_div_pd(one, half ? _mm256_sqrt_pd(v) : v);
+    _mm256_storeu_pd(out + c, _mm256_blendv_pd(t, ft, m));
+  }
+  for (; c < n; ++c)
+    out[c] = power_term(dv[c], far[c] != 0, half ? 0.5 : 1.0, horizon, mask_zero, far_term);
+}
 #endif
 
 }  // namespace
@@ -205,6 +403,8 @@ void power_terms(const float* dv, const uint8_t* far, idx_t n, double alpha, flo
 #ifdef USL_FAST_X86
   if (active_isa() == 2 && (alpha == 0.5 || alpha == 1.0))
     return power_terms_avx512(dv, far, n, alpha == 0.5, horizon, mask_zero, far_term, out);
+  if (active_isa() == 1 && (alpha == 0.5 || alpha == 1.0))
+    return power_terms_avx2(dv, far, n, alpha == 0.5, horizon, mask_zero, far_term, out);
 #endif
   for (idx_t c = 0; c < n; ++c)
     out[c] = power_term(dv[c], far[c] != 0, alpha, horizon, mask_zero, far_term);

@@ -38,54 +38,77 @@ struct RegParams {
 
 struct PowerSum {
   const RegParams& p;
-  // Rows are handled in blocks of kRows: each row's terms go to its own line of a buffer,
-  // then the block's sums advance one column at a time for all its rows at once, so every
-  // row still adds its terms in ascending pick order (the same bits as one running sum per
-  // row) while kRows independent sums keep the adder busy.
+  // Rows are handled in blocks of kRows: the block's exact distances come from one
+  // register-blocked call (exact_block: each row against 8 picks a step), each row's terms
+  // go to its own line of a buffer, then the block's sums advance one column at a time for
+  // all its rows at once, so every row still adds its terms in ascending pick order (the
+  // same bits as one running sum per row) while kRows independent sums keep the adder busy.
   static constexpr int kRows = 8;
   struct Local {
     PowerSum& e;
     std::vector<double> sum, terms;
-    std::vector<int32_t> need;
     std::vector<uint8_t> far;
-    std::vector<float> vals, dv;
+    std::vector<float> dv;
+    std::vector<const float*> cols;
     explicit Local(PowerSum& epi)
-        : e(epi), sum(kTile), terms(kTile * kRows), need(kTile), far(kTile), vals(kTile),
-          dv(kTile) {}
+        : e(epi), sum(kTile), terms(kTile * kRows), far(kTile * kRows), dv(kTile * kRows),
+          cols(kTile) {}
+    // The filter pays only where its bound spares evaluations: with an infinite horizon
+    // never, and on data whose pairs all lie inside the horizon (unit vectors under the
+    // CIFAR horizon 4) its GEMM is a fifth of the evaluation cost, spent for nothing. So a
+    // tile where it spared under 1/8 of the evaluations turns it off for the next `rest`
+    // tiles of this thread, twice as many after each such probe (8, 16, ... 64); a probe
+    // where it pays turns it back on for every tile. A pair masked by the filter is one
+    // whose exact value is masked too, so this changes the time, never a bit of the sum.
+    int rest = 0, pause = 8;
+    bool wants_filter(idx_t) {
+      if (!std::isfinite(e.p.horizon_dist)) return false;
+      if (rest > 0) {
+        --rest;
+        return false;
+      }
+      return true;
+    }
     void begin(idx_t, idx_t) { std::fill(sum.begin(), sum.end(), 0.0); }
 
-    // Row r's terms into terms[slot * kTile + c].
-    void row_terms(const Tile& t, idx_t r, int slot) {
+    // far[c]: pair (r, c) is masked without needing its distance (own cluster, or surely
+    // beyond the horizon: lower - abs >= horizon_dist); without the filter, own cluster only.
+    void far_flags(const Tile& t, idx_t r, float beyond, uint8_t* f) const {
       const RegParams& p = e.p;
-      const bool finite_h = std::isfinite(p.horizon_dist);
-      // Surely beyond the horizon: lower - abs >= horizon_dist.
-      const float beyond = round_up(static_cast<double>(p.horizon_dist) + t.abs);
-      const idx_t i = t.i0 + r;
-      const int32_t label = p.labels[i];
+      const int32_t label = p.labels[t.i0 + r];
       const int32_t* tag = p.tag + t.j0;
-      idx_t nneed = 0;
-      for (idx_t c = 0; c < t.nj; ++c) {
-        // far: masked without needing the distance (own cluster, or surely beyond)
-        const bool f = tag[c] == label || (finite_h && t.lower(r, c) >= beyond);
-        far[c] = f;
-        need[nneed] = static_cast<int32_t>(t.j0 + c);
-        nneed += f ? 0 : 1;
+      if (!t.ip) {
+        for (idx_t c = 0; c < t.nj; ++c) f[c] = tag[c] == label;
+        return;
       }
-      if (nneed) exact_gather(t.rows.row(i), t.cols, need.data(), nneed, vals.data());
-      idx_t q = 0;
+      const float* ip = t.ip + r * t.ldt;
+      const float rn = t.rn[r], rel = t.rel;
       for (idx_t c = 0; c < t.nj; ++c) {
-        dv[c] = far[c] ? 1.0f : vals[q];  // 1.0f: a placeholder the mask discards
-        q += far[c] ? 0 : 1;
+        const float s = rn + t.cn[c];
+        const float lower = (s - 2.0f * ip[c]) - rel * s;  // Tile::lower
+        f[c] = (tag[c] == label) | (lower >= beyond);
       }
-      double* out = terms.data() + static_cast<size_t>(slot) * kTile;
-      power_terms(dv.data(), far.data(), t.nj, p.alpha, p.horizon_dist, p.mask_zero, p.far_term,
-                  out);
     }
 
     void tile(const Tile& t) {
+      const RegParams& p = e.p;
+      const float beyond = round_up(static_cast<double>(p.horizon_dist) + t.abs);
+      for (idx_t c = 0; c < t.nj; ++c) cols[c] = t.cols.row(t.j0 + c);
+      idx_t evaluated = 0;
       for (idx_t r0 = 0; r0 < t.mi; r0 += kRows) {
         const int nr = static_cast<int>(std::min<idx_t>(kRows, t.mi - r0));
-        for (int u = 0; u < nr; ++u) row_terms(t, r0 + u, u);
+        const float* rows[kRows];
+        for (int u = 0; u < nr; ++u) {
+          rows[u] = t.rows.row(t.i0 + r0 + u);
+          far_flags(t, r0 + u, beyond, far.data() + u * kTile);
+        }
+        // Far pairs may be evaluated too (with a neighbour that is not); the terms ignore
+        // their values.
+        evaluated +=
+            exact_block(rows, nr, cols.data(), t.nj, p.d, far.data(), kTile, dv.data(), kTile);
+        for (int u = 0; u < nr; ++u)
+          power_terms(dv.data() + u * kTile, far.data() + u * kTile, t.nj, p.alpha,
+                      p.horizon_dist, p.mask_zero, p.far_term, terms.data() + u * kTile);
         for (int u = nr; u < kRows; ++u)
           for (idx_t c = 0; c < t.nj; ++c) terms[u * kTile + c] = 0.0;
         double acc[kRows];
@@ -93,6 +116,11 @@ struct PowerSum {
         for (idx_t c = 0; c < t.nj; ++c)
           for (int u = 0; u < kRows; ++u) acc[u] += terms[u * kTile + c];
         for (int u = 0; u < nr; ++u) sum[r0 + u] = acc[u];
+      }
+      if (t.ip) {
+        const bool pays = (t.mi * t.nj - evaluated) * 8 >= t.mi * t.nj;
+        rest = pays ? 0 : pause;
+        pause = pays ? 8 : std::min(2 * pause, 64);
       }
     }
     void end(idx_t i0, idx_t mi) {

@@ -176,6 +176,13 @@ int active_isa();
 void exact_gather(const float* a, const View& base, const int32_t* idx, idx_t n, float* out);
 void exact_range(const float* a, const View& base, idx_t j0, idx_t n, float* out);
 
+// out[u * ldo + c] = exact_l2(a[u], b[c]) for u < na, c < nb: register-blocked for the
+// epilogues that need almost every pair of a tile (exact.cpp). skip (or nullptr): flags,
+// skip[u * lds + c]; a pair whose flag is set may be left unwritten (it is written when a
+// neighbour in its block of columns needs evaluating). Returns how many pairs it evaluated.
+idx_t exact_block(const float* const* a, idx_t na, const float* const* b, idx_t nb, idx_t d,
+                 const uint8_t* skip, idx_t lds, float* out, idx_t ldo);
+
 // The regularizer's terms: out[c] = far_term where masked, else dv[c]^-alpha in float64,
 // with masked = far[c] || dv[c] >= horizon || (mask_zero && dv[c] == 0). alpha 0.5 and 1
 // are one IEEE square root and/or division (SIMD where the path has it, identical bits);
@@ -204,7 +211,7 @@ inline Buffer<float> norms(const View& x, const Context& ctx) {
 // `lower` leaves abs out so that callers fold it into their threshold (once per tile, not
 // once per pair); every comparison against `lower` must therefore use threshold + abs.
 struct Tile {
-  const float* ip;
+  const float* ip;  // nullptr where the epilogue declined the filter (wants_filter)
   idx_t ldt, i0, mi, j0, nj;
   const float* rn;  // the tile rows' squared norms (mi)
   const float* cn;  // the tile columns' squared norms (nj)
@@ -309,6 +316,17 @@ void argmin_candidates(const Tile& t, idx_t r, float best, int32_t* out, idx_t& 
 // ---------------------------------------------------------------------------------------
 // The drivers.
 
+// Whether an epilogue wants the filter's products for column tile J: Local::wants_filter(J)
+// where it has one (false: the GEMM is skipped and the Tile has ip == nullptr), else always.
+template <class L>
+auto wants_filter(L& loc, idx_t J, int) -> decltype(loc.wants_filter(J)) {
+  return loc.wants_filter(J);
+}
+template <class L>
+bool wants_filter(L&, idx_t, long) {
+  return true;
+}
+
 // Rectangular: every row tile of x against every column tile of y, row tiles spread over
 // threads (dynamic), column tiles in ascending order within a row tile. Epi::Local is
 // constructed once per thread from the Epi; it gets begin(i0, mi), tile(const Tile&) per
@@ -342,8 +360,11 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
         loc->begin(i0, mi);
         for (idx_t J = 0; J < TC; ++J) {
           const idx_t j0 = J * kTile, nj = std::min(kTile, m - j0);
-          const float rel = gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), tile);
-          loc->tile(Tile{tile, kTile, i0, mi, j0, nj, xn + i0, yn + j0, rel, abs, false, x, y});
+          const bool f = wants_filter(*loc, J, 0);
+          const float rel =
+              f ? gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), tile) : 0.0f;
+          loc->tile(Tile{f ? tile : nullptr, kTile, i0, mi, j0, nj, xn + i0, yn + j0, rel, abs,
+                         false, x, y});
         }
         loc->end(i0, mi);
         ctx.add(1);
