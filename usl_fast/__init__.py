@@ -25,15 +25,12 @@ from ._ops import (
     regularizer,
 )
 from ._pipeline import (
-    PRESET,
-    PRESETS,
-    Preset,
     SelectResult,
-    default_n_clusters,
     random_select,
     regularized_select,
     select,
 )
+from ._presets import PRESET, PRESETS, Preset, default_n_clusters
 from .plot import plot_picks  # matplotlib is imported only when a figure is drawn
 
 __version__ = "0.1.0"

@@ -851,7 +851,7 @@ class USL(Selector):
         as_bool(self.normalize, "normalize")  # the rest is validated by the pipeline
 
     def _kwargs(self) -> Dict[str, Any]:
-        from ._pipeline import PRESET
+        from ._presets import PRESET
 
         kw: Dict[str, Any] = {}
         for key in self._PRESET_KEYS:

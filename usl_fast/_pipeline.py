@@ -3,20 +3,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from . import _dispatch, _ops, _progress
 from ._backend import _cpu
+from ._presets import (
+    PARAMS,
+    PRESET,
+    PRESET_NAMES,
+    PRESETS,  # noqa: F401  (re-exported until every reader imports _presets)
+    Preset,  # noqa: F401
+    check_reg_params,
+    default_n_clusters,
+    resolve,
+    usl_defaults,
+)
 from ._validate import (
-    MAX_ROWS,
     as_bool,
     as_features,
-    as_float,
     as_int,
     as_labels,
     as_seed,
@@ -24,121 +32,7 @@ from ._validate import (
     threads_arg,
 )
 
-
-class _FromPreset:
-    """Default of every parameter that a preset supplies: shows as ``PRESET`` in help()."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "PRESET"
-
-    def __reduce__(self):
-        return (_FromPreset, ())
-
-
-#: Marks "take this parameter from the ``defaults`` preset" (``repr``: ``PRESET``).
-PRESET: Any = _FromPreset()
 _UNSET: Any = PRESET
-
-
-@dataclass(frozen=True)
-class Preset(Mapping):
-    """One published configuration of the paper's implementation (read-only). Also a
-    read-only mapping, so ``PRESETS["cifar10"]["k"]`` and ``dict(PRESETS["cifar10"])`` work."""
-
-    k: int
-    kmeans_iter: int
-    rounds: int
-    weight: float
-    momentum: float
-    horizon_dist: Optional[float]
-    horizon_num: Optional[int]
-    alpha: float
-    own_cluster: str
-    mask_zero: bool
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self):
-        return iter(self.__dataclass_fields__)
-
-    def __len__(self) -> int:
-        return len(self.__dataclass_fields__)
-
-
-_PRESET_VALUES: Dict[str, Dict[str, Any]] = {
-    "cifar10": dict(
-        k=400,
-        kmeans_iter=200,
-        rounds=10,
-        weight=0.5,
-        momentum=0.9,
-        horizon_dist=4.0,
-        horizon_num=None,
-        alpha=0.5,
-        own_cluster="position",
-        mask_zero=False,
-    ),
-    "cifar100": dict(
-        k=400,
-        kmeans_iter=200,
-        rounds=10,
-        weight=1.0,
-        momentum=0.9,
-        horizon_dist=1.0,
-        horizon_num=None,
-        alpha=1.0,
-        own_cluster="position",
-        mask_zero=False,
-    ),
-    "imagenet-moco": dict(
-        k=20,
-        kmeans_iter=100,
-        rounds=2,
-        weight=1.5,
-        momentum=0.0,
-        horizon_dist=None,
-        horizon_num=128,
-        alpha=0.5,
-        own_cluster="none",
-        mask_zero=True,
-    ),
-    "imagenet-clip": dict(
-        k=20,
-        kmeans_iter=100,
-        rounds=2,
-        weight=0.05,
-        momentum=0.0,
-        horizon_dist=None,
-        horizon_num=32,
-        alpha=1.0,
-        own_cluster="position",
-        mask_zero=False,
-    ),
-}
-_PRESET_VALUES["imagenet"] = _PRESET_VALUES["imagenet-moco"]
-
-#: The published configurations as frozen ``Preset`` records. "imagenet" is the MoCo one.
-PRESETS: Mapping[str, Preset] = {name: Preset(**v) for name, v in _PRESET_VALUES.items()}
-
-
-def default_n_clusters(defaults: str, m: int) -> int:
-    """K as the published scripts choose it: m, except two budgets that add clusters to
-    absorb empty ones (CIFAR m=2,500 -> 2,501; ImageNet 1% m=12,820 -> 12,900)."""
-    if defaults.startswith("cifar") and m == 2500:
-        return 2501
-    if defaults.startswith("imagenet") and m == 12820:
-        return 12900
-    return m
 
 
 @dataclass
@@ -179,42 +73,6 @@ class SelectResult:
     method: str = "usl"
     scores: Any = None
     labeled: Any = None
-
-
-def _resolve(defaults: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    if not isinstance(defaults, str) or defaults not in PRESETS:
-        raise ValueError(f"`defaults` must be one of {sorted(PRESETS)} (got {defaults!r})")
-    p = dict(dataclasses.asdict(PRESETS[defaults]))
-    given = {key: val for key, val in overrides.items() if val is not _UNSET}
-    # The two horizons are alternatives: giving one replaces the preset's other one.
-    if given.get("horizon_dist") is not None and "horizon_num" not in given:
-        p["horizon_num"] = None
-    if given.get("horizon_num") is not None and "horizon_dist" not in given:
-        p["horizon_dist"] = None
-    p.update(given)
-    return p
-
-
-def _check_reg_params(p: Dict[str, Any], n: int) -> Dict[str, Any]:
-    p["rounds"] = as_int(p["rounds"], "rounds", 1)
-    p["weight"] = as_float(p["weight"], "weight", 0.0)
-    p["momentum"] = as_float(p["momentum"], "momentum", 0.0)
-    if p["momentum"] > 1.0:
-        raise ValueError(f"`momentum` must be in [0, 1] (got momentum={p['momentum']})")
-    p["alpha"] = as_float(p["alpha"], "alpha", 0.0)
-    if p["horizon_dist"] is not None:
-        p["horizon_dist"] = as_float(p["horizon_dist"], "horizon_dist", 0.0, allow_inf=True)
-    if p["horizon_num"] is not None:
-        # (the engine takes a 32-bit count; more than the picks means all of them)
-        p["horizon_num"] = as_int(p["horizon_num"], "horizon_num", 1, MAX_ROWS, " = 2**31 - 1")
-    if p["horizon_dist"] is not None and p["horizon_num"] is not None:
-        raise ValueError("give at most one of `horizon_dist` and `horizon_num`")
-    if p["own_cluster"] not in ("position", "cluster", "none"):
-        raise ValueError(
-            f"`own_cluster` must be 'position', 'cluster' or 'none' (got {p['own_cluster']!r})"
-        )
-    p["mask_zero"] = bool(p["mask_zero"])
-    return p
 
 
 def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
@@ -407,22 +265,17 @@ def regularized_select(
     dens = as_vector(density, n, "density")
     K = None if n_clusters is None else as_int(n_clusters, "n_clusters", 1)
     lab, K = as_labels(labels, n, K)
-    p = _check_reg_params(
-        _resolve(
-            defaults,
-            dict(
-                rounds=rounds,
-                weight=weight,
-                momentum=momentum,
-                alpha=alpha,
-                horizon_dist=horizon_dist,
-                horizon_num=horizon_num,
-                own_cluster=own_cluster,
-                mask_zero=mask_zero,
-            ),
-        ),
-        n,
+    reg = dict(
+        rounds=rounds,
+        weight=weight,
+        momentum=momentum,
+        alpha=alpha,
+        horizon_dist=horizon_dist,
+        horizon_num=horizon_num,
+        own_cluster=own_cluster,
+        mask_zero=mask_zero,
     )
+    p = check_reg_params(resolve(defaults, reg))
     threads_arg(threads)
     if rows is None:
         rows = _Rows(x, threads, progress)
@@ -457,42 +310,15 @@ def _unit_norm_warning(rows: "_Rows", p: Dict[str, Any], given: Dict[str, Any]) 
     )
 
 
-def _usl_params(
-    n: int,
-    m: int,
-    fixed: np.ndarray,
-    *,
-    defaults: str,
-    k: Any,
-    n_clusters: Optional[int],
-    kmeans_iter: Any,
-    kmeans_init: Any,
-    rounds: Any,
-    weight: Any,
-    momentum: Any,
-    alpha: Any,
-    horizon_dist: Any,
-    horizon_num: Any,
-    own_cluster: Any,
-    mask_zero: Any,
-    seed: int,
-) -> tuple:
-    """USL's parameters for n points, resolved from the preset and checked: (params, K,
-    the ones given). Raises before any work."""
-    overrides = dict(
-        k=k,
-        kmeans_iter=kmeans_iter,
-        rounds=rounds,
-        weight=weight,
-        momentum=momentum,
-        alpha=alpha,
-        horizon_dist=horizon_dist,
-        horizon_num=horizon_num,
-        own_cluster=own_cluster,
-        mask_zero=mask_zero,
-    )
-    given = {key: v for key, v in overrides.items() if v is not _UNSET}
-    p = _resolve(defaults, overrides)
+def _usl_params(n: int, m: int, fixed: np.ndarray, *, seed: int, **usl: Any) -> tuple:
+    """USL's parameters (``usl``: names of ``_presets.USL_PARAMS``, the rest at their
+    declared defaults) for n points, resolved from the preset and checked against their
+    declarations: (params, K, the ones given). Raises before any work."""
+    usl = {**usl_defaults(), **usl}
+    defaults, n_clusters, kmeans_init = usl["defaults"], usl["n_clusters"], usl["kmeans_init"]
+    overrides = {name: usl[name] for name in PRESET_NAMES}
+    given = {key: v for key, v in overrides.items() if v is not PRESET}
+    p = resolve(defaults, overrides)
     if n < 2:
         raise ValueError(
             f"USL needs at least 2 points (got n={n}): the kNN density needs k >= 1 neighbours"
@@ -503,20 +329,18 @@ def _usl_params(
             f"points n={n} (self included): override it, e.g. k={min(20, n - 1)} "
             f"(command line: -k {min(20, n - 1)})"
         )
-    p["k"] = as_int(p["k"], "k", 1, n - 1, f" and < number of points n={n} (self included)")
-    p["kmeans_iter"] = as_int(p["kmeans_iter"], "kmeans_iter", 1)
+    p["k"] = PARAMS["k"].check(p["k"], 1, n - 1, f" and < number of points n={n} (self included)")
+    p["kmeans_iter"] = PARAMS["kmeans_iter"].check(p["kmeans_iter"])
     if n_clusters is None:
         # The published K can exceed a small data set (m = 2,500 -> K = 2,501): clamp it.
         # A later round adds one cluster per labeled point (their clusters are covered).
         K = min(default_n_clusters(defaults, m) + fixed.size, n)
     else:
-        K = as_int(n_clusters, "n_clusters", m, n, f" = number of points n={n}")
+        K = PARAMS["n_clusters"].check(n_clusters, m, n, f" = number of points n={n}")
     p["n_clusters"] = K
-    p["seed"] = as_seed(seed)
-    if not (isinstance(kmeans_init, str) and kmeans_init in ("random", "k-means++")):
-        raise ValueError(f"`kmeans_init` must be 'random' or 'k-means++' (got {kmeans_init!r})")
-    p["kmeans_init"] = kmeans_init
-    p = _check_reg_params(p, n)
+    p["seed"] = PARAMS["seed"].check(seed)
+    p["kmeans_init"] = PARAMS["kmeans_init"].check(kmeans_init)
+    p = check_reg_params(p)
     return p, K, given
 
 

@@ -30,14 +30,8 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from .._ops import KMeansResult
-from .._pipeline import (
-    PRESET,
-    _check_reg_params,
-    _pick_rounds,
-    _resolve,
-    _usl,
-    _usl_params,
-)
+from .._pipeline import _pick_rounds, _usl, _usl_params
+from .._presets import PRESET, check_reg_params, resolve
 from .._validate import (
     as_bool,
     as_features,
@@ -456,7 +450,7 @@ def regularized_select(
         comm,
         lambda: (
             as_int(m, "m", 1, n, f" = number of points over all ranks n={n}"),
-            _check_reg_params(_resolve(defaults, reg), n),
+            check_reg_params(resolve(defaults, reg)),
         ),
     )
     picks, _, _ = _pick_rounds(ShardRows(x, comm, sizes, threads, progress), dens, lab, K, m, p)
