@@ -188,6 +188,35 @@ def test_normalize(tmp_path: Path, feats: np.ndarray, capsys: pytest.CaptureFixt
     np.testing.assert_array_equal(np.load(out), usl_fast.select(unit, M, **FAST_KW))
 
 
+def test_normalize_near_zero_rows_as_the_library(tmp_path: Path, feats: np.ndarray) -> None:
+    """--normalize scales rows as select(normalize=True) does, rows of norm far below 1e-6
+    included (the CLI once floored norms at 1e-12, so a row of norm 1e-14 kept norm 0.01
+    there and became a unit row in the library): the same picks, from the installed command
+    in a child process."""
+    x = feats.copy()
+    tiny = np.arange(0, N, 7)  # 43 rows spread over the blobs
+    scales = np.logspace(-7, -30, tiny.size).astype(np.float32)  # every norm < 1e-6
+    x[tiny] *= scales[:, None]
+    x[tiny[-1]] = 0.0  # and one all-zero row, which stays zero in both
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    assert norms[tiny].max() < 1e-6 and (norms[tiny] < 1e-12).sum() > 20
+    src = tmp_path / "tiny.npy"
+    np.save(src, x)
+    out = tmp_path / "picks.npy"
+    r = subprocess.run(
+        [sys.executable, "-m", "usl_fast", "select", str(src), "-m", str(M), "-o", str(out)]
+        + [*FAST, "--normalize"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    want = usl_fast.select(x, M, normalize=True, **FAST_KW)
+    np.testing.assert_array_equal(np.load(out), want)
+
+
 def test_select_pt_tensor_and_dict(
     tmp_path: Path, feats: np.ndarray, capsys: pytest.CaptureFixture
 ) -> None:

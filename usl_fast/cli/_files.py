@@ -226,13 +226,13 @@ def _keys(entries: Dict[Any, Any]) -> str:
     return ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
 
 
-def l2_normalize(x: Any, chunk_rows: int = 65536) -> np.ndarray:
-    """Rows scaled to unit L2 norm, as a new float32 array (the input is not modified).
+def l2_normalize(x: Any) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as a new float32 array (the input is not modified), by
+    the library's own ``unit_rows``: ``--normalize`` gives the picks of ``normalize=True``,
+    rows of tiny norm included (an all-zero row stays zero). It works in row chunks, so a
+    memory-mapped input is streamed, with float64 norms for accuracy."""
+    from .._methods import unit_rows
 
-    Works in row chunks so a memory-mapped input is streamed, with float64 norms for
-    accuracy. An all-zero row stays zero (its norm is floored at 1e-12) rather than
-    turning into NaN.
-    """
     arr = np.asarray(x)
     if arr.ndim != 2:
         raise CLIError(
@@ -240,12 +240,7 @@ def l2_normalize(x: Any, chunk_rows: int = 65536) -> np.ndarray:
         )
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise CLIError(f"features must be numeric to --normalize, got dtype {arr.dtype}")
-    out = np.empty(arr.shape, np.float32)
-    for start in range(0, arr.shape[0], chunk_rows):
-        blk = np.asarray(arr[start : start + chunk_rows], dtype=np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", blk, blk))
-        out[start : start + chunk_rows] = blk / np.maximum(norms, 1e-12)[:, None]
-    return out
+    return unit_rows(arr)
 
 
 def read_image_ids(path: str, n: int) -> List[str]:
