@@ -20,8 +20,9 @@ import argparse
 import csv  # noqa: F401  (tests make cli.csv.writer fail to simulate a full disk)
 from typing import Optional, Sequence
 
+from .._presets import PARAMS
 from . import _demo, _fixmatch, _plot, _select
-from ._common import DEFAULTS_CHOICES, PROG, CLIError, _Parser
+from ._common import PROG, CLIError, _Parser
 from ._files import (
     PICKS_FORMATS,
     check_indices,
@@ -63,6 +64,10 @@ __all__ = [
     "write_picks_npy",
     "write_picks_txt",
 ]
+
+#: The --defaults names, in the order --help shows them: the presets, as declared in
+#: usl_fast._presets (the options of every subcommand read the declarations there).
+DEFAULTS_CHOICES = PARAMS["defaults"].choices
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,6 @@ from typing import Any, NoReturn
 
 PROG = "usl-fast"
 
-# Every --defaults name usl_fast.select accepts, in the order --help shows them
-# (test_cli checks that this is exactly the set of usl_fast.PRESETS).
-DEFAULTS_CHOICES = ("cifar10", "cifar100", "imagenet", "imagenet-moco", "imagenet-clip")
-
 
 class CLIError(Exception):
     """A user-facing error: printed as ``usl-fast: error: <message>``, exit status 2."""

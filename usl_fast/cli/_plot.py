@@ -10,7 +10,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ._common import DEFAULTS_CHOICES, CLIError, _positive_int
+from .._presets import PARAMS, PRESETS
+from ._common import CLIError, _positive_int
 from ._files import (
     check_indices,
     check_outputs,
@@ -58,12 +59,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     pp.add_argument("--projection", choices=plot.PROJECTIONS, default="pca", help="2-D projection")
     pp.add_argument("--seed", type=int, default=0, help="k-means, background sample and t-SNE")
+    preset = PARAMS["defaults"]  # as select's --defaults: the declared names and default
     pp.add_argument(
         "--defaults",
-        choices=DEFAULTS_CHOICES,
+        choices=preset.choices,
         default=None,
         help="the preset the selection used: the computed density takes its k, as "
-        "usl-fast select does [default: cifar10]",
+        f"usl-fast select does [default: {preset.default}]",
     )
     pp.add_argument(
         "-k",
@@ -72,7 +74,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="kNN size of the computed density, when the selection set one [default: the "
-        f"--defaults preset's: cifar10 {_preset_k('cifar10')}; unused with --info, whose "
+        f"--defaults preset's: {preset.default} {PRESETS[preset.default].k}; unused with --info, whose "
         "density and k are the selection's]",
     )
     pp.add_argument(
@@ -168,9 +170,3 @@ def _read_info_result(path: str) -> Any:
         density=got.get("density"),
         params=params if isinstance(params, dict) else {},
     )
-
-
-def _preset_k(name: str) -> int:
-    from .._pipeline import PRESETS
-
-    return int(PRESETS[name]["k"])

@@ -12,7 +12,8 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from ._common import DEFAULTS_CHOICES, PROG, CLIError
+from .._presets import METHOD_NAMES, PARAMS, PRESETS, USL_PARAMS
+from ._common import PROG, CLIError
 from ._files import (
     check_indices,
     check_outputs,
@@ -28,28 +29,16 @@ from ._files import (
     write_picks,
 )
 
-# Options whose argparse dest is also the usl_fast.select keyword. They are forwarded
-# only when given, so that everything left out comes from the --defaults preset.
-_SELECT_OPTIONS = (
-    "k",
-    "n_clusters",
-    "kmeans_iter",
-    "kmeans_init",
-    "rounds",
-    "weight",
-    "momentum",
-    "alpha",
-    "horizon_dist",
-    "horizon_num",
-    "own_cluster",
-    "mask_zero",
-)
+# The USL options, one per declared parameter but --defaults (usl_fast._presets): each
+# argparse dest is the usl_fast.select keyword, forwarded only when given, so that
+# everything left out comes from the --defaults preset.
+_USL_OPTIONS = tuple(p.name for p in USL_PARAMS if p.name != "defaults")
 
 # Options of the other methods: argparse dest -> keyword of the method's estimator
 # (usl_fast.TypiClust, ProbCover, ..., usl_fast.uslt.USLT). Forwarded when given and the
 # chosen --method takes that keyword; otherwise an error.
 _METHOD_OPTIONS = {
-    **{o: o for o in _SELECT_OPTIONS},
+    **{o: o for o in _USL_OPTIONS},
     "epochs": "epochs",
     "batch_size": "batch_size",
     "lr": "lr",
@@ -147,58 +136,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     out.add_argument("--force", action="store_true", help="overwrite existing output files")
 
     g = sp.add_argument_group("USL parameters (default: from --defaults)")
-    g.add_argument(
-        "--defaults",
-        choices=DEFAULTS_CHOICES,
-        default=None,
-        help="published configuration supplying every parameter not given [default: cifar10]",
-    )
-    g.add_argument(
-        "-k", "--k", dest="k", type=int, default=None, help="kNN size of the density, self included"
-    )
-    g.add_argument(
-        "--n-clusters",
-        type=int,
-        default=None,
-        help="k-means K >= m [default: m, or the published K for m=2500 / 12820]",
-    )
-    g.add_argument("--kmeans-iter", type=int, default=None, help="Lloyd iterations (fixed count)")
-    g.add_argument(
-        "--kmeans-init",
-        choices=("random", "k-means++"),
-        default=None,
-        help="k-means init [default: random, as the reference]",
-    )
-    g.add_argument("--rounds", type=int, default=None, help="selection rounds T")
-    g.add_argument("--weight", type=float, default=None, help="regularizer weight w")
-    g.add_argument("--momentum", type=float, default=None, help="regularizer momentum in [0, 1]")
-    g.add_argument("--alpha", type=float, default=None, help="regularizer exponent")
-    g.add_argument(
-        "--horizon-dist",
-        type=float,
-        default=None,
-        help="mask squared distances >= this (CIFAR flavour; replaces the preset's --horizon-num)",
-    )
-    g.add_argument(
-        "--horizon-num",
-        type=int,
-        default=None,
-        help="use only this many nearest picks (ImageNet flavour; replaces the "
-        "preset's --horizon-dist)",
-    )
-    g.add_argument(
-        "--own-cluster",
-        choices=("position", "cluster", "none"),
-        default=None,
-        help="which pick is masked as a point's own cluster: position (reference), "
-        "cluster (corrected), none",
-    )
-    g.add_argument(
-        "--mask-zero",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mask exact zero distances in the regularizer (ImageNet MoCo flavour)",
-    )
+    _add_usl_options(g)
     g.add_argument(
         "--seed",
         type=int,
@@ -241,7 +179,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         default=None,
         help="TypiClust typicality distance",
     )
-    _show_library_defaults(g, o)
+    _show_method_defaults(o)
 
     t = sp.add_argument_group(
         "USL-T parameters (--method uslt; --n-clusters [default: m + len(labeled)], --seed "
@@ -363,17 +301,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def method_choices() -> Tuple[str, ...]:
-    """The methods ``usl_fast.select`` accepts: ``usl_fast.METHODS`` plus those its
-    docstring lists for ``method`` (``uslt``, which needs torch, is not in METHODS)."""
-    import re
-
-    import usl_fast
-
-    names = list(getattr(usl_fast, "METHODS", {}))
-    doc = re.search(r"method : \{([^}]*)\}", usl_fast.select.__doc__ or "")
-    if doc:
-        names += re.findall(r'"([a-z0-9_-]+)"', doc.group(1))
-    return tuple(dict.fromkeys(["usl", *names]))  # usl (the default) first, no repeats
+    """The methods ``usl_fast.select`` accepts, usl (the default) first: the declared
+    ``usl_fast._presets.METHOD_NAMES`` (``uslt`` needs torch; the others are
+    ``usl_fast.METHODS``)."""
+    return METHOD_NAMES
 
 
 def _option_name(dest: str) -> str:
@@ -404,15 +335,15 @@ def _method_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     while giving ``--delta`` would otherwise return USL picks)."""
     given = [o for o in _METHOD_OPTIONS if getattr(args, o, None) is not None]
     if args.method == "usl":
-        kwargs = {o: getattr(args, o) for o in given if o in _SELECT_OPTIONS}
-        kwargs["defaults"] = args.defaults or "cifar10"
+        kwargs = {o: getattr(args, o) for o in given if o in _USL_OPTIONS}
+        kwargs["defaults"] = args.defaults or PARAMS["defaults"].default
         # The presets set exactly one horizon; giving the other one replaces it instead
         # of failing with "give at most one of horizon_dist and horizon_num".
         if "horizon_num" in kwargs and "horizon_dist" not in kwargs:
             kwargs["horizon_dist"] = None
         if "horizon_dist" in kwargs and "horizon_num" not in kwargs:
             kwargs["horizon_num"] = None
-        ignored = [o for o in given if o not in _SELECT_OPTIONS]
+        ignored = [o for o in given if o not in _USL_OPTIONS]
     else:
         # Every option whose keyword the method's estimator takes (TypiClust's k and
         # kmeans_iter, ProbCover's alpha, USL-T's n_clusters included: select() passes
@@ -438,25 +369,44 @@ def _off(v: Any) -> Any:
     return "off" if v is None else v
 
 
-def _show_library_defaults(usl_group: Any, other_group: Any) -> None:
-    """Append the real defaults to the help of options whose argparse default is None
-    (None = "not given, the library decides"): each preset's value for the USL options,
-    the estimator's constructor default for the TypiClust / ProbCover ones."""
+def _add_usl_options(group: Any) -> None:
+    """One option per declared USL parameter (``usl_fast._presets.USL_PARAMS``, in
+    ``select``'s order): its type or choices and its doc line as the help, then its default.
+    The argparse default is None ("not given"): a given option is forwarded, the others come
+    from the --defaults preset, whose values the help lists (a preset equal to an earlier
+    one, imagenet-moco = imagenet, is not repeated)."""
+    records = list(PRESETS.values())
+    shown = [name for i, name in enumerate(PRESETS) if PRESETS[name] not in records[:i]]
+    for p in USL_PARAMS:
+        text = p.doc
+        if p.from_preset:
+            vals = ", ".join(f"{name} {_off(PRESETS[name][p.name])}" for name in shown)
+            text = f"{text} [default: the preset's: {vals}]"
+        elif p.default is not None:
+            text = f"{text} [default: {p.default}]"
+        kw: Dict[str, Any] = {"dest": p.name, "default": None, "help": text}
+        if p.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif p.choices is not None:
+            kw["choices"] = p.choices
+        else:
+            kw["type"] = p.type
+        flags = ("-k", "--k") if p.name == "k" else (p.option,)  # --k: the long form, too
+        group.add_argument(*flags, **kw)
+
+
+def _show_method_defaults(group: Any) -> None:
+    """Append to the help of the TypiClust / ProbCover options whose argparse default is
+    None ("not given, the estimator decides") the estimator's constructor default."""
     import inspect
 
-    from .. import _methods as usl_fast_methods
-    from .._pipeline import PRESETS
+    import usl_fast
 
-    presets = ("cifar10", "cifar100", "imagenet", "imagenet-clip")
-    for action in usl_group._group_actions:
-        if action.dest in PRESETS["cifar10"]:
-            vals = ", ".join(f"{name} {_off(PRESETS[name][action.dest])}" for name in presets)
-            action.help = f"{action.help} [default: the preset's: {vals}]"
     owners = {}
-    for cls in (usl_fast_methods.TypiClust, usl_fast_methods.ProbCover):
+    for cls in (usl_fast.TypiClust, usl_fast.ProbCover):
         for name, par in inspect.signature(cls.__init__).parameters.items():
             owners.setdefault(name, (cls.__name__, par.default))
-    for action in other_group._group_actions:
+    for action in group._group_actions:
         if action.dest in ("delta", "n_classes"):
             continue  # their help says how they combine
         if action.dest in owners and "[default" not in (action.help or ""):
