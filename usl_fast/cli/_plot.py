@@ -156,7 +156,7 @@ def _read_info_result(path: str) -> Any:
     from a ``select --save-info`` archive."""
     import json
 
-    from .._pipeline import SelectResult
+    from .. import SelectResult
 
     with np.load(path, allow_pickle=False) as z:
         got = {key: z[key] for key in ("indices", "labels", "density", "params") if key in z.files}
