@@ -286,17 +286,10 @@ COMMON_PARAMS: Tuple[Param, ...] = (
 #: name -> declaration, for every parameter above.
 PARAMS: Mapping[str, Param] = {p.name: p for p in USL_PARAMS + COMMON_PARAMS}
 
-#: The regularizer's parameters (``regularized_select``), all from the preset.
-REG_NAMES: Tuple[str, ...] = (
-    "rounds",
-    "weight",
-    "momentum",
-    "alpha",
-    "horizon_dist",
-    "horizon_num",
-    "own_cluster",
-    "mask_zero",
-)
+#: The regularizer's parameters (``regularized_select``): USL's from ``rounds`` on.
+REG_NAMES: Tuple[str, ...] = tuple(p.name for p in USL_PARAMS)[
+    [p.name for p in USL_PARAMS].index("rounds") :
+]
 
 #: The parameters a preset supplies (``Preset``'s fields).
 PRESET_NAMES: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Preset))
@@ -340,6 +333,34 @@ def check_params(values: Mapping[str, Any], **bounds: Tuple[Any, Any, str]) -> D
             continue
         out[name] = PARAMS[name].check(val, *bounds.get(name, ()))
     return out
+
+
+def takes(names: Sequence[str], before: str, var_keyword: bool = False):
+    """Decorator for a function that takes the declared parameters ``names`` through its
+    ``**kwargs``: its signature (help(), IDEs, autodoc) shows them, keyword-only with their
+    declared defaults, before the parameter ``before``; ``var_keyword=False`` hides the
+    ``**kwargs`` (the function takes nothing else: see ``given``)."""
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        ps = list(sig.parameters.values())
+        var = [p for p in ps if p.kind is inspect.Parameter.VAR_KEYWORD]
+        ps = [p for p in ps if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = [p.name for p in ps].index(before)
+        new = ps[:at] + signature_params(names) + ps[at:] + (var if var_keyword else [])
+        fn.__signature__ = sig.replace(parameters=new)
+        return fn
+
+    return wrap
+
+
+def given(fn_name: str, names: Sequence[str], kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """``kwargs`` over the declared defaults of ``names``, in ``names``' order; a keyword
+    not among ``names`` is a TypeError, as Python reports one."""
+    for key in kwargs:
+        if key not in names:
+            raise TypeError(f"{fn_name}() got an unexpected keyword argument {key!r}")
+    return {n: kwargs.get(n, PARAMS[n].default) for n in names}
 
 
 def signature_params(names: Iterable[str]) -> list:
