@@ -324,3 +324,16 @@ def test_uslt_labeled_never_returned_nor_repeated(seed) -> None:
     # the estimator, given m at fit as every Selector, gives the same
     est = USLT(seed=seed, **_USLT_FAST).fit(x, m, labeled=labeled)
     np.testing.assert_array_equal(est.indices_, idx)
+
+
+def test_declared_defaults_are_the_constructors() -> None:
+    import inspect
+
+    import usl_fast
+
+    for cls in usl_fast.METHODS.values():
+        sig = inspect.signature(cls.__init__).parameters
+        for name, p in cls._parameter_constraints.items():
+            if cls is usl_fast.USL and name == "normalize":
+                continue  # USL's own default (False) where select's is "the method's"
+            assert sig[name].default == p.default, (cls.__name__, name)

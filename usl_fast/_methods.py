@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _dispatch, backends
 from ._pipeline import _usl
-from ._presets import COMMON_PARAMS, METHOD_NAMES, USL_PARAMS, document
+from ._presets import COMMON_PARAMS, METHOD_NAMES, PARAMS, USL_PARAMS, Param, document
 from ._validate import (
     as_bool,
     as_features,
@@ -142,8 +142,14 @@ class Selector:
         """``fit(X, m, labeled).indices_``."""
         return self.fit(X, m, labeled).indices_
 
-    def _validate(self, n: int) -> None:  # pragma: no cover - every method overrides it
-        raise NotImplementedError
+    #: name -> ``_presets.Param``: the constructor parameters checked at ``fit``, in this
+    #: order (scikit-learn's ``_parameter_constraints``). A method whose checks depend on the
+    #: data or on each other overrides ``_validate`` instead.
+    _parameter_constraints: Dict[str, Param] = {}
+
+    def _validate(self, n: int) -> None:
+        for name, p in self._parameter_constraints.items():
+            p.check(getattr(self, name))
 
     def _select(self, x: np.ndarray, m: int, lab: np.ndarray, timings: Dict[str, float]) -> dict:
         raise NotImplementedError  # pragma: no cover
@@ -211,10 +217,11 @@ class KCenterGreedy(Selector):
         self.threads = threads
         self.progress = progress
 
-    def _validate(self, n: int) -> None:
-        _seed(self.seed)
-        as_bool(self.normalize, "normalize")
-        threads_arg(self.threads)
+    _parameter_constraints = {
+        "seed": PARAMS["seed"],
+        "normalize": Param("normalize", bool, False, "L2-normalise a copy of the features first"),
+        "threads": PARAMS["threads"],
+    }
 
     def _select(self, x, m, lab, timings):
         n = x.shape[0]
@@ -320,18 +327,25 @@ class TypiClust(Selector):
         self.threads = threads
         self.progress = progress
 
-    def _validate(self, n: int) -> None:
-        _seed(self.seed)
-        as_int(self.max_clusters, "max_clusters", 1)
-        as_int(self.min_cluster_size, "min_cluster_size", 0)
-        as_int(self.k, "k", 1)
-        if self.metric not in ("sqeuclidean", "euclidean"):
-            raise ValueError(
-                f"`metric` must be 'sqeuclidean' (the authors') or 'euclidean' (got {self.metric!r})"
-            )
-        as_int(self.kmeans_iter, "kmeans_iter", 1)
-        as_bool(self.normalize, "normalize")
-        threads_arg(self.threads)
+    _parameter_constraints = {
+        "seed": PARAMS["seed"],
+        "max_clusters": Param("max_clusters", int, 500, "most k-means clusters", low=1),
+        "min_cluster_size": Param(
+            "min_cluster_size", int, 5, "clusters this small or smaller are dropped", low=0
+        ),
+        "k": Param("k", int, 20, "neighbours of the typicality", low=1),
+        "metric": Param(
+            "metric",
+            str,
+            "sqeuclidean",
+            "distance of the typicality",
+            choices=("sqeuclidean", "euclidean"),
+            phrase="'sqeuclidean' (the authors') or 'euclidean'",
+        ),
+        "kmeans_iter": Param("kmeans_iter", int, 300, "most Lloyd iterations", low=1),
+        "normalize": Param("normalize", bool, True, "L2-normalise a copy of the features first"),
+        "threads": PARAMS["threads"],
+    }
 
     def _typicality(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Typicality of each of ``rows`` within the set ``rows`` (float64)."""

@@ -143,6 +143,7 @@ class Param:
     none : None is allowed (it means "off" or "decided later", see doc).
     inf : +inf is allowed (type float).
     strict : False for a bool taken by truth value (a preset flag such as ``mask_zero``).
+    phrase : how a message names the choices, when not "'a', 'b' or 'c'".
     """
 
     name: str
@@ -156,6 +157,7 @@ class Param:
     none: bool = False
     inf: bool = False
     strict: bool = True
+    phrase: str = ""
 
     @property
     def option(self) -> str:
@@ -185,7 +187,8 @@ class Param:
                     raise ValueError(
                         f"`{self.name}` must be one of {sorted(self.choices)} (got {value!r})"
                     )
-                raise ValueError(f"`{self.name}` must be {_or(self.choices)} (got {value!r})")
+                said = self.phrase or _or(self.choices)
+                raise ValueError(f"`{self.name}` must be {said} (got {value!r})")
             return value
         if self.type is bool:
             return as_bool(value, self.name) if self.strict else bool(value)
