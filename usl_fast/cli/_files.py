@@ -231,7 +231,7 @@ def l2_normalize(x: Any) -> np.ndarray:
     the library's own ``unit_rows``: ``--normalize`` gives the picks of ``normalize=True``,
     rows of tiny norm included (an all-zero row stays zero). It works in row chunks, so a
     memory-mapped input is streamed, with float64 norms for accuracy."""
-    from .._methods import unit_rows
+    from .._validate import unit_rows
 
     arr = np.asarray(x)
     if arr.ndim != 2:
