@@ -98,6 +98,38 @@ def test_defaults_choices_are_the_presets() -> None:
     assert set(cli.DEFAULTS_CHOICES) == set(usl_fast.PRESETS)
 
 
+def test_usl_options_are_the_declared_parameters(tmp_path: Path) -> None:
+    """select's USL options and the distributed entry point's are generated from
+    usl_fast._presets: same flag, type or choices, and None ("not given") as the argparse
+    default; the distributed entry point does not import the CLI at all."""
+    import argparse
+
+    from usl_fast._presets import PARAMS, USL_PARAMS
+    from usl_fast.distributed.__main__ import _parser
+
+    def select_actions(parser: argparse.ArgumentParser) -> dict:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return {a.dest: a for a in sub.choices["select"]._actions}
+
+    ours, dist = select_actions(cli.build_parser()), select_actions(_parser())
+    for p in USL_PARAMS:
+        a = ours[p.name]
+        assert p.option in a.option_strings and a.default is None, p.name
+        assert tuple(a.choices or ()) == (p.choices or ()), p.name
+        if p.type is not bool and p.choices is None:
+            assert a.type is p.type, p.name
+    assert tuple(dist["defaults"].choices) == PARAMS["defaults"].choices
+    assert dist["defaults"].default == PARAMS["defaults"].default
+    for name in ("k", "n_clusters", "kmeans_iter", "rounds", "weight"):
+        assert dist[name].type is PARAMS[name].type and dist[name].default is None
+    child = "import sys, usl_fast.distributed.__main__ as m; m._parser(); "
+    child += "sys.exit('usl_fast.cli' in sys.modules)"
+    r = subprocess.run(
+        [sys.executable, "-c", child], cwd=tmp_path, env=subprocess_env(), timeout=60
+    )
+    assert r.returncode == 0, "python -m usl_fast.distributed imported usl_fast.cli"
+
+
 def test_subcommand_required(capsys: pytest.CaptureFixture) -> None:
     code, _, err = run_cli([], capsys)
     assert code == 2 and "{select,fixmatch,demo" in err
@@ -186,6 +218,35 @@ def test_normalize(tmp_path: Path, feats: np.ndarray, capsys: pytest.CaptureFixt
     assert code == 0, err
     unit = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
     np.testing.assert_array_equal(np.load(out), usl_fast.select(unit, M, **FAST_KW))
+
+
+def test_normalize_near_zero_rows_as_the_library(tmp_path: Path, feats: np.ndarray) -> None:
+    """--normalize scales rows as select(normalize=True) does, rows of norm far below 1e-6
+    included (the CLI once floored norms at 1e-12, so a row of norm 1e-14 kept norm 0.01
+    there and became a unit row in the library): the same picks, from the installed command
+    in a child process."""
+    x = feats.copy()
+    tiny = np.arange(0, N, 7)  # 43 rows spread over the blobs
+    scales = np.logspace(-7, -30, tiny.size).astype(np.float32)  # every norm < 1e-6
+    x[tiny] *= scales[:, None]
+    x[tiny[-1]] = 0.0  # and one all-zero row, which stays zero in both
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    assert norms[tiny].max() < 1e-6 and (norms[tiny] < 1e-12).sum() > 20
+    src = tmp_path / "tiny.npy"
+    np.save(src, x)
+    out = tmp_path / "picks.npy"
+    r = subprocess.run(
+        [sys.executable, "-m", "usl_fast", "select", str(src), "-m", str(M), "-o", str(out)]
+        + [*FAST, "--normalize"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    want = usl_fast.select(x, M, normalize=True, **FAST_KW)
+    np.testing.assert_array_equal(np.load(out), want)
 
 
 def test_select_pt_tensor_and_dict(

@@ -97,7 +97,7 @@ def job_exit_first(rank, P):
 
 def job_exit_in_kmeans(rank, P):
     import usl_fast.distributed as ud
-    from usl_fast.distributed import _shard as sh
+    from usl_fast.backends import shard as sh
 
     if rank == 1:
         sh.ShardRows.kmeans_labels = lambda self, cent, n_iter: os._exit(4)

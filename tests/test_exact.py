@@ -660,7 +660,7 @@ def test_every_public_function_returns_the_callers_library():
 def test_lloyd_seams_for_split_rows():
     # The Python loop's seams (usl_fast.distributed): `segment_sum` replaces the engine's
     # and its counts are the ones returned; `step_reduce` decides the fixed-point stop.
-    from usl_fast._ops import lloyd
+    from usl_fast.backends.engine import lloyd
 
     x = _unit_with_dups(2000, 8, 3)
     init = x[:12].copy()

@@ -231,7 +231,8 @@ def _lloyd_both_ways(x, init, n_iter, monkeypatch):
     iteration, and what the first one did: the (rows x centroids) of each assign call, how
     many rows went through the "moved but no farther" test, and the number of dead clusters
     after each update."""
-    from usl_fast import _dispatch, _ops
+    from usl_fast import _dispatch
+    from usl_fast.backends import engine as _ops  # lloyd's home (was usl_fast._ops)
 
     stats = {"assign": [], "rechecked": [], "dead": []}
     real_assign, real_pairs, real_seg = (

@@ -216,7 +216,7 @@ def test_normalize_rescues_tiny_features(usl):
 
 def test_tiny_tensors_are_an_error_on_the_torch_paths(usl):
     torch = pytest.importorskip("torch")
-    from usl_fast import portable
+    from usl_fast.backends import portable
     from usl_fast.uslt import USLT
 
     t = torch.from_numpy((normal() * 1e-30).astype(np.float32))

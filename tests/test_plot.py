@@ -205,7 +205,7 @@ def test_density_panel_uses_the_selections_k(usl, request):
     """Issue 25: the panel showed k=20 while USL ranks by the preset's k=400. By default it
     is the preset's k (select's rule, ``defaults=`` included), the one given, or the
     result's own density and k; the panel's title names k."""
-    from usl_fast._pipeline import PRESETS
+    from usl_fast._presets import PRESETS
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((600, 8)).astype(np.float32)

@@ -12,7 +12,7 @@ import usl_fast
 from usl_fast import _dispatch
 
 torch = pytest.importorskip("torch")
-from usl_fast import portable as P  # noqa: E402
+from usl_fast.backends import portable as P  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

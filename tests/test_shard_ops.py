@@ -43,7 +43,7 @@ def test_knn_cross_is_both_sides_of_the_block_exactly():
     np.testing.assert_allclose(da, np.sort(D, 1)[:, :k], atol=1e-6)
     np.testing.assert_allclose(db, np.sort(D.T, 1)[:, :k], atol=1e-6)
     # with the own blocks merged in: the self kNN lists, bit for bit (one distance everywhere)
-    from usl_fast.distributed._shard import density_of_lists, merge_lists
+    from usl_fast.backends.shard import density_of_lists, merge_lists
 
     own_a = _dispatch.knn(a, k, None, 2, False, indices=False)[0]
     own_b = _dispatch.knn(b, k, None, 2, False, indices=False)[0]
@@ -63,7 +63,7 @@ def test_merge_lists_keeps_the_k_smallest():
     a = np.sort(rng.random((50, 7)).astype(np.float32), 1)
     b = np.sort(rng.random((50, 7)).astype(np.float32), 1)
     b[:, 5:] = np.inf
-    from usl_fast.distributed._shard import merge_lists
+    from usl_fast.backends.shard import merge_lists
 
     np.testing.assert_array_equal(merge_lists(a, b), np.sort(np.hstack([a, b]), 1)[:, :7])
 

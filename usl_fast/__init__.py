@@ -24,16 +24,9 @@ from ._ops import (
     range_count,
     regularizer,
 )
-from ._pipeline import (
-    PRESET,
-    PRESETS,
-    Preset,
-    SelectResult,
-    default_n_clusters,
-    random_select,
-    regularized_select,
-    select,
-)
+from ._pipeline import SelectResult, regularized_select
+from ._presets import PRESET, PRESETS, Preset, default_n_clusters
+from .api import random_select, select
 from .plot import plot_picks  # matplotlib is imported only when a figure is drawn
 
 __version__ = "0.1.0"

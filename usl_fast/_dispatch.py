@@ -7,7 +7,7 @@ thread, checks that the outputs it is about to allocate fit in memory, allocates
 results back to the caller's array library.
 
 Back ends: the CPU engine (``usl_fast._cpu``) serves numpy arrays and torch CPU tensors
-through this module. Tensors on a GPU go to ``usl_fast.portable`` (torch operations on the
+through this module. Tensors on a GPU go to ``usl_fast.backends.portable`` (torch operations on the
 device, the same definitions) before reaching here. The op names and arguments are those of
 ``csrc/include/usl_fast/ops.hpp``.
 """

@@ -13,17 +13,21 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _dispatch, _ops
+from . import _dispatch, backends
+from ._pipeline import _usl
+from ._presets import COMMON_PARAMS, METHOD_NAMES, PARAMS, USL_PARAMS, Param, document
 from ._validate import (
-    _is_torch,
     as_bool,
     as_features,
     as_float,
     as_int,
     as_interval,
     as_seed,
+    round_budget,
     threads_arg,
+    unit_rows,
 )
+from .backends.engine import initial_rows, lloyd
 
 __all__ = [
     "Selector",
@@ -35,78 +39,6 @@ __all__ = [
     "probcover_delta",
     "METHODS",
 ]
-
-
-# ---------------------------------------------------------------------------------------
-# Shared argument handling.
-
-
-def as_labeled(labeled: Any, n: int) -> np.ndarray:
-    """The already-labeled indices as int64 (caller's order kept); [] when None."""
-    if labeled is None:
-        return np.zeros(0, np.int64)
-    if _is_torch(labeled):
-        labeled = labeled.detach().cpu().numpy()
-    arr = np.asarray(labeled)
-    if arr.ndim != 1:
-        raise ValueError(f"`labeled` must be a 1-D array of indices (got shape {arr.shape})")
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"`labeled` must hold integer indices (got dtype {arr.dtype})")
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= n:
-        raise ValueError(
-            f"`labeled` indices must lie in [0, n) = [0, {n}) (got values in [{lo}, {hi}])"
-        )
-    arr = arr.astype(np.int64)
-    uniq, counts = np.unique(arr, return_counts=True)
-    if uniq.size != arr.size:
-        raise ValueError(f"`labeled` repeats index {int(uniq[np.argmax(counts > 1)])}")
-    return arr
-
-
-def prepare_round(
-    X: Any, m: Any, labeled: Any, name: str, normalize: bool = False
-) -> Tuple[np.ndarray, Any, np.ndarray, int]:
-    """The checks every selection starts with: (float32 features, converter back to the
-    caller's library, labeled indices, m), m at most the number of unlabeled points.
-    ``normalize``: the rows will be L2-normalised before any distance (so their scale is
-    not checked)."""
-    x, back = as_features(X, name, check_scale=not normalize)
-    lab, m = round_budget(x.shape[0], m, labeled)
-    return x, back, lab, m
-
-
-def round_budget(n: int, m: Any, labeled: Any) -> Tuple[np.ndarray, int]:
-    """(labeled indices, m) for a selection over n points (every rank's, for a process
-    group): m at most the number of unlabeled points."""
-    lab = as_labeled(labeled, n)
-    free = n - lab.size
-    if free < 1:
-        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
-    m = as_int(
-        m,
-        "m",
-        1,
-        free,
-        f" = number of points n={n}"
-        if not lab.size
-        else f" = number of unlabeled points (n={n} minus {lab.size} labeled)",
-    )
-    return lab, m
-
-
-def unit_rows(x: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
-    """A float32 copy of x with every row scaled to unit L2 norm (norms in float64; a zero
-    row stays zero)."""
-    out = np.empty(x.shape, np.float32)
-    for s in range(0, x.shape[0], chunk_rows):
-        b = x[s : s + chunk_rows].astype(np.float64)
-        nrm = np.sqrt(np.einsum("ij,ij->i", b, b))
-        nrm[nrm == 0] = 1.0
-        out[s : s + chunk_rows] = b / nrm[:, None]
-    return out
 
 
 def _mask(n: int, idx: np.ndarray) -> np.ndarray:
@@ -168,17 +100,25 @@ class Selector:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     # -- the protocol ------------------------------------------------------------------
-    def fit(self, X: Any, m: int, labeled: Any = None) -> "Selector":
+    #: Whether the method runs on any back end (``backends.resolve``: a device tensor runs
+    #: on its device) or on the engine only (its input converted to numpy).
+    _any_backend = False
+
+    def fit(self, X: Any, m: int, labeled: Any = None, *, _name: str = "X") -> "Selector":
         """Choose ``m`` new points of ``X`` to label; ``labeled``: indices labeled in
         earlier rounds (never returned again). Returns self."""
         t_start = time.perf_counter()
+        be = backends.resolve(X) if self._any_backend else backends.ENGINE
         norm = getattr(self, "normalize", False) is True  # validated by _validate below
-        x, back, lab, m = prepare_round(X, m, labeled, "X", normalize=norm)
+        x, back = be.features(X, _name, check_scale=not norm)
+        lab, m = round_budget(x.shape[0], m, labeled)
         n = x.shape[0]
         self._validate(n)
+        self._check_backend(be)
         if getattr(self, "normalize", False):
-            x = unit_rows(x)
+            x = be.normalized(x)
         timings: Dict[str, float] = {"validate": time.perf_counter() - t_start}
+        self._backend = be
         out = self._select(x, m, lab, timings)
         idx = np.asarray(out.pop("indices"), dtype=np.int64)
         # The protocol's promises, checked on every fit (cheap next to any method).
@@ -195,12 +135,21 @@ class Selector:
         self.timings_ = timings
         return self
 
+    def _check_backend(self, be: Any) -> None:
+        """Refuse what the chosen back end cannot run (after ``_validate``)."""
+
     def fit_select(self, X: Any, m: int, labeled: Any = None) -> Any:
         """``fit(X, m, labeled).indices_``."""
         return self.fit(X, m, labeled).indices_
 
-    def _validate(self, n: int) -> None:  # pragma: no cover - every method overrides it
-        raise NotImplementedError
+    #: name -> ``_presets.Param``: the constructor parameters checked at ``fit``, in this
+    #: order (scikit-learn's ``_parameter_constraints``). A method whose checks depend on the
+    #: data or on each other overrides ``_validate`` instead.
+    _parameter_constraints: Dict[str, Param] = {}
+
+    def _validate(self, n: int) -> None:
+        for name, p in self._parameter_constraints.items():
+            p.check(getattr(self, name))
 
     def _select(self, x: np.ndarray, m: int, lab: np.ndarray, timings: Dict[str, float]) -> dict:
         raise NotImplementedError  # pragma: no cover
@@ -268,10 +217,11 @@ class KCenterGreedy(Selector):
         self.threads = threads
         self.progress = progress
 
-    def _validate(self, n: int) -> None:
-        _seed(self.seed)
-        as_bool(self.normalize, "normalize")
-        threads_arg(self.threads)
+    _parameter_constraints = {
+        "seed": PARAMS["seed"],
+        "normalize": Param("normalize", bool, False, "L2-normalise a copy of the features first"),
+        "threads": PARAMS["threads"],
+    }
 
     def _select(self, x, m, lab, timings):
         n = x.shape[0]
@@ -377,18 +327,25 @@ class TypiClust(Selector):
         self.threads = threads
         self.progress = progress
 
-    def _validate(self, n: int) -> None:
-        _seed(self.seed)
-        as_int(self.max_clusters, "max_clusters", 1)
-        as_int(self.min_cluster_size, "min_cluster_size", 0)
-        as_int(self.k, "k", 1)
-        if self.metric not in ("sqeuclidean", "euclidean"):
-            raise ValueError(
-                f"`metric` must be 'sqeuclidean' (the authors') or 'euclidean' (got {self.metric!r})"
-            )
-        as_int(self.kmeans_iter, "kmeans_iter", 1)
-        as_bool(self.normalize, "normalize")
-        threads_arg(self.threads)
+    _parameter_constraints = {
+        "seed": PARAMS["seed"],
+        "max_clusters": Param("max_clusters", int, 500, "most k-means clusters", low=1),
+        "min_cluster_size": Param(
+            "min_cluster_size", int, 5, "clusters this small or smaller are dropped", low=0
+        ),
+        "k": Param("k", int, 20, "neighbours of the typicality", low=1),
+        "metric": Param(
+            "metric",
+            str,
+            "sqeuclidean",
+            "distance of the typicality",
+            choices=("sqeuclidean", "euclidean"),
+            phrase="'sqeuclidean' (the authors') or 'euclidean'",
+        ),
+        "kmeans_iter": Param("kmeans_iter", int, 300, "most Lloyd iterations", low=1),
+        "normalize": Param("normalize", bool, True, "L2-normalise a copy of the features first"),
+        "threads": PARAMS["threads"],
+    }
 
     def _typicality(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Typicality of each of ``rows`` within the set ``rows`` (float64)."""
@@ -407,8 +364,8 @@ class TypiClust(Selector):
         n = x.shape[0]
         t0 = time.perf_counter()
         K = min(lab.size + m, as_int(self.max_clusters, "max_clusters", 1), n)
-        cent = _ops.initial_rows(x, K, "k-means++", _seed(self.seed), self.threads, self.progress)
-        labels, counts, _, _ = _ops.lloyd(
+        cent = initial_rows(x, K, "k-means++", _seed(self.seed), self.threads, self.progress)
+        labels, counts, _, _ = lloyd(
             x, cent, self.kmeans_iter, threads=self.threads, progress=self.progress
         )
         timings["kmeans"] = time.perf_counter() - t0
@@ -561,8 +518,8 @@ def probcover_delta(
         if n_classes is None:
             raise ValueError("give `n_classes` (k-means pseudo-labels) or `labels`")
         K = as_int(n_classes, "n_classes", 2, n, f" = number of points n={n}")
-        cent = _ops.initial_rows(x, K, "k-means++", as_seed(seed), threads, False)
-        lab, _, _, _ = _ops.lloyd(x, cent, as_int(kmeans_iter, "kmeans_iter", 1), threads=threads)
+        cent = initial_rows(x, K, "k-means++", as_seed(seed), threads, False)
+        lab, _, _, _ = lloyd(x, cent, as_int(kmeans_iter, "kmeans_iter", 1), threads=threads)
     else:
         from ._validate import as_labels
 
@@ -785,96 +742,64 @@ def _gather(offsets: np.ndarray, nbr: np.ndarray, rows: np.ndarray) -> np.ndarra
 
 class USL(Selector):
     """USL (Wang, Lian & Yu, ECCV 2022): kNN density, k-means, regularized per-cluster
-    arg-max; the estimator form of ``usl_fast.select`` (same parameters, same picks).
+    arg-max; the estimator form of ``usl_fast.select`` (same parameters, same picks, any
+    input ``select`` takes: a tensor on a GPU runs on its device).
 
     With ``labeled``: K = (the preset's K for m) + |labeled| clusters; a cluster holding a
     labeled point is covered and gives no pick; the labeled points enter the regularizer
     as picks already made (every round), and the m new picks come from the uncovered
     clusters in cluster order (docs/methods.md says why).
 
+    Parameters
+    ----------
+    {usl_params}
+    normalize : bool, default False
+        L2-normalise a copy of the features first.
+    seed, threads, progress :
+        As ``usl_fast.select``.
+
     labels_ : k-means clusters.  density_ : kNN density.  scores_ : density - weight * reg
-    of the last round.  n_filled_ : picks taken outside the per-cluster rule.
+    of the last round.  n_filled_ : picks taken outside the per-cluster rule.  params_ :
+    the resolved parameters.
+
+    The parameters are declared once, in ``usl_fast._presets.USL_PARAMS`` (as scikit-learn's
+    ``_parameter_constraints``), and checked against those declarations at ``fit``; a
+    parameter left at ``PRESET`` takes the ``defaults`` preset's value.
     """
 
     method = "usl"
+    _any_backend = True
 
-    def __init__(
-        self,
-        defaults: str = "cifar10",
-        k: Any = None,
-        n_clusters: Optional[int] = None,
-        kmeans_iter: Any = None,
-        kmeans_init: str = "random",
-        rounds: Any = None,
-        weight: Any = None,
-        momentum: Any = None,
-        alpha: Any = None,
-        horizon_dist: Any = None,
-        horizon_num: Any = None,
-        own_cluster: Any = None,
-        mask_zero: Any = None,
-        normalize: bool = False,
-        seed: int = 0,
-        threads: Optional[int] = None,
-        progress: bool = False,
-    ):
-        self.defaults = defaults
-        self.k = k
-        self.n_clusters = n_clusters
-        self.kmeans_iter = kmeans_iter
-        self.kmeans_init = kmeans_init
-        self.rounds = rounds
-        self.weight = weight
-        self.momentum = momentum
-        self.alpha = alpha
-        self.horizon_dist = horizon_dist
-        self.horizon_num = horizon_num
-        self.own_cluster = own_cluster
-        self.mask_zero = mask_zero
-        self.normalize = normalize
-        self.seed = seed
-        self.threads = threads
-        self.progress = progress
+    #: The declarations this estimator's parameters are checked against at fit.
+    _parameter_constraints = {p.name: p for p in USL_PARAMS + COMMON_PARAMS}
 
-    _PRESET_KEYS = (
-        "k",
-        "kmeans_iter",
-        "rounds",
-        "weight",
-        "momentum",
-        "alpha",
-        "own_cluster",
-        "mask_zero",
-    )
+    def __init__(self, **params: Any):
+        names = self._param_names()
+        for key in params:
+            if key not in names:
+                raise TypeError(f"USL() got an unexpected keyword argument {key!r}")
+        for name, p in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self":
+                setattr(self, name, params.get(name, p.default))
 
     def _validate(self, n: int) -> None:
-        as_bool(self.normalize, "normalize")  # the rest is validated by the pipeline
+        # normalize here; every USL parameter against its declaration in _usl_params
+        # (their bounds depend on n and m)
+        as_bool(self.normalize, "normalize")
+
+    def _check_backend(self, be: Any) -> None:
+        be.check_usl({"kmeans_init": self.kmeans_init})
 
     def _kwargs(self) -> Dict[str, Any]:
-        from ._pipeline import PRESET
-
-        kw: Dict[str, Any] = {}
-        for key in self._PRESET_KEYS:
-            v = getattr(self, key)
-            kw[key] = PRESET if v is None else v
-        # None is a meaningful horizon value (the other one is used): only pass if given.
-        for key in ("horizon_dist", "horizon_num"):
-            v = getattr(self, key)
-            kw[key] = PRESET if v is None else v
-        kw.update(
-            defaults=self.defaults,
-            n_clusters=self.n_clusters,
-            kmeans_init=self.kmeans_init,
-            seed=self.seed,
-            threads=self.threads,
-            progress=self.progress,
-        )
+        kw: Dict[str, Any] = {p.name: getattr(self, p.name) for p in USL_PARAMS}
+        kw.update(seed=self.seed, threads=self.threads, progress=self.progress)
         return kw
 
     def _select(self, x, m, lab, timings):
-        from ._pipeline import _usl
-
-        res = _usl(x, m, lab, **self._kwargs())
+        be = self._backend
+        res = _usl(be.rows(x, self.threads, self.progress), m, lab, **self._kwargs())
+        if be.name != "engine":
+            res.params["backend"] = be.name
         timings.update(res.timings)
         return {
             "indices": res.indices,
@@ -886,6 +811,24 @@ class USL(Selector):
         }
 
 
+def _usl_signature() -> inspect.Signature:
+    """USL.__init__'s signature from the declarations (what get_params, clone, repr and
+    help() read): the USL parameters, then normalize (False), seed, threads, progress."""
+    own = {"normalize": False}
+    ps = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for p in USL_PARAMS + COMMON_PARAMS:
+        ps.append(
+            inspect.Parameter(
+                p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=own.get(p.name, p.default)
+            )
+        )
+    return inspect.Signature(ps)
+
+
+USL.__init__.__signature__ = _usl_signature()  # type: ignore[attr-defined]
+document(usl_params=[p.name for p in USL_PARAMS])(USL)
+
+
 #: method name -> estimator class (``usl_fast.select(..., method=name)``; "uslt" needs torch)
 METHODS: Dict[str, type] = {
     cls.method: cls for cls in (USL, TypiClust, ProbCover, KCenterGreedy, RandomSelect)
@@ -893,4 +836,5 @@ METHODS: Dict[str, type] = {
 
 
 def method_names() -> Tuple[str, ...]:
-    return tuple(METHODS) + ("uslt",)
+    """Every ``select(method=...)`` name (``_presets.METHOD_NAMES``)."""
+    return METHOD_NAMES

@@ -7,11 +7,11 @@ Every distance these functions return or use is the engine's exact squared dista
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _dispatch, _progress
+from . import _dispatch, backends
 from ._backend import _cpu
 from ._dispatch import FAR, MIN_MEAN_DIST
 from ._validate import (
@@ -30,6 +30,8 @@ from ._validate import (
     threads_arg,
     tiny_scale_message,
 )
+from .backends import KMeansResult
+from .backends.engine import initial_rows, lloyd
 
 __all__ = ["FAR", "MIN_MEAN_DIST"]
 
@@ -71,10 +73,11 @@ def knn(
     Memory: the output lists (12 rows k bytes) plus candidate buffers (8 (2k + 16) + 8
     bytes per row, per tile row past 4 GiB); no (q, n) matrix is formed.
     """
-    from . import portable
+    be = backends.resolve(features)
+    if be.name == "portable":  # a tensor on a GPU: computed there
+        from .backends import portable
 
-    if portable.wants(features):  # a tensor on a GPU: computed there
-        return portable.public_knn(features, k, queries, threads)
+        return portable.public_knn(features, k, queries, threads, kernels=be.kernels)
     # With queries, the 2**-60 rule applies to the larger side (check_pair_scale): a tiny
     # side next to a normal one gives normal distances.
     x, back, top = as_features_top(features, "features")
@@ -127,10 +130,11 @@ def density(
     as soon as they are final. Memory beyond the input: 4 n bytes of output plus the
     candidate buffers, 8 (2k + 16) + 8 bytes per row (per tile row past 4 GiB).
     """
-    from . import portable
+    be = backends.resolve(features)
+    if be.name == "portable":  # a tensor on a GPU: computed there
+        from .backends import portable
 
-    if portable.wants(features):  # a tensor on a GPU: computed there
-        return portable.public_density(features, k, threads)
+        return portable.public_density(features, k, threads, kernels=be.kernels)
     x, back = as_features(features, "features")
     n = x.shape[0]
     k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
@@ -139,21 +143,6 @@ def density(
         x, k, threads, progress, float(_sample_hits), float(_max_reservoir_bytes)
     )
     return back(dens)
-
-
-class KMeansResult(NamedTuple):
-    """labels: (n,) int64, the last assignment; centroids: (K, d) float32 (an empty
-    cluster keeps its last position); counts: (K,) int64 members per cluster (0 for an
-    empty one); inertia: (n_iter,) float64 sum of squared distances per iteration;
-    n_iter_run: iterations computed - once an assignment repeats the previous one, every
-    later iteration would repeat it exactly, so the run stops there with the same result
-    (and the same inertia for the remaining iterations)."""
-
-    labels: Any
-    centroids: Any
-    counts: Any
-    inertia: Any
-    n_iter_run: int
 
 
 def kmeans(
@@ -177,10 +166,13 @@ def kmeans(
     NaN leaves the function. Centroid sums are float64 in row order: the result is the
     same for any thread count.
     """
-    from . import portable
+    be = backends.resolve(features)
+    if be.name == "portable":  # a tensor on a GPU: computed there
+        from .backends import portable
 
-    if portable.wants(features):  # a tensor on a GPU: computed there
-        return portable.public_kmeans(features, n_clusters, n_iter, init, seed, threads)
+        return portable.public_kmeans(
+            features, n_clusters, n_iter, init, seed, threads, kernels=be.kernels
+        )
     x, back, top = as_features_top(features, "features")
     # The features are checked on their own: the centroids become their means.
     if 0.0 < top < MIN_SQUARED_NORM:
@@ -209,164 +201,6 @@ def kmeans(
     return KMeansResult(
         back(labels.astype(np.int64)), back(cent), back(counts), back(inertia), int(n_run)
     )
-
-
-def initial_rows(
-    x: np.ndarray, K: int, init: str, seed: int, threads: Optional[int], progress: bool
-) -> np.ndarray:
-    """The (K, d) initial centroids of a validated ``init`` string: the rows at the first K
-    positions of ``default_rng(seed).permutation(n)`` ("random"), or k-means++ seeding."""
-    if init == "random":
-        start = np.random.default_rng(seed).permutation(x.shape[0])[:K]
-    else:
-        start = _dispatch.kmeanspp_init(x, K, seed, threads, progress)
-    return np.ascontiguousarray(x[start])
-
-
-def lloyd(
-    x: np.ndarray,
-    cent: np.ndarray,
-    n_iter: int,
-    *,
-    threads: Optional[int] = None,
-    progress: bool = False,
-    segment_sum: Any = None,
-    step_reduce: Any = None,
-    _reuse: bool = True,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Lloyd's iterations from the (K, d) float32 centroids ``cent`` (updated in place), the
-    loop in Python over two engine primitives: ``assign`` (nearest alive centroid, exact
-    distances) and the CSR ``segment_sum`` (float64 member sums in row order).
-
-    After the first iteration, an assignment searches only the centroids that moved (see
-    ``_assign_moved``), with the same labels and distances as a search of all of them;
-    ``_reuse=False`` searches all every time (tests compare the two).
-
-    Seams for rows split across processes (usl_fast.distributed): ``segment_sum(x, labels,
-    K, threads) -> (sums, counts)`` returns the sums and counts over every process's rows,
-    with exactly the bits of one pass over all rows; ``step_reduce(repeated, inertia) ->
-    (repeated_everywhere, total_inertia)`` combines each iteration's fixed-point test (a
-    local fixed point is not a global one) and inertia. Both are called on every iteration.
-
-    Returns (labels int32, counts int64, inertia float64 per iteration, iterations run).
-    """
-    n = x.shape[0]
-    K = cent.shape[0]
-    alive = np.ones(K, dtype=bool)
-    inertia = np.empty(n_iter, np.float64)
-    prev: Optional[np.ndarray] = None
-    counts = np.zeros(K, np.int64)
-    labels = np.zeros(n, np.int32)
-    n_run = n_iter
-    xn = _dispatch.row_norms(x, threads)
-    # The centroids of the last assignment and its distances, for _assign_moved.
-    before: Optional[np.ndarray] = None
-    dist: Optional[np.ndarray] = None
-    bar = None
-    if progress:
-        bar = _progress.bar("k-means", n_iter, "iterations")
-    try:
-        for it in range(n_iter):
-            # A cluster that ended an assignment empty is dead: it never receives points
-            # again (the reference's NaN centroid, without the NaN).
-            live = np.flatnonzero(alive)
-            moved = None
-            if _reuse and before is not None:
-                moved = alive & np.any(cent.view(np.uint32) != before.view(np.uint32), axis=1)
-                # pairs searched: every row x the moved, at most the stale rows x all live
-                cost = n * np.count_nonzero(moved) + np.count_nonzero(moved[labels]) * live.size
-                if cost >= n * live.size:
-                    moved = None  # one search of all is cheaper
-            if moved is None:
-                c_live = cent if live.size == K else np.ascontiguousarray(cent[live])
-                lab, dist = _dispatch.assign(x, c_live, threads, xn)
-                if live.size < K:
-                    lab = live.astype(np.int32)[lab]
-            else:
-                lab, dist = _assign_moved(x, xn, cent, live, moved, labels, dist, threads)
-            labels = lab
-            # A repeated assignment is a fixed point: the update would rebuild these very
-            # centroids (same members, same summation order) and no cluster dies, so every
-            # remaining iteration repeats this one bit for bit.
-            repeated = prev is not None and np.array_equal(labels, prev)
-            inertia[it] = dist.sum(dtype=np.float64)
-            if step_reduce is not None:
-                repeated, inertia[it] = step_reduce(repeated, inertia[it])
-            if repeated:
-                inertia[it + 1 :] = inertia[it]
-                n_run = it + 1
-                if bar is not None:
-                    bar.update(n_iter - it)
-                break
-            if segment_sum is None:
-                sums, counts = _dispatch.segment_sum(x, labels, K, threads)
-            else:
-                sums, counts = segment_sum(x, labels, K, threads)
-            alive &= counts > 0  # and a live cluster has members: update exactly those
-            if _reuse:
-                before = cent.copy()
-            cent[alive] = (sums[alive] * (1.0 / counts[alive])[:, None]).astype(np.float32)
-            prev = labels.copy()
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    if segment_sum is None:
-        counts = np.bincount(labels, minlength=K).astype(np.int64)
-    # else: the combined counts of the last update, which counted this very assignment
-    # (the last iteration's, or at a fixed point the previous one, which it repeats).
-    return labels, counts, inertia, n_run
-
-
-#: Bytes of feature rows _assign_moved gathers at a time (at least 256 rows).
-_GATHER_BYTES = 32 << 20
-
-
-def _assign_moved(x, xn, cent, live, moved, labels, dist, threads):
-    """The assignment to the live centroids ``cent[live]`` when only ``moved`` (a mask of
-    live centroids) changed since the assignment ``labels`` / ``dist``, which was exact
-    then: the same labels and distances as one search of every live centroid, at the cost
-    of a search of the moved ones plus, for the rows whose own centroid moved, of all.
-
-    Why it is exact: a row whose centroid c did not move is still at bit-identical exact
-    distances from c and from every unmoved centroid, and c beat each of those (distance,
-    then lower index) last time; so its nearest is c or a moved centroid, whichever is
-    first in that order. A row whose own centroid moved but is no farther than before has
-    the same guarantee (its unmoved rivals are still at least as far, and behind on ties).
-    A centroid that died was never the nearest of anything left."""
-    ids = np.flatnonzero(moved).astype(np.int32)
-    if ids.size == 0:
-        return labels.copy(), dist.copy()
-    # Every row against the moved centroids.
-    near, d_near = _dispatch.assign(x, np.ascontiguousarray(cent[ids]), threads, xn)
-    near = ids[near]
-    take = (d_near < dist) | ((d_near == dist) & (near < labels))
-    new_lab = np.where(take, near, labels)
-    new_dist = np.where(take, d_near, dist)
-    # Rows whose own centroid c moved. If c came no farther, every unmoved centroid is
-    # still at least as far as c (and behind it on ties), so the nearest is the moved
-    # centroids' nearest, found above; otherwise search all.
-    stale = np.flatnonzero(moved[labels])
-    if stale.size:
-        c_live = None
-        live32 = live.astype(np.int32)
-        step = max(256, _GATHER_BYTES // (4 * x.shape[1]))
-        for lo in range(0, stale.size, step):
-            rows = stale[lo : lo + step]
-            xr = x[rows]
-            now = _dispatch.exact_l2_pairs(xr, np.ascontiguousarray(cent[labels[rows]]))
-            closer = now <= dist[rows]
-            new_lab[rows[closer]] = near[rows[closer]]
-            new_dist[rows[closer]] = d_near[rows[closer]]
-            far = ~closer
-            if far.any():
-                if c_live is None:
-                    c_live = np.ascontiguousarray(cent[live])
-                lab, d = _dispatch.assign(xr[far], c_live, threads, xn[rows[far]])
-                new_lab[rows[far]] = live32[lab]
-                new_dist[rows[far]] = d
-    return new_lab, new_dist
 
 
 _OWN = ("position", "cluster", "none")

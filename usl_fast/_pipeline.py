@@ -3,142 +3,35 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from . import _dispatch, _ops, _progress
-from ._backend import _cpu
+from . import _progress, backends
+from ._presets import (
+    PARAMS,
+    PRESET,
+    PRESET_NAMES,
+    PRESETS,  # noqa: F401  (re-exported until every reader imports _presets)
+    REG_NAMES,
+    Preset,  # noqa: F401
+    check_reg_params,
+    default_n_clusters,
+    document,
+    given,
+    resolve,
+    takes,
+    usl_defaults,
+)
 from ._validate import (
-    MAX_ROWS,
-    as_bool,
-    as_features,
-    as_float,
     as_int,
     as_labels,
-    as_seed,
     as_vector,
     threads_arg,
 )
-
-
-class _FromPreset:
-    """Default of every parameter that a preset supplies: shows as ``PRESET`` in help()."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "PRESET"
-
-    def __reduce__(self):
-        return (_FromPreset, ())
-
-
-#: Marks "take this parameter from the ``defaults`` preset" (``repr``: ``PRESET``).
-PRESET: Any = _FromPreset()
-_UNSET: Any = PRESET
-
-
-@dataclass(frozen=True)
-class Preset(Mapping):
-    """One published configuration of the paper's implementation (read-only). Also a
-    read-only mapping, so ``PRESETS["cifar10"]["k"]`` and ``dict(PRESETS["cifar10"])`` work."""
-
-    k: int
-    kmeans_iter: int
-    rounds: int
-    weight: float
-    momentum: float
-    horizon_dist: Optional[float]
-    horizon_num: Optional[int]
-    alpha: float
-    own_cluster: str
-    mask_zero: bool
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self):
-        return iter(self.__dataclass_fields__)
-
-    def __len__(self) -> int:
-        return len(self.__dataclass_fields__)
-
-
-_PRESET_VALUES: Dict[str, Dict[str, Any]] = {
-    "cifar10": dict(
-        k=400,
-        kmeans_iter=200,
-        rounds=10,
-        weight=0.5,
-        momentum=0.9,
-        horizon_dist=4.0,
-        horizon_num=None,
-        alpha=0.5,
-        own_cluster="position",
-        mask_zero=False,
-    ),
-    "cifar100": dict(
-        k=400,
-        kmeans_iter=200,
-        rounds=10,
-        weight=1.0,
-        momentum=0.9,
-        horizon_dist=1.0,
-        horizon_num=None,
-        alpha=1.0,
-        own_cluster="position",
-        mask_zero=False,
-    ),
-    "imagenet-moco": dict(
-        k=20,
-        kmeans_iter=100,
-        rounds=2,
-        weight=1.5,
-        momentum=0.0,
-        horizon_dist=None,
-        horizon_num=128,
-        alpha=0.5,
-        own_cluster="none",
-        mask_zero=True,
-    ),
-    "imagenet-clip": dict(
-        k=20,
-        kmeans_iter=100,
-        rounds=2,
-        weight=0.05,
-        momentum=0.0,
-        horizon_dist=None,
-        horizon_num=32,
-        alpha=1.0,
-        own_cluster="position",
-        mask_zero=False,
-    ),
-}
-_PRESET_VALUES["imagenet"] = _PRESET_VALUES["imagenet-moco"]
-
-#: The published configurations as frozen ``Preset`` records. "imagenet" is the MoCo one.
-PRESETS: Mapping[str, Preset] = {name: Preset(**v) for name, v in _PRESET_VALUES.items()}
-
-
-def default_n_clusters(defaults: str, m: int) -> int:
-    """K as the published scripts choose it: m, except two budgets that add clusters to
-    absorb empty ones (CIFAR m=2,500 -> 2,501; ImageNet 1% m=12,820 -> 12,900)."""
-    if defaults.startswith("cifar") and m == 2500:
-        return 2501
-    if defaults.startswith("imagenet") and m == 12820:
-        return 12900
-    return m
+from .backends import Rows
 
 
 @dataclass
@@ -181,42 +74,6 @@ class SelectResult:
     labeled: Any = None
 
 
-def _resolve(defaults: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    if not isinstance(defaults, str) or defaults not in PRESETS:
-        raise ValueError(f"`defaults` must be one of {sorted(PRESETS)} (got {defaults!r})")
-    p = dict(dataclasses.asdict(PRESETS[defaults]))
-    given = {key: val for key, val in overrides.items() if val is not _UNSET}
-    # The two horizons are alternatives: giving one replaces the preset's other one.
-    if given.get("horizon_dist") is not None and "horizon_num" not in given:
-        p["horizon_num"] = None
-    if given.get("horizon_num") is not None and "horizon_dist" not in given:
-        p["horizon_dist"] = None
-    p.update(given)
-    return p
-
-
-def _check_reg_params(p: Dict[str, Any], n: int) -> Dict[str, Any]:
-    p["rounds"] = as_int(p["rounds"], "rounds", 1)
-    p["weight"] = as_float(p["weight"], "weight", 0.0)
-    p["momentum"] = as_float(p["momentum"], "momentum", 0.0)
-    if p["momentum"] > 1.0:
-        raise ValueError(f"`momentum` must be in [0, 1] (got momentum={p['momentum']})")
-    p["alpha"] = as_float(p["alpha"], "alpha", 0.0)
-    if p["horizon_dist"] is not None:
-        p["horizon_dist"] = as_float(p["horizon_dist"], "horizon_dist", 0.0, allow_inf=True)
-    if p["horizon_num"] is not None:
-        # (the engine takes a 32-bit count; more than the picks means all of them)
-        p["horizon_num"] = as_int(p["horizon_num"], "horizon_num", 1, MAX_ROWS, " = 2**31 - 1")
-    if p["horizon_dist"] is not None and p["horizon_num"] is not None:
-        raise ValueError("give at most one of `horizon_dist` and `horizon_num`")
-    if p["own_cluster"] not in ("position", "cluster", "none"):
-        raise ValueError(
-            f"`own_cluster` must be 'position', 'cluster' or 'none' (got {p['own_cluster']!r})"
-        )
-    p["mask_zero"] = bool(p["mask_zero"])
-    return p
-
-
 def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
     """mu * reg + (1 - mu) * new, where a zero factor drops its term: the regularizer is
     +inf at an unmasked zero distance, and 0 * inf would be NaN. (momentum 0 forgets the old
@@ -228,68 +85,7 @@ def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
     return mu * reg + (1.0 - mu) * new
 
 
-class _Rows:
-    """Where USL's steps run over the rows: here, every row in this process.
-    ``usl_fast.distributed`` subclasses it for rows split across processes (each holding a
-    consecutive range), replacing each step by its collective version; ``_usl`` and
-    ``_pick_rounds`` are written against these methods only, so both run the same code.
-
-    Arrays of per-row values (density, labels, scores) are this process's rows; indices
-    (picks, labeled) are global."""
-
-    def __init__(self, x: Any, threads: Optional[int], progress: bool):
-        self.x = x  # the rows (numpy here; a device tensor in portable.TorchRows)
-        self.n = x.shape[0]  # rows over all processes
-        self.offset = 0  # global index of x[0]
-        self.threads = threads
-        self.progress = progress
-        self.warn = True
-
-    def density(self, k: int) -> np.ndarray:
-        return _dispatch.knn_density(self.x, k, self.threads, self.progress)
-
-    def initial_centroids(self, K: int, init: str, seed: int) -> np.ndarray:
-        return _ops.initial_rows(self.x, K, init, seed, self.threads, self.progress)
-
-    def kmeans_labels(self, cent: np.ndarray, n_iter: int) -> np.ndarray:
-        return _ops.lloyd(self.x, cent, n_iter, threads=self.threads, progress=self.progress)[0]
-
-    def rows(self, idx: np.ndarray) -> np.ndarray:
-        """(len(idx), d) float32 copies of the rows at global indices ``idx``."""
-        return np.ascontiguousarray(self.x[idx])
-
-    def values_at(self, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """``values`` (per local row) at global indices ``idx``."""
-        return values[idx]
-
-    def norm_sample(self) -> np.ndarray:
-        """Rows whose median squared norm decides the unit-norm warning: every n // 4096-th
-        row of all n (through ``rows``, so every back end takes the same sample)."""
-        return self.rows(np.arange(0, self.n, max(1, self.n // 4096)))
-
-    def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
-        hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
-        # (with at most h picks the engine sums over all of them: docs/parity.md)
-        hn = 0 if p["horizon_num"] is None else p["horizon_num"]
-        return _dispatch.regularizer(
-            self.x, pts, lab, tag, p["alpha"], hd, hn, p["mask_zero"], self.threads, desc=desc
-        )
-
-    def cluster_argmax(self, dens, reg, weight, lab, K) -> np.ndarray:
-        """(K,) global index of each cluster's best ``dens - weight * reg``, first on ties."""
-        return _dispatch.segment_argmax(dens, reg, weight, lab, K)
-
-    def best_rest(self, score: np.ndarray, taken: np.ndarray, r: int) -> np.ndarray:
-        """The ``r`` best-scoring rows not in ``taken`` (global), best first, ties to the
-        lower index."""
-        rest = np.ones(score.shape[0], dtype=bool)  # score: one per row of this process
-        rest[taken] = False
-        candidates = np.flatnonzero(rest)
-        # Stable sort on -score: ties (including -inf scores) go to the lower index.
-        return candidates[np.argsort(-score[candidates], kind="stable")][:r]
-
-
-def _pick_rounds(rows: _Rows, dens, lab, K, m, p, fixed=None) -> tuple:
+def _pick_rounds(rows: Rows, dens, lab, K, m, p, fixed=None) -> tuple:
     """The regularized rounds. ``fixed``: indices labeled earlier (a later round): their
     clusters give no pick, they are never picked, and they join every round's regularizer
     as picks already made (tagged with their own cluster). Returns (picks, n_filled, the
@@ -356,6 +152,8 @@ def _pick_rounds(rows: _Rows, dens, lab, K, m, p, fixed=None) -> tuple:
     return picks.astype(np.int64), n_filled, score
 
 
+@document(reg_params=REG_NAMES)
+@takes(REG_NAMES, before="threads")
 def regularized_select(
     features: Any,
     density: Any,
@@ -364,16 +162,9 @@ def regularized_select(
     *,
     n_clusters: Optional[int] = None,
     defaults: str = "cifar10",
-    rounds: Any = _UNSET,
-    weight: Any = _UNSET,
-    momentum: Any = _UNSET,
-    alpha: Any = _UNSET,
-    horizon_dist: Any = _UNSET,
-    horizon_num: Any = _UNSET,
-    own_cluster: Any = _UNSET,
-    mask_zero: Any = _UNSET,
     threads: Optional[int] = None,
     progress: bool = False,
+    **reg: Any,
 ) -> Any:
     """The published regularized per-cluster arg-max (docs/parity.md) on given densities
     and cluster labels. Parameters default to the ``defaults`` preset.
@@ -383,54 +174,28 @@ def regularized_select(
     rounds ``reg = momentum * reg + (1 - momentum) * regularizer(picks)``. Returns (m,)
     int64 indices in pick order. If fewer than m clusters are non-empty, the remaining
     picks are the best-scoring points not picked yet.
+
+    The regularizer's parameters, keyword-only; each left at ``PRESET`` takes the value
+    of the ``defaults`` preset:
+
+    {reg_params}
     """
-    from . import portable
-
-    rows = None
-    if portable.wants(features):  # a tensor on a GPU: the distances computed there
-        t, to_caller = portable._as_tensor(features)
-        t = portable.as_device_features(t)
-        n = t.shape[0]
-        rows = portable.TorchRows(t, threads, progress)
-
-        def back(a):
-            import torch
-
-            return to_caller(torch.from_numpy(a).to(t.device))
-
-        density = portable.to_host(density)
-        labels = portable.to_host(labels)
-    else:
-        x, back = as_features(features, "features")
-        n = x.shape[0]
+    reg = given("regularized_select", REG_NAMES, reg)
+    be = backends.resolve(features)
+    x, back = be.features(features, "features")
+    n = x.shape[0]
+    density, labels = be.host(density), be.host(labels)
     m = as_int(m, "m", 1, n, f" = number of points n={n}")
     dens = as_vector(density, n, "density")
     K = None if n_clusters is None else as_int(n_clusters, "n_clusters", 1)
     lab, K = as_labels(labels, n, K)
-    p = _check_reg_params(
-        _resolve(
-            defaults,
-            dict(
-                rounds=rounds,
-                weight=weight,
-                momentum=momentum,
-                alpha=alpha,
-                horizon_dist=horizon_dist,
-                horizon_num=horizon_num,
-                own_cluster=own_cluster,
-                mask_zero=mask_zero,
-            ),
-        ),
-        n,
-    )
+    p = check_reg_params(resolve(defaults, reg))
     threads_arg(threads)
-    if rows is None:
-        rows = _Rows(x, threads, progress)
-    picks, _, _ = _pick_rounds(rows, dens, lab, K, m, p)
+    picks, _, _ = _pick_rounds(be.rows(x, threads, progress), dens, lab, K, m, p)
     return back(picks)
 
 
-def _unit_norm_warning(rows: "_Rows", p: Dict[str, Any], given: Dict[str, Any]) -> None:
+def _unit_norm_warning(rows: Rows, p: Dict[str, Any], given: Dict[str, Any]) -> None:
     """Warn when the features are far from unit norm and the preset's regularizer (tuned
     for L2-normalised features) would silently do nothing."""
     if p["weight"] <= 0 or "horizon_dist" in given or "horizon_num" in given:
@@ -457,42 +222,15 @@ def _unit_norm_warning(rows: "_Rows", p: Dict[str, Any], given: Dict[str, Any]) 
     )
 
 
-def _usl_params(
-    n: int,
-    m: int,
-    fixed: np.ndarray,
-    *,
-    defaults: str,
-    k: Any,
-    n_clusters: Optional[int],
-    kmeans_iter: Any,
-    kmeans_init: Any,
-    rounds: Any,
-    weight: Any,
-    momentum: Any,
-    alpha: Any,
-    horizon_dist: Any,
-    horizon_num: Any,
-    own_cluster: Any,
-    mask_zero: Any,
-    seed: int,
-) -> tuple:
-    """USL's parameters for n points, resolved from the preset and checked: (params, K,
-    the ones given). Raises before any work."""
-    overrides = dict(
-        k=k,
-        kmeans_iter=kmeans_iter,
-        rounds=rounds,
-        weight=weight,
-        momentum=momentum,
-        alpha=alpha,
-        horizon_dist=horizon_dist,
-        horizon_num=horizon_num,
-        own_cluster=own_cluster,
-        mask_zero=mask_zero,
-    )
-    given = {key: v for key, v in overrides.items() if v is not _UNSET}
-    p = _resolve(defaults, overrides)
+def _usl_params(n: int, m: int, fixed: np.ndarray, *, seed: int, **usl: Any) -> tuple:
+    """USL's parameters (``usl``: names of ``_presets.USL_PARAMS``, the rest at their
+    declared defaults) for n points, resolved from the preset and checked against their
+    declarations: (params, K, the ones given). Raises before any work."""
+    usl = {**usl_defaults(), **usl}
+    defaults, n_clusters, kmeans_init = usl["defaults"], usl["n_clusters"], usl["kmeans_init"]
+    overrides = {name: usl[name] for name in PRESET_NAMES}
+    given = {key: v for key, v in overrides.items() if v is not PRESET}
+    p = resolve(defaults, overrides)
     if n < 2:
         raise ValueError(
             f"USL needs at least 2 points (got n={n}): the kNN density needs k >= 1 neighbours"
@@ -503,47 +241,23 @@ def _usl_params(
             f"points n={n} (self included): override it, e.g. k={min(20, n - 1)} "
             f"(command line: -k {min(20, n - 1)})"
         )
-    p["k"] = as_int(p["k"], "k", 1, n - 1, f" and < number of points n={n} (self included)")
-    p["kmeans_iter"] = as_int(p["kmeans_iter"], "kmeans_iter", 1)
+    p["k"] = PARAMS["k"].check(p["k"], 1, n - 1, f" and < number of points n={n} (self included)")
+    p["kmeans_iter"] = PARAMS["kmeans_iter"].check(p["kmeans_iter"])
     if n_clusters is None:
         # The published K can exceed a small data set (m = 2,500 -> K = 2,501): clamp it.
         # A later round adds one cluster per labeled point (their clusters are covered).
         K = min(default_n_clusters(defaults, m) + fixed.size, n)
     else:
-        K = as_int(n_clusters, "n_clusters", m, n, f" = number of points n={n}")
+        K = PARAMS["n_clusters"].check(n_clusters, m, n, f" = number of points n={n}")
     p["n_clusters"] = K
-    p["seed"] = as_seed(seed)
-    if not (isinstance(kmeans_init, str) and kmeans_init in ("random", "k-means++")):
-        raise ValueError(f"`kmeans_init` must be 'random' or 'k-means++' (got {kmeans_init!r})")
-    p["kmeans_init"] = kmeans_init
-    p = _check_reg_params(p, n)
+    p["seed"] = PARAMS["seed"].check(seed)
+    p["kmeans_init"] = PARAMS["kmeans_init"].check(kmeans_init)
+    p = check_reg_params(p)
     return p, K, given
 
 
-def _check_usl_memory(x: np.ndarray, k: int, K: int, threads: Optional[int]) -> None:
-    """The whole pipeline's peak against the memory limits, before the density pass: every
-    phase checks its own allocations too, but k-means' float64 sums (K x d) failing after
-    a long density pass would waste it. Beyond the features: the density pass (its output,
-    norms and candidate buffers, ``_dispatch.knn_density``), or afterwards the densities
-    kept (4 bytes a row) plus the larger of k-means (labels, distances, norms, the moved
-    search's temporaries: 48 bytes a row; sums, centroids and their previous copy: 16 K d)
-    and the selection rounds (labels, the regularizer, its blend, the scores: 44 bytes a
-    row)."""
-    n, d = x.shape
-    th = _dispatch.resolve_threads(threads)
-    shared, per_thread = _dispatch.topk_buffers(n, k, True, _cpu.DEFAULT_MAX_RESERVOIR_BYTES)
-    density_pass = 4.0 * n + shared + _dispatch._norm_bytes(n)
-    later = 4.0 * n + max(48.0 * n + 16.0 * K * d, 44.0 * n)
-    _dispatch.check_memory(
-        max(density_pass, later),
-        f"USL on {n} points (k={k}, {K} clusters: the peak of its phases)",
-        th,
-        per_thread,
-    )
-
-
 def _usl(
-    x: Any,
+    rows: Rows,
     m: int,
     fixed: np.ndarray,
     *,
@@ -552,14 +266,12 @@ def _usl(
     progress: bool,
     **usl: Any,
 ) -> SelectResult:
-    """USL on validated float32 features ``x`` (numpy results; or a ``_Rows`` that says
-    where the rows are); ``fixed``: labeled (global) indices; ``usl``: the USL parameters
-    of ``_usl_params`` (defaults, k, n_clusters, kmeans_iter, kmeans_init, the regularizer's)."""
-    rows = x if isinstance(x, _Rows) else _Rows(x, threads, progress)
+    """USL on the ``Rows`` of any back end (numpy results); ``fixed``: labeled (global)
+    indices; ``usl``: the USL parameters of ``_usl_params`` (defaults, k, n_clusters,
+    kmeans_iter, kmeans_init, the regularizer's)."""
     p, K, given = _usl_params(rows.n, m, fixed, seed=seed, **usl)
     threads_arg(threads)
-    if type(rows) is _Rows:  # this process holds every row (the others check per step)
-        _check_usl_memory(rows.x, p["k"], K, threads)
+    rows.check_memory(p["k"], K)
     _unit_norm_warning(rows, p, given)
 
     # x and every parameter are validated above: straight to the engine from here (the
@@ -588,252 +300,3 @@ def _usl(
         scores=score,
         labeled=fixed,
     )
-
-
-def select(
-    features: Any,
-    m: int,
-    *,
-    method: str = "usl",
-    labeled: Any = None,
-    defaults: str = "cifar10",
-    k: Any = _UNSET,
-    n_clusters: Optional[int] = None,
-    kmeans_iter: Any = _UNSET,
-    kmeans_init: Any = "random",
-    rounds: Any = _UNSET,
-    weight: Any = _UNSET,
-    momentum: Any = _UNSET,
-    alpha: Any = _UNSET,
-    horizon_dist: Any = _UNSET,
-    horizon_num: Any = _UNSET,
-    own_cluster: Any = _UNSET,
-    mask_zero: Any = _UNSET,
-    normalize: Optional[bool] = None,
-    seed: int = 0,
-    threads: Optional[int] = None,
-    progress: bool = False,
-    return_info: bool = False,
-    **method_params: Any,
-) -> Any:
-    """Choose ``m`` points to label: Unsupervised Selective Labeling (USL) by default, or
-    another cold-start method.
-
-    Parameters
-    ----------
-    features : (n, d) numpy array or torch tensor (float16/32/64); a tensor on a GPU (or a
-        CuPy array) runs on its device through ``usl_fast.portable`` (USL; the same picks)
-        One row per unlabeled instance, usually L2-normalised self-supervised features.
-        Read in place when float32 with contiguous rows; NaN/inf is an error.
-    m : int
-        Labeling budget: new picks, 1 <= m <= n - len(labeled).
-    method : {"usl", "typiclust", "probcover", "kcenter", "random", "uslt"}
-        The selection method; the functional form of the estimators ``USL``,
-        ``TypiClust``, ``ProbCover``, ``KCenterGreedy``, ``RandomSelect`` and
-        ``usl_fast.uslt.USLT`` (needs torch). Parameters of another method go in
-        ``**method_params`` (e.g. ``method="probcover", delta=0.5``); the USL parameters
-        below apply to method="usl" only.
-    labeled : 1-D integer indices labeled in earlier rounds (a later round). The m picks
-        are new: never one of these, never repeated. USL covers the labeled points'
-        clusters first and counts them as picks in the regularizer (docs/methods.md).
-    defaults : {"cifar10", "cifar100", "imagenet" (= "imagenet-moco"), "imagenet-clip"}
-        Which published configuration supplies every USL parameter not given.
-    k : kNN size for the density (self included), 1 <= k < n.
-    n_clusters : k-means K (default: m, or the published K for m=2,500 / 12,820; plus
-        len(labeled) in a later round), >= m.
-    kmeans_iter, kmeans_init, seed : Lloyd iterations (fixed count), init ("random" as the
-        reference, or "k-means++"), and the seed that makes everything reproducible.
-    rounds, weight, momentum, alpha, horizon_dist, horizon_num, own_cluster, mask_zero :
-        the regularizer (see ``regularized_select``). own_cluster="cluster" fixes the
-        reference's position-vs-label quirk.
-    normalize : L2-normalise a copy of the features first (default: the method's own
-        default; False for USL, whose presets expect features that already are).
-    threads : OpenMP threads (default all); results do not depend on it.
-    progress : tqdm bars per phase.
-    return_info : return a ``SelectResult`` (labels, densities, scores, timings) instead.
-
-    Returns
-    -------
-    (m,) int64 indices in pick order (numpy, or torch if a torch tensor came in), or a
-    SelectResult.
-
-    Memory of USL beyond the features: about n (16 k + 148) bytes at the peak (the kNN
-    pass's candidate buffers; no (n, k) lists), checked against available memory first;
-    no n x n or n x m matrix is ever formed.
-    """
-    if not isinstance(method, str):
-        raise TypeError(f"`method` must be a string (got {method!r})")
-    usl = dict(
-        defaults=defaults,
-        k=k,
-        n_clusters=n_clusters,
-        kmeans_iter=kmeans_iter,
-        kmeans_init=kmeans_init,
-        rounds=rounds,
-        weight=weight,
-        momentum=momentum,
-        alpha=alpha,
-        horizon_dist=horizon_dist,
-        horizon_num=horizon_num,
-        own_cluster=own_cluster,
-        mask_zero=mask_zero,
-    )
-    if method != "usl":
-        return _select_other(
-            features,
-            m,
-            method,
-            labeled,
-            usl,
-            normalize,
-            seed,
-            threads,
-            progress,
-            return_info,
-            method_params,
-        )
-    if method_params:
-        raise TypeError(
-            f"select() got unexpected keyword arguments for method='usl': {sorted(method_params)}"
-        )
-    from . import portable
-
-    if portable.wants(features):  # a tensor on a GPU: the portable torch path there
-        return portable.select_usl(
-            features, m, labeled, normalize, seed, threads, progress, return_info, usl
-        )
-    from ._methods import prepare_round, unit_rows
-
-    norm = normalize is not None and as_bool(normalize, "normalize")
-    x, back, fixed, m = prepare_round(features, m, labeled, "features", normalize=norm)
-    if norm:
-        x = unit_rows(x)
-    res = _usl(x, m, fixed, seed=seed, threads=threads, progress=progress, **usl)
-    if not return_info:
-        return back(res.indices)
-    for f in ("indices", "labels", "density", "scores", "labeled"):
-        setattr(res, f, back(getattr(res, f)))
-    return res
-
-
-def _select_other(
-    features, m, method, labeled, usl_args, normalize, seed, threads, progress, return_info, params
-):
-    import inspect
-    import operator
-
-    from ._methods import METHODS, method_names
-
-    select_defaults = inspect.signature(select).parameters
-
-    if method not in method_names():
-        raise ValueError(f"`method` must be one of {list(method_names())} (got {method!r})")
-    if method == "uslt":
-        from .uslt import USLT
-
-        cls = USLT
-    else:
-        cls = METHODS[method]
-    names = [q for q in inspect.signature(cls.__init__).parameters if q != "self"]
-    kw = dict(params)
-    # select()'s signature names the USL parameters; a method with a parameter of the same
-    # name (TypiClust's k, ProbCover's alpha, USL-T's n_clusters) takes it, the rest are refused.
-    for name, val in usl_args.items():
-        if val is select_defaults[name].default:
-            continue
-        if name not in names:
-            raise TypeError(
-                f"`{name}` is a USL parameter; method={method!r} does not take it "
-                f"(its parameters: see usl_fast.{_class_name(method)})"
-            )
-        kw[name] = val
-    kw.update(seed=seed)
-    if method == "uslt":
-        n_lab = 0 if labeled is None else len(labeled)
-        try:
-            n_clusters = operator.index(m) + n_lab
-        except TypeError:
-            n_clusters = m  # not an integer: USLT's own check names it
-        kw.setdefault("n_clusters", n_clusters)
-        kw.setdefault("m", m)
-        if normalize is not None:
-            kw["normalize"] = normalize
-        kw.update(threads=threads, progress=progress)
-        est = USLT(**kw).fit(features, labeled=labeled)
-        density = None
-    else:
-        for key in list(kw):
-            if key not in names:
-                raise TypeError(
-                    f"method={method!r} ({cls.__name__}) has no parameter {key!r}; "
-                    f"its parameters are {list(names)}"
-                )
-        if "threads" in names:
-            kw.update(threads=threads, progress=progress)
-        if normalize is not None:
-            if "normalize" not in names:
-                raise TypeError(f"method={method!r} has no `normalize` parameter")
-            kw["normalize"] = normalize
-        est = cls(**kw).fit(features, m, labeled)
-        density = getattr(est, "density_", None)
-    if not return_info:
-        return est.indices_
-    return SelectResult(
-        indices=est.indices_,
-        labels=est.labels_,
-        density=density,
-        n_filled=int(getattr(est, "n_filled_", 0) or 0),
-        timings=dict(est.timings_),
-        params=_params_of(est),
-        method=method,
-        scores=getattr(est, "scores_", getattr(est, "confidence_", None)),
-        labeled=getattr(est, "labeled_", None),
-    )
-
-
-def _params_of(est: Any) -> Dict[str, Any]:
-    """An estimator's constructor parameters (USLT predates get_params)."""
-    import inspect
-
-    names = [p for p in inspect.signature(type(est).__init__).parameters if p != "self"]
-    return {name: getattr(est, name) for name in names if hasattr(est, name)}
-
-
-def _class_name(method: str) -> str:
-    return {
-        "typiclust": "TypiClust",
-        "probcover": "ProbCover",
-        "kcenter": "KCenterGreedy",
-        "random": "RandomSelect",
-        "uslt": "uslt.USLT",
-    }.get(method, "select")
-
-
-def random_select(n: int, m: int, seed: int = 0) -> np.ndarray:
-    """The authors' random baseline: the indices of ``np.random.seed(seed)`` then
-    ``np.random.choice(n, m, replace=False)`` (reproduces their published random lists).
-
-    Drawn from a private ``np.random.RandomState(seed)``, which is the same Mersenne
-    Twister seeded the same way, so the picks are identical while NumPy's global generator
-    is neither read nor changed: safe to call from several threads at once.
-
-    Parameters
-    ----------
-    n : int
-        Pool size (indices 0..n-1).
-    m : int
-        Number of indices to draw, 1 <= m <= n.
-    seed : int
-        Seed, 0 <= seed < 2**32 (the legacy generator's range).
-
-    Returns
-    -------
-    numpy.ndarray
-        (m,) int64 distinct indices.
-    """
-    n = as_int(n, "n", 1)
-    m = as_int(m, "m", 1, n, f" = n={n}")
-    seed = as_seed(seed, legacy=True)  # RandomState takes 32-bit seeds
-    # A private generator, not a save/seed/restore of the global one: that sequence races
-    # with any other thread that seeds or draws between the three steps.
-    return np.random.RandomState(seed).choice(n, size=m, replace=False).astype(np.int64)

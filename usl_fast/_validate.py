@@ -387,3 +387,74 @@ def caller_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+# Round arguments: every selection starts with these checks.
+
+
+def as_labeled(labeled: Any, n: int) -> np.ndarray:
+    """The already-labeled indices as int64 (caller's order kept); [] when None."""
+    if labeled is None:
+        return np.zeros(0, np.int64)
+    if _is_torch(labeled):
+        labeled = labeled.detach().cpu().numpy()
+    arr = np.asarray(labeled)
+    if arr.ndim != 1:
+        raise ValueError(f"`labeled` must be a 1-D array of indices (got shape {arr.shape})")
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"`labeled` must hold integer indices (got dtype {arr.dtype})")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(
+            f"`labeled` indices must lie in [0, n) = [0, {n}) (got values in [{lo}, {hi}])"
+        )
+    arr = arr.astype(np.int64)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if uniq.size != arr.size:
+        raise ValueError(f"`labeled` repeats index {int(uniq[np.argmax(counts > 1)])}")
+    return arr
+
+
+def prepare_round(
+    X: Any, m: Any, labeled: Any, name: str, normalize: bool = False
+) -> Tuple[np.ndarray, Any, np.ndarray, int]:
+    """The checks every selection starts with: (float32 features, converter back to the
+    caller's library, labeled indices, m), m at most the number of unlabeled points.
+    ``normalize``: the rows will be L2-normalised before any distance (so their scale is
+    not checked)."""
+    x, back = as_features(X, name, check_scale=not normalize)
+    lab, m = round_budget(x.shape[0], m, labeled)
+    return x, back, lab, m
+
+
+def round_budget(n: int, m: Any, labeled: Any) -> Tuple[np.ndarray, int]:
+    """(labeled indices, m) for a selection over n points (every rank's, for a process
+    group): m at most the number of unlabeled points."""
+    lab = as_labeled(labeled, n)
+    free = n - lab.size
+    if free < 1:
+        raise ValueError(f"`labeled` covers all n={n} points: nothing left to select")
+    m = as_int(
+        m,
+        "m",
+        1,
+        free,
+        f" = number of points n={n}"
+        if not lab.size
+        else f" = number of unlabeled points (n={n} minus {lab.size} labeled)",
+    )
+    return lab, m
+
+
+def unit_rows(x: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """A float32 copy of x with every row scaled to unit L2 norm (norms in float64; a zero
+    row stays zero)."""
+    out = np.empty(x.shape, np.float32)
+    for s in range(0, x.shape[0], chunk_rows):
+        b = x[s : s + chunk_rows].astype(np.float64)
+        nrm = np.sqrt(np.einsum("ij,ij->i", b, b))
+        nrm[nrm == 0] = 1.0
+        out[s : s + chunk_rows] = b / nrm[:, None]
+    return out

@@ -271,7 +271,7 @@ def _from_result(result: Any) -> Tuple[Any, Any, Optional[int]]:
 def _density_k(k: Any, defaults: Any, n: int) -> int:
     """The kNN size of the density computed here: ``k``, or when None the ``defaults``
     preset's, the k ``usl_fast.select`` ranks by with the same ``defaults``."""
-    from ._pipeline import PRESETS
+    from ._presets import PRESETS
 
     if k is not None:
         k = as_int(k, "k", 1)

@@ -30,14 +30,8 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from .._ops import KMeansResult
-from .._pipeline import (
-    PRESET,
-    _check_reg_params,
-    _pick_rounds,
-    _resolve,
-    _usl,
-    _usl_params,
-)
+from .._pipeline import _pick_rounds, _usl, _usl_params
+from .._presets import REG_NAMES, USL_PARAMS, check_reg_params, given, resolve, takes
 from .._validate import (
     as_bool,
     as_features,
@@ -47,8 +41,11 @@ from .._validate import (
     as_vector,
     threads_arg,
 )
-from ._comm import Comm, DistributedError
-from ._shard import ShardRows
+from ..backends._comm import Comm, DistributedError
+from ..backends.shard import ShardRows
+
+#: The USL parameters select() takes (declared in usl_fast._presets).
+USL_NAMES = tuple(p.name for p in USL_PARAMS)
 
 __all__ = [
     "select",
@@ -243,30 +240,19 @@ def _agree(comm: Comm, fn: Callable) -> Any:
     return out
 
 
+@takes(USL_NAMES, before="normalize")
 def select(
     local_rows: Any,
     m: int,
     *,
     group: Any = None,
     labeled: Any = None,
-    defaults: str = "cifar10",
-    k: Any = PRESET,
-    n_clusters: Optional[int] = None,
-    kmeans_iter: Any = PRESET,
-    kmeans_init: str = "random",
-    rounds: Any = PRESET,
-    weight: Any = PRESET,
-    momentum: Any = PRESET,
-    alpha: Any = PRESET,
-    horizon_dist: Any = PRESET,
-    horizon_num: Any = PRESET,
-    own_cluster: Any = PRESET,
-    mask_zero: Any = PRESET,
     normalize: Optional[bool] = None,
     seed: int = 0,
     threads: Optional[int] = None,
     progress: bool = False,
     return_info: bool = False,
+    **usl: Any,
 ) -> Any:
     """``usl_fast.select`` (method USL) over the rows of every rank of the process group.
 
@@ -291,28 +277,15 @@ def select(
         concatenated rows; with ``return_info`` a SelectResult whose per-row arrays
         (labels, density, scores) hold this rank's rows.
     """
+    params = given("select", USL_NAMES, usl)
+    kmeans_init = params["kmeans_init"]
     comm = Comm(group)
-    params = dict(
-        defaults=defaults,
-        k=k,
-        n_clusters=n_clusters,
-        kmeans_iter=kmeans_iter,
-        kmeans_init=kmeans_init,
-        rounds=rounds,
-        weight=weight,
-        momentum=momentum,
-        alpha=alpha,
-        horizon_dist=horizon_dist,
-        horizon_num=horizon_num,
-        own_cluster=own_cluster,
-        mask_zero=mask_zero,
-    )
     fp = _fingerprint("select", m, labeled, params, normalize, seed)
     x, back, sizes, _ = _begin(
         comm, local_rows, "local_rows", fp, threads, scale=normalize is not True
     )
     n = int(sizes.sum())
-    from .._methods import round_budget, unit_rows
+    from .._validate import round_budget, unit_rows
 
     def check():
         fixed, mm = round_budget(n, m, labeled)  # n: every rank's rows
@@ -406,6 +379,7 @@ def kmeans(
     )
 
 
+@takes(REG_NAMES, before="threads")
 def regularized_select(
     local_rows: Any,
     local_density: Any,
@@ -415,31 +389,15 @@ def regularized_select(
     n_clusters: Optional[int] = None,
     group: Any = None,
     defaults: str = "cifar10",
-    rounds: Any = PRESET,
-    weight: Any = PRESET,
-    momentum: Any = PRESET,
-    alpha: Any = PRESET,
-    horizon_dist: Any = PRESET,
-    horizon_num: Any = PRESET,
-    own_cluster: Any = PRESET,
-    mask_zero: Any = PRESET,
     threads: Optional[int] = None,
     progress: bool = False,
+    **reg: Any,
 ) -> Any:
     """``usl_fast.regularized_select`` with this rank's rows, densities and cluster labels:
     the same (m,) global indices on every rank. ``n_clusters`` defaults to 1 + the largest
     label over all ranks."""
+    reg = given("regularized_select", REG_NAMES, reg)
     comm = Comm(group)
-    reg = dict(
-        rounds=rounds,
-        weight=weight,
-        momentum=momentum,
-        alpha=alpha,
-        horizon_dist=horizon_dist,
-        horizon_num=horizon_num,
-        own_cluster=own_cluster,
-        mask_zero=mask_zero,
-    )
     fp = _fingerprint("regularized_select", m, n_clusters, defaults, reg)
 
     def check(x):
@@ -456,7 +414,7 @@ def regularized_select(
         comm,
         lambda: (
             as_int(m, "m", 1, n, f" = number of points over all ranks n={n}"),
-            _check_reg_params(_resolve(defaults, reg), n),
+            check_reg_params(resolve(defaults, reg)),
         ),
     )
     picks, _, _ = _pick_rounds(ShardRows(x, comm, sizes, threads, progress), dens, lab, K, m, p)

@@ -15,13 +15,17 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .._io import Outputs
+from .._presets import PARAMS
 
 PROG = "python -m usl_fast.distributed"
 
+# The USL parameters this command takes besides --defaults, with their declared types and
+# doc lines (usl_fast._presets); each is forwarded only when given, so the rest come from
+# the preset.
+_USL_OPTIONS = ("k", "n_clusters", "kmeans_iter", "rounds", "weight")
+
 
 def _parser() -> argparse.ArgumentParser:
-    from ..cli import DEFAULTS_CHOICES
-
     ap = argparse.ArgumentParser(
         prog=PROG,
         description="USL selection over features sharded across torch.distributed ranks "
@@ -35,12 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="picks (rank 0)")
     sp.add_argument("--labeled", metavar="IDX.npy", help="indices labeled in earlier rounds")
     sp.add_argument("--force", action="store_true", help="overwrite an existing OUT.npy")
-    sp.add_argument("--defaults", choices=DEFAULTS_CHOICES, default="cifar10")
-    sp.add_argument("-k", "--k", dest="k", type=int, default=None, help="kNN size (self included)")
-    sp.add_argument("--n-clusters", type=int, default=None, help="k-means K >= m")
-    sp.add_argument("--kmeans-iter", type=int, default=None, help="Lloyd iterations")
-    sp.add_argument("--rounds", type=int, default=None, help="selection rounds")
-    sp.add_argument("--weight", type=float, default=None, help="regularizer weight")
+    preset = PARAMS["defaults"]
+    sp.add_argument("--defaults", choices=preset.choices, default=preset.default)
+    for name in _USL_OPTIONS:
+        p = PARAMS[name]
+        flags = ("-k", "--k") if p.name == "k" else (p.option,)
+        sp.add_argument(*flags, dest=p.name, type=p.type, default=None, help=p.doc)
     sp.add_argument("--normalize", action="store_true", help="L2-normalise the rows first")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=None, help="threads per rank")
@@ -100,11 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rank = dist.get_rank()
         x = ud.load_shard(args.features)
         labeled = None if args.labeled is None else np.load(args.labeled)
-        kw = {
-            key: getattr(args, key)
-            for key in ("k", "n_clusters", "kmeans_iter", "rounds", "weight")
-            if getattr(args, key) is not None
-        }
+        kw = {key: getattr(args, key) for key in _USL_OPTIONS if getattr(args, key) is not None}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             idx = ud.select(

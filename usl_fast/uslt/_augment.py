@@ -73,3 +73,15 @@ class FeatureAugment:
 
     def __repr__(self) -> str:
         return f"FeatureAugment(mix={self.mix}, drop={self.drop}, renorm={self.renorm})"
+
+    def _key(self) -> tuple:
+        return (self.mix, self.drop, self.renorm)
+
+    def __eq__(self, other: object) -> bool:
+        # By value: a cloned USLT's copy equals its original (scikit-learn's get_params).
+        if not isinstance(other, FeatureAugment):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())

@@ -69,7 +69,7 @@ def _doubt_and_argmax(z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torc
 def _select(
     chunks: Chunks, n: int, H: int, K: int, m: int, assign_head, labeled=None
 ) -> SelectionResult:
-    from .. import cluster_argmax  # the engine's segmented arg-max (first index on ties)
+    from .._ops import cluster_argmax  # the engine's segmented arg-max (first index on ties)
 
     labels_all = torch.empty((H, n), dtype=torch.int64)
     doubt = torch.empty(n, dtype=torch.float64)

@@ -22,6 +22,7 @@ from ._checks import (
     as_prob,
     is_int,
 )
+from .._methods import Selector
 from .._validate import as_seed, threads_arg
 from ._heads import HEAD_KINDS, ClusterHead
 from ._losses import EMAPrior, uslt_loss
@@ -51,7 +52,7 @@ def knn_neighbors(
     dropped). Runs on the CPU: a CUDA tensor is copied to the host for the search (until
     usl_fast's CUDA back end lands); move the result with ``.to(device)``.
     """
-    from .. import knn
+    from .._ops import knn
 
     x, _ = as_features_torch(features, "features")
     n = x.shape[0]
@@ -65,22 +66,26 @@ def knn_neighbors(
     return torch.from_numpy(np.ascontiguousarray(out))
 
 
-class USLT:
+class USLT(Selector):
     """USL-T selection on frozen features: learn K clusters with H clustering heads and
     the USL-T loss, then pick the most confident member of each cluster.
 
     ``USLT(n_clusters=40, seed=0).fit(features)`` -> ``indices_``, ``labels_``,
-    ``confidence_``. Parameters default to the reference's CIFAR values where they carry
+    ``confidence_``. A ``Selector``: ``USLT(seed=0).fit(features, m, labeled)`` takes the
+    budget at fit as the other methods do (K = m + len(labeled) when ``n_clusters`` is
+    not given), with their ``get_params`` / ``set_params`` / ``fit_select``. Parameters default to the reference's CIFAR values where they carry
     over to frozen features (tau, re-weighting, adjustment weight, prior momentum,
     temperature, lambda, 3 heads, 20 neighbours, Adam with weight decay 1e-4); the rest
     is chosen for head-only training (see docs/uslt.md).
 
     Parameters
     ----------
-    n_clusters : int
-        K, the number of clusters (usually the labeling budget m).
+    n_clusters : int, optional
+        K, the number of clusters (usually the labeling budget m). Default (None): m +
+        len(labeled), from ``fit``'s ``m``.
     m : int, optional
         Points to pick (default K; at most K). With K > m the m largest clusters are used.
+        ``fit(x, m)`` gives it for one fit instead.
     n_heads : int
         H clustering heads trained jointly (reference: 3); the confidence is the mean of
         their max probabilities, the clusters are those of ``assign_head``.
@@ -148,9 +153,11 @@ class USLT:
     per phase.
     """
 
+    method = "uslt"
+
     def __init__(
         self,
-        n_clusters: int,
+        n_clusters: Optional[int] = None,
         *,
         m: Optional[int] = None,
         n_heads: int = 3,
@@ -180,8 +187,9 @@ class USLT:
         if init not in HEAD_INITS:
             raise ValueError(f"`init` must be one of {HEAD_INITS} (got {init!r})")
         self.init = init
-        self.n_clusters = as_int(n_clusters, "n_clusters", 1)
-        self.m = None if m is None else as_int(m, "m", 1, self.n_clusters, " = n_clusters")
+        self.n_clusters = None if n_clusters is None else as_int(n_clusters, "n_clusters", 1)
+        high = None if self.n_clusters is None else self.n_clusters
+        self.m = None if m is None else as_int(m, "m", 1, high, " = n_clusters")
         self.n_heads = as_int(n_heads, "n_heads", 1)
         if head not in HEAD_KINDS:
             raise ValueError(f"`head` must be one of {HEAD_KINDS} (got {head!r})")
@@ -219,13 +227,23 @@ class USLT:
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, features: Any, neighbors: Any = None, labeled: Any = None) -> "USLT":
+    def fit(  # type: ignore[override]
+        self,
+        features: Any,
+        m: Optional[int] = None,
+        labeled: Any = None,
+        *,
+        neighbors: Any = None,
+    ) -> "USLT":
         """Train the heads on ``features`` and select.
 
         Parameters
         ----------
         features : (n, d) numpy array or torch tensor (CPU or CUDA), float16/32/64
             Frozen embeddings. NaN/inf is an error. Not modified.
+        m : int, optional
+            Points to pick, as in every ``Selector.fit`` (default: the ``m`` parameter,
+            else K, or K - len(labeled) with labeled points).
         neighbors : (n, k) integer array/tensor, optional
             A precomputed kNN list (each row: other points, nearest first). Default:
             ``knn_neighbors(features, n_neighbors)``, computed on the CPU.
@@ -242,19 +260,26 @@ class USLT:
         X, kind = as_features_torch(features, "features")
         in_device = X.device
         n, d = X.shape
+        from .._validate import as_labeled
+
+        budget = self.m if m is None else as_int(m, "m", 1)
         K = self.n_clusters
+        if K is None:
+            if budget is None:
+                raise ValueError("give `n_clusters` (USLT(n_clusters=...)) or `m` (fit(x, m))")
+            K = budget + (0 if labeled is None else len(labeled))
         if K > n:
             raise ValueError(f"`n_clusters` must be <= number of points n={n} (got n_clusters={K})")
-        m = K if self.m is None else self.m
+        if budget is not None and budget > K:
+            raise ValueError(f"`m` must be <= {K} = n_clusters (got m={budget})")
+        m = K if budget is None else budget
         if neighbors is None and self.n_neighbors > n - 1:
             raise ValueError(
                 f"`n_neighbors` must be <= number of points n={n} minus 1 (got n_neighbors={self.n_neighbors})"
             )
         nbr = None if neighbors is None else _as_neighbors(neighbors, n)
-        from .._methods import as_labeled
-
         fixed = as_labeled(labeled, n)
-        if fixed.size and self.m is None:
+        if fixed.size and budget is None:
             m = K - fixed.size
         if fixed.size and m > K - fixed.size:
             raise ValueError(
@@ -277,7 +302,7 @@ class USLT:
         timings["knn"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        head, prior, history = self._train(X, nbr_dev)
+        head, prior, history = self._train(X, nbr_dev, K)
         timings["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -298,6 +323,8 @@ class USLT:
         self.assign_head_ = res.assign_head
         self.timings_ = timings
         self.labeled_ = _back(torch.from_numpy(fixed), kind, in_device)
+        self.scores_ = self.confidence_  # the Selector protocol's per-point score
+        self.n_features_in_ = d
         if res.n_filled:
             import warnings
 
@@ -310,15 +337,17 @@ class USLT:
             )
         return self
 
-    def fit_select(self, features: Any, neighbors: Any = None) -> Any:
-        """``fit(features, neighbors).indices_``."""
-        return self.fit(features, neighbors).indices_
+    def fit_select(  # type: ignore[override]
+        self, features: Any, m: Optional[int] = None, labeled: Any = None, *, neighbors: Any = None
+    ) -> Any:
+        """``fit(features, m, labeled, neighbors=neighbors).indices_``."""
+        return self.fit(features, m, labeled, neighbors=neighbors).indices_
 
     def _train(
-        self, X: torch.Tensor, nbr: torch.Tensor
+        self, X: torch.Tensor, nbr: torch.Tensor, K: int
     ) -> Tuple[ClusterHead, EMAPrior, List[Dict[str, float]]]:
         n, d = X.shape
-        H, K, k = self.n_heads, self.n_clusters, nbr.shape[1]
+        H, k = self.n_heads, nbr.shape[1]
         device = X.device
         gen = torch.Generator(device=device)
         gen.manual_seed(self.seed)

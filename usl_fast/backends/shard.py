@@ -1,6 +1,7 @@
-"""USL's steps over rows split across the ranks of a process group, each rank holding one
-consecutive range (rank 0 the first). Every step gives exactly the bits of the one-process
-step on the concatenated rows; docs/distributed.md says how, and what each costs."""
+"""The shard back end: USL's steps over rows split across the ranks of a process group,
+each rank holding one consecutive range (rank 0 the first). Every step gives exactly the
+bits of the one-process step on the concatenated rows; docs/distributed.md says how, and
+what each costs."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Optional
 
 import numpy as np
 
-from .. import _dispatch, _ops
-from .._pipeline import _Rows
+from .. import _dispatch
 from ._comm import Comm
+from .engine import EngineRows, lloyd
 
 #: Point-to-point tags: step s of the kNN ring uses 16 s + one of these.
 _TAG_ROWS, _TAG_BOUND, _TAG_LISTS, _TAG_SUMS = 1, 2, 3, 4
@@ -37,7 +38,7 @@ def density_of_lists(run: np.ndarray) -> np.ndarray:
     )
 
 
-class ShardRows(_Rows):
+class ShardRows(EngineRows):
     """This rank's rows (global rows offset .. offset + len - 1) and the collectives that
     make each step of USL see all of them."""
 
@@ -176,7 +177,7 @@ class ShardRows(_Rows):
 
     def lloyd(self, cent: np.ndarray, n_iter: int):
         self.comm.phase = "k-means"
-        return _ops.lloyd(
+        return lloyd(
             self.x,
             cent,
             n_iter,

@@ -28,9 +28,10 @@ beyond the features, per step: a few ``block_rows`` x ``block_cols`` float32 fil
 ``_TEMP_BYTES``, 256 MiB), and a row block's (rows, m) distances in the regularizer. The
 filter's products are forced to full float32 (``_IeeeMatmul``).
 
-With USL_FAST_BACKEND=cuda (opt-in) and a build that has the CUDA kernels (usl_fast._cuda,
-compiled when nvcc is found), the exact distances of the refine step and the regularizer and
-the k-means sums run as CUDA kernels on the same definitions (the shared usl_fast/l2.hpp).
+When asked for (opt-in, see ``backends.resolve``) and with a build that has the CUDA kernels
+(usl_fast._cuda, compiled when nvcc is found), ``backends.resolve`` hands those kernels in (``kernels=``): the
+exact distances of the refine step and the regularizer and the k-means sums then run as
+CUDA kernels on the same definitions (the shared usl_fast/l2.hpp).
 
 This module has been tested on CPU tensors only (against the engine, bit for bit); neither
 it nor the CUDA kernels have run on a GPU.
@@ -42,8 +43,12 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from . import _dispatch
-from ._pipeline import _Rows
+from .. import _dispatch
+from .._validate import unit_rows
+from ._rows import KMeansResult, Rows
+
+#: This back end's name (``backends.resolve``).
+NAME = "portable"
 
 _LANES = 8
 _INT64_MAX = (1 << 63) - 1
@@ -63,29 +68,20 @@ def _check_rows(t, name: str) -> None:
     torch = _torch()
     if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.ndim != 2:
         raise TypeError(
-            f"usl_fast.portable: `{name}` must be a 2-D float32 torch tensor (got "
-            f"{type(t).__name__} {getattr(t, 'dtype', '')}); usl_fast.portable."
+            f"usl_fast.backends.portable: `{name}` must be a 2-D float32 torch tensor (got "
+            f"{type(t).__name__} {getattr(t, 'dtype', '')}); usl_fast.backends.portable."
             "as_device_features converts and checks one"
         )
     if not t.is_contiguous():
-        raise ValueError(f"usl_fast.portable: `{name}` must be contiguous (use .contiguous())")
+        raise ValueError(
+            f"usl_fast.backends.portable: `{name}` must be contiguous (use .contiguous())"
+        )
 
 
-def _kernels(t):
-    """usl_fast._cuda, when asked for (USL_FAST_BACKEND=cuda) and ``t`` is on a CUDA device;
+def _kernels(t, kernels):
+    """The CUDA kernels handed in (``backends.resolve``), for a tensor on a CUDA device;
     else None (torch operations)."""
-    import os
-
-    if os.environ.get("USL_FAST_BACKEND") != "cuda" or t.device.type != "cuda":
-        return None
-    try:
-        from . import _cuda
-    except ImportError as exc:
-        raise RuntimeError(
-            "USL_FAST_BACKEND=cuda, but this build of usl_fast has no CUDA kernels (it was "
-            "built without a CUDA compiler); unset it to use the portable torch path"
-        ) from exc
-    return _cuda
+    return kernels if kernels is not None and t.device.type == "cuda" else None
 
 
 def _stream(t) -> int:
@@ -190,6 +186,7 @@ def topk_keys(
     block_cols: Optional[int] = None,
     q_norms=None,
     b_norms=None,
+    kernels=None,
 ):
     """(rows of q, k) int64 keys of the k nearest rows of ``base`` by exact distance,
     ascending; _INT64_MAX past the base's size. Blocks default to 1,024 x 4,096 on a CPU
@@ -198,9 +195,11 @@ def topk_keys(
     _check_rows(q, "queries")
     _check_rows(base, "features")
     if q.shape[1] != base.shape[1] or q.device != base.device:
-        raise ValueError("usl_fast.portable: queries and features: same dimension and device")
+        raise ValueError(
+            "usl_fast.backends.portable: queries and features: same dimension and device"
+        )
     if not 1 <= k <= base.shape[0]:
-        raise ValueError(f"usl_fast.portable: k must be in [1, {base.shape[0]}] (got {k})")
+        raise ValueError(f"usl_fast.backends.portable: k must be in [1, {base.shape[0]}] (got {k})")
     gpu = q.device.type != "cpu"
     block_rows = block_rows or (4096 if gpu else 1024)
     block_cols = block_cols or (32768 if gpu else 4096)
@@ -211,7 +210,7 @@ def topk_keys(
     qn = row_norms(q) if q_norms is None else q_norms
     bn = row_norms(base) if b_norms is None else b_norms
     out = torch.empty((n_q, k), dtype=torch.int64, device=dev)
-    kern = _kernels(q)
+    kern = _kernels(q, kernels)
     with _IeeeMatmul():  # once for the whole search: the filter needs full float32 products
         for r0 in range(0, n_q, block_rows):
             r1 = min(n_q, r0 + block_rows)
@@ -293,7 +292,7 @@ def density(features, k: int, **blocks):
     return density_from_keys(topk_keys(features, features, k, **blocks))
 
 
-def segment_sum(x, labels, K: int):
+def segment_sum(x, labels, K: int, kernels=None):
     """(K, d) float64 member sums, each cluster's members added in ascending row order (the
     engine's order), and (K,) int64 counts."""
     torch = _torch()
@@ -302,7 +301,7 @@ def segment_sum(x, labels, K: int):
     dev = x.device
     counts = torch.bincount(labels, minlength=K)
     order = torch.sort(labels, stable=True).indices  # by cluster, then row
-    kern = _kernels(x)
+    kern = _kernels(x, kernels)
     if kern is not None:  # one thread per (cluster, coordinate), members in row order
         first = torch.zeros(K + 1, dtype=torch.int64, device=dev)
         first[1:] = torch.cumsum(counts, 0)
@@ -335,7 +334,7 @@ def segment_sum(x, labels, K: int):
 
 
 def lloyd(x, cent, n_iter: int, **blocks):
-    """The engine's Lloyd loop (_ops.lloyd) in torch: (labels int32, counts int64, inertia
+    """The engine's Lloyd loop (``backends.engine.lloyd``) in torch: (labels int32, counts int64, inertia
     float64 per iteration, iterations run); ``cent`` (K, d) float32 is updated in place."""
     torch = _torch()
     _check_rows(x, "x")
@@ -363,7 +362,7 @@ def lloyd(x, cent, n_iter: int, **blocks):
             inertia[it + 1 :] = inertia[it]
             n_run = it + 1
             break
-        sums, counts = segment_sum(x, labels, K)
+        sums, counts = segment_sum(x, labels, K, blocks.get("kernels"))
         alive &= counts > 0
         cent[alive] = (sums[alive] * (1.0 / counts[alive].to(torch.float64))[:, None]).to(
             torch.float32
@@ -399,6 +398,7 @@ def regularizer(
     mask_zero: bool,
     far: float = _dispatch.FAR,
     block_rows: Optional[int] = None,
+    kernels=None,
 ):
     """The engine's regularizer (ops.hpp) for every row of x: float64 (n,). Distances are
     computed a chunk of picks at a time (temporaries within _TEMP_BYTES); the sum over the
@@ -415,7 +415,7 @@ def regularizer(
     h = horizon_num if 0 < horizon_num < m else 0
     out = torch.empty(n, dtype=torch.float64, device=dev)
     idx = torch.arange(m, device=dev)
-    kern = _kernels(x)
+    kern = _kernels(x, kernels)
     for r0 in range(0, n, block_rows):
         r1 = min(n, r0 + block_rows)
         dv = torch.empty((r1 - r0, m), dtype=torch.float32, device=dev)
@@ -454,9 +454,9 @@ def regularizer(
     return out
 
 
-class TorchRows(_Rows):
+class TorchRows(Rows):
     """USL's steps on a torch tensor's device; per-row bookkeeping on the host (numpy), as
-    the CPU path does it."""
+    the CPU path does it. ``blocks``: tile sizes and the CUDA ``kernels`` (or None)."""
 
     def __init__(self, x, threads: Optional[int], progress: bool, **blocks):
         super().__init__(x, threads, progress)  # self.x: the tensor, on its device
@@ -497,27 +497,13 @@ class TorchRows(_Rows):
             hd,
             hn,
             p["mask_zero"],
+            kernels=self.blocks.get("kernels"),
         )
         return out.cpu().numpy()
 
 
 def _is_cupy(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
-
-
-def wants(features: Any) -> bool:
-    """Whether a public function takes the portable path: a torch tensor on a device the
-    C++ engine cannot read (CUDA, ROCm, ...), a CuPy array, or any torch tensor with
-    USL_FAST_BACKEND=portable in the environment (the oracle runs of the tests)."""
-    import os
-
-    from ._validate import _is_torch
-
-    if _is_cupy(features):
-        return True
-    if not _is_torch(features):
-        return False
-    return features.device.type != "cpu" or os.environ.get("USL_FAST_BACKEND") == "portable"
 
 
 def to_host(a: Any) -> Any:
@@ -560,7 +546,7 @@ def as_device_features(x, name: str = "features", check_scale: bool = True):
     (converted once if not), 2-D, non-empty, finite, squared norms within the engine's
     range (and, unless ``check_scale=False``, a largest one not in (0, 2**-60):
     ``_validate.MIN_SQUARED_NORM``); an error names the first bad row."""
-    from ._validate import MIN_SQUARED_NORM, tiny_scale_message
+    from .._validate import MIN_SQUARED_NORM, tiny_scale_message
 
     x, top = device_features_top(x, name)
     if check_scale and 0.0 < top < MIN_SQUARED_NORM:
@@ -571,7 +557,7 @@ def as_device_features(x, name: str = "features", check_scale: bool = True):
 def device_features_top(x, name: str = "features"):
     """(``as_device_features`` without the 2**-60 check, its largest squared row norm)."""
     torch = _torch()
-    from ._backend import _cpu
+    from .._backend import _cpu
 
     if x.device.type == "mps":
         raise ValueError(
@@ -616,56 +602,51 @@ def device_features_top(x, name: str = "features"):
     return x, top
 
 
-def select_usl(features, m, labeled, normalize, seed, threads, progress, return_info, usl):
-    """``usl_fast.select`` (USL) on a tensor's device: the same picks as the CPU engine."""
-    torch = _torch()
-    from ._methods import round_budget, unit_rows
-    from ._pipeline import _usl
-    from ._validate import as_bool
+# ----------------------------------------------------------------------------------------
+# The back end's plug-in functions (``backends.Backend``): USL through ``_pipeline``.
 
-    norm = normalize is not None and as_bool(normalize, "normalize")
-    x, to_caller = _as_tensor(features)
-    x = as_device_features(x, check_scale=not norm)
+
+def features(X: Any, name: str, check_scale: bool = True):
+    """(X as a checked float32 tensor on its device, converter of numpy results back to
+    X's library and device)."""
+    torch = _torch()
+    x, to_caller = _as_tensor(X)
+    x = as_device_features(x, name, check_scale=check_scale)
     dev = x.device
-    fixed, m = round_budget(x.shape[0], m, labeled)
-    if usl["kmeans_init"] != "random":
-        raise ValueError(
-            "`kmeans_init` must be 'random' for a tensor on a GPU (the portable back end has "
-            f"no k-means++; got {usl['kmeans_init']!r})"
-        )
-    if norm:
-        # the CPU path's normalisation, bit for bit (its float64 norms' summation order)
-        x = torch.from_numpy(unit_rows(x.cpu().numpy())).to(dev)
-    res = _usl(
-        TorchRows(x, threads, progress),
-        m,
-        fixed,
-        seed=seed,
-        threads=threads,
-        progress=progress,
-        **usl,
-    )
 
     def back(a):
         if a is None:
             return None
         return to_caller(torch.from_numpy(np.ascontiguousarray(a)).to(dev))
 
-    if not return_info:
-        return back(res.indices)
-    for f in ("indices", "labels", "density", "scores", "labeled"):
-        setattr(res, f, back(getattr(res, f)))
-    res.params["backend"] = "portable"
-    return res
+    return x, back
+
+
+def normalized(x):
+    """The CPU path's normalisation, bit for bit (its float64 norms' summation order)."""
+    torch = _torch()
+    return torch.from_numpy(unit_rows(x.cpu().numpy())).to(x.device)
+
+
+def check_usl(usl: dict) -> None:
+    if usl.get("kmeans_init", "random") != "random":
+        raise ValueError(
+            "`kmeans_init` must be 'random' for a tensor on a GPU (the portable back end has "
+            f"no k-means++; got {usl['kmeans_init']!r})"
+        )
+
+
+def make_rows(x, threads: Optional[int], progress: bool, kernels: Any = None) -> Rows:
+    return TorchRows(x, threads, progress, kernels=kernels)
 
 
 # ----------------------------------------------------------------------------------------
 # The public functions' device versions (usl_fast.knn / density / kmeans /
-# regularized_select route device tensors here).
+# regularized_select route device tensors here; ``kernels`` from ``backends.resolve``).
 
 
-def public_knn(features, k, queries, threads=None):
-    from ._validate import (
+def public_knn(features, k, queries, threads=None, kernels=None):
+    from .._validate import (
         MIN_SQUARED_NORM,
         as_int,
         check_pair_scale,
@@ -692,24 +673,23 @@ def public_knn(features, k, queries, threads=None):
                 f"{x.shape[1]})"
             )
         k = as_int(k, "k", 1, n, f" = number of base points n={n}")
-    dist, idx = knn(x, k, q)
+    dist, idx = knn(x, k, q, kernels=kernels)
     return to_caller(dist), to_caller(idx)
 
 
-def public_density(features, k, threads=None):
-    from ._validate import as_int, threads_arg
+def public_density(features, k, threads=None, kernels=None):
+    from .._validate import as_int, threads_arg
 
     threads_arg(threads)
     x, to_caller = _as_tensor(features)
     x = as_device_features(x)
     n = x.shape[0]
     k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
-    return to_caller(density(x, k))
+    return to_caller(density(x, k, kernels=kernels))
 
 
-def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None):
-    from ._ops import KMeansResult
-    from ._validate import (
+def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None, kernels=None):
+    from .._validate import (
         MIN_SQUARED_NORM,
         as_int,
         as_seed,
@@ -746,7 +726,7 @@ def public_kmeans(features, n_clusters, n_iter, init, seed, threads=None):
             raise ValueError(
                 f"`init` must have shape (n_clusters, d) = ({K}, {d}), got {tuple(cent.shape)}"
             )
-    labels, counts, inertia, n_run = lloyd(x, cent, n_iter)
+    labels, counts, inertia, n_run = lloyd(x, cent, n_iter, kernels=kernels)
     inertia_t = torch.from_numpy(inertia).to(x.device)
     return KMeansResult(
         to_caller(labels.to(torch.int64)),
