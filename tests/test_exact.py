@@ -153,8 +153,15 @@ t = rng.standard_normal((16, 33)).astype(np.float32) * np.float32(2.0**-36)  # n
 rels.append(check_tile(t, t[::-1].copy())[0])
 z = np.zeros((5, 9), np.float32); z[1, 3] = -0.0; z[2, 4] = 1.0
 rels.append(check_tile(z, z.copy())[0])
-if _cpu.gemm_kind() == 2:
-    # Centred products (what the drivers run with AMX): far from the origin the bound is
+# int16's worst case: one coordinate sets a row's scale and all the others round to 0 by just
+# under half a step, against columns along those others (the error is then
+# kappa_a ||a|| ||b||); in one pass and in the second of two.
+for dd, lo in ((512, 0), (1000, 512)):
+    a = np.zeros((8, dd), np.float32); a[:, lo] = 1.0; a[:, lo + 1 :] = np.float32(0.49 * 2.0**-14)
+    b = np.zeros((24, dd), np.float32); b[:, lo + 1 :] = np.float32(1 / np.sqrt(dd - lo - 1))
+    rels.append(check_tile(a, b)[0])
+if _cpu.gemm_kind() in (2, 5, 6):
+    # Centred products (what the drivers run with a 16-bit GEMM): far from the origin the bound is
     # relative to the centred norms, so it stays far below the distances.
     for off, d in ((100.0, 64), (1e4, 300), (0.0, 17)):
         a = (off + rng.standard_normal((200, d))).astype(np.float32)
@@ -174,14 +181,16 @@ def test_tile_gemm_is_within_its_error_bound():
     exec(compile(_GEMM_BOUND_CHECK, "gemm_bound_check", "exec"), {})
 
 
-@pytest.mark.parametrize("gemm", ["blas", "avx512", "amx"])
+@pytest.mark.parametrize("gemm", ["blas", "avx512", "amx", "avx512bf16", "avx512vnni"])
 def test_every_tile_gemm_is_within_its_error_bound(gemm, tmp_path):
     # USL_FAST_GEMM is read once per process: each GEMM gets its own interpreter.
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, USL_FAST_GEMM=gemm)
+    from test_cli import subprocess_env
+
+    env = dict(subprocess_env(), USL_FAST_GEMM=gemm)
     out = subprocess.run(
         [sys.executable, "-c", _GEMM_BOUND_CHECK],
         check=True,
@@ -191,12 +200,15 @@ def test_every_tile_gemm_is_within_its_error_bound(gemm, tmp_path):
         text=True,
     ).stdout.split()
     kind, worst_rel = int(out[0]), float(out[1])
-    want = {"blas": 0, "avx512": 1, "amx": 2}[gemm]
+    want = {"blas": 0, "avx512": 1, "amx": 2, "avx512bf16": 5, "avx512vnni": 6}[gemm]
     if kind != want:
         pytest.skip(f"USL_FAST_GEMM={gemm}: this build or CPU runs GEMM kind {kind} instead")
-    if gemm == "amx":
+    if gemm in ("amx", "avx512bf16"):
         # the measured bf16 bound, not the float32 one
         assert worst_rel > 2.0**-10
+    elif gemm == "avx512vnni":
+        # the measured int16 bound: looser than float32's, far tighter than bf16's
+        assert _cpu.filter_rel(1030) < worst_rel < 2.0**-9
     else:
         assert worst_rel == _cpu.filter_rel(1030)
 

@@ -1,7 +1,7 @@
 // The tile GEMM dispatcher: which kernel fills the tiles (gemm_kind), the one call into BLAS,
 // the filter's norms and centring (filter_norms) and the per-thread tile. The SIMD kernels
-// live one per file behind gemm.hpp (gemm_avx512.cpp, gemm_amx.cpp); which runs is chosen
-// once, at run time.
+// live one per file behind gemm.hpp (gemm_avx512.cpp, gemm_amx.cpp, gemm_lowp.cpp); which
+// runs is chosen once, at run time.
 #include <cblas.h>
 
 #include <cmath>
@@ -26,8 +26,9 @@ const BlasSingleThread blas_single_thread_once;
 }  // namespace
 
 // Which GEMM fills the tiles: AMX where the CPU and OS have it, else the engine's own
-// AVX-512 kernel, else OpenBLAS. USL_FAST_GEMM=amx|avx512|blas narrows it (tests compare all
-// three bit for bit; benchmarks compare their speed).
+// AVX-512 kernel, else OpenBLAS. USL_FAST_GEMM=amx|avx512bf16|avx512vnni|avx512|blas narrows
+// it (tests compare all of them bit for bit; benchmarks compare their speed); a GEMM the CPU
+// cannot run falls back to the float32 AVX-512 kernel.
 int gemm_kind() {
   static const int kind = [] {
 #ifdef USL_FAST_X86
@@ -35,6 +36,10 @@ int gemm_kind() {
     const std::string want = env ? env : "";
     if (active_isa() != 2 || want == "blas") return kGemmBlas;
     if (want == "avx512") return kGemmAvx512;
+#ifdef USL_FAST_LOWP
+    if (want == "avx512bf16") return avx512bf16_supported() ? kGemmBf16 : kGemmAvx512;
+    if (want == "avx512vnni") return avx512vnni_supported() ? kGemmI16 : kGemmAvx512;
+#endif
 #ifdef USL_FAST_AMX
     return amx_supported() ? kGemmAmx : kGemmAvx512;
 #else
@@ -47,11 +52,19 @@ int gemm_kind() {
   return kind;
 }
 
-// The tile's rel for the bf16 product (docs/engine.md, "AMX"): the float32 bound scaled by
-// (1 + kA)(1 + kB), plus the bf16 rounding measured on the worst row and column, plus
-// 2^-21 for the float32 centring (a - c, b - c each within u of exact, so the centred
-// squared distance is within (4 u + 10 u^2) s of the true one).
-float amx_rel(double ka2, double kb2, idx_t d) {
+bool gemm_centred() {
+  const int kind = gemm_kind();
+  return kind == kGemmAmx || kind == kGemmBf16 || kind == kGemmI16;
+}
+
+// The tile's rel for the 16-bit products (docs/engine.md, "AMX"): the float32 bound scaled
+// by (1 + kA)(1 + kB), plus the rounding measured on the worst row and column, plus 2^-21
+// for the float32 centring (a - c, b - c each within u of exact, so the centred squared
+// distance is within (4 u + 10 u^2) s of the true one). The same for AMX, vdpbf16ps and
+// vpdpwssd: each adds exact products with at most d float32 roundings an entry (vpdpwssd:
+// none but the int32-to-float32 conversion and the passes' sums) and flushes at most 2 d
+// smallest normals (filter_abs).
+float lowp_rel(double ka2, double kb2, idx_t d) {
   const double ka = std::sqrt(ka2), kb = std::sqrt(kb2);
   const double rel = static_cast<double>(filter_rel(d)) * (1.0 + ka) * (1.0 + kb) +
                      (ka + kb + ka * kb) * (1.0 + 0x1p-20) + 0x1p-21;
@@ -61,17 +74,22 @@ float amx_rel(double ka2, double kb2, idx_t d) {
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile) {
   require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && d >= 1, "gemm_tile: tile shape");
-  require(!center || gemm_kind() == kGemmAmx, "gemm_tile: a center only for the AMX GEMM");
+  require(!center || gemm_centred(), "gemm_tile: a center only for the 16-bit GEMMs");
 #ifdef USL_FAST_X86
   const int kind = gemm_kind();
-#ifdef USL_FAST_AMX
-  if (kind == kGemmAmx) {
+#ifdef USL_FAST_LOWP
+  if (kind == kGemmAmx || kind == kGemmBf16 || kind == kGemmI16) {
     double ka2 = 0.0, kb2 = 0.0;
-    gemm_tile_amx(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+#ifdef USL_FAST_AMX
+    if (kind == kGemmAmx) gemm_tile_amx(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+#endif
+    if (kind == kGemmBf16) gemm_tile_bf16(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+    if (kind == kGemmI16) gemm_tile_i16(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
     // A row that bf16 represents worse than its nominal 2^-8 has (near-)subnormal
-    // coordinates that bf16 flushes; its kappa (up to 1) would make the whole tile's bound
-    // useless, so this tile is redone in float32, on the same centred rows.
-    if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return amx_rel(ka2, kb2, d);
+    // coordinates that bf16 flushes (int16: a row whose few large coordinates leave the
+    // others below its resolution, or a very long pass); its kappa (up to 1) would make the
+    // whole tile's bound useless, so this tile is redone in float32, on the same centred rows.
+    if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return lowp_rel(ka2, kb2, d);
     Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
     for (idx_t r = 0; r < m; ++r)
       for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
@@ -80,7 +98,7 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     gemm_nt_avx512(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
     return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
   }
-#endif
+#endif  // USL_FAST_LOWP
   if (kind == kGemmAvx512) {
     gemm_nt_avx512(a, lda, m, b, ldb, n, d, tile, kTile);
     return filter_rel(d);
@@ -98,7 +116,7 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
   FilterNorms f;
   f.xn = xn;
   f.yn = yn;
-  if (gemm_kind() != kGemmAmx || y.rows == 0) return f;
+  if (!gemm_centred() || y.rows == 0) return f;
   const idx_t d = y.cols;
   // The column set's mean, summed in float64 in row order (any common point would do).
   std::vector<double> sum(d, 0.0);

@@ -16,6 +16,8 @@
 #if (defined(__clang__) && __clang_major__ >= 12) || \
     (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
 #define USL_FAST_AMX 1
+// The AVX512-BF16 / AVX512-VNNI filter GEMMs and the 16-bit packing they share with AMX.
+#define USL_FAST_LOWP 1
 #endif
 #endif
 

@@ -131,20 +131,23 @@ class Guard {
 // kTile; a row-major tile buffer of kTile x kTile, which the AMX path also fills up to the
 // next multiples of 16), one thread. They only feed the filter, so any evaluation whose
 // error the filter bounds will do. Returns the relative bound `rel` of Tile for this tile:
-// filter_rel(d) for the float32 GEMMs, the measured bf16 bound for AMX (gemm_amx.cpp).
-// `center` (AMX only, else nullptr): the products are of the centred rows, fl(a - c) .
-// fl(b - c), and the bound includes the centring; the filter must then use the centred
+// filter_rel(d) for the float32 GEMMs, the measured 16-bit bound for AMX, bf16 and int16
+// (lowp_rel). `center` (16-bit GEMMs only, else nullptr): the products are of the centred
+// rows, fl(a - c) . fl(b - c), and the bound includes the centring; the filter must then use the centred
 // squared norms exact_l2(a, c) (filter_norms).
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile);
 
-// Which GEMM gemm_tile runs.
+// Which GEMM gemm_tile runs. 5, 6: AVX-512 without AMX, bf16 (vdpbf16ps) and int16
+// (vpdpwssd); the 16-bit ones (2, 5, 6) centre (gemm_centred).
 constexpr int kGemmBlas = 0, kGemmAvx512 = 1, kGemmAmx = 2;
+constexpr int kGemmBf16 = 5, kGemmI16 = 6;
 int gemm_kind();
+bool gemm_centred();
 
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
 // data far from the origin (all-positive features, say) it would let every pair through;
-// with AMX the driver therefore centres both sides on the column set's mean (distances do
+// with a 16-bit GEMM the driver therefore centres both sides on the column set's mean (distances do
 // not change; only the filter's products and norms do). The float32 GEMMs use the plain
 // rows and norms (xn, yn as given).
 struct FilterNorms {
@@ -163,6 +166,10 @@ float* thread_tile();
 // Which SIMD path runs: 0 portable, 1 AVX2, 2 AVX-512. USL_FAST_ISA=portable|avx2|avx512
 // narrows it (tests compare every path); a build with USL_FAST_ISA=portable has only 0.
 int active_isa();
+
+// Pairs exact_many evaluated in this process, counted only with USL_FAST_COUNT_EXACT=1
+// (exact.cpp; a benchmark hook: how many pairs a filter lets through).
+int64_t exact_evaluations();
 
 // exact_l2 of row a against base rows idx[0..n) and against rows j0..j0+n (SIMD versions of
 // l2.hpp's kernel, identical bits).
