@@ -74,7 +74,13 @@ def test_select_imagenet_scale(bench, cfg, threads):
     )
     from usl_fast._backend import _cpu
 
-    gemm = {0: "OpenBLAS float32", 1: "own AVX-512 float32", 2: "AMX bfloat16"}[_cpu.gemm_kind()]
+    gemm = {
+        0: "OpenBLAS float32",
+        1: "own AVX-512 float32",
+        2: "AMX bfloat16",
+        5: "AVX-512 bfloat16 (vdpbf16ps)",
+        6: "AVX-512 int16 (vpdpwssd)",
+    }[_cpu.gemm_kind()]
     bench.extra_info.update(tile_gemm=gemm)
     bench.extra_info["summary"] = {
         "tile GEMM (filter)": gemm,

@@ -12,7 +12,13 @@ import time
 import numpy as np
 import pytest
 
-_GEMM_NAMES = {0: "OpenBLAS float32", 1: "own AVX-512 float32", 2: "AMX bfloat16"}
+_GEMM_NAMES = {
+    0: "OpenBLAS float32",
+    1: "own AVX-512 float32",
+    2: "AMX bfloat16",
+    5: "AVX-512 bfloat16 (vdpbf16ps)",
+    6: "AVX-512 int16 (vpdpwssd)",
+}
 
 # usl_fast.knn on conftest.unit_vectors(n, d) in a fresh interpreter (the tile GEMM is chosen
 # once per process; it runs in benchmarks/, so conftest is importable): best of 3 seconds,
@@ -171,10 +177,11 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
         kind = _cpu.gemm_kind()
         bench.extra_info.update(tile_gemm=_GEMM_NAMES[kind])
         summary = {}
-        if kind == 2:
-            # The limit is a float32 one; the AMX filter multiplies in bfloat16. Time the
-            # float32 filter too (own AVX-512 GEMM, same data, a fresh process) so the table
-            # shows what AMX buys and where the float32 engine stands against the limit.
+        if kind in (2, 5, 6):
+            # The limit is a float32 one; the AMX and AVX-512 16-bit filters multiply in
+            # bfloat16 or int16. Time the float32 filter too (own AVX-512 GEMM, same data, a
+            # fresh process) so the table shows what the 16-bit filter buys and where the
+            # float32 engine stands against the limit.
             k32, t32 = _knn_with_gemm("avx512", n, d, k, threads)
             assert k32 == 1
             rate32 = _sgemm_rate(sgemm)
@@ -184,7 +191,8 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
             )
             summary["float32 filter (USL_FAST_GEMM=avx512), fresh process"] = (
                 f"{t32:.2f} s = {t32 / (n * n * d / (rate32 * 1e9)):.2f} x the limit at "
-                f"{rate32:.0f} GFLOP/s measured right after; AMX is {t32 / t:.2f} x faster"
+                f"{rate32:.0f} GFLOP/s measured right after; {_GEMM_NAMES[kind]} is "
+                f"{t32 / t:.2f} x faster"
             )
         bench.extra_info["summary"] = {
             "tile GEMM (filter)": _GEMM_NAMES[kind],

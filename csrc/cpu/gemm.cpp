@@ -25,10 +25,12 @@ struct BlasSingleThread {
 const BlasSingleThread blas_single_thread_once;
 }  // namespace
 
-// Which GEMM fills the tiles: AMX where the CPU and OS have it, else the engine's own
-// AVX-512 kernel, else OpenBLAS. USL_FAST_GEMM=amx|avx512bf16|avx512vnni|avx512|blas narrows
-// it (tests compare all of them bit for bit; benchmarks compare their speed); a GEMM the CPU
-// cannot run falls back to the float32 AVX-512 kernel.
+// Which GEMM fills the tiles: AMX where the CPU and OS have it, else the AVX-512 bf16 kernel
+// where the CPU has AVX512-BF16, else the int16 one where it has AVX512-VNNI, else the engine's
+// own float32 AVX-512 kernel, else OpenBLAS (the order measured on the self kNN graph, whole
+// pass, extra exact evaluations included: docs/engine.md). USL_FAST_GEMM=amx|avx512bf16|
+// avx512vnni|avx512|blas narrows it (tests compare all of them bit for bit; benchmarks
+// compare their speed); a 16-bit GEMM the CPU cannot run falls back to the float32 kernel.
 int gemm_kind() {
   static const int kind = [] {
 #ifdef USL_FAST_X86
@@ -41,10 +43,14 @@ int gemm_kind() {
     if (want == "avx512vnni") return avx512vnni_supported() ? kGemmI16 : kGemmAvx512;
 #endif
 #ifdef USL_FAST_AMX
-    return amx_supported() ? kGemmAmx : kGemmAvx512;
-#else
-    return kGemmAvx512;
+    if (amx_supported()) return kGemmAmx;
+    if (want == "amx") return kGemmAvx512;
 #endif
+#ifdef USL_FAST_LOWP
+    if (avx512bf16_supported()) return kGemmBf16;
+    if (avx512vnni_supported()) return kGemmI16;
+#endif
+    return kGemmAvx512;
 #else
     return kGemmBlas;
 #endif

@@ -128,13 +128,13 @@ class Guard {
 // and active_isa in runtime.cpp, the exact kernels in exact.cpp, the scans in scan.cpp.
 
 // The tile's inner products: tile[r * kTile + c] = a_r . b_c for r < m, c < n (m, n <=
-// kTile; a row-major tile buffer of kTile x kTile, which the AMX path also fills up to the
-// next multiples of 16), one thread. They only feed the filter, so any evaluation whose
+// kTile; a row-major tile buffer of kTile x kTile, which the 16-bit paths also fill up to
+// the next multiples of 16), one thread. They only feed the filter, so any evaluation whose
 // error the filter bounds will do. Returns the relative bound `rel` of Tile for this tile:
 // filter_rel(d) for the float32 GEMMs, the measured 16-bit bound for AMX, bf16 and int16
 // (lowp_rel). `center` (16-bit GEMMs only, else nullptr): the products are of the centred
-// rows, fl(a - c) . fl(b - c), and the bound includes the centring; the filter must then use the centred
-// squared norms exact_l2(a, c) (filter_norms).
+// rows, fl(a - c) . fl(b - c), and the bound includes the centring; the filter must then use
+// the centred squared norms exact_l2(a, c) (filter_norms).
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile);
 
