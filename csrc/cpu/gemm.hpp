@@ -74,8 +74,7 @@ void gemm_nt_avx512(const float* a, idx_t lda, idx_t m, const float* b, idx_t ld
 constexpr idx_t kKcLowp = 512;
 
 // The 16-bit operands of one pass, per thread (gemm_lowp.cpp): A rows (256 x kp), B as
-// panels of 16 columns, coordinate pairs (256 x kp), 16 B rows before their transpose, per
-// row sums of squares and (int16) the pass's power-of-two scales.
+// panels of 16 columns of coordinate pairs (256 x kp), 16 B rows before their transpose.
 struct LowpBuffers {
   std::vector<uint16_t> a, b, rows;
   std::vector<float> zero;  // the center when there is none
