@@ -48,7 +48,12 @@ print(_cpu.gemm_kind(), best, _cpu.exact_evaluations() - before, digest)
 
 
 def _child(gemm: str, n: int, d: int, k: int, threads: int, rounds: int, count: bool):
+    import usl_fast
+
     env = dict(os.environ, USL_FAST_GEMM=gemm, USL_FAST_COUNT_EXACT="1" if count else "0")
+    # the child imports the usl_fast this session benchmarks, wherever it is installed
+    site = os.path.dirname(os.path.dirname(os.path.abspath(usl_fast.__file__)))
+    env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(n), str(d), str(k), str(threads), str(rounds)],
         env=env,
