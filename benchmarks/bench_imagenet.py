@@ -80,6 +80,8 @@ def test_select_imagenet_scale(bench, cfg, threads):
         2: "AMX bfloat16",
         3: "own AVX2 float32",
         4: "AVX2 int16",
+        5: "AVX-512 bfloat16 (vdpbf16ps)",
+        6: "AVX-512 int16 (vpdpwssd)",
     }[_cpu.gemm_kind()]
     bench.extra_info.update(tile_gemm=gemm)
     bench.extra_info["summary"] = {

@@ -18,9 +18,11 @@ _GEMM_NAMES = {
     2: "AMX bfloat16",
     3: "own AVX2 float32",
     4: "AVX2 int16",
+    5: "AVX-512 bfloat16 (vdpbf16ps)",
+    6: "AVX-512 int16 (vpdpwssd)",
 }
 #: low-precision filter kind -> (the float32 GEMM of the same path, its kind)
-_FLOAT32_OF = {2: ("avx512", 1), 4: ("avx2", 3)}
+_FLOAT32_OF = {2: ("avx512", 1), 4: ("avx2", 3), 5: ("avx512", 1), 6: ("avx512", 1)}
 
 # usl_fast.knn on conftest.unit_vectors(n, d) in a fresh interpreter (the tile GEMM is chosen
 # once per process; it runs in benchmarks/, so conftest is importable): best of 3 seconds,
@@ -180,10 +182,10 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
         bench.extra_info.update(tile_gemm=_GEMM_NAMES[kind])
         summary = {}
         if kind in _FLOAT32_OF:
-            # The limit is a float32 one; the AMX / AVX2 int16 filters multiply in bfloat16 /
-            # int16. Time the float32 filter too (the own kernel of the same path, same data,
-            # a fresh process) so the table shows what the low precision buys and where the
-            # float32 engine stands against the limit.
+            # The limit is a float32 one; the 16-bit filters (AMX, AVX-512 bf16 / int16, AVX2
+            # int16) multiply in bfloat16 or int16. Time the float32 filter too (the own kernel
+            # of the same path, same data, a fresh process) so the table shows what the low
+            # precision buys and where the float32 engine stands against the limit.
             gemm32, want32 = _FLOAT32_OF[kind]
             k32, t32 = _knn_with_gemm(gemm32, n, d, k, threads)
             assert k32 == want32

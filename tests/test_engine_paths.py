@@ -44,6 +44,26 @@ np.savez(sys.argv[1], *arrays)
 #: USL_FAST_ISA value -> the path number the engine reports (0 portable, 1 AVX2, 2 AVX-512)
 _ISAS = {"portable": 0, "avx2": 1, "avx512": 2}
 
+#: (USL_FAST_ISA, USL_FAST_GEMM, the GEMM kind it must report) for every non-portable path:
+#: 0 OpenBLAS, 1 own AVX-512 float32, 2 AMX bf16, 3 own AVX2 float32, 4 AVX2 int16 (the AVX2
+#: path's default), 5 AVX-512 bf16 (vdpbf16ps), 6 AVX-512 int16 (vpdpwssd). The AVX2 kernels
+#: need only AVX2 and FMA, so the AVX-512 path runs them too.
+_PATHS = (
+    ("avx2", "", 4),
+    ("avx2", "blas", 0),
+    ("avx2", "avx2", 3),
+    ("avx512", "blas", 0),
+    ("avx512", "avx512", 1),
+    ("avx512", "amx", 2),
+    ("avx512", "avx512bf16", 5),
+    ("avx512", "avx512vnni", 6),
+    ("avx512", "avx2", 3),
+    ("avx512", "avx2i16", 4),
+)
+#: the AVX-512 16-bit GEMM kinds, which fall back to the float32 kernel (1) where the CPU
+#: lacks them
+_LOWP = (2, 5, 6)
+
 
 def _run_with_isa(isa: str, path: str, gemm: str = "", script: str = _SCRIPT) -> dict:
     # the child imports this process's usl_fast (the tree under test), not another install
@@ -58,37 +78,26 @@ def _run_with_isa(isa: str, path: str, gemm: str = "", script: str = _SCRIPT) ->
         return {k: f[k] for k in f.files}
 
 
-#: (USL_FAST_ISA, USL_FAST_GEMM, the GEMM kind that must run): 0 OpenBLAS, 1 own AVX-512
-#: float32, 2 AMX bf16, 3 own AVX2 float32, 4 AVX2 int16 (the AVX2 path's default).
-_GEMM_PATHS = (
-    ("avx2", "", 4),
-    ("avx2", "blas", 0),
-    ("avx2", "avx2", 3),
-    ("avx512", "blas", 0),
-    ("avx512", "avx512", 1),
-    ("avx512", "amx", 2),
-    ("avx512", "avx2", 3),
-    ("avx512", "avx2i16", 4),
-)
-
-
 def test_every_isa_path_gives_identical_results(tmp_path):
     # Each path that this CPU can run is compared with the portable one, bit for bit; a
     # path the CPU lacks is reported as skipped rather than compared with itself.
-    # The AVX-512 path runs with each tile GEMM: OpenBLAS's (USL_FAST_GEMM=blas), the own
-    # float32 kernel (avx512) and AMX bf16 (amx, where the CPU has it); the filter bounds each
-    # one's error, so the answers must not move.
+    # Each path runs with each tile GEMM it offers (_PATHS): OpenBLAS's (USL_FAST_GEMM=blas),
+    # the own float32 kernels (avx512, avx2), AMX bf16 (amx, where the CPU has it), the AVX-512
+    # bf16 and int16 ones (avx512bf16, avx512vnni, where it has AVX512-BF16 / VNNI) and the
+    # AVX2 int16 one (avx2i16); the filter bounds each one's error, so the answers must not
+    # move.
     ref = _run_with_isa("portable", str(tmp_path / "portable.npz"))
     assert list(ref["arr_0"]) == [0, 0]
     missing = []
-    for isa, gemm, kind in _GEMM_PATHS:
+    for isa, gemm, kind in _PATHS:
         other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm)
         if other["arr_0"][0] != _ISAS[isa]:
             missing.append(isa)
             continue
         if other["arr_0"][1] != kind:
-            assert kind == 2 and other["arr_0"][1] == 1  # no AMX: the float32 kernel runs
-            missing.append("AMX")
+            # a 16-bit GEMM the CPU lacks: the float32 kernel runs
+            assert kind in _LOWP and other["arr_0"][1] == 1
+            missing.append(gemm)
             continue
         for key in ref:
             if key == "arr_0":
@@ -104,6 +113,62 @@ def test_every_isa_path_gives_identical_results(tmp_path):
             f"this build or CPU cannot run the {', '.join(sorted(set(missing)))} path(s); "
             "compared the others"
         )
+
+# Cases aimed at the 16-bit filters' bounds (their rounding is measured per row, their bound
+# is relative to the centred norms): rows whose largest coordinate dominates the others by
+# 10^6, rows of very different norms side by side, near-ties (rows one float32 ulp apart and
+# exact duplicates), squared norms near both ends of the allowed range, data far from the
+# origin, d = 1 .. 7 and around the vector widths and passes, n not a multiple of the tile,
+# k as large as n allows and k beyond a tile.
+_ADVERSARIAL_LOWP = r"""
+import sys, numpy as np, usl_fast
+from usl_fast._backend import _cpu
+rng = np.random.default_rng(7)
+arrays = [np.array([_cpu.active_isa(), _cpu.gemm_kind()])]
+def add(x, ks):
+    for k in ks:
+        arrays.extend(usl_fast.knn(x, k))
+    r = float(np.median(((x[:50, None] - x[None, :50]) ** 2).sum(-1)))
+    arrays.append(usl_fast.range_count(x, r))
+    arrays.append(usl_fast.kmeans(x, 7, n_iter=4).labels)
+for d in (1, 2, 3, 4, 5, 6, 7, 17, 33, 520):
+    x = rng.standard_normal((300, d)).astype('f4')
+    add(x, (1, 20, 299))
+x = rng.standard_normal((513, 24)).astype('f4')
+x[::3, 0] *= np.float32(1e6)                      # one coordinate dominates
+x[1::7] *= np.float32(1e-4)                       # and rows of very different norms
+add(x, (5, 300))
+x = rng.standard_normal((300, 40)).astype('f4')
+y = x[:100].copy()
+y[:, 5] = np.nextafter(y[:, 5], np.float32(np.inf))   # near-ties: one ulp apart
+x = np.vstack([x, y, x[:40]])                          # and exact duplicates
+add(x, (3, 60))
+for scale in (2.0**-29, 2.0**58):                     # squared norms near 2^-60 and 2^120
+    add((rng.standard_normal((400, 9)) * scale).astype('f4'), (4, 50))
+add((1e4 + rng.standard_normal((450, 33))).astype('f4'), (6, 100))   # far from the origin
+arrays.append(usl_fast.density((1e4 + rng.standard_normal((450, 33))).astype('f4'), 30))
+np.savez(sys.argv[1], *arrays)
+"""
+
+
+def test_every_gemm_gives_identical_results_on_adversarial_data(tmp_path):
+    ref = _run_with_isa("portable", str(tmp_path / "portable.npz"), script=_ADVERSARIAL_LOWP)
+    missing = []
+    for isa, gemm, kind in _PATHS:
+        other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm, _ADVERSARIAL_LOWP)
+        if other["arr_0"][0] != _ISAS[isa] or other["arr_0"][1] != kind:
+            missing.append(gemm or isa)
+            continue
+        for key in ref:
+            if key != "arr_0":
+                a, b = ref[key], other[key]
+                assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)), (
+                    isa,
+                    gemm,
+                    key,
+                )
+    if missing:
+        pytest.skip(f"this build or CPU cannot run {', '.join(missing)}; compared the others")
 
 
 def _unit(n, d, seed):
@@ -253,7 +318,7 @@ def test_over_memory_budget_falls_back_to_query_search():
 # neighbours, tiny and huge norms, data far from the origin, tiny rows among normal ones, rows
 # that stay tiny after centring (the int16 kernel's float32 fallback), and queries with
 # k = n - 1.
-_ADVERSARIAL = r"""
+_ADVERSARIAL_I16 = r"""
 import sys, numpy as np, usl_fast
 from usl_fast._backend import _cpu
 rng = np.random.default_rng(2)
@@ -292,11 +357,11 @@ np.savez(sys.argv[1], *arrays)
 
 
 def test_every_gemm_gives_identical_results_on_adversarial_inputs(tmp_path):
-    ref = _run_with_isa("portable", str(tmp_path / "portable.npz"), script=_ADVERSARIAL)
+    ref = _run_with_isa("portable", str(tmp_path / "portable.npz"), script=_ADVERSARIAL_I16)
     assert list(ref["arr_0"]) == [0, 0]
     missing = []
-    for isa, gemm, kind in _GEMM_PATHS:
-        other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm, _ADVERSARIAL)
+    for isa, gemm, kind in _PATHS:
+        other = _run_with_isa(isa, str(tmp_path / f"{isa}{gemm}.npz"), gemm, _ADVERSARIAL_I16)
         if other["arr_0"][0] != _ISAS[isa] or other["arr_0"][1] != kind:
             missing.append(f"{isa}/{gemm or 'default'}")
             continue
@@ -325,10 +390,13 @@ print(_cpu.active_isa(), _cpu.gemm_kind())
         # AVX-512 and AMX kernels are not offered on the AVX2 path: its default runs
         ("avx2", "avx512", (1, 4)),
         ("avx2", "amx", (1, 4)),
+        ("avx2", "avx512bf16", (1, 4)),
+        ("avx2", "avx512vnni", (1, 4)),
         ("avx2", "no-such-gemm", (1, 4)),
         # the portable path has OpenBLAS only
         ("portable", "avx2", (0, 0)),
         ("portable", "avx2i16", (0, 0)),
+        ("portable", "avx512bf16", (0, 0)),
     ],
 )
 def test_a_gemm_the_path_cannot_run_falls_back(isa, gemm, want, tmp_path):

@@ -153,8 +153,9 @@ t = rng.standard_normal((16, 33)).astype(np.float32) * np.float32(2.0**-36)  # n
 rels.append(check_tile(t, t[::-1].copy())[0])
 z = np.zeros((5, 9), np.float32); z[1, 3] = -0.0; z[2, 4] = 1.0
 rels.append(check_tile(z, z.copy())[0])
-# int16's worst case: every coordinate of the scaled row (2^12 x, scale chosen from the norm)
-# rounds by 1/2 - 2^-12, all the same way, a == b; and rows one coordinate dominates.
+# int16's worst case for a per-row scale (AVX2 int16): every coordinate of the scaled row
+# (2^12 x, scale chosen from the norm) rounds by 1/2 - 2^-12, all the same way, a == b; and
+# rows one coordinate dominates.
 w = np.full((30, 64), np.float32((2895.5 - 2.0**-12) / 4096.0), np.float32)
 w[15:] *= np.float32(-1.0)
 rels.append(check_tile(w, w[::-1].copy())[0])
@@ -164,8 +165,15 @@ w[::3, 7] *= np.float32(-1.0)
 rels.append(check_tile(w, w[::-1].copy())[0])
 w = rng.standard_normal((64, 81)).astype(np.float32) * np.logspace(-15, 15, 81).astype(np.float32)
 rels.append(check_tile(w, w[::-1].copy())[0])
-if _cpu.gemm_kind() in (2, 4):
-    # Centred products (what the drivers run with AMX or int16): far from the origin the bound is
+# int16's worst case for a per-pass scale (AVX-512 int16): one coordinate sets a row's scale
+# and all the others round to 0 by just under half a step, against columns along those others
+# (the error is then kappa_a ||a|| ||b||); in one pass and in the second of two.
+for dd, lo in ((512, 0), (1000, 512)):
+    a = np.zeros((8, dd), np.float32); a[:, lo] = 1.0; a[:, lo + 1 :] = np.float32(0.49 * 2.0**-14)
+    b = np.zeros((24, dd), np.float32); b[:, lo + 1 :] = np.float32(1 / np.sqrt(dd - lo - 1))
+    rels.append(check_tile(a, b)[0])
+if _cpu.gemm_kind() in (2, 4, 5, 6):
+    # Centred products (what the drivers run with a 16-bit GEMM): far from the origin the bound is
     # relative to the centred norms, so it stays far below the distances.
     for off, d in ((100.0, 64), (1e4, 300), (0.0, 17)):
         if _cpu.gemm_kind() == 4 and d < 64:
@@ -187,7 +195,9 @@ def test_tile_gemm_is_within_its_error_bound():
     exec(compile(_GEMM_BOUND_CHECK, "gemm_bound_check", "exec"), {})
 
 
-@pytest.mark.parametrize("gemm", ["blas", "avx512", "amx", "avx2", "avx2i16"])
+@pytest.mark.parametrize(
+    "gemm", ["blas", "avx512", "amx", "avx512bf16", "avx512vnni", "avx2", "avx2i16"]
+)
 def test_every_tile_gemm_is_within_its_error_bound(gemm, tmp_path):
     # USL_FAST_GEMM is read once per process: each GEMM gets its own interpreter.
     import os
@@ -196,7 +206,6 @@ def test_every_tile_gemm_is_within_its_error_bound(gemm, tmp_path):
 
     from test_cli import subprocess_env
 
-    # the child imports this process's usl_fast (the tree under test), not another install
     env = dict(subprocess_env(), USL_FAST_GEMM=gemm)
     out = subprocess.run(
         [sys.executable, "-c", _GEMM_BOUND_CHECK],
@@ -207,15 +216,26 @@ def test_every_tile_gemm_is_within_its_error_bound(gemm, tmp_path):
         text=True,
     ).stdout.split()
     kind, worst_rel = int(out[0]), float(out[1])
-    want = {"blas": 0, "avx512": 1, "amx": 2, "avx2": 3, "avx2i16": 4}[gemm]
+    want = {
+        "blas": 0,
+        "avx512": 1,
+        "amx": 2,
+        "avx2": 3,
+        "avx2i16": 4,
+        "avx512bf16": 5,
+        "avx512vnni": 6,
+    }[gemm]
     if kind != want:
         pytest.skip(f"USL_FAST_GEMM={gemm}: this build or CPU runs GEMM kind {kind} instead")
-    if gemm == "amx":
+    if gemm in ("amx", "avx512bf16"):
         # the measured bf16 bound, not the float32 one
         assert worst_rel > 2.0**-10
     elif gemm == "avx2i16":
         # the measured int16 bound: far tighter than bf16's, looser than float32's
         assert 2 * _cpu.filter_rel(1030) < worst_rel < 2.0**-8
+    elif gemm == "avx512vnni":
+        # the measured int16 bound: looser than float32's, far tighter than bf16's
+        assert _cpu.filter_rel(1030) < worst_rel < 2.0**-9
     else:
         assert worst_rel == _cpu.filter_rel(1030)
 

@@ -126,6 +126,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("max_threads", [] { return omp_get_max_threads(); });
   m.def("active_isa", [] { return cpu::active_isa(); });
   m.def("gemm_kind", [] { return cpu::gemm_kind(); });
+  // Benchmark hook: the pairs evaluated exactly so far (USL_FAST_COUNT_EXACT=1, else 0).
+  m.def("exact_evaluations", [] { return cpu::exact_evaluations(); });
   m.def("set_alloc_limit", [](int64_t bytes) { cpu::set_alloc_limit(bytes); },
         "Test hook: engine allocations beyond `bytes` raise MemoryError (< 0: no limit).");
   m.def("reservoir_bytes_per_row", &cpu::reservoir_bytes_per_row);
@@ -151,10 +153,11 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("DEFAULT_SAMPLE_HITS") = cpu::KnnOptions{}.sample_hits;
   m.attr("DEFAULT_MAX_RESERVOIR_BYTES") = cpu::KnnOptions{}.max_reservoir_bytes;
 
-  // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM that runs (AMX, the own
-  // AVX-512 kernel or OpenBLAS; gemm_kind()), m and n at most 256; returns the filter's
-  // relative bound for that tile. `center` (a (1, d) array, AMX and AVX2 int16 only): the
-  // products of the centred rows, as the drivers run them.
+  // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM that runs (AMX, AVX-512
+  // bf16 or int16, AVX2 int16, the own AVX-512 or AVX2 float32 kernel or OpenBLAS;
+  // gemm_kind()), m and n at most 256; returns the filter's relative bound for that tile.
+  // `center` (a (1, d) array, 16-bit GEMMs only, AVX2 int16 from d >= 64): the products of the
+  // centred rows, as the drivers run them.
   m.def("gemm_tile", [](py::handle a, py::handle b, py::handle out, py::handle center) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
     if (av.cols != bv.cols) throw py::value_error("a and b: same number of columns");
@@ -165,7 +168,7 @@ PYBIND11_MODULE(_cpu, m) {
       const View cv = in_mat(center, "center");
       if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
       if (!cpu::gemm_centred(av.cols))
-        throw py::value_error("center: AMX and int16 GEMMs only (int16: d >= 64)");
+        throw py::value_error("center: 16-bit GEMMs only (AVX2 int16: d >= 64)");
       pc = cv.data;
     }
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);

@@ -2,8 +2,11 @@
 // on them: exact_many / exact_gather / exact_range, row_norms, row_distances, and the
 // regularizer's power terms. Which path runs follows active_isa() (runtime.cpp).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "simd.hpp"
@@ -121,11 +124,22 @@ __attribute__((target("avx2,fma"))) void exact4_avx2(const float* a, const float
 }
 #endif
 
+// Benchmark hook: with USL_FAST_COUNT_EXACT=1 in the environment, exact_many counts the
+// pairs it evaluates (how many pairs a filter lets through); off, one predicted branch.
+const bool g_count_exact = [] {
+  const char* env = std::getenv("USL_FAST_COUNT_EXACT");
+  return env && std::string(env) == "1";
+}();
+std::atomic<int64_t> g_exact_count{0};
+
 }  // namespace
+
+int64_t exact_evaluations() { return g_exact_count.load(); }
 
 // exact_l2 of a against n rows given by pointers: four at a time on SIMD paths, the
 // portable header kernel otherwise (and for the last n % 4).
 void exact_many(int isa, const float* a, const float* const* b, idx_t n, idx_t d, float* out) {
+  if (g_count_exact) g_exact_count.fetch_add(n, std::memory_order_relaxed);
   idx_t t = 0;
 #ifdef USL_FAST_X86
   if (isa == 2) {

@@ -1,7 +1,7 @@
 // The tile GEMM dispatcher: which kernel fills the tiles (gemm_kind), the one call into BLAS,
 // the filter's norms and centring (filter_norms) and the per-thread tile. The SIMD kernels
-// live one per file behind gemm.hpp (gemm_avx512.cpp, gemm_amx.cpp); which runs is chosen
-// once, at run time.
+// live one per file behind gemm.hpp (gemm_avx512.cpp, gemm_amx.cpp, gemm_lowp.cpp); which
+// runs is chosen once, at run time.
 #include <cblas.h>
 
 #include <cmath>
@@ -25,11 +25,16 @@ struct BlasSingleThread {
 const BlasSingleThread blas_single_thread_once;
 }  // namespace
 
-// Which GEMM fills the tiles: AMX where the CPU and OS have it, else the engine's own
-// AVX-512 kernel on the AVX-512 path, the int16 AVX2 filter on the AVX2 path, else OpenBLAS.
-// USL_FAST_GEMM=amx|avx512|avx2|avx2i16|blas narrows it (tests compare all of them bit for
-// bit; benchmarks compare their speed); a kernel the path cannot run (avx512 or amx on the
-// AVX2 path, anything but blas on the portable one) gives that path's default.
+// Which GEMM fills the tiles: AMX where the CPU and OS have it; else, on the AVX-512 path,
+// the AVX-512 bf16 kernel where the CPU has AVX512-BF16, else the AVX-512 int16 one where it
+// has AVX512-VNNI, else the engine's own float32 AVX-512 kernel (the order measured on the
+// self kNN graph, whole pass, extra exact evaluations included: docs/engine.md); on the AVX2
+// path the AVX2 int16 filter (its float32 kernel below kI16MinCols coordinates); else
+// OpenBLAS. USL_FAST_GEMM=amx|avx512bf16|avx512vnni|avx512|avx2i16|avx2|blas narrows it
+// (tests compare all of them bit for bit; benchmarks compare their speed); an AVX-512 16-bit
+// GEMM the CPU cannot run falls back to the float32 AVX-512 kernel, and a kernel the path
+// cannot run (any AVX-512 one on the AVX2 path, anything but blas on the portable one) gives
+// that path's default.
 int gemm_kind() {
   static const int kind = [] {
 #ifdef USL_FAST_X86
@@ -42,11 +47,19 @@ int gemm_kind() {
     if (want == "avx2i16") return kGemmAvx2I16;
     if (isa == 1) return kGemmAvx2I16;
     if (want == "avx512") return kGemmAvx512;
-#ifdef USL_FAST_AMX
-    return amx_supported() ? kGemmAmx : kGemmAvx512;
-#else
-    return kGemmAvx512;
+#ifdef USL_FAST_LOWP
+    if (want == "avx512bf16") return avx512bf16_supported() ? kGemmBf16 : kGemmAvx512;
+    if (want == "avx512vnni") return avx512vnni_supported() ? kGemmI16 : kGemmAvx512;
 #endif
+#ifdef USL_FAST_AMX
+    if (amx_supported()) return kGemmAmx;
+    if (want == "amx") return kGemmAvx512;
+#endif
+#ifdef USL_FAST_LOWP
+    if (avx512bf16_supported()) return kGemmBf16;
+    if (avx512vnni_supported()) return kGemmI16;
+#endif
+    return kGemmAvx512;
 #else
     return kGemmBlas;
 #endif
@@ -56,15 +69,19 @@ int gemm_kind() {
 
 bool gemm_centred(idx_t d) {
   const int kind = gemm_kind();
-  return kind == kGemmAmx || (kind == kGemmAvx2I16 && d >= kI16MinCols);
+  return kind == kGemmAmx || kind == kGemmBf16 || kind == kGemmI16 ||
+         (kind == kGemmAvx2I16 && d >= kI16MinCols);
 }
 
-// The tile's rel for the bf16 or int16 product (docs/engine.md, "AMX" and "AVX2"): the
-// float32 bound scaled by (1 + kA)(1 + kB), plus the rounding measured on the worst row and
-// column, plus
-// 2^-21 for the float32 centring (a - c, b - c each within u of exact, so the centred
-// squared distance is within (4 u + 10 u^2) s of the true one).
-float amx_rel(double ka2, double kb2, idx_t d) {
+// The tile's rel for the 16-bit products (docs/engine.md, "AMX", "AVX-512 without AMX" and
+// "AVX2: the filter in int16"): the float32 bound scaled by (1 + kA)(1 + kB), plus the
+// rounding measured on the worst row and column, plus 2^-21 for the float32 centring (a - c,
+// b - c each within u of exact, so the centred squared distance is within (4 u + 10 u^2) s
+// of the true one). The same for AMX, vdpbf16ps, vpdpwssd and vpmaddwd: each adds exact
+// products with at most d float32 roundings an entry (the int16 ones: none but the
+// int32-to-float32 conversion and, for vpdpwssd, the passes' sums) and flushes at most 2 d
+// smallest normals (filter_abs).
+float lowp_rel(double ka2, double kb2, idx_t d) {
   const double ka = std::sqrt(ka2), kb = std::sqrt(kb2);
   const double rel = static_cast<double>(filter_rel(d)) * (1.0 + ka) * (1.0 + kb) +
                      (ka + kb + ka * kb) * (1.0 + 0x1p-20) + 0x1p-21;
@@ -74,17 +91,22 @@ float amx_rel(double ka2, double kb2, idx_t d) {
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile) {
   require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && d >= 1, "gemm_tile: tile shape");
-  require(!center || gemm_centred(d), "gemm_tile: a center only for the AMX and int16 GEMMs");
+  require(!center || gemm_centred(d), "gemm_tile: a center only for the 16-bit GEMMs");
 #ifdef USL_FAST_X86
   const int kind = gemm_kind();
-#ifdef USL_FAST_AMX
-  if (kind == kGemmAmx) {
+#ifdef USL_FAST_LOWP
+  if (kind == kGemmAmx || kind == kGemmBf16 || kind == kGemmI16) {
     double ka2 = 0.0, kb2 = 0.0;
-    gemm_tile_amx(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+#ifdef USL_FAST_AMX
+    if (kind == kGemmAmx) gemm_tile_amx(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+#endif
+    if (kind == kGemmBf16) gemm_tile_bf16(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
+    if (kind == kGemmI16) gemm_tile_i16(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2);
     // A row that bf16 represents worse than its nominal 2^-8 has (near-)subnormal
-    // coordinates that bf16 flushes; its kappa (up to 1) would make the whole tile's bound
-    // useless, so this tile is redone in float32, on the same centred rows.
-    if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return amx_rel(ka2, kb2, d);
+    // coordinates that bf16 flushes (int16: a row whose few large coordinates leave the
+    // others below its resolution, or a very long pass); its kappa (up to 1) would make the
+    // whole tile's bound useless, so this tile is redone in float32, on the same centred rows.
+    if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return lowp_rel(ka2, kb2, d);
     Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
     for (idx_t r = 0; r < m; ++r)
       for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
@@ -93,14 +115,14 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     gemm_nt_avx512(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
     return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
   }
-#endif
+#endif  // USL_FAST_LOWP
   if (kind == kGemmAvx2I16 && d >= kI16MinCols) {
     double ka2 = 0.0, kb2 = 0.0;
     // The same fallback as AMX's: a row the int16 image represents badly (centred squared
     // norm below ~2^-93, or d past kI16MaxCols) would make the tile's bound useless.
     if (gemm_tile_avx2i16(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2) && ka2 <= 0x1p-15 &&
         kb2 <= 0x1p-15)
-      return amx_rel(ka2, kb2, d);
+      return lowp_rel(ka2, kb2, d);
     Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
     for (idx_t r = 0; r < m; ++r)
       for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);

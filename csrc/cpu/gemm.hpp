@@ -1,23 +1,25 @@
 // Internal to the CPU back end: the per-ISA tile GEMM kernels that gemm_tile (gemm.cpp)
-// dispatches to, one file each (gemm_avx512.cpp, gemm_amx.cpp, gemm_avx2.cpp), and what they
-// share. A new kernel adds its declaration here, a kGemm* constant (tile.hpp), and a branch
-// in gemm_kind and gemm_tile.
+// dispatches to, one file each (gemm_avx512.cpp, gemm_amx.cpp, gemm_lowp.cpp, gemm_avx2.cpp),
+// and what they share. A new kernel adds its declaration here, a kGemm* constant (tile.hpp),
+// and a branch in gemm_kind and gemm_tile.
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <vector>
 
 #include "simd.hpp"
 
 namespace usl_fast {
 namespace cpu {
 
-// The tile's rel from the measured roundings of its rows and columns, for the bf16 (AMX) and
-// int16 (AVX2) products (gemm.cpp).
-float amx_rel(double ka2, double kb2, idx_t d);
+// The rel of a low-precision tile (AMX and AVX-512 bf16, AVX-512 and AVX2 int16) from the
+// measured roundings of its rows and columns (gemm.cpp; docs/engine.md, "AMX").
+float lowp_rel(double ka2, double kb2, idx_t d);
 
-// Largest kappa^2 bound over rows, for the low-precision GEMMs (AMX bf16, AVX2 int16) that
-// measure each row's rounding while converting it: the ratio of the float32 sums of
-// ||x - x'||^2 and ||x||^2, with a relative margin of (4 d + 8) 2^-24 for their roundings;
+// Largest kappa^2 bound over rows, kappa = ||x - x'|| / ||x|| for a row x and its
+// low-precision image x': the ratio of the float32 sums of squares that the converters
+// accumulate (res2, norm2), with a relative margin of (4 d + 8) 2^-24 for their roundings;
 // 1 (always valid: each coordinate of x' is a rounding of x's or 0) when the ratio is not
 // usable.
 struct KappaMax {
@@ -72,6 +74,54 @@ bool gemm_tile_avx2i16(const float* a, idx_t lda, idx_t m, const float* b, idx_t
                        idx_t d, const float* center, float* tile, double& ka2, double& kb2);
 void gemm_nt_avx512(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                     idx_t d, float* c, idx_t ldc);
+
+#ifdef USL_FAST_LOWP
+// Coordinates per packed pass of the low-precision GEMMs: A (256 x 512 16-bit words) and B
+// stay in L2, two 16-column panels of B (32 KiB) in L1.
+constexpr idx_t kKcLowp = 512;
+
+// The 16-bit operands of one pass, per thread (gemm_lowp.cpp): A rows (256 x kp), B as
+// panels of 16 columns of coordinate pairs (256 x kp), 16 B rows before their transpose.
+struct LowpBuffers {
+  std::vector<uint16_t> a, b, rows;
+  std::vector<float> zero;  // the center when there is none
+  void reserve(idx_t kp, idx_t d);
+};
+LowpBuffers& lowp_buffers();
+
+// Row converters (gemm_lowp.cpp): one row's coordinates [0, kc) of x - c as 16-bit words in
+// out[0, kp) (zero padded); add this pass's ||x - x'||^2 and ||x||^2 (true units) to res2
+// and norm2. to_bf16: round to nearest even bf16, subnormals to 0. to_i16: the integer image
+// q of x 2^e, e the power of two in `scale_exp` chosen so that ||q|| < 2^15 (x' = q 2^-e),
+// one e per row and pass. (The AVX2 int16 kernel quantizes with quant_i16.hpp instead: one
+// scale per whole row; the two are separate, both rigorous, not yet unified.)
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void to_bf16(
+    const float* x, const float* c, idx_t kc, idx_t kp, uint16_t* out, double& res2,
+    double& norm2);
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void to_i16(const float* x, const float* c,
+                                                                 idx_t kc, idx_t kp, uint16_t* out,
+                                                                 double& res2, double& norm2,
+                                                                 int& scale_exp);
+
+// One pass [t0, t0 + kc) of a tile's rows: A rows into buf.a (m rows of kp words, zeros to
+// the next multiple of 16 rows), B rows transposed into buf.b as panels of 16 columns whose
+// 32-bit words are coordinate pairs: word (16 p + q) of panel jb holds coordinates 2 p and
+// 2 p + 1 of column 16 jb + q (zeros past n). That is the layout AMX's B tiles, vdpbf16ps and
+// vpdpwssd read. `i16`: int16 images (their exponents into ea, eb), else bf16.
+void pack_lowp_pass(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                    const float* cen, idx_t t0, idx_t kc, idx_t kp, bool i16, double* res_a,
+                    double* nrm_a, double* res_b, double* nrm_b, int* ea, int* eb);
+
+// Whether the CPU and the OS run AVX512-BF16 / AVX512-VNNI on zmm registers (gemm_lowp.cpp).
+bool avx512bf16_supported();
+bool avx512vnni_supported();
+// The zmm bf16 (vdpbf16ps) and int16 (vpdpwssd) tile products of the (centred) rows;
+// kappa^2 bounds of the rows and columns out (gemm_lowp.cpp).
+void gemm_tile_bf16(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                    idx_t d, const float* center, float* tile, double& ka2, double& kb2);
+void gemm_tile_i16(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                   idx_t d, const float* center, float* tile, double& ka2, double& kb2);
+#endif  // USL_FAST_LOWP
 
 #ifdef USL_FAST_AMX
 // Whether the CPU and the OS let this process run AMX bf16 (gemm_amx.cpp).

@@ -3,6 +3,11 @@
 // measurement of that rounding (kappa) that the filter's bound rests on (docs/engine.md,
 // "AVX2: the filter in int16"). Plain AVX2 so that any x86 kernel with integer products
 // (vpmaddwd here; vpdpwssd on AVX-512 VNNI) can share it.
+// The AVX-512 int16 kernel (gemm_lowp.cpp) still has its own quantizer, to_i16 (gemm.hpp):
+// one power-of-two scale per row AND per 512-coordinate pass, chosen from the maximum. Both
+// are rigorous under the same bound (lowp_rel); they were written in parallel and are not
+// unified yet, because switching the vpdpwssd kernel to one scale per row changes its
+// epilogue and fallback rules and needs its own proof and tests (docs/engine.md).
 #pragma once
 
 #include <cmath>

@@ -12,10 +12,12 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-// AMX intrinsics need GCC 11 / clang 12 or newer; older compilers build without the AMX GEMM.
+// AMX intrinsics need GCC 11 / clang 12 or newer; older compilers build without the AMX GEMM
+// and the AVX-512 bf16 / int16 ones.
 #if (defined(__clang__) && __clang_major__ >= 12) || \
     (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
 #define USL_FAST_AMX 1
+#define USL_FAST_LOWP 1
 #endif
 #endif
 

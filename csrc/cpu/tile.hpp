@@ -124,36 +124,40 @@ class Guard {
 
 // ---------------------------------------------------------------------------------------
 // Back-end primitives of the CPU: the tile GEMM and the filter's norms in gemm.cpp (its
-// per-ISA kernels behind gemm.hpp: gemm_avx512.cpp, gemm_amx.cpp, gemm_avx2.cpp), the allocation budget
-// and active_isa in runtime.cpp, the exact kernels in exact.cpp, the scans in scan.cpp.
+// per-ISA kernels behind gemm.hpp: gemm_avx512.cpp, gemm_amx.cpp, gemm_lowp.cpp,
+// gemm_avx2.cpp), the allocation budget and active_isa in runtime.cpp, the exact kernels in
+// exact.cpp, the scans in scan.cpp.
 
 // The tile's inner products: tile[r * kTile + c] = a_r . b_c for r < m, c < n (m, n <=
-// kTile; a row-major tile buffer of kTile x kTile, which the AMX path also fills up to the
-// next multiples of 16), one thread. They only feed the filter, so any evaluation whose
+// kTile; a row-major tile buffer of kTile x kTile, which the 16-bit paths also fill up to
+// the next multiples of 16), one thread. They only feed the filter, so any evaluation whose
 // error the filter bounds will do. Returns the relative bound `rel` of Tile for this tile:
-// filter_rel(d) for the float32 GEMMs, the measured bf16 / int16 bound for AMX / AVX2 int16.
-// `center` (only where gemm_centred(), else nullptr): the products are of the centred rows, fl(a - c) .
-// fl(b - c), and the bound includes the centring; the filter must then use the centred
-// squared norms exact_l2(a, c) (filter_norms).
+// filter_rel(d) for the float32 GEMMs, the measured 16-bit bound for AMX, AVX-512 bf16 and
+// int16, AVX2 int16 (lowp_rel). `center` (only where gemm_centred(d), else nullptr): the
+// products are of the centred rows, fl(a - c) . fl(b - c), and the bound includes the
+// centring; the filter must then use the centred squared norms exact_l2(a, c) (filter_norms).
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile);
 
-// Which GEMM gemm_tile runs.
+// Which GEMM gemm_tile runs: OpenBLAS, the own AVX-512 float32 kernel, AMX bf16; 3, 4: the
+// own AVX2 kernels, float32 and int16 (vpmaddwd) (gemm_avx2.cpp); 5, 6: AVX-512 without AMX,
+// bf16 (vdpbf16ps) and int16 (vpdpwssd) (gemm_lowp.cpp).
 constexpr int kGemmBlas = 0, kGemmAvx512 = 1, kGemmAmx = 2;
-// The own AVX2 kernels: float32, and int16 products with a measured bound (gemm_avx2.cpp).
 constexpr int kGemmAvx2 = 3, kGemmAvx2I16 = 4;
+constexpr int kGemmBf16 = 5, kGemmI16 = 6;
+int gemm_kind();
 // Whether gemm_tile multiplies centred rows at d coordinates (its bound is then relative to
-// the centred norms): AMX, and AVX2 int16 from kI16MinCols coordinates (below, converting
-// the rows costs more than int16 saves, and the float32 kernel runs).
+// the centred norms): the 16-bit GEMMs (2, 5, 6), and AVX2 int16 from kI16MinCols
+// coordinates (below, converting the rows costs more than int16 saves, and its float32
+// kernel runs).
 constexpr idx_t kI16MinCols = 64;
 bool gemm_centred(idx_t d);
-int gemm_kind();
 
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
 // data far from the origin (all-positive features, say) it would let every pair through;
-// with AMX or AVX2 int16 the driver therefore centres both sides on the column set's mean (distances do
-// not change; only the filter's products and norms do). The float32 GEMMs use the plain
-// rows and norms (xn, yn as given).
+// with a 16-bit GEMM (gemm_centred) the driver therefore centres both sides on the column
+// set's mean (distances do not change; only the filter's products and norms do). The float32
+// GEMMs use the plain rows and norms (xn, yn as given).
 struct FilterNorms {
   std::vector<float> center;  // empty: not centred
   Buffer<float> xc, yc;       // centred squared norms, when centred
@@ -170,6 +174,10 @@ float* thread_tile();
 // Which SIMD path runs: 0 portable, 1 AVX2, 2 AVX-512. USL_FAST_ISA=portable|avx2|avx512
 // narrows it (tests compare every path); a build with USL_FAST_ISA=portable has only 0.
 int active_isa();
+
+// Pairs exact_many evaluated in this process, counted only with USL_FAST_COUNT_EXACT=1
+// (exact.cpp; a benchmark hook: how many pairs a filter lets through).
+int64_t exact_evaluations();
 
 // exact_l2 of row a against base rows idx[0..n) and against rows j0..j0+n (SIMD versions of
 // l2.hpp's kernel, identical bits).

@@ -23,9 +23,14 @@ GEMM_NAMES = {
     2: "AMX bfloat16",
     3: "own AVX2 float32",
     4: "AVX2 int16",
+    5: "AVX-512 bfloat16 (vdpbf16ps)",
+    6: "AVX-512 int16 (vpdpwssd)",
 }
 #: USL_FAST_GEMM values worth timing on each SIMD path (active_isa: 1 AVX2, 2 AVX-512)
-PATH_GEMMS = {1: ("avx2i16", "avx2", "blas"), 2: ("amx", "avx512", "avx2i16", "avx2", "blas")}
+PATH_GEMMS = {
+    1: ("avx2i16", "avx2", "blas"),
+    2: ("amx", "avx512bf16", "avx512vnni", "avx512", "avx2i16", "avx2", "blas"),
+}
 K = 20
 
 # usl_fast.knn in a fresh interpreter with the GEMM named in the environment; runs in
