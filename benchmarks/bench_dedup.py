@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 import pytest
+from conftest import GEMM_NAMES
 
-_GEMM_NAMES = {0: "OpenBLAS float32", 1: "own AVX-512 float32", 2: "AMX bfloat16"}
 
 CASES = ["no duplicates", "usl_fast", "all zero"]  # usl_fast: one group of n / 2 rows
 
@@ -49,7 +49,7 @@ def test_density_with_duplicates(bench, usl, cfg, threads, case):
         k=k,
         groups=int(groups) or n,
         dedup=bool(_cpu.dedup_enabled()),
-        gemm=_GEMM_NAMES[int(_cpu.gemm_kind())],
+        gemm=GEMM_NAMES[int(_cpu.gemm_kind())],
     )
     bench.time(lambda: usl.density(x, k, threads=threads))
 
@@ -112,7 +112,7 @@ def test_detection_overhead_without_duplicates(benchmark, usl, cfg, threads, dat
         det.append(time.perf_counter() - t)
     knn_med = statistics.median(off)
     info = dict(
-        n=n, d=d, k=k, threads=threads, pairs=pairs, gemm=_GEMM_NAMES[gemm],
+        n=n, d=d, k=k, threads=threads, pairs=pairs, gemm=GEMM_NAMES[gemm],
         knn_off_s=off, knn_on_s=on, median_ratio_on_over_off=statistics.median(ratios),
         detection_s=statistics.median(det), detection_over_knn=statistics.median(det) / knn_med,
     )

@@ -15,17 +15,8 @@ import time
 
 import numpy as np
 import pytest
+from conftest import GEMM_NAMES
 
-#: _cpu.gemm_kind() -> what ran
-GEMM_NAMES = {
-    0: "OpenBLAS float32",
-    1: "own AVX-512 float32",
-    2: "AMX bfloat16",
-    3: "own AVX2 float32",
-    4: "AVX2 int16",
-    5: "AVX-512 bfloat16 (vdpbf16ps)",
-    6: "AVX-512 int16 (vpdpwssd)",
-}
 #: USL_FAST_GEMM values worth timing on each SIMD path (active_isa: 1 AVX2, 2 AVX-512)
 PATH_GEMMS = {
     1: ("avx2i16", "avx2", "blas"),

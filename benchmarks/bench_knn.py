@@ -11,16 +11,8 @@ import time
 
 import numpy as np
 import pytest
+from conftest import GEMM_NAMES
 
-_GEMM_NAMES = {
-    0: "OpenBLAS float32",
-    1: "own AVX-512 float32",
-    2: "AMX bfloat16",
-    3: "own AVX2 float32",
-    4: "AVX2 int16",
-    5: "AVX-512 bfloat16 (vdpbf16ps)",
-    6: "AVX-512 int16 (vpdpwssd)",
-}
 #: low-precision filter kind -> (the float32 GEMM of the same path, its kind)
 _FLOAT32_OF = {2: ("avx512", 1), 4: ("avx2", 3), 5: ("avx512", 1), 6: ("avx512", 1)}
 
@@ -179,7 +171,7 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
         from usl_fast._backend import _cpu
 
         kind = _cpu.gemm_kind()
-        bench.extra_info.update(tile_gemm=_GEMM_NAMES[kind])
+        bench.extra_info.update(tile_gemm=GEMM_NAMES[kind])
         summary = {}
         if kind in _FLOAT32_OF:
             # The limit is a float32 one; the 16-bit filters (AMX, AVX-512 bf16 / int16, AVX2
@@ -196,11 +188,11 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
             )
             summary[f"float32 filter (USL_FAST_GEMM={gemm32}), fresh process"] = (
                 f"{t32:.2f} s = {t32 / (n * n * d / (rate32 * 1e9)):.2f} x the limit at "
-                f"{rate32:.0f} GFLOP/s measured right after; {_GEMM_NAMES[kind]} is "
+                f"{rate32:.0f} GFLOP/s measured right after; {GEMM_NAMES[kind]} is "
                 f"{t32 / t:.2f} x faster"
             )
         bench.extra_info["summary"] = {
-            "tile GEMM (filter)": _GEMM_NAMES[kind],
+            "tile GEMM (filter)": GEMM_NAMES[kind],
             **summary,
             "usl_fast kNN time / GEMM-limit time (issue target <= 1.2)": (
                 f"{t / limit:.2f} (limit n^2 d / sgemm rate = {limit:.3f} s "

@@ -251,6 +251,19 @@ def usl(threads: int):
 # ----------------------------------------------------------------------------- data
 
 
+#: _cpu.gemm_kind() -> the filter's tile GEMM that ran (csrc/cpu/gemm.cpp, gemm_kind), for
+#: every benchmark that names it.
+GEMM_NAMES = {
+    0: "OpenBLAS float32",
+    1: "own AVX-512 float32",
+    2: "AMX bfloat16",
+    3: "own AVX2 float32",
+    4: "AVX2 int16",
+    5: "AVX-512 bfloat16 (vdpbf16ps)",
+    6: "AVX-512 int16 (vpdpwssd)",
+}
+
+
 def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     """(n, d) float32 rows drawn from N(0, I) and L2-normalised (no (n, d) temporaries)."""
     x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
