@@ -708,3 +708,63 @@ def test_lloyd_seams_for_split_rows():
     _, _, inertia2, n_run2 = lloyd(x, cent, 60, step_reduce=lambda r, i: (r, i))
     assert n_run2 == plain.n_iter_run
     np.testing.assert_array_equal(inertia2, plain.inertia)
+
+
+_AVX2_I16_WIDE = r"""
+import numpy as np
+from usl_fast._backend import _cpu
+rng = np.random.default_rng(5)
+for d in (16384, 16385):
+    a = rng.standard_normal((16, d)).astype(np.float32)
+    b = rng.standard_normal((16, d)).astype(np.float32)
+    out = np.empty(16 * 16, np.float32)
+    center = np.zeros((1, d), np.float32) if d <= 16384 else None  # centred: int16 only
+    rel = float(_cpu.gemm_tile(a, b, out, center))
+    print(d, repr(rel), repr(float(_cpu.filter_rel(d))))
+try:
+    _cpu.gemm_tile(a, b, out, np.zeros((1, 16385), np.float32))
+except ValueError as e:
+    assert "64 <= d <= 16384" in str(e), e
+    print("refused")
+"""
+
+
+def test_avx2_int16_filter_stops_at_its_column_limit(tmp_path):
+    # Above kI16MaxColsAvx2 (16,384) the AVX2 int16 filter would fail its rounding test on
+    # every tile and redo it from full centred copies: the float32 kernel runs instead, with
+    # the float32 bound; at the limit the int16 tile still passes its rounding test.
+    import subprocess
+    import sys
+
+    from test_cli import subprocess_env
+
+    env = dict(subprocess_env(), USL_FAST_GEMM="avx2i16", USL_FAST_ISA="avx2")
+    r = subprocess.run(
+        [sys.executable, "-c", _AVX2_I16_WIDE],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = {}
+    for line in r.stdout.splitlines()[:2]:
+        d, rel, f32 = line.split()
+        rows[int(d)] = (float(rel), float(f32))
+    kind = subprocess.run(
+        [sys.executable, "-c", "from usl_fast._backend import _cpu; print(_cpu.gemm_kind())"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.strip()
+    if kind != "4":
+        pytest.skip(f"this CPU or build runs GEMM kind {kind} on the AVX2 path")
+    rel_at, f32_at = rows[16384]
+    # int16 ran: its measured bound, neither float32's nor the redo's (float32 + 2^-21)
+    assert f32_at + 2.0**-20 < rel_at < 2.0**-6
+    rel_past, f32_past = rows[16385]
+    assert rel_past == f32_past  # float32 kernel, float32 bound (no centred redo)
+    assert r.stdout.count("refused") == 1  # and no centred product past the limit

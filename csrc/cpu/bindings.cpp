@@ -156,7 +156,7 @@ PYBIND11_MODULE(_cpu, m) {
   // Test hook: out (m, n) = a (m, d) b (n, d)^T through the tile GEMM that runs (AMX, AVX-512
   // bf16 or int16, AVX2 int16, the own AVX-512 or AVX2 float32 kernel or OpenBLAS;
   // gemm_kind()), m and n at most 256; returns the filter's relative bound for that tile.
-  // `center` (a (1, d) array, 16-bit GEMMs only, AVX2 int16 from d >= 64): the products of the
+  // `center` (a (1, d) array, 16-bit GEMMs only, AVX2 int16 for 64 <= d <= 16384): the products of the
   // centred rows, as the drivers run them.
   m.def("gemm_tile", [](py::handle a, py::handle b, py::handle out, py::handle center) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
@@ -168,7 +168,7 @@ PYBIND11_MODULE(_cpu, m) {
       const View cv = in_mat(center, "center");
       if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
       if (!cpu::gemm_centred(av.cols))
-        throw py::value_error("center: 16-bit GEMMs only (AVX2 int16: d >= 64)");
+        throw py::value_error("center: 16-bit GEMMs only (AVX2 int16: 64 <= d <= 16384)");
       pc = cv.data;
     }
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);

@@ -70,7 +70,7 @@ int gemm_kind() {
 bool gemm_centred(idx_t d) {
   const int kind = gemm_kind();
   return kind == kGemmAmx || kind == kGemmBf16 || kind == kGemmI16 ||
-         (kind == kGemmAvx2I16 && d >= kI16MinCols);
+         (kind == kGemmAvx2I16 && avx2i16_cols(d));
 }
 
 // The tile's rel for the 16-bit products (docs/engine.md, "AMX", "AVX-512 without AMX" and
@@ -116,7 +116,7 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
   }
 #endif  // USL_FAST_LOWP
-  if (kind == kGemmAvx2I16 && d >= kI16MinCols) {
+  if (kind == kGemmAvx2I16 && avx2i16_cols(d)) {
     double ka2 = 0.0, kb2 = 0.0;
     // The same fallback as AMX's: a row the int16 image represents badly (centred squared
     // norm below ~2^-93, or d past kI16MaxCols) would make the tile's bound useless.

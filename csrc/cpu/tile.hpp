@@ -149,8 +149,12 @@ int gemm_kind();
 // Whether gemm_tile multiplies centred rows at d coordinates (its bound is then relative to
 // the centred norms): the 16-bit GEMMs (2, 5, 6), and AVX2 int16 from kI16MinCols
 // coordinates (below, converting the rows costs more than int16 saves, and its float32
-// kernel runs).
+// kernel runs) up to kI16MaxColsAvx2: with one scale a row, the measured rounding grows
+// as sqrt(d) (kappa^2 ~ d / (12 ||w||^2), ||w|| ~ 2^14.5), so far above that every tile
+// would fail the 2^-15 test and be redone in float32 from full centred copies.
 constexpr idx_t kI16MinCols = 64;
+constexpr idx_t kI16MaxColsAvx2 = 16384;
+inline bool avx2i16_cols(idx_t d) { return d >= kI16MinCols && d <= kI16MaxColsAvx2; }
 bool gemm_centred(idx_t d);
 
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
