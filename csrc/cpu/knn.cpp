@@ -210,8 +210,10 @@ void self_topk_groups(const View& x, int k, const Sink& sink, const Context& ctx
     return res > opt.max_reservoir_bytes ? 0.0 : res + 4.0 * static_cast<double>(rows);
   };
   const double saved = pass_bytes(x.rows, k) - pass_bytes(g.count, kg);
-  if (!gather_fits(x.rows, g.count, x.cols, 8.0 * kg, saved))
+  if (!gather_fits(x.rows, g.count, x.cols, 8.0 * kg, saved)) {
+    g = Groups();  // the uncollapsed pass was sized without the groups: free them first
     return self_topk(x, k, sink, ctx, opt);
+  }
   const Buffer<float> rx = gather_first(x, g);
   const View rv{rx.data(), g.count, x.cols, x.cols};
   Buffer<uint64_t> lists(static_cast<size_t>(g.count) * kg);
@@ -389,6 +391,8 @@ void knn_cross(const View& a, const View& b, int k, const float* a_start, const 
       expand_lists(cb ? &gb : nullptr, ca ? &ga : nullptr, bv.rows, lb.data(), k, k, sb, ctx);
       return;
     }
+    ga = Groups();  // the uncollapsed pass below was sized without the groups
+    gb = Groups();
   }
   const Buffer<float> an = norms(a, ctx), bn = norms(b, ctx);
   const float abs = filter_abs(a.cols);
