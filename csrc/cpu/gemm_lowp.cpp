@@ -197,6 +197,8 @@ bool avx512bf16_supported() {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
       !__builtin_cpu_supports("avx512vl"))
     return false;
+  // Subleaf 1 exists only where leaf 7's subleaf 0 says so (EAX = the highest subleaf).
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || a < 1) return false;
   return __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1);
 }
 
