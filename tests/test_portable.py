@@ -1,4 +1,4 @@
-"""The portable torch back end (usl_fast.portable) against the C++ engine, bit for bit, on
+"""The portable torch back end (usl_fast.backends.portable) against the C++ engine, bit for bit, on
 CPU tensors: the exact distance, kNN lists, densities, k-means sums and loops, the
 regularizer's flavours, and select() end to end (USL_FAST_BACKEND=portable routes CPU
 tensors through it). The same comparisons on a CUDA tensor run only where a GPU is."""
