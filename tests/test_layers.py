@@ -339,25 +339,27 @@ def test_declared_defaults_are_the_constructors() -> None:
             assert sig[name].default == p.default, (cls.__name__, name)
 
 
-def test_usl_none_means_the_preset_and_positional_arguments_work() -> None:
-    # Earlier releases' estimator read None as "the preset's value" and took positional
-    # arguments in the declared order; both still hold (the horizons excepted: None is "no
-    # horizon" there, as in select).
+def test_usl_takes_positional_arguments_in_the_declared_order() -> None:
+    # Earlier releases' estimator took positional arguments; its signature (from the
+    # declarations) still says so, and so does the constructor.
     from usl_fast import USL
 
     x = np.random.default_rng(3).standard_normal((600, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     base = USL(defaults="imagenet", k=10).fit(x, 12)
-    for name in USL._NONE_IS_PRESET:
-        if name == "k":
-            got = USL(defaults="imagenet", k=None).fit(x, 12)
-            assert got.params_["k"] == USL(defaults="imagenet").fit(x, 12).params_["k"]
-            continue
-        got = USL(defaults="imagenet", k=10, **{name: None}).fit(x, 12)
-        assert np.array_equal(got.indices_, base.indices_), name
-        assert got.params_[name] == base.params_[name], name
     assert np.array_equal(USL("imagenet", 10).fit(x, 12).indices_, base.indices_)
+    assert USL("imagenet", 10).get_params() == base.get_params()
     with pytest.raises(TypeError, match="multiple values for argument 'k'"):
         USL("imagenet", 10, k=3)
     with pytest.raises(TypeError, match="at most"):
         USL(*range(40))
+
+
+def test_usl_reads_none_as_select_does() -> None:
+    # One path: USL(p=None) is select(p=None), an error where select refuses None.
+    from usl_fast import USL
+
+    x = np.random.default_rng(4).standard_normal((300, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with pytest.raises((TypeError, ValueError), match="k"):
+        USL(k=None).fit(x, 5)

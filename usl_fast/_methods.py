@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _dispatch, backends
 from ._pipeline import _usl
-from ._presets import COMMON_PARAMS, METHOD_NAMES, PARAMS, PRESET, USL_PARAMS, Param, document
+from ._presets import COMMON_PARAMS, METHOD_NAMES, PARAMS, USL_PARAMS, Param, document
 from ._validate import (
     as_bool,
     as_features,
@@ -800,26 +800,8 @@ class USL(Selector):
     def _check_backend(self, be: Any) -> None:
         be.check_usl({"kmeans_init": self.kmeans_init})
 
-    #: Parameters for which None has always meant "the preset's value" on the estimator
-    #: (USL(mask_zero=None) picks what it picked before), and now on select() too, where it
-    #: used to be an error. Not the horizons: there None is a value ("no such horizon"),
-    #: as it always was for select().
-    _NONE_IS_PRESET = (
-        "k",
-        "kmeans_iter",
-        "rounds",
-        "weight",
-        "momentum",
-        "alpha",
-        "own_cluster",
-        "mask_zero",
-    )
-
     def _kwargs(self) -> Dict[str, Any]:
         kw: Dict[str, Any] = {p.name: getattr(self, p.name) for p in USL_PARAMS}
-        for name in self._NONE_IS_PRESET:
-            if kw[name] is None:
-                kw[name] = PRESET
         kw.update(seed=self.seed, threads=self.threads, progress=self.progress)
         return kw
 
