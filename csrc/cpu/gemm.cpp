@@ -88,6 +88,26 @@ float lowp_rel(double ka2, double kb2, idx_t d) {
   return round_up(rel);
 }
 
+#ifdef USL_FAST_X86
+namespace {
+// A 16-bit tile whose measured rounding made its bound useless, redone in float32 on the
+// same centred rows (so its norms and the 2^-21 centring term still apply), with the
+// float32 kernel of the same SIMD path.
+using GemmNt = void (*)(const float*, idx_t, idx_t, const float*, idx_t, idx_t, idx_t, float*,
+                        idx_t);
+float redo_float32_centred(GemmNt gemm, const float* a, idx_t lda, idx_t m, const float* b,
+                           idx_t ldb, idx_t n, idx_t d, const float* center, float* tile) {
+  Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
+  for (idx_t r = 0; r < m; ++r)
+    for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
+  for (idx_t j = 0; j < n; ++j)
+    for (idx_t t = 0; t < d; ++t) cb[j * d + t] = b[j * ldb + t] - (center ? center[t] : 0.0f);
+  gemm(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
+  return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
+}
+}  // namespace
+#endif
+
 float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n, idx_t d,
                 const float* center, float* tile) {
   require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && d >= 1, "gemm_tile: tile shape");
@@ -107,13 +127,7 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     // others below its resolution, or a very long pass); its kappa (up to 1) would make the
     // whole tile's bound useless, so this tile is redone in float32, on the same centred rows.
     if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return lowp_rel(ka2, kb2, d);
-    Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
-    for (idx_t r = 0; r < m; ++r)
-      for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
-    for (idx_t j = 0; j < n; ++j)
-      for (idx_t t = 0; t < d; ++t) cb[j * d + t] = b[j * ldb + t] - (center ? center[t] : 0.0f);
-    gemm_nt_avx512(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
-    return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
+    return redo_float32_centred(gemm_nt_avx512, a, lda, m, b, ldb, n, d, center, tile);
   }
 #endif  // USL_FAST_LOWP
   if (kind == kGemmAvx2I16 && avx2i16_cols(d)) {
@@ -123,13 +137,7 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
     if (gemm_tile_avx2i16(a, lda, m, b, ldb, n, d, center, tile, ka2, kb2) && ka2 <= 0x1p-15 &&
         kb2 <= 0x1p-15)
       return lowp_rel(ka2, kb2, d);
-    Buffer<float> ca(static_cast<size_t>(m) * d), cb(static_cast<size_t>(n) * d);
-    for (idx_t r = 0; r < m; ++r)
-      for (idx_t t = 0; t < d; ++t) ca[r * d + t] = a[r * lda + t] - (center ? center[t] : 0.0f);
-    for (idx_t j = 0; j < n; ++j)
-      for (idx_t t = 0; t < d; ++t) cb[j * d + t] = b[j * ldb + t] - (center ? center[t] : 0.0f);
-    gemm_nt_avx2(ca.data(), d, m, cb.data(), d, n, d, tile, kTile);
-    return round_up(static_cast<double>(filter_rel(d)) + 0x1p-21);
+    return redo_float32_centred(gemm_nt_avx2, a, lda, m, b, ldb, n, d, center, tile);
   }
   if (kind == kGemmAvx2 || kind == kGemmAvx2I16) {
     gemm_nt_avx2(a, lda, m, b, ldb, n, d, tile, kTile);
