@@ -199,6 +199,16 @@ struct RangeList {
     }
   };
 };
+
+// The range count of every query row, rows taken as they are (no duplicate collapse).
+void count_rows(const View& q, const View& base, float radius, int64_t* out_count,
+                const Context& ctx) {
+  const Buffer<float> qn = norms(q, ctx), bn = norms(base, ctx);
+  ctx.set_total(num_tiles(q.rows));
+  RangeCount epi{radius, out_count};
+  for_each_tile(q, qn.data(), base, bn.data(), epi, ctx);
+}
+
 }  // namespace
 
 void range_search(const View& q, const View& base, float radius, const int64_t* offsets,
@@ -241,18 +251,17 @@ void range_count(const View& q, const View& base, float radius, int64_t* out_cou
   require(base.rows <= kMaxRows, "range_count: rows fit in int32");
   // Identical queries have the same count: one per group (dedup.hpp), copied. (Base rows
   // stay as they are: each one counts.)
+  // The representatives go straight to the body (looking for groups among them again
+  // would find none and cost a hash pass).
   Groups g;
   if (find_groups_rect(q, nullptr, base.rows, 8.0, ctx, g)) {
     const Buffer<float> gq = gather_first(q, g);
     Buffer<int64_t> gc(g.count);
-    range_count(View{gq.data(), g.count, q.cols, q.cols}, base, radius, gc.data(), ctx);
+    count_rows(View{gq.data(), g.count, q.cols, q.cols}, base, radius, gc.data(), ctx);
     for (idx_t i = 0; i < q.rows; ++i) out_count[i] = gc[g.of[i]];
     return;
   }
-  const Buffer<float> qn = norms(q, ctx), bn = norms(base, ctx);
-  ctx.set_total(num_tiles(q.rows));
-  RangeCount epi{radius, out_count};
-  for_each_tile(q, qn.data(), base, bn.data(), epi, ctx);
+  count_rows(q, base, radius, out_count, ctx);
 }
 
 }  // namespace cpu

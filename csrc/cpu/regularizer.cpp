@@ -158,27 +158,10 @@ struct TopH {
   };
 };
 
-}  // namespace
-
-void regularizer(const View& x, const View& picks, const int32_t* labels, const int32_t* pick_tag,
-                 double alpha, float horizon_dist, int horizon_num, bool mask_zero, double far,
-                 double* out, const Context& ctx) {
-  require(picks.cols == x.cols && picks.rows >= 1, "regularizer: picks");
-  require(picks.rows <= kMaxRows, "regularizer: picks fit in int32");
-  // A row's sum depends only on its bytes and its label: one sum per group of rows that
-  // match in both (dedup.hpp), copied to the members. The picks are never collapsed (each
-  // pick is one term of the sum, in pick order).
-  Groups g;
-  if (find_groups_rect(x, labels, picks.rows, 12.0, ctx, g)) {
-    const Buffer<float> gx = gather_first(x, g);
-    Buffer<int32_t> gl(g.count);
-    Buffer<double> go(g.count);
-    for (idx_t c = 0; c < g.count; ++c) gl[c] = labels[g.first[c]];
-    regularizer(View{gx.data(), g.count, x.cols, x.cols}, picks, gl.data(), pick_tag, alpha,
-                horizon_dist, horizon_num, mask_zero, far, go.data(), ctx);
-    for (idx_t i = 0; i < x.rows; ++i) out[i] = go[g.of[i]];
-    return;
-  }
+// The regularizer of every row of x, rows taken as they are (no duplicate collapse).
+void regularizer_rows(const View& x, const View& picks, const int32_t* labels,
+                      const int32_t* pick_tag, double alpha, float horizon_dist, int horizon_num,
+                      bool mask_zero, double far, double* out, const Context& ctx) {
   const Buffer<float> xn = norms(x, ctx), pn = norms(picks, ctx);
   const RegParams p{x.cols, labels,       pick_tag,  alpha,    neg_pow(far, alpha),
                     horizon_dist, horizon_num, mask_zero, out};
@@ -193,6 +176,32 @@ void regularizer(const View& x, const View& picks, const int32_t* labels, const 
     PowerSum epi{p};
     for_each_tile(x, xn.data(), picks, pn.data(), epi, ctx);
   }
+}
+
+}  // namespace
+
+void regularizer(const View& x, const View& picks, const int32_t* labels, const int32_t* pick_tag,
+                 double alpha, float horizon_dist, int horizon_num, bool mask_zero, double far,
+                 double* out, const Context& ctx) {
+  require(picks.cols == x.cols && picks.rows >= 1, "regularizer: picks");
+  require(picks.rows <= kMaxRows, "regularizer: picks fit in int32");
+  // A row's sum depends only on its bytes and its label: one sum per group of rows that
+  // match in both (dedup.hpp), copied to the members. The picks are never collapsed (each
+  // pick is one term of the sum, in pick order). The representatives go straight to the
+  // body: looking for groups among them again would find none and cost a hash pass.
+  Groups g;
+  if (find_groups_rect(x, labels, picks.rows, 12.0, ctx, g)) {
+    const Buffer<float> gx = gather_first(x, g);
+    Buffer<int32_t> gl(g.count);
+    Buffer<double> go(g.count);
+    for (idx_t c = 0; c < g.count; ++c) gl[c] = labels[g.first[c]];
+    regularizer_rows(View{gx.data(), g.count, x.cols, x.cols}, picks, gl.data(), pick_tag, alpha,
+                     horizon_dist, horizon_num, mask_zero, far, go.data(), ctx);
+    for (idx_t i = 0; i < x.rows; ++i) out[i] = go[g.of[i]];
+    return;
+  }
+  regularizer_rows(x, picks, labels, pick_tag, alpha, horizon_dist, horizon_num, mask_zero, far,
+                   out, ctx);
 }
 
 }  // namespace cpu
