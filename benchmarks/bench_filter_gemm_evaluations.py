@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
+from conftest import SgemmProbe
 
 #: USL_FAST_GEMM value -> (the kind the engine reports when it runs, its name)
 _GEMMS = {
@@ -66,17 +65,7 @@ def _child(gemm: str, n: int, d: int, k: int, threads: int, rounds: int, count: 
 
 
 def _sgemm_gflops(m: int, n: int, kk: int) -> float:
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, kk), dtype=np.float32)
-    b = rng.standard_normal((kk, n), dtype=np.float32)
-    out = np.empty((m, n), np.float32)
-    np.matmul(a, b, out=out)
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * m * n * kk / best / 1e9
+    return SgemmProbe(m, n, kk).rate(3)
 
 
 @pytest.mark.parametrize("gemm", list(_GEMMS) + ["faiss"])

@@ -45,21 +45,12 @@ print(_cpu.active_isa(), _cpu.gemm_kind(), best)
 # NumPy's sgemm rate (GFLOP/s, best of 5 on 4096 x 4096 x 512) in a fresh interpreter, so that
 # OPENBLAS_CORETYPE takes effect.
 _SGEMM = r"""
-import sys, time, numpy as np
-m, n, k, threads = map(int, sys.argv[1:5])
+import sys
 from threadpoolctl import threadpool_limits
+from conftest import SgemmProbe
+m, n, k, threads = map(int, sys.argv[1:5])
 threadpool_limits(threads)
-rng = np.random.default_rng(0)
-a = rng.standard_normal((m, k), dtype=np.float32)
-b = rng.standard_normal((k, n), dtype=np.float32)
-out = np.empty((m, n), np.float32)
-np.matmul(a, b, out=out)
-best = np.inf
-for _ in range(5):
-    t0 = time.perf_counter()
-    np.matmul(a, b, out=out)
-    best = min(best, time.perf_counter() - t0)
-print(2.0 * m * n * k / best / 1e9)
+print(SgemmProbe(m, n, k).rate(5))
 """
 
 

@@ -5,25 +5,15 @@ the same session, and the peak RSS growth beside README's formula."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
-from conftest import clustered_vectors
+from conftest import SgemmProbe, clustered_vectors
 
 
 def _gemm_gflops(d: int) -> float:
     # The same product as bench_knn.py's "gemm limit" (4096 x 4096 x 512): a d = 128 probe
     # runs far below the machine's sgemm rate and would flatter the kNN.
     del d
-    a = np.random.default_rng(0).standard_normal((4096, 512), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((4096, 512), dtype=np.float32)
-    a @ b.T
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        a @ b.T
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 4096 * 4096 * 512 / best / 1e9
+    return SgemmProbe(4096, 4096, 512).rate(3)
 
 
 def _vm(key: str) -> int:

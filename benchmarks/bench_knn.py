@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import GEMM_NAMES
+from conftest import GEMM_NAMES, SgemmProbe
 
 #: low-precision filter kind -> (the float32 GEMM of the same path, its kind)
 _FLOAT32_OF = {2: ("avx512", 1), 4: ("avx2", 3), 5: ("avx512", 1), 6: ("avx512", 1)}
@@ -70,28 +70,20 @@ def neighbour_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def sgemm(cfg, threads):
-    """NumPy float32 GEMM rate on an (m x k) @ (k x n) product: best of 5 after a warm-up."""
-    m, n, kk = cfg["gemm"]["m"], cfg["gemm"]["n"], cfg["gemm"]["k"]
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, kk), dtype=np.float32)
-    b = rng.standard_normal((kk, n), dtype=np.float32)
-    out = np.empty((m, n), np.float32)
-    np.matmul(a, b, out=out)
-    best = np.inf
-    for _ in range(5):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    flops = 2.0 * m * n * kk
+    """NumPy float32 GEMM rate on the configured product: best of 5 after a warm-up."""
+    g = cfg["gemm"]
+    probe = SgemmProbe(g["m"], g["n"], g["k"])
+    best = probe.seconds(5)
     return {
-        "a": a,
-        "b": b,
-        "out": out,
-        "m": m,
-        "n": n,
-        "k": kk,
+        "probe": probe,
+        "a": probe.a,
+        "b": probe.b,
+        "out": probe.out,
+        "m": probe.m,
+        "n": probe.n,
+        "k": probe.k,
         "seconds": best,
-        "gflops": flops / best / 1e9,
+        "gflops": 2.0 * probe.m * probe.n * probe.k / best / 1e9,
     }
 
 
@@ -207,10 +199,4 @@ def test_knn(bench, usl, data, cfg, threads, results_cache, sgemm, knn_k, impl):
 
 def _sgemm_rate(sgemm) -> float:
     """The module's sgemm product again, best of 3, GFLOP/s."""
-    a, b, out = sgemm["a"], sgemm["b"], sgemm["out"]
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * sgemm["m"] * sgemm["n"] * sgemm["k"] / best / 1e9
+    return sgemm["probe"].rate(3)

@@ -271,6 +271,33 @@ def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     return x
 
 
+class SgemmProbe:
+    """NumPy's float32 GEMM on an (m x k) @ (k x n) product: the rate the kNN benchmarks
+    call the float32 GEMM limit. The operands are kept, so that ``rate`` can be measured
+    again right beside a timed run; child scripts import it too."""
+
+    def __init__(self, m: int, n: int, k: int) -> None:
+        rng = np.random.default_rng(0)
+        self.m, self.n, self.k = m, n, k
+        self.a = rng.standard_normal((m, k), dtype=np.float32)
+        self.b = rng.standard_normal((k, n), dtype=np.float32)
+        self.out = np.empty((m, n), np.float32)
+        np.matmul(self.a, self.b, out=self.out)  # warm-up: threads, pages
+
+    def seconds(self, repeats: int = 5) -> float:
+        """The best of ``repeats`` products, seconds."""
+        best = np.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.matmul(self.a, self.b, out=self.out)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def rate(self, repeats: int = 5) -> float:
+        """GFLOP/s of the best of ``repeats`` products."""
+        return 2.0 * self.m * self.n * self.k / self.seconds(repeats) / 1e9
+
+
 def clustered_vectors(n: int, d: int, n_centers: int = 100, spread: float = 0.5, seed: int = 0):
     """Unit vectors around n_centers random directions (a Gaussian blob each, spread
     relative to the unit centre, then normalised): closer to real self-supervised features
