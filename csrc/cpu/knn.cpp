@@ -326,6 +326,41 @@ bool cross_groups(const View& x, const float* start, const Context& ctx, Groups&
   }
   return find_groups(x, start ? tag.data() : nullptr, ctx, g);
 }
+
+// One side of knn_cross as its pass sees it: the rows and start bounds as given, or (with
+// groups) the representatives' rows and bounds, gathered.
+struct CrossSide {
+  Buffer<float> gathered, gathered_start;
+  View rows;
+  const float* start;
+  CrossSide(const View& x, const float* s, const Groups* g) : rows(x), start(s) {
+    if (!g) return;
+    gathered = gather_first(x, *g);
+    rows = View{gathered.data(), g->count, x.cols, x.cols};
+    if (s) {
+      gathered_start.reset(g->count);
+      for (idx_t c = 0; c < g->count; ++c) gathered_start[c] = s[g->first[c]];
+      start = gathered_start.data();
+    }
+  }
+};
+
+// Both sides' reservoirs, each row's started below its bound, filled by one tiled pass
+// (the norms live only as long as the pass).
+void cross_pass(const CrossSide& a, const CrossSide& b, int k, TopK& ra, TopK& rb,
+                const Context& ctx) {
+  const Buffer<float> an = norms(a.rows, ctx), bn = norms(b.rows, ctx);
+  const float abs = filter_abs(a.rows.cols);
+  ra.init(a.rows.rows, k, abs);
+  rb.init(b.rows.rows, k, abs);
+  if (a.start)
+    for (idx_t i = 0; i < a.rows.rows; ++i) ra.start_below(i, a.start[i]);
+  if (b.start)
+    for (idx_t j = 0; j < b.rows.rows; ++j) rb.start_below(j, b.start[j]);
+  ctx.set_total(num_tiles(a.rows.rows) * num_tiles(b.rows.rows));
+  CrossTopK epi{&ra, &rb};
+  for_each_tile_cross(a.rows, an.data(), b.rows, bn.data(), epi, ctx);
+}
 }  // namespace
 
 void knn_cross(const View& a, const View& b, int k, const float* a_start, const float* b_start,
@@ -348,64 +383,27 @@ void knn_cross(const View& a, const View& b, int k, const float* a_start, const 
     if (cb) extra += static_cast<double>(gb.count) * (d4 + 16.0) + 8.0 * b.rows;
     const double saved = reservoir_bytes_per_row(k) * ((a.rows - na) + (b.rows - nb));
     if (extra <= saved + kDedupSlackBytes) {
-      Buffer<float> ax, bx, as, bs;
-      View av = a, bv = b;
-      const float *ps = a_start, *pt = b_start;
-      if (ca) {
-        ax = gather_first(a, ga);
-        av = View{ax.data(), ga.count, a.cols, a.cols};
-        if (a_start) {
-          as.reset(ga.count);
-          for (idx_t c = 0; c < ga.count; ++c) as[c] = a_start[ga.first[c]];
-          ps = as.data();
-        }
-      }
-      if (cb) {
-        bx = gather_first(b, gb);
-        bv = View{bx.data(), gb.count, b.cols, b.cols};
-        if (b_start) {
-          bs.reset(gb.count);
-          for (idx_t c = 0; c < gb.count; ++c) bs[c] = b_start[gb.first[c]];
-          pt = bs.data();
-        }
-      }
-      Buffer<uint64_t> la(static_cast<size_t>(av.rows) * k), lb(static_cast<size_t>(bv.rows) * k);
+      const CrossSide sa(a, a_start, ca ? &ga : nullptr), sb(b, b_start, cb ? &gb : nullptr);
+      Buffer<uint64_t> la(static_cast<size_t>(sa.rows.rows) * k);
+      Buffer<uint64_t> lb(static_cast<size_t>(sb.rows.rows) * k);
       {
-        const Buffer<float> an = norms(av, ctx), bn = norms(bv, ctx);
-        const float abs = filter_abs(a.cols);
         TopK ra, rb;
-        ra.init(av.rows, k, abs);
-        rb.init(bv.rows, k, abs);
-        if (ps)
-          for (idx_t i = 0; i < av.rows; ++i) ra.start_below(i, ps[i]);
-        if (pt)
-          for (idx_t j = 0; j < bv.rows; ++j) rb.start_below(j, pt[j]);
-        ctx.set_total(num_tiles(av.rows) * num_tiles(bv.rows));
-        CrossTopK epi{&ra, &rb};
-        for_each_tile_cross(av, an.data(), bv, bn.data(), epi, ctx);
-        finish_keys(ra, av.rows, k, la.data(), ctx);
-        finish_keys(rb, bv.rows, k, lb.data(), ctx);
+        cross_pass(sa, sb, k, ra, rb, ctx);
+        finish_keys(ra, sa.rows.rows, k, la.data(), ctx);
+        finish_keys(rb, sb.rows.rows, k, lb.data(), ctx);
       }
-      const ListSink sa{out_a, nullptr, k}, sb{out_b, nullptr, k};
-      expand_lists(ca ? &ga : nullptr, cb ? &gb : nullptr, av.rows, la.data(), k, k, sa, ctx);
-      expand_lists(cb ? &gb : nullptr, ca ? &ga : nullptr, bv.rows, lb.data(), k, k, sb, ctx);
+      const ListSink oa{out_a, nullptr, k}, ob{out_b, nullptr, k};
+      expand_lists(ca ? &ga : nullptr, cb ? &gb : nullptr, sa.rows.rows, la.data(), k, k, oa,
+                   ctx);
+      expand_lists(cb ? &gb : nullptr, ca ? &ga : nullptr, sb.rows.rows, lb.data(), k, k, ob,
+                   ctx);
       return;
     }
     ga = Groups();  // the uncollapsed pass below was sized without the groups
     gb = Groups();
   }
-  const Buffer<float> an = norms(a, ctx), bn = norms(b, ctx);
-  const float abs = filter_abs(a.cols);
   TopK ra, rb;
-  ra.init(a.rows, k, abs);
-  rb.init(b.rows, k, abs);
-  if (a_start)
-    for (idx_t i = 0; i < a.rows; ++i) ra.start_below(i, a_start[i]);
-  if (b_start)
-    for (idx_t j = 0; j < b.rows; ++j) rb.start_below(j, b_start[j]);
-  ctx.set_total(num_tiles(a.rows) * num_tiles(b.rows));
-  CrossTopK epi{&ra, &rb};
-  for_each_tile_cross(a, an.data(), b, bn.data(), epi, ctx);
+  cross_pass(CrossSide(a, a_start, nullptr), CrossSide(b, b_start, nullptr), k, ra, rb, ctx);
   finish_distances(ra, a.rows, k, out_a, ctx);
   finish_distances(rb, b.rows, k, out_b, ctx);
 }
