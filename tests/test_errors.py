@@ -380,3 +380,22 @@ def test_late_argument_errors_come_before_any_engine_call(usl, no_engine):
     ):
         with pytest.raises((ValueError, TypeError)):
             usl.select(big, 100, **kw)
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None], ids=["str", "int", "none"])
+def test_progress_must_be_a_bool_everywhere(usl, no_engine, x, bad):
+    # A truthy string used to draw bars as if it were True; every entry point now refuses
+    # a non-bool before any work, as it does for normalize.
+    calls = [
+        lambda: usl.knn(x, 5, progress=bad),
+        lambda: usl.density(x, 5, progress=bad),
+        lambda: usl.kmeans(x, 3, progress=bad),
+        lambda: usl.range_count(x, 0.5, progress=bad),
+        lambda: usl.select(x, 3, k=20, progress=bad),
+        lambda: usl.select(x, 3, method="probcover", progress=bad),
+        lambda: usl.select(x, 3, method="typiclust", progress=bad),
+        lambda: usl.select(x, 3, method="kcenter", progress=bad),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"`progress` must be True or False"):
+            call()

@@ -363,3 +363,27 @@ def test_usl_reads_none_as_select_does() -> None:
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     with pytest.raises((TypeError, ValueError), match="k"):
         USL(k=None).fit(x, 5)
+
+
+def test_every_method_checks_every_constructor_parameter_from_a_declaration():
+    """One source of truth for each method's parameters: every constructor argument has a
+    ``_presets.Param`` (scikit-learn's ``_parameter_constraints``), and a bad value of each
+    is refused at ``fit`` with a message naming it."""
+    import inspect
+
+    import usl_fast
+    from usl_fast.api import METHODS
+
+    # 600 rows: USL's default preset wants k = 400 < n before it looks at anything else
+    x = np.random.default_rng(0).standard_normal((600, 4)).astype(np.float32)
+    for name, cls in METHODS.items():
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        declared = set(cls._parameter_constraints)
+        assert set(params) <= declared, (name, sorted(set(params) - declared))
+        for p in params:
+            decl = cls._parameter_constraints[p]
+            if decl.type is bool and not decl.strict:
+                continue  # a preset flag taken by truth value (documented): any value is one
+            with pytest.raises((TypeError, ValueError), match=f"`{p}`"):
+                cls(**{p: "not a value"}).fit(x, 3)
+    assert usl_fast.ProbCover(delta=0.5).fit(x, 3).indices_.shape == (3,)

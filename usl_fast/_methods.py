@@ -19,12 +19,10 @@ from ._presets import COMMON_PARAMS, METHOD_NAMES, PARAMS, USL_PARAMS, Param, do
 from ._validate import (
     as_bool,
     as_features,
-    as_float,
     as_int,
     as_interval,
     as_seed,
     round_budget,
-    threads_arg,
     unit_rows,
 )
 from .backends.engine import initial_rows, lloyd
@@ -175,8 +173,10 @@ class RandomSelect(Selector):
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def _validate(self, n: int) -> None:
-        as_seed(self.seed, legacy=True)  # RandomState takes 32-bit seeds
+    _parameter_constraints = {
+        # RandomState takes 32-bit seeds
+        "seed": Param("seed", int, 0, "seed of numpy's RandomState", low=0, legacy=True),
+    }
 
     def _select(self, x, m, lab, timings):
         n = x.shape[0]
@@ -221,6 +221,7 @@ class KCenterGreedy(Selector):
         "seed": PARAMS["seed"],
         "normalize": Param("normalize", bool, False, "L2-normalise a copy of the features first"),
         "threads": PARAMS["threads"],
+        "progress": PARAMS["progress"],
     }
 
     def _select(self, x, m, lab, timings):
@@ -345,6 +346,7 @@ class TypiClust(Selector):
         "kmeans_iter": Param("kmeans_iter", int, 300, "most Lloyd iterations", low=1),
         "normalize": Param("normalize", bool, True, "L2-normalise a copy of the features first"),
         "threads": PARAMS["threads"],
+        "progress": PARAMS["progress"],
     }
 
     def _typicality(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -594,24 +596,34 @@ class ProbCover(Selector):
     #: the authors' ball radius, used when neither delta nor n_classes is given
     DEFAULT_DELTA = 0.6
 
+    _parameter_constraints = {
+        "n_classes": Param(
+            "n_classes", int, None, "k-means pseudo-labels for the purity rule", low=2, none=True
+        ),
+        "delta": Param(
+            "delta", float, None, "ball radius (plain L2)", low=0.0, open_low=True, none=True
+        ),
+        "alpha": Param(
+            "alpha", float, 0.95, "purity delta must reach", low=0.0, high=1.0, open_low=True
+        ),
+        "seed": PARAMS["seed"],
+        "max_edges": Param("max_edges", int, None, "most edges stored", low=1, none=True),
+        "normalize": Param("normalize", bool, True, "L2-normalise a copy of the features first"),
+        "threads": PARAMS["threads"],
+        "progress": PARAMS["progress"],
+    }
+
     def _validate(self, n: int) -> None:
         if self.delta is not None and self.n_classes is not None:
             raise ValueError(
                 "give `delta` (a fixed ball radius) or `n_classes` (delta by the purity "
                 f"rule), not both (got delta={self.delta}, n_classes={self.n_classes})"
             )
-        if self.n_classes is not None:
-            as_int(self.n_classes, "n_classes", 2, n, f" = number of points n={n}")
-        if self.delta is not None:
-            d = as_float(self.delta, "delta", 0.0)
-            if d <= 0:
-                raise ValueError(f"`delta` must be > 0 (got delta={d})")
-        as_interval(self.alpha, "alpha", 0.0, 1.0, open_low=True)
-        _seed(self.seed)
-        if self.max_edges is not None:
-            as_int(self.max_edges, "max_edges", 1)
-        as_bool(self.normalize, "normalize")
-        threads_arg(self.threads)
+        for name, p in self._parameter_constraints.items():
+            if name == "n_classes":  # at most one class per point
+                p.check(self.n_classes, high=n, high_msg=f" = number of points n={n}")
+            else:
+                p.check(getattr(self, name))
 
     def _select(self, x, m, lab, timings):
         n = x.shape[0]
@@ -793,9 +805,10 @@ class USL(Selector):
                 setattr(self, name, params.get(name, p.default))
 
     def _validate(self, n: int) -> None:
-        # normalize here; every USL parameter against its declaration in _usl_params
-        # (their bounds depend on n and m)
+        # normalize and progress here; every USL parameter against its declaration in
+        # _usl_params (their bounds depend on n and m)
         as_bool(self.normalize, "normalize")
+        PARAMS["progress"].check(self.progress)
 
     def _check_backend(self, be: Any) -> None:
         be.check_usl({"kmeans_init": self.kmeans_init})

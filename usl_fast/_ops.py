@@ -19,6 +19,7 @@ from ._validate import (
     MIN_SQUARED_NORM,
     _is_torch,
     _to_torch,
+    as_bool,
     as_features,
     as_features_top,
     as_float,
@@ -85,6 +86,7 @@ def knn(
         raise ValueError(tiny_scale_message("features", top))
     n = x.shape[0]
     threads_arg(threads)
+    as_bool(progress, "progress")
     q = None
     if queries is None:
         k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
@@ -139,6 +141,7 @@ def density(
     n = x.shape[0]
     k = as_int(k, "k", 1, n - 1, f" and < number of points n={n} (self included)")
     threads_arg(threads)
+    as_bool(progress, "progress")
     dens = _dispatch.knn_density(
         x, k, threads, progress, float(_sample_hits), float(_max_reservoir_bytes)
     )
@@ -182,6 +185,7 @@ def kmeans(
     n_iter = as_int(n_iter, "n_iter", 1)
     seed = as_seed(seed)
     threads_arg(threads)
+    as_bool(progress, "progress")
     if isinstance(init, str):
         if init not in ("random", "k-means++"):
             raise ValueError(
@@ -333,4 +337,5 @@ def range_count(
             )
     radius = as_float(radius, "radius", 0.0, allow_inf=True)
     threads_arg(threads)
+    as_bool(progress, "progress")
     return back(_dispatch.range_count(q, x, radius, threads, progress))

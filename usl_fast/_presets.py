@@ -10,7 +10,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-from ._validate import MAX_ROWS, as_bool, as_float, as_int, as_seed, threads_arg
+from ._validate import MAX_ROWS, as_bool, as_float, as_int, as_interval, as_seed, threads_arg
 
 
 class _FromPreset:
@@ -139,11 +139,13 @@ class Param:
     doc : one line for docstrings and the CLI's help.
     low, high : the allowed range (inclusive; None: unbounded). A bound that depends on the
         data (k < n, m <= n_clusters <= n) is passed to ``check`` by the caller.
+    open_low : ``low`` itself is excluded (a radius or a purity that must be > 0).
     choices : the allowed strings (type str).
     none : None is allowed (it means "off" or "decided later", see doc).
     inf : +inf is allowed (type float).
     strict : False for a bool taken by truth value (a preset flag such as ``mask_zero``).
     phrase : how a message names the choices, when not "'a', 'b' or 'c'".
+    legacy : a seed for numpy's RandomState (32 bits) rather than any 64-bit seed.
     """
 
     name: str
@@ -158,6 +160,8 @@ class Param:
     inf: bool = False
     strict: bool = True
     phrase: str = ""
+    open_low: bool = False
+    legacy: bool = False
 
     @property
     def option(self) -> str:
@@ -177,7 +181,7 @@ class Param:
         hi = self.high if high is None else high
         msg = self.high_msg if high is None else high_msg
         if self.name == "seed":
-            return as_seed(value)
+            return as_seed(value, legacy=self.legacy)
         if self.name == "threads":
             threads_arg(value)
             return value
@@ -194,6 +198,13 @@ class Param:
             return as_bool(value, self.name) if self.strict else bool(value)
         if self.type is int:
             return as_int(value, self.name, lo, hi, msg)
+        if self.open_low:
+            if hi is not None:
+                return as_interval(value, self.name, lo, hi, open_low=True)
+            v = as_float(value, self.name, allow_inf=self.inf)
+            if not v > lo:
+                raise ValueError(f"`{self.name}` must be > {lo:g} (got {self.name}={v})")
+            return v
         v = as_float(value, self.name, lo, allow_inf=self.inf)
         if hi is not None and v > hi:
             raise ValueError(f"`{self.name}` must be in [{lo:g}, {hi:g}] (got {self.name}={v})")
