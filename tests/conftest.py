@@ -166,9 +166,15 @@ def no_engine(monkeypatch):
 
         return boom
 
-    # Queries that do no work stay: the thread count and the tile GEMM's kind are read by
-    # the memory pre-check that runs before every op.
-    queries = {"max_threads", "gemm_kind", "active_isa", "reservoir_bytes_per_row"}
+    # Queries that do no work stay: the thread count, the tile GEMM's kind and the size of
+    # its row images are read by the memory pre-check that runs before every op.
+    queries = {
+        "max_threads",
+        "gemm_kind",
+        "active_isa",
+        "reservoir_bytes_per_row",
+        "filter_image_bytes",
+    }
     for name in dir(usl_fast._cpu):
         if name.startswith("_") or name in queries:
             continue

@@ -106,6 +106,13 @@ def _norm_bytes(*rows: int) -> float:
     return 8.0 * sum(rows)
 
 
+def _image_bytes(d: int, *rows: int) -> float:
+    """The int16 images of each side's rows that the symmetric and bipartite kNN passes
+    convert once per call where the filter's GEMM is AVX2 int16 (about 2 d + 4 bytes a row;
+    0 elsewhere: the engine's own figure, ``_cpu.filter_image_bytes``)."""
+    return float(sum(_cpu.filter_image_bytes(int(r), int(d)) for r in rows))
+
+
 def row_norms(x: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
     th = resolve_threads(threads)
     check_memory(4.0 * x.shape[0], f"the squared norms of {x.shape[0]} rows", th, tiles=False)
@@ -140,6 +147,8 @@ def knn(
     shared, per_thread = topk_buffers(n, k, queries is None, max_reservoir_bytes)
     if shared == 0.0:
         shared = DEDUP_DETECT_BYTES_PER_ROW * (n + (0 if queries is None else rows))
+    else:  # the symmetric pass
+        shared += _image_bytes(x.shape[1], n)
     check_memory(
         rows * k * (12.0 if indices else 4.0)
         + shared
@@ -179,6 +188,8 @@ def knn_density(
     shared, per_thread = topk_buffers(n, k, True, max_reservoir_bytes)
     if shared == 0.0:
         shared = DEDUP_DETECT_BYTES_PER_ROW * n
+    else:  # the symmetric pass
+        shared += _image_bytes(x.shape[1], n)
     check_memory(
         4.0 * n + shared + _norm_bytes(n),
         f"the kNN density of {n} points (k={k}: candidate buffers)",
@@ -277,7 +288,9 @@ def knn_cross(
     na, nb = a.shape[0], b.shape[0]
     th = resolve_threads(threads)
     check_memory(
-        (na + nb) * (k * 4.0 + reservoir_bytes_per_row(k)) + _norm_bytes(na, nb),
+        (na + nb) * (k * 4.0 + reservoir_bytes_per_row(k))
+        + _norm_bytes(na, nb)
+        + _image_bytes(a.shape[1], na, nb),
         f"a {na} x {nb} kNN block (k={k}: lists and candidate buffers)",
         th,
         8.0 * k,

@@ -155,8 +155,37 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
   return filter_rel(d);
 }
 
+float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                       idx_t d, const float* center, const I16Image& ia, idx_t i0,
+                       const I16Image& ib, idx_t j0, float* tile) {
+  require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && i0 % kTile == 0 && j0 % kTile == 0 &&
+              i0 + m <= ia.rows && j0 + n <= ib.rows && filter_images(d),
+          "gemm_tile_images: tile shape");
+#ifdef USL_FAST_X86
+  double ka2 = 0.0, kb2 = 0.0;
+  // The same test and fallback as gemm_tile's int16 branch, on the same measured kappas.
+  if (gemm_tile_avx2i16_image(ia, i0, m, ib, j0, n, d, tile, ka2, kb2) && ka2 <= 0x1p-15 &&
+      kb2 <= 0x1p-15)
+    return lowp_rel(ka2, kb2, d);
+  return redo_float32_centred(gemm_nt_avx2, a, lda, m, b, ldb, n, d, center, tile);
+#else
+  (void)a, (void)lda, (void)b, (void)ldb, (void)center, (void)tile;
+  return 0.0f;  // unreachable: filter_images is false without the AVX2 kernels
+#endif
+}
+
+bool filter_images(idx_t d) { return gemm_kind() == kGemmAvx2I16 && avx2i16_cols(d); }
+
+double filter_image_bytes(idx_t rows, idx_t d) {
+  if (!filter_images(d) || rows == 0) return 0.0;
+  const double slots = 8.0 * static_cast<double>((rows + 7) / 8);
+  return 4.0 * (slots * static_cast<double>((d + 1) / 2) + 8.0)  // words, alignment
+         + 4.0 * (slots + 16.0)                                  // inv
+         + 8.0 * static_cast<double>(num_tiles(rows));           // k2
+}
+
 FilterNorms filter_norms(const View& x, const float* xn, const View& y, const float* yn,
-                         bool same, const Context& ctx) {
+                         bool same, const Context& ctx, bool images) {
   FilterNorms f;
   f.xn = xn;
   f.yn = yn;
@@ -179,6 +208,12 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
   } else {
     centred(y, f.yc);
     f.yn = f.yc.data();
+  }
+  if (images && filter_images(d) && x.rows > 0) {
+    build_i16_image(x, f.center.data(), f.xi, ctx);
+    if (!same) build_i16_image(y, f.center.data(), f.yi, ctx);
+    f.images = true;
+    f.same = same;
   }
   return f;
 }

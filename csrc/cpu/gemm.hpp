@@ -72,6 +72,10 @@ void gemm_nt_avx2(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb,
 // the caller then runs float32 (gemm_avx2.cpp).
 bool gemm_tile_avx2i16(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                        idx_t d, const float* center, float* tile, double& ka2, double& kb2);
+// The same from the rows' images (tile.hpp, I16Image): row tile i0 / kTile of ia against
+// j0 / kTile of ib, the same bits and kappas; false where either tile has a row out of range.
+bool gemm_tile_avx2i16_image(const I16Image& ia, idx_t i0, idx_t m, const I16Image& ib, idx_t j0,
+                             idx_t n, idx_t d, float* tile, double& ka2, double& kb2);
 void gemm_nt_avx512(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                     idx_t d, float* c, idx_t ldc);
 

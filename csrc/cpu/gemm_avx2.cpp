@@ -153,9 +153,11 @@ USL_AVX2_TARGET void rows_f32(const float* a, idx_t lda, idx_t m, const float* b
 // adds each pair into an int32 (8 columns x 2 coordinates an instruction, twice the float32
 // FMA's 8 products), vpaddd accumulates; every sum is exact (quant_i16.hpp). Earlier passes
 // leave int32 sums in the tile; the last one converts to float32 and scales by
-// 2^-(ka + kb) (sa[r] * sb[c], exact), the only rounding of the product.
-template <int MR, int NP>
-USL_AVX2_TARGET inline void micro_i16(const int16_t* a, idx_t lda, const int32_t* bp, idx_t kw,
+// 2^-(ka + kb) (sa[r] * sb[c], exact), the only rounding of the product. A's coordinate
+// pairs are 32-bit words: row r's word w at a[r * ars + w * AW] (rows: ars = kw, AW = 1;
+// a panel of an I16Image: ars = 1, AW = 8).
+template <int MR, int NP, int AW>
+USL_AVX2_TARGET inline void micro_i16(const int32_t* a, idx_t ars, const int32_t* bp, idx_t kw,
                                       float* c, idx_t ldc, idx_t last, bool accumulate,
                                       bool final, const float* sa, const float* sb) {
   __m256i acc[MR][NP];
@@ -163,9 +165,9 @@ USL_AVX2_TARGET inline void micro_i16(const int16_t* a, idx_t lda, const int32_t
   for (int r = 0; r < MR; ++r)
     _Pragma("GCC unroll 8")
     for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_setzero_si256();
-  const int16_t* ar[MR];
+  const int32_t* ar[MR];
   _Pragma("GCC unroll 8")
-  for (int r = 0; r < MR; ++r) ar[r] = a + r * lda;
+  for (int r = 0; r < MR; ++r) ar[r] = a + r * ars;
   for (idx_t w = 0; w < kw; ++w) {
     __m256i bv[NP];
     _Pragma("GCC unroll 8")
@@ -173,8 +175,8 @@ USL_AVX2_TARGET inline void micro_i16(const int16_t* a, idx_t lda, const int32_t
       bv[p] = _mm256_load_si256(reinterpret_cast<const __m256i*>(bp + p * kw * 8 + w * 8));
     _Pragma("GCC unroll 8")
     for (int r = 0; r < MR; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, ar[r] + 2 * w, sizeof pair);
+      int32_t pair;  // (memcpy: the words were stored as int16 or as vectors)
+      std::memcpy(&pair, ar[r] + w * AW, sizeof pair);
       const __m256i av = _mm256_set1_epi32(pair);
       _Pragma("GCC unroll 8")
       for (int p = 0; p < NP; ++p)
@@ -206,21 +208,46 @@ USL_AVX2_TARGET inline void micro_i16(const int16_t* a, idx_t lda, const int32_t
 }
 
 // Rows 4 at a time: 8 accumulators, the two B vectors, the broadcast and two products fit
-// the 16 registers (6 rows spill).
-template <int NP>
-USL_AVX2_TARGET void rows_i16(const int16_t* a, idx_t lda, idx_t m, const int32_t* bp, idx_t kw,
-                              float* c, idx_t ldc, idx_t last, bool acc, bool fin, const float* sa,
+// the 16 registers (6 rows spill). kPanels: A is a block of I16Image panels (4 rows never
+// straddle two panels: the block starts a panel), else rows of kw words.
+template <int NP, bool kPanels>
+USL_AVX2_TARGET void rows_i16(const int32_t* a, idx_t m, const int32_t* bp, idx_t kw, float* c,
+                              idx_t ldc, idx_t last, bool acc, bool fin, const float* sa,
                               const float* sb) {
+  constexpr int AW = kPanels ? 8 : 1;
+  const idx_t ars = kPanels ? 1 : kw;
+  auto row = [&](idx_t i) { return kPanels ? a + (i / 8) * kw * 8 + i % 8 : a + i * kw; };
   idx_t i = 0;
   for (; i + 4 <= m; i += 4)
-    micro_i16<4, NP>(a + i * lda, lda, bp, kw, c + i * ldc, ldc, last, acc, fin, sa + i, sb);
-  const int16_t* ai = a + i * lda;
+    micro_i16<4, NP, AW>(row(i), ars, bp, kw, c + i * ldc, ldc, last, acc, fin, sa + i, sb);
+  const int32_t* ai = row(i);
   float* ci = c + i * ldc;
   switch (m - i) {
-    case 3: return micro_i16<3, NP>(ai, lda, bp, kw, ci, ldc, last, acc, fin, sa + i, sb);
-    case 2: return micro_i16<2, NP>(ai, lda, bp, kw, ci, ldc, last, acc, fin, sa + i, sb);
-    case 1: return micro_i16<1, NP>(ai, lda, bp, kw, ci, ldc, last, acc, fin, sa + i, sb);
+    case 3: return micro_i16<3, NP, AW>(ai, ars, bp, kw, ci, ldc, last, acc, fin, sa + i, sb);
+    case 2: return micro_i16<2, NP, AW>(ai, ars, bp, kw, ci, ldc, last, acc, fin, sa + i, sb);
+    case 1: return micro_i16<1, NP, AW>(ai, ars, bp, kw, ci, ldc, last, acc, fin, sa + i, sb);
     default: return;
+  }
+}
+
+// One tile's int16 product from packed operands (the per-tile conversion's buffers, or the
+// images'): for each pass, pa(t0, kw) gives A's words, pb(t0, kw) B's panels.
+template <bool kPanels, class PA, class PB>
+USL_AVX2_TARGET void product_i16(PA pa, PB pb, idx_t m, idx_t n, idx_t d, float* tile,
+                                 const float* sa, const float* sb) {
+  for (idx_t t0 = 0; t0 < d; t0 += kKcI16) {
+    const idx_t kc = std::min(kKcI16, d - t0), kw = (kc + 1) / 2;
+    const int32_t* qa = pa(t0, kw);
+    const int32_t* words = pb(t0, kw);
+    const bool acc = t0 > 0, fin = t0 + kc >= d;
+    for (idx_t j = 0; j < n; j += 16) {
+      const idx_t w = std::min<idx_t>(16, n - j);
+      const int32_t* bp = words + (j / 8) * kw * 8;
+      if (w > 8)
+        rows_i16<2, kPanels>(qa, m, bp, kw, tile + j, kTile, w - 8, acc, fin, sa, sb + j);
+      else
+        rows_i16<1, kPanels>(qa, m, bp, kw, tile + j, kTile, w, acc, fin, sa, sb + j);
+    }
   }
 }
 
@@ -275,10 +302,15 @@ USL_AVX2_TARGET bool gemm_tile_avx2i16(const float* a, idx_t lda, idx_t m, const
   if (!scales(a, lda, m, qs_a, sa) || !scales(b, ldb, n, qs_b, sb)) return false;
   for (idx_t j = n; j < kTile + 8; ++j) sb[j] = 0.0f;
   double res_a[kTile] = {}, nrm_a[kTile] = {}, res_b[kTile] = {}, nrm_b[kTile] = {};
-  for (idx_t t0 = 0; t0 < d; t0 += kKcI16) {
-    const idx_t kc = std::min(kKcI16, d - t0), kp = (kc + 1) / 2 * 2, kw = kp / 2;
+  // Each pass converts its coordinates of both sides, then multiplies.
+  auto pack_a = [&](idx_t t0, idx_t kw) {
+    const idx_t kc = std::min(kKcI16, d - t0), kp = 2 * kw;
     for (idx_t r = 0; r < m; ++r)
       quantize_i16(a + r * lda + t0, cen + t0, kc, kp, qs_a[r], qa + r * kp, res_a[r], nrm_a[r]);
+    return reinterpret_cast<const int32_t*>(qa);
+  };
+  auto pack_b = [&](idx_t t0, idx_t kw) {
+    const idx_t kc = std::min(kKcI16, d - t0), kp = 2 * kw;
     for (idx_t p = 0; p < (n + 7) / 8; ++p) {
       for (idx_t q = 0; q < 8; ++q) {
         const idx_t j = p * 8 + q;
@@ -290,17 +322,9 @@ USL_AVX2_TARGET bool gemm_tile_avx2i16(const float* a, idx_t lda, idx_t m, const
       pack_panels8(reinterpret_cast<const float*>(qrows), kw, std::min<idx_t>(8, n - p * 8), 0, kw,
                    panels + p * kw * 8);
     }
-    const int32_t* words = reinterpret_cast<const int32_t*>(panels);
-    const bool acc = t0 > 0, fin = t0 + kc >= d;
-    for (idx_t j = 0; j < n; j += 16) {
-      const idx_t w = std::min<idx_t>(16, n - j);
-      const int32_t* bp = words + (j / 8) * kw * 8;
-      if (w > 8)
-        rows_i16<2>(qa, kp, m, bp, kw, tile + j, kTile, w - 8, acc, fin, sa, sb + j);
-      else
-        rows_i16<1>(qa, kp, m, bp, kw, tile + j, kTile, w, acc, fin, sa, sb + j);
-    }
-  }
+    return reinterpret_cast<const int32_t*>(panels);
+  };
+  product_i16<false>(pack_a, pack_b, m, n, d, tile, sa, sb);
   KappaMax ka, kb;
   for (idx_t r = 0; r < m; ++r) ka.add(res_a[r], nrm_a[r], d);
   for (idx_t j = 0; j < n; ++j) kb.add(res_b[j], nrm_b[j], d);
@@ -308,7 +332,82 @@ USL_AVX2_TARGET bool gemm_tile_avx2i16(const float* a, idx_t lda, idx_t m, const
   kb2 = kb.k2;
   return true;
 }
+
+// Words of pass t0 of an image, panel p: the passes' blocks one after another, each of
+// `panels` panels of kw(pass) x 8 words (every pass but the last has kKcI16 / 2 words a row).
+inline int32_t* image_pass(const I16Image& img, idx_t t0, idx_t kw, idx_t p) {
+  return img.words + 8 * (img.panels * (t0 / 2) + p * kw);
+}
+
+USL_AVX2_TARGET bool gemm_tile_avx2i16_image(const I16Image& ia, idx_t i0, idx_t m,
+                                             const I16Image& ib, idx_t j0, idx_t n, idx_t d,
+                                             float* tile, double& ka2, double& kb2) {
+  ka2 = ia.k2[i0 / kTile];
+  kb2 = ib.k2[j0 / kTile];
+  if (ka2 < 0.0 || kb2 < 0.0) return false;
+  auto pa = [&](idx_t t0, idx_t kw) { return image_pass(ia, t0, kw, i0 / 8); };
+  auto pb = [&](idx_t t0, idx_t kw) { return image_pass(ib, t0, kw, j0 / 8); };
+  product_i16<true>(pa, pb, m, n, d, tile, ia.inv.data() + i0, ib.inv.data() + j0);
+  return true;
+}
+
+namespace {
+// Row tile T of the image: each panel's rows scaled, quantized pass by pass (the per-tile
+// kernel's roundings and sums in the same order: the same words and kappas) and packed.
+USL_AVX2_TARGET void image_tile(const View& x, const float* cen, idx_t T, I16Image& img) {
+  const idx_t d = x.cols, r0 = T * kTile, r1 = std::min(x.rows, r0 + kTile);
+  alignas(32) int16_t qrows[8 * kKcI16];
+  KappaMax km;
+  for (idx_t p = r0 / 8; p < (r1 + 7) / 8; ++p) {
+    const idx_t rows = std::min<idx_t>(8, r1 - p * 8);
+    float qs[8];
+    double res[8] = {}, nrm[8] = {};
+    for (idx_t q = 0; q < rows; ++q) {
+      const int k = i16_shift(x.row(p * 8 + q), cen, d);
+      if (k > kI16MaxShift || k < -kI16MaxShift) {
+        img.k2[T] = -1.0;  // the tile runs in float32 (gemm_tile_images)
+        return;
+      }
+      qs[q] = std::ldexp(1.0f, k);
+      img.inv[p * 8 + q] = std::ldexp(1.0f, -k);
+    }
+    for (idx_t t0 = 0; t0 < d; t0 += kKcI16) {
+      const idx_t kc = std::min(kKcI16, d - t0), kw = (kc + 1) / 2, kp = 2 * kw;
+      for (idx_t q = 0; q < rows; ++q)
+        quantize_i16(x.row(p * 8 + q) + t0, cen + t0, kc, kp, qs[q], qrows + q * kp, res[q],
+                     nrm[q]);
+      pack_panels8(reinterpret_cast<const float*>(qrows), kw, rows, 0, kw,
+                   reinterpret_cast<float*>(image_pass(img, t0, kw, p)));
+    }
+    for (idx_t q = 0; q < rows; ++q) km.add(res[q], nrm[q], d);
+  }
+  img.k2[T] = km.k2;
+}
+}  // namespace
 #endif  // USL_FAST_X86
+
+void build_i16_image(const View& x, const float* center, I16Image& img, const Context& ctx) {
+#ifdef USL_FAST_X86
+  const idx_t n = x.rows, d = x.cols, T = num_tiles(n);
+  require(d <= kI16MaxCols, "build_i16_image: columns");
+  img.rows = n;
+  img.panels = (n + 7) / 8;
+  const size_t words = static_cast<size_t>(img.panels) * 8 * ((d + 1) / 2);
+  img.store.reset(words + 8);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(img.store.data());
+  img.words = img.store.data() + ((32 - at % 32) % 32) / sizeof(int32_t);  // aligned loads
+  img.inv.reset(static_cast<size_t>(img.panels) * 8 + 16);
+  img.inv.fill(0.0f);
+  img.k2.reset(T);
+  Guard guard;
+#pragma omp parallel for num_threads(ctx.threads) schedule(dynamic, 1)
+  for (idx_t t = 0; t < T; ++t) guard.run([&] { image_tile(x, center, t, img); });
+  guard.rethrow();
+#else
+  (void)x, (void)center, (void)img, (void)ctx;
+  require(false, "build_i16_image: no AVX2 kernels in this build");
+#endif
+}
 
 }  // namespace cpu
 }  // namespace usl_fast

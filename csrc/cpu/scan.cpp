@@ -39,13 +39,26 @@ inline void flush(int isa, const Tile& t, idx_t r, TopK* rows, idx_t row_off, To
   p.n = 0;
 }
 
+// Asks for a row's first 4 KiB in cache. An offered pair is evaluated at the end of its
+// tile row (flush), a few hundred cycles later; with a GEMM that reads the rows' int16
+// images the float rows are not in cache otherwise, and measured, the evaluations then
+// waited on them (exact1_avx2: 3 % of the AVX2 kNN's samples before the images, 10 % with
+// them and no prefetch).
+inline void prefetch_row(const float* row, idx_t d) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const idx_t bytes = std::min<idx_t>(4 * d, 4096);
+  for (idx_t o = 0; o < bytes + 63; o += 64) __builtin_prefetch(p + o, 0, 3);
+}
+
 inline void offer(int isa, const Tile& t, idx_t r, idx_t c, unsigned bits, TopK* rows,
                   idx_t row_off, TopK* cols, Pending& p) {
+  if (p.n == 0) prefetch_row(t.rows.row(t.i0 + r), t.rows.cols);
   while (bits) {
     const int b = __builtin_ctz(bits);
     bits &= bits - 1;
     p.col[p.n] = c + b;
     p.ptr[p.n++] = t.cols.row(t.j0 + c + b);
+    prefetch_row(p.ptr[p.n - 1], t.cols.cols);
   }
   if (p.n >= Pending::kCap) flush(isa, t, r, rows, row_off, cols, p);
 }

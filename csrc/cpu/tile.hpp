@@ -157,6 +157,30 @@ constexpr idx_t kI16MaxColsAvx2 = 16384;
 inline bool avx2i16_cols(idx_t d) { return d >= kI16MinCols && d <= kI16MaxColsAvx2; }
 bool gemm_centred(idx_t d);
 
+// One side's rows as the AVX2 int16 GEMM's operands, converted once per driver call
+// (build_i16_image, gemm_avx2.cpp) instead of once per tile: a row's image depends only on
+// the row and the centre (one power-of-two scale a row, quant_i16.hpp), and in the symmetric
+// pass every row tile meets every other, so the per-tile conversion redid each row ~n / 256
+// times. Coordinate pairs as 32-bit words in panels of 8 rows, word-major within a panel,
+// one block of panels per 512-coordinate pass: the layout gemm_tile_avx2i16's B panels
+// have, which its A side also reads (8 words apart). Per row tile: the largest kappa^2
+// bound of its rows, or -1 where a row's scale is out of range (that tile then runs in
+// float32, as before). About 2 d + 4 bytes a row (filter_image_bytes).
+struct I16Image {
+  Buffer<int32_t> store;          // words, plus room to align them to 32 bytes
+  int32_t* words = nullptr;        // (n + 7) / 8 panels x 8 x ceil(d / 2) words
+  Buffer<float> inv;               // 2^-k a row, zeros to the next multiple of 8 rows + 16
+  Buffer<double> k2;               // per row tile
+  idx_t rows = 0, panels = 0;
+};
+// Whether the drivers' pair rounds (for_each_round) convert rows once per call at d
+// coordinates (the AVX2 int16 GEMM within its columns), and the bytes an image of `rows`
+// rows then takes (0 where not): usl_fast/_dispatch.py counts them in its memory checks.
+bool filter_images(idx_t d);
+double filter_image_bytes(idx_t rows, idx_t d);
+// Fills img with the int16 images of x's rows, centred on `center` (threads over row tiles).
+void build_i16_image(const View& x, const float* center, I16Image& img, const Context& ctx);
+
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
 // data far from the origin (all-positive features, say) it would let every pair through;
 // with a 16-bit GEMM (gemm_centred) the driver therefore centres both sides on the column
@@ -167,10 +191,23 @@ struct FilterNorms {
   Buffer<float> xc, yc;       // centred squared norms, when centred
   const float* xn = nullptr;  // the norms the tiles use
   const float* yn = nullptr;
+  // The rows' int16 images (asked for and filter_images(d)); yi unused when same.
+  // (Pointers by method: a returned FilterNorms may have been moved.)
+  I16Image xi, yi;
+  bool images = false, same = false;
+  const I16Image* xim() const { return images ? &xi : nullptr; }
+  const I16Image* yim() const { return images ? (same ? &xi : &yi) : nullptr; }
   const float* c() const { return center.empty() ? nullptr : center.data(); }
 };
 FilterNorms filter_norms(const View& x, const float* xn, const View& y, const float* yn,
-                         bool same, const Context& ctx);
+                         bool same, const Context& ctx, bool images = false);
+
+// gemm_tile of row tile i0 / kTile of the rows behind ia against row tile j0 / kTile of those
+// behind ib (a, b: the same tiles' float rows, for the float32 fallback), from the images:
+// the same bits and the same rel as gemm_tile on those rows.
+float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                       idx_t d, const float* center, const I16Image& ia, idx_t i0,
+                       const I16Image& ib, idx_t j0, float* tile);
 
 // The calling thread's kTile x kTile scratch tile (allocated once per OpenMP thread).
 float* thread_tile();
@@ -397,7 +434,8 @@ void for_each_round(const View& a, const float* an, const View& b, const float* 
                     idx_t rounds, Slots slots, PairOf pair_of, Epi& epi, const Context& ctx) {
   const idx_t d = a.cols;
   const float abs = filter_abs(d);
-  const FilterNorms fn = filter_norms(a, an, b, bn, same, ctx);
+  // Each row tile meets every tile of the other side here: convert the rows once.
+  const FilterNorms fn = filter_norms(a, an, b, bn, same, ctx, true);
   an = fn.xn;
   bn = fn.yn;
   Guard guard;
@@ -421,7 +459,10 @@ void for_each_round(const View& a, const float* an, const View& b, const float* 
           guard.check_cancel(ctx);
           const idx_t i0 = I * kTile, j0 = J * kTile;
           const idx_t mi = std::min(kTile, a.rows - i0), nj = std::min(kTile, b.rows - j0);
-          const float rel = gemm_tile(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, fn.c(), tile);
+          const float rel =
+              fn.images ? gemm_tile_images(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, fn.c(),
+                                           *fn.xim(), i0, *fn.yim(), j0, tile)
+                     : gemm_tile(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, fn.c(), tile);
           loc->pair(
               Tile{tile, kTile, i0, mi, j0, nj, an + i0, bn + j0, rel, abs, same && I == J, a, b});
           ctx.add(1);
