@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._io import Outputs, write_atomic
+from .._io import Outputs, check_npy, write_atomic
 from ._common import CLIError
 
 # --------------------------------------------------------------------------- input
@@ -93,45 +93,14 @@ def _never_unsafe(exc: BaseException) -> str:
     return msg
 
 
-def _check_npy(p: Path, path: str) -> None:
+def _check_npy(p: Path, path: str, what: str = "FEATURES file") -> None:
     """A CLIError before numpy's loader runs unless ``p`` is a .npy file of a numeric
-    array whose data is all there: numpy takes a file without the .npy signature for a
-    pickle (and says to load it with allow_pickle), and maps a truncated one into an
-    "mmap length is greater than file size" error."""
-    fmt = np.lib.format
-    with open(p, "rb") as f:
-        if f.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
-            raise CLIError(
-                f"FEATURES file {path!r} is not a valid .npy file: it does not start with the "
-                "\\x93NUMPY signature numpy.save writes (another format, or corrupt)"
-            )
-        f.seek(0)
-        try:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(f)
-            else:
-                return  # format 3.0 (utf-8 field names): numpy's own checks
-        except ValueError as exc:
-            raise CLIError(
-                f"FEATURES file {path!r} is not a valid .npy file: its header cannot be read "
-                f"({' '.join(str(exc).split())})"
-            ) from exc
-        offset = f.tell()
-    if dtype.hasobject:
-        raise CLIError(
-            f"FEATURES file {path!r} holds Python objects (dtype {dtype}), which usl-fast never "
-            "loads (unpickling can run code); save a numeric array"
-        )
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = p.stat().st_size
-    if actual < expected:
-        raise CLIError(
-            f"FEATURES file {path!r} is truncated: its header describes a {dtype} array of "
-            f"shape {tuple(shape)}, {expected:,} bytes in all, but the file has {actual:,} bytes"
-        )
+    array whose data is all there (``usl_fast._io.check_npy``: numpy would take a file
+    without the .npy signature for a pickle and suggest loading it with allow_pickle)."""
+    try:
+        check_npy(p, what)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def _load_torch(p: Path, key: Optional[str]) -> np.ndarray:
@@ -280,6 +249,9 @@ def read_indices(path: str, option: str) -> np.ndarray:
     fmt = Path(path).suffix.lower()
     try:
         if fmt == ".npy":
+            # The header first, as for FEATURES: numpy alone calls a file that is not a
+            # .npy "pickled data" and suggests allow_pickle.
+            _check_npy(Path(path), path, f"{option} file")
             arr = np.load(path, allow_pickle=False)
         elif fmt == ".txt":
             with open(path, encoding="utf-8") as f:
@@ -296,7 +268,7 @@ def read_indices(path: str, option: str) -> np.ndarray:
                 "(Index column) file"
             )
     except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot read {option} file {path!r}: {exc}") from exc
+        raise CLIError(f"cannot read {option} file {path!r}: {_never_unsafe(exc)}") from exc
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise CLIError(
             f"{option} {path!r} must hold a 1-D array of integer indices "

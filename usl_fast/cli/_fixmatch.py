@@ -11,7 +11,7 @@ from typing import Any, Tuple
 
 from .._io import Outputs, check_directory, open_append
 from ._common import PROG, CLIError, _positive_int
-from ._files import require_file
+from ._files import _check_npy, require_file
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -157,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--labeled {args.labeled!r}: must be a .npy or .txt (usl-fast select -o "
                 "PICKS.npy / PICKS.txt) or .csv (usl-fast select --csv PICKS.csv) file"
             )
+        if Path(args.labeled).suffix == ".npy":
+            # The header first, as for select's files: numpy alone calls a file that is
+            # not a .npy "pickled data" and suggests allow_pickle.
+            _check_npy(Path(args.labeled), args.labeled, "--labeled file")
         n_train = int(data.train_x.shape[0])
         try:
             labeled = read_labeled(args.labeled, n_train)

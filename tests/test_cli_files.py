@@ -1,0 +1,98 @@
+"""The files the command lines read, as a new user meets them (findings of a cold new-user
+test, /tmp/notes/newuser.md M2, M3, L7-L10, L12, L15, L16): every bad input is refused
+with one error line that names the option or file and what is allowed, and no message
+suggests unpickling. Each case runs the real command in a child process (cwd outside the
+checkout) and reads its stderr."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import pytest
+from test_cli import subprocess_env
+
+from usl_fast._presets import PARAMS, PRESETS
+
+DOCS_CLI = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def run(argv: Sequence[object], cwd: Path, module: str = "usl_fast") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *[str(a) for a in argv]],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def one_error_line(r: subprocess.CompletedProcess, prefix: str = "usl-fast: error: ") -> str:
+    """The single stderr line of a refused command (exit status 2), without a traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), r.stderr
+    return lines[0]
+
+
+def never_unsafe(line: str) -> None:
+    assert "allow_pickle" not in line and "pickled" not in line, line
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """small.npy (60 x 8 float32), garbage.npy (text, not a .npy) and p1.npy (5 picks)."""
+    rng = np.random.RandomState(0)
+    np.save(tmp_path / "small.npy", rng.randn(60, 8).astype(np.float32))
+    (tmp_path / "garbage.npy").write_text("not a numpy file at all")
+    np.save(tmp_path / "p1.npy", np.arange(5, dtype=np.int64))
+    return tmp_path
+
+
+SELECT = ["select", "small.npy", "-m", "3", "-k", "5", "--no-progress", "-o", "out.npy"]
+
+
+# ------------------------------------------------ M2: a --labeled file that is not .npy
+
+
+def test_select_labeled_not_a_npy_is_said_so_without_unpickling_advice(work: Path) -> None:
+    line = one_error_line(run([*SELECT, "--labeled", "garbage.npy"], work))
+    assert "--labeled file 'garbage.npy' is not a valid .npy file" in line
+    assert "\\x93NUMPY signature" in line
+    never_unsafe(line)
+    assert not (work / "out.npy").exists()
+
+
+def test_select_labeled_object_npy_is_refused_unloaded(work: Path) -> None:
+    np.save(work / "obj.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+    line = one_error_line(run([*SELECT, "--labeled", "obj.npy"], work))
+    assert "--labeled file 'obj.npy' holds Python objects" in line
+    never_unsafe(line)
+
+
+@pytest.mark.parametrize("which", ["PICKS", "--labeled"])
+def test_plot_index_files_not_a_npy(work: Path, which: str) -> None:
+    pytest.importorskip("matplotlib")
+    argv = ["plot", "small.npy", "p1.npy", "-o", "f.png"]
+    if which == "PICKS":
+        argv[2] = "garbage.npy"
+    else:
+        argv += ["--labeled", "garbage.npy"]
+    line = one_error_line(run(argv, work))
+    assert f"{which} file 'garbage.npy' is not a valid .npy file" in line
+    never_unsafe(line)
+
+
+def test_fixmatch_labeled_not_a_npy(work: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    argv = ["fixmatch", "--dataset", "digits", "--labeled", "garbage.npy", "--out", "run"]
+    line = one_error_line(run(argv, work))
+    assert "--labeled file 'garbage.npy' is not a valid .npy file" in line
+    never_unsafe(line)
+    assert not (work / "run").exists()
