@@ -96,3 +96,50 @@ def test_fixmatch_labeled_not_a_npy(work: Path) -> None:
     assert "--labeled file 'garbage.npy' is not a valid .npy file" in line
     never_unsafe(line)
     assert not (work / "run").exists()
+
+
+# ------------------------------------------- M3: python -m usl_fast.distributed's FEATS
+
+DIST = "python -m usl_fast.distributed: rank 0: error: "
+
+
+def dist_error(argv: List[str], cwd: Path) -> str:
+    """The one error line of a refused distributed command (every rank exits 1)."""
+    r = run(["select", *argv, "-m", "3", "-k", "5", "-o", "d.npy"], cwd, "usl_fast.distributed")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(DIST), r.stderr
+    assert not (cwd / "d.npy").exists()
+    return lines[0]
+
+
+def test_distributed_refuses_npz_up_front(work: Path) -> None:
+    np.savez(work / "z.npz", feats=np.zeros((20, 4), np.float32), other=np.zeros(3))
+    line = dist_error(["z.npz"], work)
+    assert "FEATS.npy 'z.npz': must be a .npy file" in line and "NpzFile" not in line
+
+
+@pytest.mark.parametrize(
+    "name, array, expected",
+    [
+        ("one.npy", np.zeros(5, np.float32), "must hold a 2-D (n_points, dim) array"),
+        ("obj.npy", np.array([1, "a"], dtype=object), "holds Python objects (dtype object)"),
+    ],
+)
+def test_distributed_refuses_bad_npy(
+    work: Path, name: str, array: np.ndarray, expected: str
+) -> None:
+    np.save(work / name, array, allow_pickle=True)
+    line = dist_error([name], work)
+    assert repr(name) in line and expected in line
+    never_unsafe(line)
+
+
+def test_distributed_refuses_missing_and_garbage(work: Path) -> None:
+    assert "FEATS.npy: no such file: missing.npy" in dist_error(["missing.npy"], work)
+    line = dist_error(["garbage.npy"], work)
+    assert "FEATS.npy file 'garbage.npy' is not a valid .npy file" in line
+    never_unsafe(line)
+    line = dist_error(["small.npy", "--labeled", "garbage.npy"], work)
+    assert "--labeled file 'garbage.npy' is not a valid .npy file" in line
+    never_unsafe(line)
