@@ -143,3 +143,21 @@ def test_distributed_refuses_missing_and_garbage(work: Path) -> None:
     line = dist_error(["small.npy", "--labeled", "garbage.npy"], work)
     assert "--labeled file 'garbage.npy' is not a valid .npy file" in line
     never_unsafe(line)
+
+
+# ------------------------------------------------------- L7: a bad line in --labeled
+
+
+def test_labeled_txt_bad_line_names_file_line_and_format(work: Path) -> None:
+    (work / "badlab.txt").write_text("1\n2\nabc\n")
+    line = one_error_line(run([*SELECT, "--labeled", "badlab.txt"], work))
+    assert "--labeled file 'badlab.txt', line 3: 'abc' is not an integer" in line
+    assert "each line must hold one integer index" in line
+    assert "invalid literal" not in line and "\\n" not in line
+
+
+def test_labeled_csv_bad_row_names_file_and_line(work: Path) -> None:
+    (work / "bad.csv").write_text("Index,ImageID\n1,a\nx,b\n")
+    line = one_error_line(run([*SELECT, "--labeled", "bad.csv"], work))
+    assert "--labeled file 'bad.csv', line 3: 'x' is not an integer" in line
+    assert "invalid literal" not in line

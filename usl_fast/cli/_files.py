@@ -255,13 +255,26 @@ def read_indices(path: str, option: str) -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
         elif fmt == ".txt":
             with open(path, encoding="utf-8") as f:
-                arr = np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+                lines = [(no, line.strip()) for no, line in enumerate(f, 1) if line.strip()]
+            arr = np.array(
+                [
+                    _index(text, option, path, f"line {no}", "one integer index")
+                    for no, text in lines
+                ],
+                dtype=np.int64,
+            )
         elif fmt == ".csv":
             with open(path, newline="", encoding="utf-8") as f:
-                rows = [r for r in csv.reader(f) if r]
-            if not rows or rows[0][0].strip() != "Index":
+                rows = [(no, r) for no, r in enumerate(csv.reader(f), 1) if r]
+            if not rows or rows[0][1][0].strip() != "Index":
                 raise CLIError(f"{option} {path!r}: a .csv needs the header Index[,ImageID]")
-            arr = np.array([int(r[0]) for r in rows[1:]], dtype=np.int64)
+            arr = np.array(
+                [
+                    _index(r[0], option, path, f"line {no}", "an integer index, then the ImageID")
+                    for no, r in rows[1:]
+                ],
+                dtype=np.int64,
+            )
         else:
             raise CLIError(
                 f"{option} {path!r}: must be a .npy, .txt (one index per line) or .csv "
@@ -275,6 +288,18 @@ def read_indices(path: str, option: str) -> np.ndarray:
             f"(got shape {arr.shape}, dtype {arr.dtype})"
         )
     return arr.astype(np.int64)
+
+
+def _index(text: str, option: str, path: str, where: str, expected: str) -> int:
+    """``text`` as an int, or a CLIError naming the file, the line and what it must hold
+    (int() alone says "invalid literal for int() with base 10: 'abc\\n'")."""
+    try:
+        return int(text)
+    except ValueError:
+        raise CLIError(
+            f"{option} file {path!r}, {where}: {text.strip()[:40]!r} is not an integer; each "
+            f"line must hold {expected} (as usl-fast select -o writes)"
+        ) from None
 
 
 def check_indices(idx: np.ndarray, n: int, option: str, path: str) -> None:
