@@ -161,3 +161,12 @@ def test_labeled_csv_bad_row_names_file_and_line(work: Path) -> None:
     line = one_error_line(run([*SELECT, "--labeled", "bad.csv"], work))
     assert "--labeled file 'bad.csv', line 3: 'x' is not an integer" in line
     assert "invalid literal" not in line
+
+
+# ------------------------------------------------------------ L8: FEATURES a directory
+
+
+def test_features_directory_is_said_to_be_one(work: Path) -> None:
+    line = one_error_line(run(["select", ".", "-m", "3", "-o", "p.npy"], work))
+    assert "FEATURES '.' is a directory" in line and ".npy, .npz, .pt or .pth" in line
+    assert "not found" not in line

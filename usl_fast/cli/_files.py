@@ -49,6 +49,10 @@ def load_features(path: str, key: Optional[str] = None) -> Any:
     """
     p = Path(path)
     suffix = p.suffix.lower()
+    if p.is_dir():
+        raise CLIError(
+            f"FEATURES {path!r} is a directory; it must be a .npy, .npz, .pt or .pth file"
+        )
     if not p.is_file():
         raise CLIError(f"FEATURES file not found: {path!r}")
     try:
