@@ -170,3 +170,18 @@ def test_features_directory_is_said_to_be_one(work: Path) -> None:
     line = one_error_line(run(["select", ".", "-m", "3", "-o", "p.npy"], work))
     assert "FEATURES '.' is a directory" in line and ".npy, .npz, .pt or .pth" in line
     assert "not found" not in line
+
+
+# ----------------------------------------------------- L9: the doc that explains it
+
+
+def test_fixmatch_out_of_range_points_to_docs_fixmatch(work: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    np.save(work / "far.npy", np.array([1, 1500]))
+    argv = ["fixmatch", "--dataset", "digits", "--labeled", "far.npy", "--out", "run"]
+    line = one_error_line(run(argv, work))
+    assert "digits_train_features" in line and "see docs/fixmatch.md" in line
+    assert "README" not in line
+    doc = (DOCS_CLI.parent / "fixmatch.md").read_text(encoding="utf-8")
+    assert "digits_train_features" in doc  # the page named does explain it

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.dataset == "digits":
                     msg += (
                         "; the picks must come from features of the same training split: "
-                        "usl_fast.demo.digits_train_features(), see README"
+                        "usl_fast.demo.digits_train_features(), see docs/fixmatch.md"
                     )
             raise CLIError(f"--labeled {msg}") from exc
         cfg = PRESETS[args.dataset]
