@@ -185,3 +185,57 @@ def test_fixmatch_out_of_range_points_to_docs_fixmatch(work: Path) -> None:
     assert "README" not in line
     doc = (DOCS_CLI.parent / "fixmatch.md").read_text(encoding="utf-8")
     assert "digits_train_features" in doc  # the page named does explain it
+
+
+# ----------------------------------------------------------- L10: plot --info checks
+
+
+@pytest.fixture
+def infos(work: Path) -> Path:
+    """sel.npy + sel_info.npz, and other_info.npz of another selection on the same rows."""
+    pytest.importorskip("matplotlib")
+    base = ["select", "small.npy", "-m", "3", "--no-progress", "--normalize"]
+    for k, name in ((5, "sel"), (9, "other")):
+        argv = [*base, "-k", k, "-o", f"{name}.npy", "--save-info", f"{name}_info.npz"]
+        r = run(argv, work)
+        assert r.returncode == 0, r.stderr
+    assert not np.array_equal(np.load(work / "sel.npy"), np.load(work / "other.npy"))
+    return work
+
+
+def test_plot_info_of_other_features_names_info(infos: Path) -> None:
+    np.save(infos / "bigger.npy", np.random.RandomState(1).randn(90, 8).astype(np.float32))
+    line = one_error_line(
+        run(["plot", "bigger.npy", "sel.npy", "--info", "sel_info.npz", "-o", "f.png"], infos)
+    )
+    assert "--info 'sel_info.npz' does not match FEATURES" in line and "90 rows" in line
+    assert "`labels`" not in line
+    assert not (infos / "f.png").exists()
+
+
+def test_plot_info_of_another_selection_is_refused(infos: Path) -> None:
+    argv = ["plot", "small.npy", "sel.npy", "--info", "other_info.npz", "-o", "f.png"]
+    line = one_error_line(run(argv, infos))
+    assert "--info 'other_info.npz' is of another selection" in line and "'sel.npy'" in line
+    # its own archive is accepted, also with the picks as a (sorted) .csv
+    r = run(
+        [
+            "select",
+            "small.npy",
+            "-m",
+            "3",
+            "-k",
+            "5",
+            "--no-progress",
+            "--normalize",
+            "-o",
+            "sel.csv",
+        ],
+        infos,
+    )
+    assert r.returncode == 0, r.stderr
+    for picks in ("sel.npy", "sel.csv"):
+        out = f"f_{picks[-3:]}.png"
+        r = run(["plot", "small.npy", picks, "--info", "sel_info.npz", "-o", out], infos)
+        assert r.returncode == 0, r.stderr
+        assert (infos / out).stat().st_size > 0
