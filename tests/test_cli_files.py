@@ -239,3 +239,20 @@ def test_plot_info_of_another_selection_is_refused(infos: Path) -> None:
         r = run(["plot", "small.npy", picks, "--info", "sel_info.npz", "-o", out], infos)
         assert r.returncode == 0, r.stderr
         assert (infos / out).stat().st_size > 0
+
+
+# ----------------------------------------------------- L12: --help names every preset
+
+
+def test_select_help_preset_defaults_name_every_preset(work: Path) -> None:
+    r = run(["select", "--help"], work)
+    assert r.returncode == 0, r.stderr
+    flat = " ".join(r.stdout.split())
+    lines = re.findall(r"\[default: the preset's: ([^\]]*)\]", flat)
+    assert len(lines) >= 5  # -k, --kmeans-iter, --rounds, --weight, ...
+    for vals in lines:
+        for name in PARAMS["defaults"].choices:
+            assert re.search(rf"(^|[ (]){re.escape(name)}[ )]", vals), (name, vals)
+    # imagenet-moco is declared equal to imagenet, and the line says so
+    assert PRESETS["imagenet-moco"] == PRESETS["imagenet"]
+    assert "imagenet 20 (also imagenet-moco)" in flat
