@@ -256,3 +256,14 @@ def test_select_help_preset_defaults_name_every_preset(work: Path) -> None:
     # imagenet-moco is declared equal to imagenet, and the line says so
     assert PRESETS["imagenet-moco"] == PRESETS["imagenet"]
     assert "imagenet 20 (also imagenet-moco)" in flat
+
+
+# ------------------------------------------------ L15: a .pt dict with a single entry
+
+
+def test_pt_dict_with_one_non_tensor_entry(work: Path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.save({"a": 1}, work / "oneint.pt")
+    line = one_error_line(run(["select", "oneint.pt", "-m", "1", "-o", "q.npy"], work))
+    assert "'oneint.pt' holds one entry, 'a' (a Python int), not a tensor or array" in line
+    assert "holds several entries" not in line

@@ -189,6 +189,18 @@ def _pick_entry(entries: Dict[Any, Any], key: Optional[str], path: str) -> Any:
     arrays = [k for k, v in entries.items() if hasattr(v, "shape")]
     if len(arrays) == 1:
         return entries[arrays[0]]
+    if not arrays and len(entries) <= 1:
+        # "several entries; choose one" would be wrong: there is nothing to choose from.
+        held = (
+            f"one entry, {next(iter(entries))!r} (a Python "
+            f"{type(next(iter(entries.values()))).__name__})"
+            if entries
+            else "an empty dict"
+        )
+        raise CLIError(
+            f"{path!r} holds {held}, not a tensor or array; it must hold the (n, d) features: "
+            "a tensor, or a dict with one (chosen with --key when there are several)"
+        )
     raise CLIError(
         f"{path!r} holds several entries; choose one with --key (available: {_keys(entries)})"
     )
