@@ -267,3 +267,16 @@ def test_pt_dict_with_one_non_tensor_entry(work: Path) -> None:
     line = one_error_line(run(["select", "oneint.pt", "-m", "1", "-o", "q.npy"], work))
     assert "'oneint.pt' holds one entry, 'a' (a Python int), not a tensor or array" in line
     assert "holds several entries" not in line
+
+
+# ---------------------------------------- L16: docs/cli.md readable in the repository
+
+
+def test_docs_cli_help_sections_say_where_the_text_is() -> None:
+    text = DOCS_CLI.read_text(encoding="utf-8")
+    blocks = re.findall(r"```\{cli-help\} (\S+)([^\n]*)\n```\n\n([^\n]*)\n", text)
+    assert len(blocks) == text.count("{cli-help}") >= 7
+    for target, subs, note in blocks:
+        cmd = "usl-fast" if target.startswith("usl_fast.cli:") else "python -m usl_fast.distributed"
+        cmd = " ".join([cmd, *subs.split()])
+        assert "generated on the docs site" in note and f"`{cmd} --help`" in note, note
