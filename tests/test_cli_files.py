@@ -163,6 +163,16 @@ def test_labeled_csv_bad_row_names_file_and_line(work: Path) -> None:
     assert "invalid literal" not in line
 
 
+def test_fixmatch_labeled_txt_bad_line_names_the_line(work: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    (work / "badlab.txt").write_text("1\n2\nabc\n")
+    argv = ["fixmatch", "--dataset", "digits", "--labeled", "badlab.txt", "--out", "run"]
+    line = one_error_line(run(argv, work))
+    assert "--labeled file 'badlab.txt', line 3: 'abc' is not an integer" in line
+    assert "row 2" not in line and not (work / "run").exists()
+
+
 # ------------------------------------------------------------ L8: FEATURES a directory
 
 

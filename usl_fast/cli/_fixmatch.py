@@ -11,7 +11,7 @@ from typing import Any, Tuple
 
 from .._io import Outputs, check_directory, open_append
 from ._common import PROG, CLIError, _positive_int
-from ._files import _check_npy, require_file
+from ._files import _check_npy, read_indices, require_file
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -165,6 +165,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             labeled = read_labeled(args.labeled, n_train)
         except ValueError as exc:
+            if "not an integer" in str(exc) and Path(args.labeled).suffix in (".txt", ".csv"):
+                # numpy's text reader counts rows from 0 and quotes its own wording; select's
+                # reader names the file, the line (from 1) and what a line must hold.
+                read_indices(args.labeled, "--labeled")
             msg = str(exc).replace("`labeled` ", "", 1)
             if "must lie in" in msg:
                 msg += f" (the {n_train} training images of --dataset {args.dataset})"
