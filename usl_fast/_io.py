@@ -1,4 +1,5 @@
-"""Output files, written safely: every output of a command is checked before any work,
+"""Output files, written safely (and ``check_npy``, the header check every command line
+runs on a ``.npy`` it reads before numpy's loader sees it): every output of a command is checked before any work,
 written to a temporary file beside its final path, and renamed into place only once all
 of the command's outputs were written (all or nothing). A symbolic link at an output path
 is refused, dangling or not: writing through it would create or clobber a file the user
@@ -23,7 +24,14 @@ import stat
 import tempfile
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-__all__ = ["OutputError", "Outputs", "check_directory", "write_atomic", "open_append"]
+__all__ = [
+    "OutputError",
+    "Outputs",
+    "check_directory",
+    "check_npy",
+    "open_append",
+    "write_atomic",
+]
 
 
 class OutputError(ValueError):
@@ -462,3 +470,69 @@ def open_append(path: Any, what: str) -> Any:
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_npy(path: Any, what: str) -> Tuple[Optional[Tuple[int, ...]], Any]:
+    """The shape and dtype in a ``.npy`` file's header, read without loading the array.
+
+    numpy's own loader takes a file without the ``.npy`` signature for a pickle (and says
+    to load it with ``allow_pickle``), and maps a truncated one into "mmap length is
+    greater than file size"; every reader of a user's ``.npy`` calls this first, so that
+    such a file gets a message saying what is wrong with it and none suggests unpickling.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An existing file.
+    what : str
+        How messages name the file, e.g. ``"FEATURES file"``, ``"--labeled file"``.
+
+    Returns
+    -------
+    (shape, dtype)
+        Both None for format 3.0 (utf-8 field names), left to numpy's checks.
+
+    Raises
+    ------
+    ValueError
+        Not a ``.npy`` file (no ``\\x93NUMPY`` signature, unreadable header), an array of
+        Python objects (loading it would unpickle), or shorter than its header says.
+    """
+    import numpy as np
+
+    path = os.fspath(path)
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        if f.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
+            raise ValueError(
+                f"{what} {path!r} is not a valid .npy file: it does not start with the "
+                "\\x93NUMPY signature numpy.save writes (another format, or corrupt)"
+            )
+        f.seek(0)
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                return None, None  # format 3.0 (utf-8 field names): numpy's own checks
+        except ValueError as exc:
+            raise ValueError(
+                f"{what} {path!r} is not a valid .npy file: its header cannot be read "
+                f"({' '.join(str(exc).split())})"
+            ) from exc
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(
+            f"{what} {path!r} holds Python objects (dtype {dtype}), which usl-fast never "
+            "loads (unpickling can run code); save a numeric array"
+        )
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = os.stat(path).st_size
+    if actual < expected:
+        raise ValueError(
+            f"{what} {path!r} is truncated: its header describes a {dtype} array of "
+            f"shape {tuple(shape)}, {expected:,} bytes in all, but the file has {actual:,} bytes"
+        )
+    return tuple(shape), dtype

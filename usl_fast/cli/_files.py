@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._io import Outputs, write_atomic
+from .._io import Outputs, check_npy, write_atomic
 from ._common import CLIError
 
 # --------------------------------------------------------------------------- input
@@ -49,6 +49,10 @@ def load_features(path: str, key: Optional[str] = None) -> Any:
     """
     p = Path(path)
     suffix = p.suffix.lower()
+    if p.is_dir():
+        raise CLIError(
+            f"FEATURES {path!r} is a directory; it must be a .npy, .npz, .pt or .pth file"
+        )
     if not p.is_file():
         raise CLIError(f"FEATURES file not found: {path!r}")
     try:
@@ -93,45 +97,14 @@ def _never_unsafe(exc: BaseException) -> str:
     return msg
 
 
-def _check_npy(p: Path, path: str) -> None:
+def _check_npy(p: Path, path: str, what: str = "FEATURES file") -> None:
     """A CLIError before numpy's loader runs unless ``p`` is a .npy file of a numeric
-    array whose data is all there: numpy takes a file without the .npy signature for a
-    pickle (and says to load it with allow_pickle), and maps a truncated one into an
-    "mmap length is greater than file size" error."""
-    fmt = np.lib.format
-    with open(p, "rb") as f:
-        if f.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
-            raise CLIError(
-                f"FEATURES file {path!r} is not a valid .npy file: it does not start with the "
-                "\\x93NUMPY signature numpy.save writes (another format, or corrupt)"
-            )
-        f.seek(0)
-        try:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(f)
-            else:
-                return  # format 3.0 (utf-8 field names): numpy's own checks
-        except ValueError as exc:
-            raise CLIError(
-                f"FEATURES file {path!r} is not a valid .npy file: its header cannot be read "
-                f"({' '.join(str(exc).split())})"
-            ) from exc
-        offset = f.tell()
-    if dtype.hasobject:
-        raise CLIError(
-            f"FEATURES file {path!r} holds Python objects (dtype {dtype}), which usl-fast never "
-            "loads (unpickling can run code); save a numeric array"
-        )
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = p.stat().st_size
-    if actual < expected:
-        raise CLIError(
-            f"FEATURES file {path!r} is truncated: its header describes a {dtype} array of "
-            f"shape {tuple(shape)}, {expected:,} bytes in all, but the file has {actual:,} bytes"
-        )
+    array whose data is all there (``usl_fast._io.check_npy``: numpy would take a file
+    without the .npy signature for a pickle and suggest loading it with allow_pickle)."""
+    try:
+        check_npy(p, what)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def _load_torch(p: Path, key: Optional[str]) -> np.ndarray:
@@ -216,6 +189,18 @@ def _pick_entry(entries: Dict[Any, Any], key: Optional[str], path: str) -> Any:
     arrays = [k for k, v in entries.items() if hasattr(v, "shape")]
     if len(arrays) == 1:
         return entries[arrays[0]]
+    if not arrays and len(entries) <= 1:
+        # "several entries; choose one" would be wrong: there is nothing to choose from.
+        held = (
+            f"one entry, {next(iter(entries))!r} (a Python "
+            f"{type(next(iter(entries.values()))).__name__})"
+            if entries
+            else "an empty dict"
+        )
+        raise CLIError(
+            f"{path!r} holds {held}, not a tensor or array; it must hold the (n, d) features: "
+            "a tensor, or a dict with one (chosen with --key when there are several)"
+        )
     raise CLIError(
         f"{path!r} holds several entries; choose one with --key (available: {_keys(entries)})"
     )
@@ -280,29 +265,57 @@ def read_indices(path: str, option: str) -> np.ndarray:
     fmt = Path(path).suffix.lower()
     try:
         if fmt == ".npy":
+            # The header first, as for FEATURES: numpy alone calls a file that is not a
+            # .npy "pickled data" and suggests allow_pickle.
+            _check_npy(Path(path), path, f"{option} file")
             arr = np.load(path, allow_pickle=False)
         elif fmt == ".txt":
             with open(path, encoding="utf-8") as f:
-                arr = np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+                lines = [(no, line.strip()) for no, line in enumerate(f, 1) if line.strip()]
+            arr = np.array(
+                [
+                    _index(text, option, path, f"line {no}", "one integer index")
+                    for no, text in lines
+                ],
+                dtype=np.int64,
+            )
         elif fmt == ".csv":
             with open(path, newline="", encoding="utf-8") as f:
-                rows = [r for r in csv.reader(f) if r]
-            if not rows or rows[0][0].strip() != "Index":
+                rows = [(no, r) for no, r in enumerate(csv.reader(f), 1) if r]
+            if not rows or rows[0][1][0].strip() != "Index":
                 raise CLIError(f"{option} {path!r}: a .csv needs the header Index[,ImageID]")
-            arr = np.array([int(r[0]) for r in rows[1:]], dtype=np.int64)
+            arr = np.array(
+                [
+                    _index(r[0], option, path, f"line {no}", "an integer index, then the ImageID")
+                    for no, r in rows[1:]
+                ],
+                dtype=np.int64,
+            )
         else:
             raise CLIError(
                 f"{option} {path!r}: must be a .npy, .txt (one index per line) or .csv "
                 "(Index column) file"
             )
     except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot read {option} file {path!r}: {exc}") from exc
+        raise CLIError(f"cannot read {option} file {path!r}: {_never_unsafe(exc)}") from exc
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
         raise CLIError(
             f"{option} {path!r} must hold a 1-D array of integer indices "
             f"(got shape {arr.shape}, dtype {arr.dtype})"
         )
     return arr.astype(np.int64)
+
+
+def _index(text: str, option: str, path: str, where: str, expected: str) -> int:
+    """``text`` as an int, or a CLIError naming the file, the line and what it must hold
+    (int() alone says "invalid literal for int() with base 10: 'abc\\n'")."""
+    try:
+        return int(text)
+    except ValueError:
+        raise CLIError(
+            f"{option} file {path!r}, {where}: {text.strip()[:40]!r} is not an integer; each "
+            f"line must hold {expected} (as usl-fast select -o writes)"
+        ) from None
 
 
 def check_indices(idx: np.ndarray, n: int, option: str, path: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Tuple
 
 from .._io import Outputs, check_directory, open_append
 from ._common import PROG, CLIError, _positive_int
-from ._files import require_file
+from ._files import _check_npy, read_indices, require_file
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -157,17 +157,25 @@ def run(args: argparse.Namespace) -> int:
                 f"--labeled {args.labeled!r}: must be a .npy or .txt (usl-fast select -o "
                 "PICKS.npy / PICKS.txt) or .csv (usl-fast select --csv PICKS.csv) file"
             )
+        if Path(args.labeled).suffix == ".npy":
+            # The header first, as for select's files: numpy alone calls a file that is
+            # not a .npy "pickled data" and suggests allow_pickle.
+            _check_npy(Path(args.labeled), args.labeled, "--labeled file")
         n_train = int(data.train_x.shape[0])
         try:
             labeled = read_labeled(args.labeled, n_train)
         except ValueError as exc:
+            if "not an integer" in str(exc) and Path(args.labeled).suffix in (".txt", ".csv"):
+                # numpy's text reader counts rows from 0 and quotes its own wording; select's
+                # reader names the file, the line (from 1) and what a line must hold.
+                read_indices(args.labeled, "--labeled")
             msg = str(exc).replace("`labeled` ", "", 1)
             if "must lie in" in msg:
                 msg += f" (the {n_train} training images of --dataset {args.dataset})"
                 if args.dataset == "digits":
                     msg += (
                         "; the picks must come from features of the same training split: "
-                        "usl_fast.demo.digits_train_features(), see README"
+                        "usl_fast.demo.digits_train_features(), see docs/fixmatch.md"
                     )
             raise CLIError(f"--labeled {msg}") from exc
         cfg = PRESETS[args.dataset]

@@ -135,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     check_indices(picks, n, "PICKS", args.picks)
     if labeled is not None:
         check_indices(labeled, n, "--labeled", args.labeled)
+    if "result" in extra:
+        _check_info(extra["result"], args.info, n, picks, args.picks)
     t0 = time.perf_counter()
     plot.plot_picks(
         feats,
@@ -149,6 +151,29 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.output} ({picks.size} picks of {n} points, {time.perf_counter() - t0:.2f} s)"
     )
     return 0
+
+
+def _check_info(result: Any, path: str, n: int, picks: np.ndarray, picks_path: str) -> None:
+    """A CLIError naming --info unless the archive is of this selection: one label and
+    density per feature row, and the picks it stored are PICKS (in any order: a .csv
+    holds them sorted). plot_picks would name only its internal ``labels`` argument, or
+    draw another selection's clusters without a word."""
+    for name in ("labels", "density"):
+        arr = getattr(result, name)
+        if arr is not None and (np.ndim(arr) != 1 or len(arr) != n):
+            raise CLIError(
+                f"--info {path!r} does not match FEATURES: its {name} have shape "
+                f"{np.shape(arr)}, the features {n} rows; give the --save-info archive of "
+                "the selection made on these features"
+            )
+    stored = result.indices
+    if stored is not None and not np.array_equal(
+        np.sort(np.asarray(stored, dtype=np.int64).ravel()), np.sort(picks)
+    ):
+        raise CLIError(
+            f"--info {path!r} is of another selection: the picks it stores differ from PICKS "
+            f"{picks_path!r}; give the --save-info archive written with these picks"
+        )
 
 
 def _read_info_result(path: str) -> Any:

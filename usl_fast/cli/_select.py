@@ -374,13 +374,22 @@ def _add_usl_options(group: Any) -> None:
     ``select``'s order): its type or choices and its doc line as the help, then its default.
     The argparse default is None ("not given"): a given option is forwarded, the others come
     from the --defaults preset, whose values the help lists (a preset equal to an earlier
-    one, imagenet-moco = imagenet, is not repeated)."""
+    one, imagenet-moco = imagenet, is named beside it: "imagenet 20 (also imagenet-moco)",
+    so that every --defaults choice appears)."""
     records = list(PRESETS.values())
     shown = [name for i, name in enumerate(PRESETS) if PRESETS[name] not in records[:i]]
+    also = {
+        name: "".join(
+            f" (also {other})"
+            for other in PRESETS
+            if other != name and PRESETS[other] == PRESETS[name]
+        )
+        for name in shown
+    }
     for p in USL_PARAMS:
         text = p.doc
         if p.from_preset:
-            vals = ", ".join(f"{name} {_off(PRESETS[name][p.name])}" for name in shown)
+            vals = ", ".join(f"{name} {_off(PRESETS[name][p.name])}{also[name]}" for name in shown)
             text = f"{text} [default: the preset's: {vals}]"
         elif p.default is not None:
             text = f"{text} [default: {p.default}]"

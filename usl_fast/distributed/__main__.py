@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._io import Outputs
+from .._io import Outputs, check_npy
 from .._presets import PARAMS
 
 PROG = "python -m usl_fast.distributed"
@@ -91,6 +91,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"--timeout must be > 0 seconds (got {args.timeout})")
         if not Path(args.features).is_file():
             raise ValueError(f"FEATS.npy: no such file: {args.features}")
+        # Every rank memory-maps FEATS and reads only its rows, which only a .npy allows;
+        # numpy would open a .npz as an archive object ("'NpzFile' object has no
+        # attribute 'ndim'") and call a file that is not a .npy "pickled data".
+        if Path(args.features).suffix.lower() != ".npy":
+            raise ValueError(
+                f"FEATS.npy {args.features!r}: must be a .npy file (numpy.save); this command "
+                "memory-maps it on every rank (usl-fast select also reads .npz/.pt/.pth)"
+            )
+        shape, _ = check_npy(args.features, "FEATS.npy file")
+        if shape is not None and len(shape) != 2:
+            raise ValueError(
+                f"FEATS.npy {args.features!r}: must hold a 2-D (n_points, dim) array of "
+                f"features (got shape {shape})"
+            )
+        if args.labeled is not None:
+            if Path(args.labeled).suffix.lower() != ".npy" or not Path(args.labeled).is_file():
+                raise ValueError(
+                    f"--labeled {args.labeled!r}: must be an existing .npy file of integer "
+                    "indices (usl-fast select -o PICKS.npy writes one)"
+                )
+            check_npy(args.labeled, "--labeled file")
         # Before any work, on every rank (each reports it and exits 1): the directory
         # exists and accepts files, no symbolic link or directory at OUT, no existing
         # file without --force. Rank 0 writes through a temporary file and a rename.
@@ -103,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         rank = dist.get_rank()
         x = ud.load_shard(args.features)
-        labeled = None if args.labeled is None else np.load(args.labeled)
+        labeled = None if args.labeled is None else np.load(args.labeled, allow_pickle=False)
         kw = {key: getattr(args, key) for key in _USL_OPTIONS if getattr(args, key) is not None}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
