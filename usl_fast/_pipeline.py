@@ -222,6 +222,33 @@ def _unit_norm_warning(rows: Rows, p: Dict[str, Any], given: Dict[str, Any]) -> 
     )
 
 
+def _fill_warning(m: int, n_filled: int, K: int, n_labeled: int, init: str) -> None:
+    """Say that some picks came from the fill rule (docs/parity.md, item 6), not one per
+    cluster: the picks are kept as they are (the published code would stop with an
+    assertion error), but the user should know that part of the budget went by score alone,
+    usually to copies of rows already picked."""
+    import warnings
+
+    from ._validate import caller_stacklevel
+
+    where = "non-empty" if not n_labeled else "non-empty and hold no labeled point"
+    cure = "pass kmeans_init='k-means++' or remove the duplicates"
+    if init == "k-means++":
+        cure = "remove the duplicates"
+    if n_labeled:
+        cure += ", or pass a larger n_clusters"
+    # RuntimeWarning, as USL-T's and TypiClust's fill warnings: the outcome of the run, not
+    # a misuse of an argument.
+    warnings.warn(
+        f"USL: only {m - n_filled} of the {K} k-means clusters are {where}, fewer than "
+        f"m={m}, so the last {n_filled} of {m} picks were filled with the best-scoring "
+        "points left (n_filled), not one per cluster; exact-duplicate or all-zero rows are "
+        f"the usual cause (coinciding initial centroids leave clusters empty): {cure}",
+        RuntimeWarning,
+        stacklevel=caller_stacklevel(),
+    )
+
+
 def _usl_params(n: int, m: int, fixed: np.ndarray, *, seed: int, **usl: Any) -> tuple:
     """USL's parameters (``usl``: names of ``_presets.USL_PARAMS``, the rest at their
     declared defaults) for n points, resolved from the preset and checked against their
@@ -289,6 +316,8 @@ def _usl(
     t0 = time.perf_counter()
     picks, n_filled, score = _pick_rounds(rows, dens, lab, K, m, p, fixed)
     timings["selection"] = time.perf_counter() - t0
+    if n_filled and rows.warn:
+        _fill_warning(m, n_filled, K, fixed.size, p["kmeans_init"])
     return SelectResult(
         indices=picks,
         labels=lab.astype(np.int64),

@@ -1,0 +1,69 @@
+"""Library defects a cold new-user test found (notes of 2026-12-07: M1, M4, L4, L5, L6, L11,
+L14, L17): each silent outcome gets a warning and each refused argument a message that
+names the argument, what was given and what is allowed. Subprocess cases run with their
+cwd outside the checkout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import usl_fast
+
+from test_cli import subprocess_env  # noqa: E402
+
+
+def _duplicated(seed: int = 0) -> np.ndarray:
+    # 6 distinct unit rows, each 20 times: the random initial centroids coincide, their
+    # clusters die, fewer than m = 10 clusters survive (as in test_select's top-up test).
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((6, 4))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    return np.repeat(base.astype(np.float32), 20, axis=0)[rng.permutation(120)]
+
+
+# ------------------------------------------------------------------ M1: USL's fill warns
+
+
+def test_usl_fill_warns_how_many_why_and_what_to_do():
+    x = _duplicated()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet = usl_fast.select(x, 10, k=5, kmeans_iter=10, return_info=True)
+    assert quiet.n_filled > 0
+    with pytest.warns(RuntimeWarning) as rec:
+        res = usl_fast.select(x, 10, k=5, kmeans_iter=10, return_info=True)
+    msg = str(rec[0].message)
+    assert rec[0].filename == __file__  # points at the caller's line
+    kept = 10 - res.n_filled
+    assert f"only {kept} of the " in msg and f"last {res.n_filled} of 10 picks" in msg
+    assert "duplicate" in msg and "kmeans_init='k-means++'" in msg
+    # the warning only reports: the picks are those of the published rule, unchanged
+    assert np.array_equal(res.indices, quiet.indices) and res.n_filled == quiet.n_filled
+    # the estimator warns too
+    with pytest.warns(RuntimeWarning, match="filled with the best-scoring points"):
+        usl_fast.USL(k=5, kmeans_iter=10).fit(x, 10)
+
+
+def test_usl_fill_warning_for_zero_rows_and_later_rounds(make_unit):
+    z = np.zeros((50, 4), np.float32)
+    with pytest.warns(RuntimeWarning, match=r"last 2 of 3 picks"):
+        usl_fast.select(z, 3, k=3, weight=0.0)
+    x = make_unit(80, 6, seed=2)
+    first = usl_fast.select(x, 30, k=5)
+    with pytest.warns(RuntimeWarning, match="hold no labeled point.*larger n_clusters"):
+        r = usl_fast.select(x, 20, k=5, n_clusters=20, labeled=first, return_info=True)
+    assert r.n_filled > 0
+
+
+def test_usl_no_fill_no_warning(make_unit):
+    x = make_unit(300, 8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = usl_fast.select(x, 10, k=10, return_info=True)
+    assert res.n_filled == 0
