@@ -67,3 +67,27 @@ def test_usl_no_fill_no_warning(make_unit):
         warnings.simplefilter("error")
         res = usl_fast.select(x, 10, k=10, return_info=True)
     assert res.n_filled == 0
+
+
+# ------------------------------------------- M4: zero rows, not a missing normalize=True
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the fill warning (M1)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_unit_norm_warning_names_zero_rows_instead_of_normalize(make_unit, normalize):
+    x = make_unit(200, 8, seed=1)
+    x[:120] = 0  # the median row is zero; the others are unit already
+    with pytest.warns(UserWarning, match="median row norm") as rec:
+        usl_fast.select(x, 5, k=10, normalize=normalize)
+    (msg,) = [str(w.message) for w in rec if "median row norm" in str(w.message)]
+    assert "120 of 200 rows are all zero" in msg and "leaves them zero" in msg
+    assert "pass normalize=True" not in msg and "\n" not in msg and len(msg) <= 200
+    with pytest.warns(UserWarning, match="50 of 50 rows are all zero"):
+        usl_fast.select(np.zeros((50, 4), np.float32), 5, k=10, normalize=True)
+
+
+def test_unit_norm_warning_still_advises_normalize_for_scaled_rows(make_unit):
+    x = make_unit(200, 8, seed=1) * 0.01
+    x[:10] = 0  # a few zero rows do not explain the scale
+    with pytest.warns(UserWarning, match=r"pass normalize=True \(CLI: --normalize\)"):
+        usl_fast.select(x, 5, k=10)

@@ -201,10 +201,12 @@ def _unit_norm_warning(rows: Rows, p: Dict[str, Any], given: Dict[str, Any]) -> 
     if p["weight"] <= 0 or "horizon_dist" in given or "horizon_num" in given:
         return
     sample = rows.norm_sample()  # every rank of a process group takes part
+    rows_n = rows.n
     if not rows.warn:
         return
     rows = sample.astype(np.float64)
-    med = float(np.median(np.einsum("ij,ij->i", rows, rows)))
+    sq = np.einsum("ij,ij->i", rows, rows)
+    med = float(np.median(sq))
     if 0.25 <= med <= 4.0:
         return
     import warnings
@@ -213,6 +215,25 @@ def _unit_norm_warning(rows: Rows, p: Dict[str, Any], given: Dict[str, Any]) -> 
 
     # One line (the CLIs print it as a note): what is wrong, its effect, what to do.
     effect = "does nothing" if med > 4.0 else "outweighs the density"
+    zero = sq == 0
+    live = sq[~zero]
+    if zero.any() and (live.size == 0 or 0.25 <= float(np.median(live)) <= 4.0):
+        # All-zero rows pull the median down, and normalize=True cannot help them (a zero
+        # row has no direction; it stays zero): say so instead of advising normalize=True.
+        n_zero = int(zero.sum())
+        which = (
+            f"{n_zero} of {sq.size} rows"
+            if sq.size == rows_n
+            else f"{n_zero} of {sq.size} sampled rows"
+        )
+        warnings.warn(
+            f"usl_fast.select: the features' median row norm is {np.sqrt(med):.3g}, far from 1, "
+            f"as {which} are all zero (normalize=True leaves them zero): the regularizer "
+            f"{effect}; fix or drop them",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+        return
     warnings.warn(
         f"usl_fast.select: the features' median row norm is {np.sqrt(med):.3g}, far from 1, "
         f"so the preset's regularizer {effect}; pass normalize=True (CLI: --normalize) or "
