@@ -91,3 +91,21 @@ def test_unit_norm_warning_still_advises_normalize_for_scaled_rows(make_unit):
     x[:10] = 0  # a few zero rows do not explain the scale
     with pytest.warns(UserWarning, match=r"pass normalize=True \(CLI: --normalize\)"):
         usl_fast.select(x, 5, k=10)
+
+
+# ------------------------------------------------------ L4: return_info must be a bool
+
+
+@pytest.mark.parametrize("method", ["usl", "kcenter", "random"])
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_return_info_must_be_a_bool(make_unit, method, bad):
+    x = make_unit(60, 4, seed=0)
+    kw = {"k": 5} if method == "usl" else {}
+    with pytest.raises(
+        TypeError, match=rf"`return_info` must be True or False \(got return_info={bad!r}\)"
+    ):
+        usl_fast.select(x, 5, method=method, return_info=bad, **kw)
+    assert isinstance(
+        usl_fast.select(x, 5, method=method, return_info=np.bool_(True), **kw),
+        usl_fast.SelectResult,
+    )

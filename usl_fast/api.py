@@ -13,7 +13,7 @@ import numpy as np
 from ._methods import METHODS
 from ._pipeline import SelectResult
 from ._presets import METHOD_CLASSES, METHOD_NAMES, USL_PARAMS, document
-from ._validate import as_int, as_seed
+from ._validate import as_bool, as_int, as_seed
 
 #: select()'s USL parameters (method="usl"); other methods take theirs in **method_params.
 _USL_NAMES = tuple(p.name for p in USL_PARAMS)
@@ -128,7 +128,8 @@ def select(
         features first (default: the method's own; False for USL, whose presets expect
         features that already are); the seed that makes everything reproducible; OpenMP
         threads (default all; results do not depend on it); tqdm bars per phase.
-    return_info : return a ``SelectResult`` (labels, densities, scores, timings) instead.
+    return_info : bool
+        Return a ``SelectResult`` (labels, densities, scores, timings) instead.
 
     Returns
     -------
@@ -141,6 +142,9 @@ def select(
     """
     if not isinstance(method, str):
         raise TypeError(f"`method` must be a string (got {method!r})")
+    # Before any work, like normalize and progress: "yes" or 1 would otherwise pass as a
+    # truthy value and a typo ("no") would silently return a SelectResult.
+    as_bool(return_info, "return_info")
     est = _estimator(method, m, labeled, normalize, seed, threads, progress, method_params)
     # (USL's messages have always named select()'s argument `features`)
     est.fit(features, m, labeled=labeled, **({"_name": "features"} if method == "usl" else {}))
