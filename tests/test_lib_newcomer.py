@@ -109,3 +109,41 @@ def test_return_info_must_be_a_bool(make_unit, method, bad):
         usl_fast.select(x, 5, method=method, return_info=np.bool_(True), **kw),
         usl_fast.SelectResult,
     )
+
+
+# --------------------------------------- L6: a set or a number for `labeled` is named
+
+
+@pytest.mark.parametrize(
+    "labeled, got, fix",
+    [
+        ({1, 2}, "a set {1, 2}", "sorted(labeled)"),
+        (frozenset({4}), "a set frozenset({4})", "sorted(labeled)"),
+        (5, "the single index 5", "[5]"),
+        (np.int64(5), "the single index 5", "[5]"),
+        (np.array(7), "the 0-d array array(7)", "[7]"),
+        ({1: 0}, "a dict", "list(labeled) for its keys"),
+        ((i for i in range(3)), "a generator", "list(labeled)"),
+        (2.5, "a float (2.5)", "the indices in a list"),
+    ],
+)
+@pytest.mark.parametrize("method", ["usl", "kcenter"])
+def test_labeled_that_is_no_sequence_says_what_it_is(make_unit, labeled, got, fix, method):
+    x = make_unit(60, 4, seed=0)
+    kw = {"k": 5} if method == "usl" else {}
+    with pytest.raises(TypeError) as err:
+        usl_fast.select(x, 5, method=method, labeled=labeled, **kw)
+    msg = str(err.value)
+    assert msg.startswith("`labeled` must be a list or 1-D array of integer indices (got ")
+    assert got in msg and f"pass {fix}" in msg and "shape ()" not in msg
+    # what the message says to pass works
+    ok = sorted(labeled) if isinstance(labeled, (set, frozenset)) else None
+    if ok is not None:
+        assert not set(usl_fast.select(x, 5, method=method, labeled=ok, **kw).tolist()) & set(ok)
+
+
+def test_labeled_sequences_still_accepted(make_unit):
+    x = make_unit(60, 4, seed=0)
+    a = usl_fast.select(x, 5, k=5, labeled=[1, 2])
+    for same in ((1, 2), range(1, 3), np.array([1, 2])):
+        assert np.array_equal(usl_fast.select(x, 5, k=5, labeled=same), a)
