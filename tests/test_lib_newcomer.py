@@ -8,14 +8,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import subprocess_env  # noqa: E402
 
 import usl_fast
-
-from test_cli import subprocess_env  # noqa: E402
 
 
 def _duplicated(seed: int = 0) -> np.ndarray:
@@ -147,3 +145,47 @@ def test_labeled_sequences_still_accepted(make_unit):
     a = usl_fast.select(x, 5, k=5, labeled=[1, 2])
     for same in ((1, 2), range(1, 3), np.array([1, 2])):
         assert np.array_equal(usl_fast.select(x, 5, k=5, labeled=same), a)
+
+
+# ------------------------------------------ L17: usl_fast.uslt as an attribute
+
+
+_NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # as if torch were not installed: `import torch` fails
+import usl_fast
+try:
+    usl_fast.uslt.USLT()
+except ImportError as exc:
+    print("ImportError:", exc)
+try:
+    usl_fast.not_there
+except AttributeError as exc:
+    print("AttributeError:", exc)
+"""
+
+
+def test_uslt_attribute_without_torch_says_it_needs_pytorch(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("ImportError: usl_fast.uslt (USL-T) needs PyTorch"), r.stdout
+    assert "pip install usl_fast[torch]" in lines[0]
+    assert lines[1] == "AttributeError: module 'usl_fast' has no attribute 'not_there'"
+
+
+def test_uslt_attribute_with_torch_is_the_subpackage():
+    pytest.importorskip("torch")
+    import importlib
+
+    assert usl_fast.uslt is importlib.import_module("usl_fast.uslt")
+    assert usl_fast.uslt.USLT.method == "uslt"
+    assert "uslt" not in usl_fast.__all__  # the front door's list is unchanged
+    assert not hasattr(usl_fast, "no_such_name")
