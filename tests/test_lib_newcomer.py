@@ -189,3 +189,38 @@ def test_uslt_attribute_with_torch_is_the_subpackage():
     assert usl_fast.uslt.USLT.method == "uslt"
     assert "uslt" not in usl_fast.__all__  # the front door's list is unchanged
     assert not hasattr(usl_fast, "no_such_name")
+
+
+# ---------------------------------- L5: a given USL parameter is refused, whatever its value
+
+
+@pytest.mark.parametrize("method", ["typiclust", "probcover", "kcenter", "random"])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("defaults", "cifar10"),
+        ("defaults", "imagenet"),
+        ("kmeans_init", "random"),
+        ("rounds", None),
+    ],
+)
+def test_usl_parameters_refused_for_other_methods_even_at_their_default(
+    make_unit, method, name, value
+):
+    x = make_unit(60, 4, seed=0)
+    if value is None:
+        value = usl_fast.PRESET  # the declared default of the preset parameters
+    with pytest.raises(
+        TypeError, match=rf"`{name}` is a USL parameter; method='{method}' does not take it"
+    ):
+        usl_fast.select(x, 5, method=method, **{name: value})
+
+
+def test_usl_parameters_a_method_takes_still_pass(make_unit):
+    x = make_unit(60, 4, seed=0)
+    # TypiClust takes k; USL's default (PRESET) leaves TypiClust's own default
+    a = usl_fast.select(x, 5, method="typiclust")
+    assert np.array_equal(usl_fast.select(x, 5, method="typiclust", k=usl_fast.PRESET), a)
+    assert np.array_equal(
+        usl_fast.select(x, 5, method="usl", defaults="cifar10", k=5), usl_fast.select(x, 5, k=5)
+    )

@@ -47,17 +47,20 @@ def _estimator(method, m, labeled, normalize, seed, threads, progress, params) -
     kw = {}
     # select()'s signature names the USL parameters; a method with a parameter of the same
     # name (TypiClust's k, ProbCover's alpha, USL-T's n_clusters) takes it, the rest are refused.
+    # ``params`` holds only the keywords the caller gave (select() collects them in
+    # **method_params), so a given USL parameter is refused whatever its value:
+    # defaults="cifar10" (the default, the same str object) used to pass for kcenter.
     usl_default = {p.name: p.default for p in USL_PARAMS}
     for name, val in params.items():
         if name not in usl_default:
-            continue
-        if val is usl_default[name]:
             continue
         if name not in names:
             raise TypeError(
                 f"`{name}` is a USL parameter; method={method!r} does not take it "
                 f"(its parameters: see usl_fast.{METHOD_CLASSES[method]})"
             )
+        if val is usl_default[name]:
+            continue  # USL's default, not the method's: leave the method's own
         kw[name] = val
     kw.update((k, v) for k, v in params.items() if k not in usl_default)
     kw.update(seed=seed)
