@@ -224,3 +224,38 @@ def test_usl_parameters_a_method_takes_still_pass(make_unit):
     assert np.array_equal(
         usl_fast.select(x, 5, method="usl", defaults="cifar10", k=5), usl_fast.select(x, 5, k=5)
     )
+
+
+# ------------------- L14: ProbCover's delta and coverage in the info; singleton balls warn
+
+
+def test_probcover_info_has_the_delta_used_and_the_coverage(make_unit):
+    x = make_unit(400, 3, seed=0)  # 3-d unit rows: delta 0.6 balls hold many points
+    r = usl_fast.select(x, 8, method="probcover", return_info=True)
+    est = usl_fast.ProbCover().fit(x, 8)
+    assert r.params["delta"] == est.delta_ == 0.6
+    assert r.coverage == est.coverage_
+    # the oracle: the fraction of points within delta (strict) of a pick
+    d2 = ((x[:, None, :].astype(np.float64) - x[r.indices][None]) ** 2).sum(-1)
+    assert r.coverage == pytest.approx(float((d2 < 0.36).any(1).mean()))
+    r = usl_fast.select(x, 8, method="probcover", n_classes=5, return_info=True)
+    assert (
+        r.params["n_classes"] == 5
+        and r.params["delta"] == usl_fast.ProbCover(n_classes=5).fit(x, 8).delta_
+    )
+    assert 0 < r.params["delta"] and 0 < r.coverage <= 1
+    for method in ("usl", "kcenter"):
+        kw = {"k": 5} if method == "usl" else {}
+        assert usl_fast.select(x, 8, method=method, return_info=True, **kw).coverage is None
+
+
+def test_probcover_warns_when_every_ball_is_a_singleton(make_unit):
+    x = make_unit(300, 64, seed=0)  # random unit rows in 64-d: pairwise distances near 1.4
+    with pytest.warns(UserWarning, match=r"no point has a neighbour within delta=0\.6") as rec:
+        r = usl_fast.select(x, 5, method="probcover", return_info=True)
+    msg = str(rec[0].message)
+    assert "larger `delta`" in msg and "n_classes" in msg and rec[0].filename == __file__
+    assert r.indices.tolist() == [0, 1, 2, 3, 4]  # what the warning says: arbitrary picks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        usl_fast.select(x, 5, method="probcover", delta=1.5)  # balls with neighbours: quiet

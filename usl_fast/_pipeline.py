@@ -61,6 +61,9 @@ class SelectResult:
         other methods: see their estimators).
     labeled : 1-D int64
         The indices given as already labeled (empty for a first round).
+    coverage : float or None
+        ProbCover: the fraction of points within ``delta`` of a pick or a labeled point
+        (``params["delta"]`` is the radius used); None for the other methods.
     """
 
     indices: Any
@@ -72,6 +75,7 @@ class SelectResult:
     method: str = "usl"
     scores: Any = None
     labeled: Any = None
+    coverage: Optional[float] = None
 
 
 def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:

@@ -175,16 +175,22 @@ def _result(est: Any, method: str) -> SelectResult:
     timings = dict(est.timings_)
     if method == "usl":
         timings.pop("validate", None)  # select() reports the pipeline's phases
+    params = est.params_ if method == "usl" else _params_of(est)
+    if method == "probcover":
+        # the radius used (the constructor's delta is None when it was chosen for the
+        # user: the authors' 0.6, or the purity rule from n_classes)
+        params["delta"] = est.delta_
     return SelectResult(
         indices=est.indices_,
         labels=est.labels_,
         density=getattr(est, "density_", None),
         n_filled=int(getattr(est, "n_filled_", 0) or 0),
         timings=timings,
-        params=est.params_ if method == "usl" else _params_of(est),
+        params=params,
         method=method,
         scores=getattr(est, "scores_", getattr(est, "confidence_", None)),
         labeled=getattr(est, "labeled_", None),
+        coverage=getattr(est, "coverage_", None),
     )
 
 
