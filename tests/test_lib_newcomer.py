@@ -259,3 +259,60 @@ def test_probcover_warns_when_every_ball_is_a_singleton(make_unit):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         usl_fast.select(x, 5, method="probcover", delta=1.5)  # balls with neighbours: quiet
+
+
+# ---------------------------------- L11: misspelt run-time switches are named, not ignored
+
+
+def _import_in_child(tmp_path, **env):
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import usl_fast; print(usl_fast._cpu.gemm_kind())"],
+        cwd=tmp_path,
+        env=dict(subprocess_env(), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "var, value, allowed",
+    [
+        ("USL_FAST_GEMM", "avx512bf6", "amx, avx512bf16, avx512vnni, avx512, avx2i16, avx2, blas"),
+        ("USL_FAST_ISA", "AVX2", "portable, avx2, avx512"),
+    ],
+)
+def test_unknown_engine_switch_warns_at_import(tmp_path, var, value, allowed):
+    r = _import_in_child(tmp_path, **{var: value})
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
+    assert len(warned) == 1, r.stderr
+    assert f"{var}={value!r} is not one of {allowed} (or unset)" in warned[0]
+    assert "the engine ignores it and runs " in warned[0]
+    # and the kind it names is the default's: the same as with the variable unset
+    unset = _import_in_child(tmp_path, **{var: ""})
+    assert r.stdout == unset.stdout and "Warning" not in unset.stderr, unset.stderr
+
+
+def test_known_engine_switches_import_quietly(tmp_path):
+    r = _import_in_child(tmp_path, USL_FAST_GEMM="blas", USL_FAST_ISA="avx2")
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    assert r.stdout.strip() == "0"  # OpenBLAS, as asked
+
+
+def test_unknown_backend_switch_warns_once(make_unit, monkeypatch):
+    from usl_fast.backends import _resolve
+
+    monkeypatch.setattr(_resolve, "_warned", set())
+    x = make_unit(60, 4, seed=0)
+    want = usl_fast.select(x, 5, k=5)
+    monkeypatch.setenv(_resolve.ENV, "portble")
+    with pytest.warns(
+        UserWarning, match=r"USL_FAST_BACKEND='portble' is not one of portable, cuda"
+    ) as rec:
+        got = usl_fast.select(x, 5, k=5)
+    assert rec[0].filename == __file__
+    assert np.array_equal(got, want)  # ignored: the engine ran
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        usl_fast.select(x, 5, k=5)  # once per value and process
