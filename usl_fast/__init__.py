@@ -31,6 +31,20 @@ from .plot import plot_picks  # matplotlib is imported only when a figure is dra
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # usl_fast.uslt needs torch, so ``import usl_fast`` does not import it; reached as an
+    # attribute (README's ``uslt.USLT``), it is imported here, and without torch the user
+    # gets its "needs PyTorch" ImportError instead of "module has no attribute 'uslt'".
+    if name == "uslt":
+        # (not ``from . import uslt``: its fromlist step asks this module for the
+        # attribute first, which would call __getattr__ again)
+        import usl_fast.uslt
+
+        return usl_fast.uslt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "select",
     "USL",

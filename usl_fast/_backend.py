@@ -52,6 +52,57 @@ except ImportError as exc:  # pragma: no cover - depends on how Python was start
     ) from exc
 
 
+#: The engine's run-time switches (read once by csrc/cpu/runtime.cpp and gemm.cpp, at the
+#: engine's first use) and their documented values (docs/development.md). The engine has no
+#: way to report a value it does not know: it falls back to its own choice in silence.
+SWITCHES = {
+    "USL_FAST_ISA": ("portable", "avx2", "avx512"),
+    "USL_FAST_GEMM": ("amx", "avx512bf16", "avx512vnni", "avx512", "avx2i16", "avx2", "blas"),
+}
+#: accepted by the engine but not documented (the old name of "portable")
+_ALIASES = {"USL_FAST_ISA": ("scalar",)}
+
+
+def _check_switches() -> None:
+    """Warn, once per process (here, at import), about a switch set to a value the engine
+    does not know: a misspelt USL_FAST_GEMM would otherwise time the default path under the
+    name of another. A warning, not an error: every path gives the same bits, so only the
+    speed is at stake, and a stale variable in a shell should not break ``import usl_fast``."""
+    import warnings
+
+    for var, allowed in SWITCHES.items():
+        value = os.environ.get(var, "")
+        if value == "" or value in allowed or value in _ALIASES.get(var, ()):
+            continue
+        # What the engine runs instead, in the switch's own words. Asking fixes the choice
+        # now rather than at the first use, which only matters if the variable changes
+        # in between: then it was wrong anyway.
+        if var == "USL_FAST_ISA":
+            used = ("portable", "avx2", "avx512")[_cpu.active_isa()]
+        else:
+            used = _GEMM_NAMES.get(_cpu.gemm_kind(), "?")
+        warnings.warn(
+            f"{var}={value!r} is not one of {', '.join(allowed)} (or unset); the engine "
+            f"ignores it and runs {used}, its default here (docs/development.md)",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+#: _cpu.gemm_kind() -> the USL_FAST_GEMM value that selects it (docs/engine.md)
+_GEMM_NAMES = {
+    0: "blas",
+    1: "avx512",
+    2: "amx",
+    3: "avx2",
+    4: "avx2i16",
+    5: "avx512bf16",
+    6: "avx512vnni",
+}
+
+
+_check_switches()
+
 
 def build_info() -> dict:
     """What the installed build of usl_fast holds, as its own build recorded it.

@@ -625,6 +625,24 @@ class ProbCover(Selector):
             else:
                 p.check(getattr(self, name))
 
+    def _singleton_warning(self, delta: float) -> None:
+        """Every ball holds only its own point: every greedy step ties at one uncovered
+        point, so the picks are the lowest indices not covered, whatever the data."""
+        import warnings
+
+        from ._validate import caller_stacklevel
+
+        if self.n_classes is None:
+            cure = "pass a larger `delta`, or `n_classes` to choose it by the purity rule"
+        else:
+            cure = f"pass `delta` yourself or a smaller `alpha` (got alpha={self.alpha})"
+        warnings.warn(
+            f"ProbCover: no point has a neighbour within delta={delta:.4g} (every ball holds "
+            f"only its own point), so the picks are just the lowest indices; {cure}",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
     def _select(self, x, m, lab, timings):
         n = x.shape[0]
         t0 = time.perf_counter()
@@ -656,6 +674,8 @@ class ProbCover(Selector):
 
         t0 = time.perf_counter()
         degree = np.diff(offsets)  # balls are symmetric: in-degree == out-degree
+        if degree.max() <= 1:
+            self._singleton_warning(delta)
         scores = degree.copy()
         live = degree.copy()  # uncovered points in each ball
         covered = np.zeros(n, dtype=bool)

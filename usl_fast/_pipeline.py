@@ -61,6 +61,9 @@ class SelectResult:
         other methods: see their estimators).
     labeled : 1-D int64
         The indices given as already labeled (empty for a first round).
+    coverage : float or None
+        ProbCover: the fraction of points within ``delta`` of a pick or a labeled point
+        (``params["delta"]`` is the radius used); None for the other methods.
     """
 
     indices: Any
@@ -72,6 +75,7 @@ class SelectResult:
     method: str = "usl"
     scores: Any = None
     labeled: Any = None
+    coverage: Optional[float] = None
 
 
 def _blend(reg: np.ndarray, new: np.ndarray, mu: float) -> np.ndarray:
@@ -201,10 +205,12 @@ def _unit_norm_warning(rows: Rows, p: Dict[str, Any], given: Dict[str, Any]) -> 
     if p["weight"] <= 0 or "horizon_dist" in given or "horizon_num" in given:
         return
     sample = rows.norm_sample()  # every rank of a process group takes part
+    rows_n = rows.n
     if not rows.warn:
         return
     rows = sample.astype(np.float64)
-    med = float(np.median(np.einsum("ij,ij->i", rows, rows)))
+    sq = np.einsum("ij,ij->i", rows, rows)
+    med = float(np.median(sq))
     if 0.25 <= med <= 4.0:
         return
     import warnings
@@ -213,11 +219,57 @@ def _unit_norm_warning(rows: Rows, p: Dict[str, Any], given: Dict[str, Any]) -> 
 
     # One line (the CLIs print it as a note): what is wrong, its effect, what to do.
     effect = "does nothing" if med > 4.0 else "outweighs the density"
+    zero = sq == 0
+    live = sq[~zero]
+    if zero.any() and (live.size == 0 or 0.25 <= float(np.median(live)) <= 4.0):
+        # All-zero rows pull the median down, and normalize=True cannot help them (a zero
+        # row has no direction; it stays zero): say so instead of advising normalize=True.
+        n_zero = int(zero.sum())
+        which = (
+            f"{n_zero} of {sq.size} rows"
+            if sq.size == rows_n
+            else f"{n_zero} of {sq.size} sampled rows"
+        )
+        warnings.warn(
+            f"usl_fast.select: the features' median row norm is {np.sqrt(med):.3g}, far from 1, "
+            f"as {which} are all zero (normalize=True leaves them zero): the regularizer "
+            f"{effect}; fix or drop them",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+        return
     warnings.warn(
         f"usl_fast.select: the features' median row norm is {np.sqrt(med):.3g}, far from 1, "
         f"so the preset's regularizer {effect}; pass normalize=True (CLI: --normalize) or "
         "set horizon_dist and weight",
         UserWarning,
+        stacklevel=caller_stacklevel(),
+    )
+
+
+def _fill_warning(m: int, n_filled: int, K: int, n_labeled: int, init: str) -> None:
+    """Say that some picks came from the fill rule (docs/parity.md, item 6), not one per
+    cluster: the picks are kept as they are (the published code would stop with an
+    assertion error), but the user should know that part of the budget went by score alone,
+    usually to copies of rows already picked."""
+    import warnings
+
+    from ._validate import caller_stacklevel
+
+    where = "non-empty" if not n_labeled else "non-empty and hold no labeled point"
+    cure = "pass kmeans_init='k-means++' or remove the duplicates"
+    if init == "k-means++":
+        cure = "remove the duplicates"
+    if n_labeled:
+        cure += ", or pass a larger n_clusters"
+    # RuntimeWarning, as USL-T's and TypiClust's fill warnings: the outcome of the run, not
+    # a misuse of an argument.
+    warnings.warn(
+        f"USL: only {m - n_filled} of the {K} k-means clusters are {where}, fewer than "
+        f"m={m}, so the last {n_filled} of {m} picks were filled with the best-scoring "
+        "points left (n_filled), not one per cluster; exact-duplicate or all-zero rows are "
+        f"the usual cause (coinciding initial centroids leave clusters empty): {cure}",
+        RuntimeWarning,
         stacklevel=caller_stacklevel(),
     )
 
@@ -289,6 +341,8 @@ def _usl(
     t0 = time.perf_counter()
     picks, n_filled, score = _pick_rounds(rows, dens, lab, K, m, p, fixed)
     timings["selection"] = time.perf_counter() - t0
+    if n_filled and rows.warn:
+        _fill_warning(m, n_filled, K, fixed.size, p["kmeans_init"])
     return SelectResult(
         indices=picks,
         labels=lab.astype(np.int64),

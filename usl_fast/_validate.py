@@ -167,7 +167,6 @@ def check_pair_scale(a: Tuple[str, float], b: Tuple[str, float]) -> None:
         raise ValueError(tiny_scale_message(a[0], top, b[0]))
 
 
-
 def tiny_scale_message(name: str, top: float, other: Optional[str] = None) -> str:
     """The error for features whose largest squared row norm ``top`` is in (0, 2**-60);
     with ``other``, for two sets (``check_pair_scale``) whose larger such norm is."""
@@ -381,9 +380,7 @@ def caller_stacklevel() -> int:
 
     frame = sys._getframe(2)  # the caller of the function that will warn: stacklevel 2
     level = 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-        _PACKAGE_DIR
-    ):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame = frame.f_back
         level += 1
     return level
@@ -392,13 +389,41 @@ def caller_stacklevel() -> int:
 # Round arguments: every selection starts with these checks.
 
 
+def _not_indices(labeled: Any) -> None:
+    """Raise for a ``labeled`` that is no sequence of indices: say what it is and what to
+    pass."""
+    import reprlib
+
+    if isinstance(labeled, (set, frozenset)):
+        got, fix = f"a set {reprlib.repr(labeled)}", "sorted(labeled)"
+    elif isinstance(labeled, dict):
+        got, fix = "a dict", "list(labeled) for its keys"
+    elif isinstance(labeled, np.ndarray) and labeled.dtype.kind in "iu":
+        got, fix = f"the 0-d array {labeled!r}", f"[{labeled.item()!r}]"
+    elif isinstance(labeled, (numbers.Integral, np.integer)) and not isinstance(labeled, bool):
+        got, fix = f"the single index {int(labeled)}", f"[{int(labeled)}]"
+    else:
+        got = f"a {type(labeled).__name__} ({reprlib.repr(labeled)})"
+        iterator = hasattr(labeled, "__next__")  # a generator, map, iter(...)
+        fix = "list(labeled)" if iterator else "the indices in a list, e.g. [3, 17]"
+    raise TypeError(
+        f"`labeled` must be a list or 1-D array of integer indices (got {got}); pass {fix}"
+    )
+
+
 def as_labeled(labeled: Any, n: int) -> np.ndarray:
     """The already-labeled indices as int64 (caller's order kept); [] when None."""
     if labeled is None:
         return np.zeros(0, np.int64)
     if _is_torch(labeled):
         labeled = labeled.detach().cpu().numpy()
+    if isinstance(labeled, (set, frozenset, dict)) or not hasattr(labeled, "__len__"):
+        # np.asarray makes a set, a dict, a generator or a lone number a 0-d array, whose
+        # "shape ()" would not tell the user what to pass instead.
+        _not_indices(labeled)
     arr = np.asarray(labeled)
+    if arr.ndim == 0:
+        _not_indices(labeled)
     if arr.ndim != 1:
         raise ValueError(f"`labeled` must be a 1-D array of indices (got shape {arr.shape})")
     if arr.size == 0:

@@ -13,7 +13,7 @@ import numpy as np
 from ._methods import METHODS
 from ._pipeline import SelectResult
 from ._presets import METHOD_CLASSES, METHOD_NAMES, USL_PARAMS, document
-from ._validate import as_int, as_seed
+from ._validate import as_bool, as_int, as_seed
 
 #: select()'s USL parameters (method="usl"); other methods take theirs in **method_params.
 _USL_NAMES = tuple(p.name for p in USL_PARAMS)
@@ -47,17 +47,20 @@ def _estimator(method, m, labeled, normalize, seed, threads, progress, params) -
     kw = {}
     # select()'s signature names the USL parameters; a method with a parameter of the same
     # name (TypiClust's k, ProbCover's alpha, USL-T's n_clusters) takes it, the rest are refused.
+    # ``params`` holds only the keywords the caller gave (select() collects them in
+    # **method_params), so a given USL parameter is refused whatever its value:
+    # defaults="cifar10" (the default, the same str object) used to pass for kcenter.
     usl_default = {p.name: p.default for p in USL_PARAMS}
     for name, val in params.items():
         if name not in usl_default:
-            continue
-        if val is usl_default[name]:
             continue
         if name not in names:
             raise TypeError(
                 f"`{name}` is a USL parameter; method={method!r} does not take it "
                 f"(its parameters: see usl_fast.{METHOD_CLASSES[method]})"
             )
+        if val is usl_default[name]:
+            continue  # USL's default, not the method's: leave the method's own
         kw[name] = val
     kw.update((k, v) for k, v in params.items() if k not in usl_default)
     kw.update(seed=seed)
@@ -128,7 +131,8 @@ def select(
         features first (default: the method's own; False for USL, whose presets expect
         features that already are); the seed that makes everything reproducible; OpenMP
         threads (default all; results do not depend on it); tqdm bars per phase.
-    return_info : return a ``SelectResult`` (labels, densities, scores, timings) instead.
+    return_info : bool
+        Return a ``SelectResult`` (labels, densities, scores, timings) instead.
 
     Returns
     -------
@@ -141,6 +145,9 @@ def select(
     """
     if not isinstance(method, str):
         raise TypeError(f"`method` must be a string (got {method!r})")
+    # Before any work, like normalize and progress: "yes" or 1 would otherwise pass as a
+    # truthy value and a typo ("no") would silently return a SelectResult.
+    as_bool(return_info, "return_info")
     est = _estimator(method, m, labeled, normalize, seed, threads, progress, method_params)
     # (USL's messages have always named select()'s argument `features`)
     est.fit(features, m, labeled=labeled, **({"_name": "features"} if method == "usl" else {}))
@@ -168,16 +175,22 @@ def _result(est: Any, method: str) -> SelectResult:
     timings = dict(est.timings_)
     if method == "usl":
         timings.pop("validate", None)  # select() reports the pipeline's phases
+    params = est.params_ if method == "usl" else _params_of(est)
+    if method == "probcover":
+        # the radius used (the constructor's delta is None when it was chosen for the
+        # user: the authors' 0.6, or the purity rule from n_classes)
+        params["delta"] = est.delta_
     return SelectResult(
         indices=est.indices_,
         labels=est.labels_,
         density=getattr(est, "density_", None),
         n_filled=int(getattr(est, "n_filled_", 0) or 0),
         timings=timings,
-        params=est.params_ if method == "usl" else _params_of(est),
+        params=params,
         method=method,
         scores=getattr(est, "scores_", getattr(est, "confidence_", None)),
         labeled=getattr(est, "labeled_", None),
+        coverage=getattr(est, "coverage_", None),
     )
 
 

@@ -14,6 +14,29 @@ from .._validate import _is_torch
 #: The environment variable that routes CPU tensors through the portable back end
 #: ("portable") or turns on the CUDA kernels for CUDA tensors ("cuda").
 ENV = "USL_FAST_BACKEND"
+#: its documented values (docs/development.md); unset or empty: the default choice
+VALUES = ("portable", "cuda")
+_warned: set = set()
+
+
+def _env() -> str:
+    """The variable's value; a value it does not know is ignored with a warning, once per
+    value and process (a misspelt "portable" would otherwise run the engine in silence)."""
+    value = os.environ.get(ENV, "")
+    if value and value not in VALUES and value not in _warned:
+        _warned.add(value)
+        import warnings
+
+        from .._validate import caller_stacklevel
+
+        warnings.warn(
+            f"{ENV}={value!r} is not one of {', '.join(VALUES)} (or unset); it is ignored: "
+            "CPU inputs run on the C++ engine, device tensors on the portable torch path "
+            "(docs/development.md)",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+    return value
 
 
 def _is_cupy(x: Any) -> bool:
@@ -63,7 +86,7 @@ ENGINE = Backend("engine")
 
 
 def _cuda_kernels(device_type: str) -> Any:
-    if os.environ.get(ENV) != "cuda" or device_type != "cuda":
+    if _env() != "cuda" or device_type != "cuda":
         return None
     try:
         from .. import _cuda
@@ -82,7 +105,8 @@ def resolve(x: Any) -> Backend:
     if _is_cupy(x):  # always on a CUDA device
         return Backend("portable", _cuda_kernels("cuda"))
     if not _is_torch(x):
+        _env()  # (a numpy array always runs on the engine; still say the value is unknown)
         return ENGINE
-    if x.device.type != "cpu" or os.environ.get(ENV) == "portable":
+    if x.device.type != "cpu" or _env() == "portable":
         return Backend("portable", _cuda_kernels(x.device.type))
     return ENGINE

@@ -297,6 +297,7 @@ def select(
             )
         _usl_params(n, mm, fixed, seed=seed, **params)
         norm = normalize is not None and as_bool(normalize, "normalize")
+        as_bool(return_info, "return_info")
         return fixed, mm, norm
 
     fixed, m, norm = _agree(comm, check)

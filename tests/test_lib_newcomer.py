@@ -1,0 +1,318 @@
+"""Library defects a cold new-user test found (notes of 2026-12-07: M1, M4, L4, L5, L6, L11,
+L14, L17): each silent outcome gets a warning and each refused argument a message that
+names the argument, what was given and what is allowed. Subprocess cases run with their
+cwd outside the checkout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from test_cli import subprocess_env  # noqa: E402
+
+import usl_fast
+
+
+def _duplicated(seed: int = 0) -> np.ndarray:
+    # 6 distinct unit rows, each 20 times: the random initial centroids coincide, their
+    # clusters die, fewer than m = 10 clusters survive (as in test_select's top-up test).
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((6, 4))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    return np.repeat(base.astype(np.float32), 20, axis=0)[rng.permutation(120)]
+
+
+# ------------------------------------------------------------------ M1: USL's fill warns
+
+
+def test_usl_fill_warns_how_many_why_and_what_to_do():
+    x = _duplicated()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet = usl_fast.select(x, 10, k=5, kmeans_iter=10, return_info=True)
+    assert quiet.n_filled > 0
+    with pytest.warns(RuntimeWarning) as rec:
+        res = usl_fast.select(x, 10, k=5, kmeans_iter=10, return_info=True)
+    msg = str(rec[0].message)
+    assert rec[0].filename == __file__  # points at the caller's line
+    kept = 10 - res.n_filled
+    assert f"only {kept} of the " in msg and f"last {res.n_filled} of 10 picks" in msg
+    assert "duplicate" in msg and "kmeans_init='k-means++'" in msg
+    # the warning only reports: the picks are those of the published rule, unchanged
+    assert np.array_equal(res.indices, quiet.indices) and res.n_filled == quiet.n_filled
+    # the estimator warns too
+    with pytest.warns(RuntimeWarning, match="filled with the best-scoring points"):
+        usl_fast.USL(k=5, kmeans_iter=10).fit(x, 10)
+
+
+def test_usl_fill_warning_for_zero_rows_and_later_rounds(make_unit):
+    z = np.zeros((50, 4), np.float32)
+    with pytest.warns(RuntimeWarning, match=r"last 2 of 3 picks"):
+        usl_fast.select(z, 3, k=3, weight=0.0)
+    x = make_unit(80, 6, seed=2)
+    first = usl_fast.select(x, 30, k=5)
+    with pytest.warns(RuntimeWarning, match="hold no labeled point.*larger n_clusters"):
+        r = usl_fast.select(x, 20, k=5, n_clusters=20, labeled=first, return_info=True)
+    assert r.n_filled > 0
+
+
+def test_usl_no_fill_no_warning(make_unit):
+    x = make_unit(300, 8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = usl_fast.select(x, 10, k=10, return_info=True)
+    assert res.n_filled == 0
+
+
+# ------------------------------------------- M4: zero rows, not a missing normalize=True
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the fill warning (M1)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_unit_norm_warning_names_zero_rows_instead_of_normalize(make_unit, normalize):
+    x = make_unit(200, 8, seed=1)
+    x[:120] = 0  # the median row is zero; the others are unit already
+    with pytest.warns(UserWarning, match="median row norm") as rec:
+        usl_fast.select(x, 5, k=10, normalize=normalize)
+    (msg,) = [str(w.message) for w in rec if "median row norm" in str(w.message)]
+    assert "120 of 200 rows are all zero" in msg and "leaves them zero" in msg
+    assert "pass normalize=True" not in msg and "\n" not in msg and len(msg) <= 200
+    with pytest.warns(UserWarning, match="50 of 50 rows are all zero"):
+        usl_fast.select(np.zeros((50, 4), np.float32), 5, k=10, normalize=True)
+
+
+def test_unit_norm_warning_still_advises_normalize_for_scaled_rows(make_unit):
+    x = make_unit(200, 8, seed=1) * 0.01
+    x[:10] = 0  # a few zero rows do not explain the scale
+    with pytest.warns(UserWarning, match=r"pass normalize=True \(CLI: --normalize\)"):
+        usl_fast.select(x, 5, k=10)
+
+
+# ------------------------------------------------------ L4: return_info must be a bool
+
+
+@pytest.mark.parametrize("method", ["usl", "kcenter", "random"])
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_return_info_must_be_a_bool(make_unit, method, bad):
+    x = make_unit(60, 4, seed=0)
+    kw = {"k": 5} if method == "usl" else {}
+    with pytest.raises(
+        TypeError, match=rf"`return_info` must be True or False \(got return_info={bad!r}\)"
+    ):
+        usl_fast.select(x, 5, method=method, return_info=bad, **kw)
+    assert isinstance(
+        usl_fast.select(x, 5, method=method, return_info=np.bool_(True), **kw),
+        usl_fast.SelectResult,
+    )
+
+
+# --------------------------------------- L6: a set or a number for `labeled` is named
+
+
+@pytest.mark.parametrize(
+    "labeled, got, fix",
+    [
+        ({1, 2}, "a set {1, 2}", "sorted(labeled)"),
+        (frozenset({4}), "a set frozenset({4})", "sorted(labeled)"),
+        (5, "the single index 5", "[5]"),
+        (np.int64(5), "the single index 5", "[5]"),
+        (np.array(7), "the 0-d array array(7)", "[7]"),
+        ({1: 0}, "a dict", "list(labeled) for its keys"),
+        ((i for i in range(3)), "a generator", "list(labeled)"),
+        (2.5, "a float (2.5)", "the indices in a list"),
+    ],
+)
+@pytest.mark.parametrize("method", ["usl", "kcenter"])
+def test_labeled_that_is_no_sequence_says_what_it_is(make_unit, labeled, got, fix, method):
+    x = make_unit(60, 4, seed=0)
+    kw = {"k": 5} if method == "usl" else {}
+    with pytest.raises(TypeError) as err:
+        usl_fast.select(x, 5, method=method, labeled=labeled, **kw)
+    msg = str(err.value)
+    assert msg.startswith("`labeled` must be a list or 1-D array of integer indices (got ")
+    assert got in msg and f"pass {fix}" in msg and "shape ()" not in msg
+    # what the message says to pass works
+    ok = sorted(labeled) if isinstance(labeled, (set, frozenset)) else None
+    if ok is not None:
+        assert not set(usl_fast.select(x, 5, method=method, labeled=ok, **kw).tolist()) & set(ok)
+
+
+def test_labeled_sequences_still_accepted(make_unit):
+    x = make_unit(60, 4, seed=0)
+    a = usl_fast.select(x, 5, k=5, labeled=[1, 2])
+    for same in ((1, 2), range(1, 3), np.array([1, 2])):
+        assert np.array_equal(usl_fast.select(x, 5, k=5, labeled=same), a)
+
+
+# ------------------------------------------ L17: usl_fast.uslt as an attribute
+
+
+_NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # as if torch were not installed: `import torch` fails
+import usl_fast
+try:
+    usl_fast.uslt.USLT()
+except ImportError as exc:
+    print("ImportError:", exc)
+try:
+    usl_fast.not_there
+except AttributeError as exc:
+    print("AttributeError:", exc)
+"""
+
+
+def test_uslt_attribute_without_torch_says_it_needs_pytorch(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("ImportError: usl_fast.uslt (USL-T) needs PyTorch"), r.stdout
+    assert "pip install usl_fast[torch]" in lines[0]
+    assert lines[1] == "AttributeError: module 'usl_fast' has no attribute 'not_there'"
+
+
+def test_uslt_attribute_with_torch_is_the_subpackage():
+    pytest.importorskip("torch")
+    import importlib
+
+    assert usl_fast.uslt is importlib.import_module("usl_fast.uslt")
+    assert usl_fast.uslt.USLT.method == "uslt"
+    assert "uslt" not in usl_fast.__all__  # the front door's list is unchanged
+    assert not hasattr(usl_fast, "no_such_name")
+
+
+# ---------------------------------- L5: a given USL parameter is refused, whatever its value
+
+
+@pytest.mark.parametrize("method", ["typiclust", "probcover", "kcenter", "random"])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("defaults", "cifar10"),
+        ("defaults", "imagenet"),
+        ("kmeans_init", "random"),
+        ("rounds", None),
+    ],
+)
+def test_usl_parameters_refused_for_other_methods_even_at_their_default(
+    make_unit, method, name, value
+):
+    x = make_unit(60, 4, seed=0)
+    if value is None:
+        value = usl_fast.PRESET  # the declared default of the preset parameters
+    with pytest.raises(
+        TypeError, match=rf"`{name}` is a USL parameter; method='{method}' does not take it"
+    ):
+        usl_fast.select(x, 5, method=method, **{name: value})
+
+
+def test_usl_parameters_a_method_takes_still_pass(make_unit):
+    x = make_unit(60, 4, seed=0)
+    # TypiClust takes k; USL's default (PRESET) leaves TypiClust's own default
+    a = usl_fast.select(x, 5, method="typiclust")
+    assert np.array_equal(usl_fast.select(x, 5, method="typiclust", k=usl_fast.PRESET), a)
+    assert np.array_equal(
+        usl_fast.select(x, 5, method="usl", defaults="cifar10", k=5), usl_fast.select(x, 5, k=5)
+    )
+
+
+# ------------------- L14: ProbCover's delta and coverage in the info; singleton balls warn
+
+
+def test_probcover_info_has_the_delta_used_and_the_coverage(make_unit):
+    x = make_unit(400, 3, seed=0)  # 3-d unit rows: delta 0.6 balls hold many points
+    r = usl_fast.select(x, 8, method="probcover", return_info=True)
+    est = usl_fast.ProbCover().fit(x, 8)
+    assert r.params["delta"] == est.delta_ == 0.6
+    assert r.coverage == est.coverage_
+    # the oracle: the fraction of points within delta (strict) of a pick
+    d2 = ((x[:, None, :].astype(np.float64) - x[r.indices][None]) ** 2).sum(-1)
+    assert r.coverage == pytest.approx(float((d2 < 0.36).any(1).mean()))
+    r = usl_fast.select(x, 8, method="probcover", n_classes=5, return_info=True)
+    assert (
+        r.params["n_classes"] == 5
+        and r.params["delta"] == usl_fast.ProbCover(n_classes=5).fit(x, 8).delta_
+    )
+    assert 0 < r.params["delta"] and 0 < r.coverage <= 1
+    for method in ("usl", "kcenter"):
+        kw = {"k": 5} if method == "usl" else {}
+        assert usl_fast.select(x, 8, method=method, return_info=True, **kw).coverage is None
+
+
+def test_probcover_warns_when_every_ball_is_a_singleton(make_unit):
+    x = make_unit(300, 64, seed=0)  # random unit rows in 64-d: pairwise distances near 1.4
+    with pytest.warns(UserWarning, match=r"no point has a neighbour within delta=0\.6") as rec:
+        r = usl_fast.select(x, 5, method="probcover", return_info=True)
+    msg = str(rec[0].message)
+    assert "larger `delta`" in msg and "n_classes" in msg and rec[0].filename == __file__
+    assert r.indices.tolist() == [0, 1, 2, 3, 4]  # what the warning says: arbitrary picks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        usl_fast.select(x, 5, method="probcover", delta=1.5)  # balls with neighbours: quiet
+
+
+# ---------------------------------- L11: misspelt run-time switches are named, not ignored
+
+
+def _import_in_child(tmp_path, **env):
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import usl_fast; print(usl_fast._cpu.gemm_kind())"],
+        cwd=tmp_path,
+        env=dict(subprocess_env(), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "var, value, allowed",
+    [
+        ("USL_FAST_GEMM", "avx512bf6", "amx, avx512bf16, avx512vnni, avx512, avx2i16, avx2, blas"),
+        ("USL_FAST_ISA", "AVX2", "portable, avx2, avx512"),
+    ],
+)
+def test_unknown_engine_switch_warns_at_import(tmp_path, var, value, allowed):
+    r = _import_in_child(tmp_path, **{var: value})
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
+    assert len(warned) == 1, r.stderr
+    assert f"{var}={value!r} is not one of {allowed} (or unset)" in warned[0]
+    assert "the engine ignores it and runs " in warned[0]
+    # and the kind it names is the default's: the same as with the variable unset
+    unset = _import_in_child(tmp_path, **{var: ""})
+    assert r.stdout == unset.stdout and "Warning" not in unset.stderr, unset.stderr
+
+
+def test_known_engine_switches_import_quietly(tmp_path):
+    r = _import_in_child(tmp_path, USL_FAST_GEMM="blas", USL_FAST_ISA="avx2")
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    assert r.stdout.strip() == "0"  # OpenBLAS, as asked
+
+
+def test_unknown_backend_switch_warns_once(make_unit, monkeypatch):
+    from usl_fast.backends import _resolve
+
+    monkeypatch.setattr(_resolve, "_warned", set())
+    x = make_unit(60, 4, seed=0)
+    want = usl_fast.select(x, 5, k=5)
+    monkeypatch.setenv(_resolve.ENV, "portble")
+    with pytest.warns(
+        UserWarning, match=r"USL_FAST_BACKEND='portble' is not one of portable, cuda"
+    ) as rec:
+        got = usl_fast.select(x, 5, k=5)
+    assert rec[0].filename == __file__
+    assert np.array_equal(got, want)  # ignored: the engine ran
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        usl_fast.select(x, 5, k=5)  # once per value and process
