@@ -1,5 +1,5 @@
 """The files the command lines read, as a new user meets them (findings of a cold new-user
-test, /tmp/notes/newuser.md M2, M3, L7-L10, L12, L15, L16): every bad input is refused
+test): every bad input is refused
 with one error line that names the option or file and what is allowed, and no message
 suggests unpickling. Each case runs the real command in a child process (cwd outside the
 checkout) and reads its stderr."""
@@ -290,3 +290,16 @@ def test_docs_cli_help_sections_say_where_the_text_is() -> None:
         cmd = "usl-fast" if target.startswith("usl_fast.cli:") else "python -m usl_fast.distributed"
         cmd = " ".join([cmd, *subs.split()])
         assert "generated on the docs site" in note and f"`{cmd} --help`" in note, note
+
+
+def test_a_filled_selection_is_noted_once(tmp_path):
+    # USL's fill warning already explains the filled picks; the CLI's own note must not
+    # repeat it (six distinct rows, 20 copies each: k-means leaves clusters empty).
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((6, 8)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    np.save(tmp_path / "dup.npy", np.repeat(base, 20, axis=0))
+    r = run(["select", "dup.npy", "-m", 10, "-k", 5, "--no-progress", "-o", "p.npy"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if "filled" in line]
+    assert len(notes) == 1 and "n_filled" in notes[0], r.stderr
