@@ -57,7 +57,7 @@ def work(tmp_path: Path) -> Path:
 SELECT = ["select", "small.npy", "-m", "3", "-k", "5", "--no-progress", "-o", "out.npy"]
 
 
-# ------------------------------------------------ M2: a --labeled file that is not .npy
+# ------------------------------------------------ a --labeled file that is not .npy
 
 
 def test_select_labeled_not_a_npy_is_said_so_without_unpickling_advice(work: Path) -> None:
@@ -98,7 +98,7 @@ def test_fixmatch_labeled_not_a_npy(work: Path) -> None:
     assert not (work / "run").exists()
 
 
-# ------------------------------------------- M3: python -m usl_fast.distributed's FEATS
+# ------------------------------------------- python -m usl_fast.distributed's FEATS
 
 DIST = "python -m usl_fast.distributed: rank 0: error: "
 
@@ -145,7 +145,7 @@ def test_distributed_refuses_missing_and_garbage(work: Path) -> None:
     never_unsafe(line)
 
 
-# ------------------------------------------------------- L7: a bad line in --labeled
+# ------------------------------------------------------- a bad line in --labeled
 
 
 def test_labeled_txt_bad_line_names_file_line_and_format(work: Path) -> None:
@@ -173,7 +173,7 @@ def test_fixmatch_labeled_txt_bad_line_names_the_line(work: Path) -> None:
     assert "row 2" not in line and not (work / "run").exists()
 
 
-# ------------------------------------------------------------ L8: FEATURES a directory
+# ------------------------------------------------------------ FEATURES a directory
 
 
 def test_features_directory_is_said_to_be_one(work: Path) -> None:
@@ -182,7 +182,7 @@ def test_features_directory_is_said_to_be_one(work: Path) -> None:
     assert "not found" not in line
 
 
-# ----------------------------------------------------- L9: the doc that explains it
+# ----------------------------------------------------- the doc that explains it
 
 
 def test_fixmatch_out_of_range_points_to_docs_fixmatch(work: Path) -> None:
@@ -197,7 +197,7 @@ def test_fixmatch_out_of_range_points_to_docs_fixmatch(work: Path) -> None:
     assert "digits_train_features" in doc  # the page named does explain it
 
 
-# ----------------------------------------------------------- L10: plot --info checks
+# ----------------------------------------------------------- plot --info checks
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_plot_info_of_another_selection_is_refused(infos: Path) -> None:
         assert (infos / out).stat().st_size > 0
 
 
-# ----------------------------------------------------- L12: --help names every preset
+# ----------------------------------------------------- --help names every preset
 
 
 def test_select_help_preset_defaults_name_every_preset(work: Path) -> None:
@@ -268,7 +268,7 @@ def test_select_help_preset_defaults_name_every_preset(work: Path) -> None:
     assert "imagenet 20 (also imagenet-moco)" in flat
 
 
-# ------------------------------------------------ L15: a .pt dict with a single entry
+# ------------------------------------------------ a .pt dict with a single entry
 
 
 def test_pt_dict_with_one_non_tensor_entry(work: Path) -> None:
@@ -279,7 +279,7 @@ def test_pt_dict_with_one_non_tensor_entry(work: Path) -> None:
     assert "holds several entries" not in line
 
 
-# ---------------------------------------- L16: docs/cli.md readable in the repository
+# ---------------------------------------- docs/cli.md readable in the repository
 
 
 def test_docs_cli_help_sections_say_where_the_text_is() -> None:

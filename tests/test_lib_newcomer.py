@@ -1,6 +1,5 @@
-"""Library defects a cold new-user test found (notes of 2026-12-07: M1, M4, L4, L5, L6, L11,
-L14, L17): each silent outcome gets a warning and each refused argument a message that
-names the argument, what was given and what is allowed. Subprocess cases run with their
+"""Library defects a cold new-user test found: each silent outcome gets a warning and each
+refused argument a message that names the argument, what was given and what is allowed. Subprocess cases run with their
 cwd outside the checkout."""
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ def _duplicated(seed: int = 0) -> np.ndarray:
     return np.repeat(base.astype(np.float32), 20, axis=0)[rng.permutation(120)]
 
 
-# ------------------------------------------------------------------ M1: USL's fill warns
+# ------------------------------------------------------------------ USL's fill warns
 
 
 def test_usl_fill_warns_how_many_why_and_what_to_do():
@@ -67,10 +66,10 @@ def test_usl_no_fill_no_warning(make_unit):
     assert res.n_filled == 0
 
 
-# ------------------------------------------- M4: zero rows, not a missing normalize=True
+# ------------------------------------------- zero rows, not a missing normalize=True
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the fill warning (M1)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the fill warning
 @pytest.mark.parametrize("normalize", [True, False])
 def test_unit_norm_warning_names_zero_rows_instead_of_normalize(make_unit, normalize):
     x = make_unit(200, 8, seed=1)
@@ -91,7 +90,7 @@ def test_unit_norm_warning_still_advises_normalize_for_scaled_rows(make_unit):
         usl_fast.select(x, 5, k=10)
 
 
-# ------------------------------------------------------ L4: return_info must be a bool
+# ------------------------------------------------------ return_info must be a bool
 
 
 @pytest.mark.parametrize("method", ["usl", "kcenter", "random"])
@@ -109,7 +108,7 @@ def test_return_info_must_be_a_bool(make_unit, method, bad):
     )
 
 
-# --------------------------------------- L6: a set or a number for `labeled` is named
+# --------------------------------------- a set or a number for `labeled` is named
 
 
 @pytest.mark.parametrize(
@@ -147,7 +146,7 @@ def test_labeled_sequences_still_accepted(make_unit):
         assert np.array_equal(usl_fast.select(x, 5, k=5, labeled=same), a)
 
 
-# ------------------------------------------ L17: usl_fast.uslt as an attribute
+# ------------------------------------------ usl_fast.uslt as an attribute
 
 
 _NO_TORCH = """
@@ -191,7 +190,7 @@ def test_uslt_attribute_with_torch_is_the_subpackage():
     assert not hasattr(usl_fast, "no_such_name")
 
 
-# ---------------------------------- L5: a given USL parameter is refused, whatever its value
+# ---------------------------------- a given USL parameter is refused, whatever its value
 
 
 @pytest.mark.parametrize("method", ["typiclust", "probcover", "kcenter", "random"])
@@ -226,7 +225,7 @@ def test_usl_parameters_a_method_takes_still_pass(make_unit):
     )
 
 
-# ------------------- L14: ProbCover's delta and coverage in the info; singleton balls warn
+# ------------------- ProbCover's delta and coverage in the info; singleton balls warn
 
 
 def test_probcover_info_has_the_delta_used_and_the_coverage(make_unit):
@@ -261,7 +260,7 @@ def test_probcover_warns_when_every_ball_is_a_singleton(make_unit):
         usl_fast.select(x, 5, method="probcover", delta=1.5)  # balls with neighbours: quiet
 
 
-# ---------------------------------- L11: misspelt run-time switches are named, not ignored
+# ---------------------------------- misspelt run-time switches are named, not ignored
 
 
 def _import_in_child(tmp_path, **env):
