@@ -203,11 +203,14 @@ void self_topk_groups(const View& x, int k, const Sink& sink, const Context& ctx
   Groups g;
   if (!find_groups(x, nullptr, ctx, g)) return self_topk(x, k, sink, ctx, opt);
   const int kg = static_cast<int>(std::min<idx_t>(k, g.count));
-  // The symmetric pass's buffers (self_topk) for all rows and for the groups: gathering
-  // may not take more memory than it saves there (plus the slack; dedup.hpp).
+  // The symmetric pass's buffers (self_topk) for all rows and for the groups, the int16
+  // row images included where the filter makes them: gathering may not take more memory
+  // than it saves there (plus the slack; dedup.hpp).
   auto pass_bytes = [&](idx_t rows, int kk) {
     const double res = static_cast<double>(rows) * reservoir_bytes_per_row(kk);
-    return res > opt.max_reservoir_bytes ? 0.0 : res + 4.0 * static_cast<double>(rows);
+    return res > opt.max_reservoir_bytes
+               ? 0.0
+               : res + 4.0 * static_cast<double>(rows) + filter_image_bytes(rows, x.cols);
   };
   const double saved = pass_bytes(x.rows, k) - pass_bytes(g.count, kg);
   if (!gather_fits(x.rows, g.count, x.cols, 8.0 * kg, saved)) {
