@@ -7,16 +7,12 @@ interleaved pairs, plus the detection pass alone against one kNN."""
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import GEMM_NAMES
-
+from conftest import GEMM_NAMES, run_child
 
 CASES = ["no duplicates", "usl_fast", "all zero"]  # usl_fast: one group of n / 2 rows
 
@@ -68,20 +64,7 @@ print(int(_cpu.dedup_enabled()), _cpu.gemm_kind(), time.perf_counter() - t0)
 
 
 def _knn_seconds(switch: str, n: int, d: int, k: int, threads: int) -> tuple[int, int, float]:
-    # the child imports the usl_fast this process benchmarks
-    import usl_fast
-
-    site = os.path.dirname(os.path.dirname(os.path.abspath(usl_fast.__file__)))
-    path = site + os.pathsep + os.environ.get("PYTHONPATH", "")
-    env = dict(os.environ, USL_FAST_DEDUP=switch, PYTHONPATH=path)
-    out = subprocess.run(
-        [sys.executable, "-c", _KNN_RUN, str(n), str(d), str(k), str(threads)],
-        env=env,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    out = run_child(_KNN_RUN, [n, d, k, threads], {"USL_FAST_DEDUP": switch})
     return int(out[0]), int(out[1]), float(out[2])
 
 

@@ -7,12 +7,8 @@ anything is timed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-from conftest import SgemmProbe
+from conftest import SgemmProbe, run_child
 
 #: USL_FAST_GEMM value -> (the kind the engine reports when it runs, its name)
 _GEMMS = {
@@ -47,20 +43,8 @@ print(_cpu.gemm_kind(), best, _cpu.exact_evaluations() - before, digest)
 
 
 def _child(gemm: str, n: int, d: int, k: int, threads: int, rounds: int, count: bool):
-    import usl_fast
-
-    env = dict(os.environ, USL_FAST_GEMM=gemm, USL_FAST_COUNT_EXACT="1" if count else "0")
-    # the child imports the usl_fast this session benchmarks, wherever it is installed
-    site = os.path.dirname(os.path.dirname(os.path.abspath(usl_fast.__file__)))
-    env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(n), str(d), str(k), str(threads), str(rounds)],
-        env=env,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    env = {"USL_FAST_GEMM": gemm, "USL_FAST_COUNT_EXACT": "1" if count else "0"}
+    out = run_child(_CHILD, [n, d, k, threads, rounds], env)
     return int(out[0]), float(out[1]), int(out[2]), out[3]
 
 

@@ -8,14 +8,11 @@ process too (the GEMM is chosen once per process), and must return the same bits
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import GEMM_NAMES
+from conftest import GEMM_NAMES, run_child
 
 #: USL_FAST_GEMM values worth timing on each SIMD path (active_isa: 1 AVX2, 2 AVX-512)
 PATH_GEMMS = {
@@ -54,28 +51,10 @@ print(SgemmProbe(m, n, k).rate(5))
 """
 
 
-def _child(script: str, args: list, env_extra: dict) -> list[str]:
-    import usl_fast
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, **env_extra)
-    # the child imports the usl_fast this session benchmarks, wherever it is installed
-    site = os.path.dirname(os.path.dirname(os.path.abspath(usl_fast.__file__)))
-    env["PYTHONPATH"] = site + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        env=env,
-        cwd=here,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-
-
 def _sgemm_rate(cfg, threads: int, coretype: str | None) -> float:
     g = cfg["gemm"]
     extra = {"OPENBLAS_CORETYPE": coretype} if coretype else {}
-    return float(_child(_SGEMM, [g["m"], g["n"], g["k"], threads], extra)[0])
+    return float(run_child(_SGEMM, [g["m"], g["n"], g["k"], threads], extra)[0])
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +118,7 @@ def test_knn_clustered(bench, usl, clustered, cfg, threads, results_cache, impl,
     env_isa = {1: "avx2", 2: "avx512"}.get(isa)
     others = {}
     for gemm in PATH_GEMMS.get(isa, ()):
-        out = _child(
+        out = run_child(
             _CHILD,
             [n, d, K, threads, 1, tmp_path / f"{gemm}.npy"],
             {"USL_FAST_ISA": env_isa, "USL_FAST_GEMM": gemm},

@@ -6,7 +6,7 @@ the same session, and the peak RSS growth beside README's formula."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import SgemmProbe, clustered_vectors
+from conftest import GEMM_NAMES, SgemmProbe, clustered_vectors
 
 
 def _gemm_gflops(d: int) -> float:
@@ -64,15 +64,7 @@ def test_select_imagenet_scale(bench, cfg, threads):
     )
     from usl_fast._backend import _cpu
 
-    gemm = {
-        0: "OpenBLAS float32",
-        1: "own AVX-512 float32",
-        2: "AMX bfloat16",
-        3: "own AVX2 float32",
-        4: "AVX2 int16",
-        5: "AVX-512 bfloat16 (vdpbf16ps)",
-        6: "AVX-512 int16 (vpdpwssd)",
-    }[_cpu.gemm_kind()]
+    gemm = GEMM_NAMES[_cpu.gemm_kind()]
     bench.extra_info.update(tile_gemm=gemm)
     bench.extra_info["summary"] = {
         "tile GEMM (filter)": gemm,

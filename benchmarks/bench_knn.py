@@ -4,14 +4,11 @@ turned into the least time any exact kNN graph of that size can take on this mac
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import GEMM_NAMES, SgemmProbe
+from conftest import GEMM_NAMES, SgemmProbe, run_child
 
 #: low-precision filter kind -> (the float32 GEMM of the same path, its kind)
 _FLOAT32_OF = {2: ("avx512", 1), 4: ("avx2", 3), 5: ("avx512", 1), 6: ("avx512", 1)}
@@ -35,15 +32,7 @@ print(_cpu.gemm_kind(), best)
 
 
 def _knn_with_gemm(gemm: str, n: int, d: int, k: int, threads: int) -> tuple[int, float]:
-    env = dict(os.environ, USL_FAST_GEMM=gemm)
-    out = subprocess.run(
-        [sys.executable, "-c", _FLOAT32_FILTER_RUN, str(n), str(d), str(k), str(threads)],
-        env=env,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    out = run_child(_FLOAT32_FILTER_RUN, [n, d, k, threads], {"USL_FAST_GEMM": gemm})
     return int(out[0]), float(out[1])
 
 

@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pytest
@@ -269,6 +269,28 @@ def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
     x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     return x
+
+
+def run_child(script: str, args: Sequence[Any], env: dict[str, str] | None = None) -> list[str]:
+    """``script`` in a fresh interpreter (a switch read once per process, such as
+    USL_FAST_GEMM, takes effect there) with ``args`` and ``env`` added to this environment;
+    it runs from this folder, so it can import conftest, and imports the usl_fast this
+    session benchmarks, wherever that is installed. Returns its stdout, split."""
+    import subprocess
+
+    import usl_fast
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(usl_fast.__file__)))
+    full = dict(os.environ, **(env or {}))
+    full["PYTHONPATH"] = site + os.pathsep + full.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        env=full,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
 
 
 class SgemmProbe:
