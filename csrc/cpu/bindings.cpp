@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 
 #include "dedup.hpp"
+#include "simd.hpp"
 #include "tile.hpp"
 #include "usl_fast/ops.hpp"
 
@@ -221,7 +222,18 @@ PYBIND11_MODULE(_cpu, m) {
     if (av.rows != bv.rows || av.cols != bv.cols) throw py::value_error("a and b: same shape");
     float* po = out_vec<float>(out, "out", av.rows);
     py::gil_scoped_release nogil;
-    for (idx_t i = 0; i < av.rows; ++i) cpu::exact_range(av.row(i), bv, i, 1, po + i);
+    // exact_pairs, the scan's kernel: four independent pairs a step on SIMD paths
+    const int isa = cpu::active_isa();
+    const float* pa[64];
+    const float* pb[64];
+    for (idx_t i0 = 0; i0 < av.rows; i0 += 64) {
+      const idx_t m = std::min<idx_t>(64, av.rows - i0);
+      for (idx_t t = 0; t < m; ++t) {
+        pa[t] = av.row(i0 + t);
+        pb[t] = bv.row(i0 + t);
+      }
+      cpu::exact_pairs(isa, pa, pb, m, av.cols, po + i0);
+    }
   });
 
   // Every pair of a and b through the register-blocked kernel the regularizer uses

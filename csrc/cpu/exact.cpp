@@ -18,19 +18,20 @@ namespace cpu {
 namespace {
 
 #ifdef USL_FAST_X86
-// Four pairs at once (a against b[0..3]): four independent add chains keep the FP units
-// busy where one pair alone would wait on its adds' latency. The float32 differences of 16
-// coordinates are split into two float64 halves, which go to lanes 0-7 in order, so lane l
-// still sums t % 8 == l in ascending t.
-__attribute__((target("avx512f,fma"))) void exact4_avx512(const float* a, const float* const* b,
-                                                      idx_t d, float* out) {
+// Four pairs at once (a[p] against b[p], p < 4; the a[p] may be one row): four independent
+// add chains keep the FP units busy where one pair alone would wait on its adds' latency
+// (one pair is latency-bound at about 3x the cost of a pair of four). The float32
+// differences of 16 coordinates are split into two float64 halves, which go to lanes 0-7 in
+// order, so lane l still sums t % 8 == l in ascending t.
+__attribute__((target("avx512f,fma"))) void exact4_avx512(const float* const* a,
+                                                          const float* const* b, idx_t d,
+                                                          float* out) {
   __m512d acc[4];
   for (int p = 0; p < 4; ++p) acc[p] = _mm512_setzero_pd();
   idx_t t = 0;
   for (; t + 16 <= d; t += 16) {
-    const __m512 va = _mm512_loadu_ps(a + t);
     for (int p = 0; p < 4; ++p) {
-      const __m512 df = _mm512_sub_ps(va, _mm512_loadu_ps(b[p] + t));
+      const __m512 df = _mm512_sub_ps(_mm512_loadu_ps(a[p] + t), _mm512_loadu_ps(b[p] + t));
       const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(df));
       const __m512d hi =
           _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(df), 1)));
@@ -40,9 +41,9 @@ __attribute__((target("avx512f,fma"))) void exact4_avx512(const float* a, const 
     }
   }
   if (t + 8 <= d) {
-    const __m256 va = _mm256_loadu_ps(a + t);
     for (int p = 0; p < 4; ++p) {
-      const __m512d df = _mm512_cvtps_pd(_mm256_sub_ps(va, _mm256_loadu_ps(b[p] + t)));
+      const __m512d df =
+          _mm512_cvtps_pd(_mm256_sub_ps(_mm256_loadu_ps(a[p] + t), _mm256_loadu_ps(b[p] + t)));
       acc[p] = _mm512_fmadd_pd(df, df, acc[p]);
     }
     t += 8;
@@ -51,7 +52,7 @@ __attribute__((target("avx512f,fma"))) void exact4_avx512(const float* a, const 
     alignas(64) double s[8];
     _mm512_store_pd(s, acc[p]);
     for (int l = 0; t + l < d; ++l) {
-      const double df = static_cast<double>(a[t + l] - b[p][t + l]);
+      const double df = static_cast<double>(a[p][t + l] - b[p][t + l]);
       s[l] += df * df;
     }
     out[p] = static_cast<float>(exact_lanes_combine(s));
@@ -96,15 +97,14 @@ __attribute__((target("avx2,fma"))) float exact1_avx2(const float* a, const floa
   return static_cast<float>(exact_lanes_combine(s));
 }
 
-__attribute__((target("avx2,fma"))) void exact4_avx2(const float* a, const float* const* b, idx_t d,
-                                                 float* out) {
+__attribute__((target("avx2,fma"))) void exact4_avx2(const float* const* a, const float* const* b,
+                                                     idx_t d, float* out) {
   __m256d lo[4], hi[4];
   for (int p = 0; p < 4; ++p) lo[p] = hi[p] = _mm256_setzero_pd();
   idx_t t = 0;
   for (; t + 8 <= d; t += 8) {
-    const __m256 va = _mm256_loadu_ps(a + t);
     for (int p = 0; p < 4; ++p) {
-      const __m256 df = _mm256_sub_ps(va, _mm256_loadu_ps(b[p] + t));
+      const __m256 df = _mm256_sub_ps(_mm256_loadu_ps(a[p] + t), _mm256_loadu_ps(b[p] + t));
       const __m256d dl = _mm256_cvtps_pd(_mm256_castps256_ps128(df));
       const __m256d dh = _mm256_cvtps_pd(_mm256_extractf128_ps(df, 1));
       lo[p] = _mm256_fmadd_pd(dl, dl, lo[p]);
@@ -116,7 +116,7 @@ __attribute__((target("avx2,fma"))) void exact4_avx2(const float* a, const float
     _mm256_store_pd(s, lo[p]);
     _mm256_store_pd(s + 4, hi[p]);
     for (int l = 0; t + l < d; ++l) {
-      const double df = static_cast<double>(a[t + l] - b[p][t + l]);
+      const double df = static_cast<double>(a[p][t + l] - b[p][t + l]);
       s[l] += df * df;
     }
     out[p] = static_cast<float>(exact_lanes_combine(s));
@@ -142,11 +142,12 @@ void exact_many(int isa, const float* a, const float* const* b, idx_t n, idx_t d
   if (g_count_exact) g_exact_count.fetch_add(n, std::memory_order_relaxed);
   idx_t t = 0;
 #ifdef USL_FAST_X86
+  const float* const a4[4] = {a, a, a, a};
   if (isa == 2) {
-    for (; t + 4 <= n; t += 4) exact4_avx512(a, b + t, d, out + t);
+    for (; t + 4 <= n; t += 4) exact4_avx512(a4, b + t, d, out + t);
     for (; t < n; ++t) out[t] = exact1_avx512(a, b[t], d);
   } else if (isa == 1) {
-    for (; t + 4 <= n; t += 4) exact4_avx2(a, b + t, d, out + t);
+    for (; t + 4 <= n; t += 4) exact4_avx2(a4, b + t, d, out + t);
     for (; t < n; ++t) out[t] = exact1_avx2(a, b[t], d);
   }
 #endif
@@ -154,6 +155,23 @@ void exact_many(int isa, const float* a, const float* const* b, idx_t n, idx_t d
   for (; t < n; ++t) out[t] = exact_l2(a, b[t], d);
 }
 
+
+void exact_pairs(int isa, const float* const* a, const float* const* b, idx_t n, idx_t d,
+                 float* out) {
+  if (g_count_exact) g_exact_count.fetch_add(n, std::memory_order_relaxed);
+  idx_t t = 0;
+#ifdef USL_FAST_X86
+  if (isa == 2) {
+    for (; t + 4 <= n; t += 4) exact4_avx512(a + t, b + t, d, out + t);
+    for (; t < n; ++t) out[t] = exact1_avx512(a[t], b[t], d);
+  } else if (isa == 1) {
+    for (; t + 4 <= n; t += 4) exact4_avx2(a + t, b + t, d, out + t);
+    for (; t < n; ++t) out[t] = exact1_avx2(a[t], b[t], d);
+  }
+#endif
+  (void)isa;
+  for (; t < n; ++t) out[t] = exact_l2(a[t], b[t], d);
+}
 
 void exact_gather(const float* a, const View& base, const int32_t* idx, idx_t n, float* out) {
   const int isa = active_isa();

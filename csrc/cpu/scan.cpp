@@ -1,5 +1,5 @@
 // The top-k filter scan (scan_topk) and the arg-min candidates: which pairs of a tile pass
-// the filter's lower bound and go on to exact evaluation (exact_many, exact.cpp). SIMD per
+// the filter's lower bound and go on to exact evaluation (exact_pairs, exact.cpp). SIMD per
 // active_isa() (runtime.cpp).
 #include <algorithm>
 #include <cstring>
@@ -13,34 +13,48 @@ namespace cpu {
 // ----------------------------------------------------------------------------- top-k scan
 namespace {
 
-// Pairs of one tile row whose lower bound passed a threshold wait in `Pending` and are
-// evaluated in batches (four pairs per SIMD call), then each is kept on every side whose
-// threshold its exact value still passes. Thresholds seen while pairs wait are at most a
-// few steps stale, which only adds evaluations, never changes the result.
+// Pairs whose lower bound passed a threshold wait in `Pending` and are evaluated four at a
+// time (exact_pairs: four independent pairs per SIMD call, which may belong to different tile
+// rows), then each is kept on every side whose threshold its exact value still passes. A
+// tile row's end evaluates the whole groups of four; what is left waits for the next row,
+// and the tile's end evaluates everything. One pair alone costs about three pairs of four
+// (its adds wait on each other), and a row of a tile offers fewer than one pair on average.
+// Thresholds seen while pairs wait are at most a few steps stale, which only adds
+// evaluations, never changes the result.
 struct Pending {
   static constexpr int kCap = 32;
-  const float* ptr[kCap + 16];
-  idx_t col[kCap + 16];
+  const float* a[kCap + 16];    // the pair's row
+  const float* ptr[kCap + 16];  // its column row
+  idx_t row[kCap + 16], col[kCap + 16];
   float v[kCap + 16];
   int n = 0;
+  idx_t last = -1;  // the tile row of the latest offer
 };
 
-inline void flush(int isa, const Tile& t, idx_t r, TopK* rows, idx_t row_off, TopK* cols,
-                  Pending& p) {
-  if (!p.n) return;
-  const idx_t i = t.i0 + r;
-  exact_many(isa, t.rows.row(i), p.ptr, p.n, t.cols.cols, p.v);
-  for (int u = 0; u < p.n; ++u) {
-    const idx_t j = t.j0 + p.col[u];
+// Evaluates and keeps the pending pairs: all of them, or (all = false) the largest multiple
+// of four, the rest moved to the front.
+inline void flush(int isa, const Tile& t, TopK* rows, idx_t row_off, TopK* cols, Pending& p,
+                  bool all) {
+  const int m = all ? p.n : p.n - p.n % 4;
+  if (!m) return;
+  exact_pairs(isa, p.a, p.ptr, m, t.cols.cols, p.v);
+  for (int u = 0; u < m; ++u) {
+    const idx_t r = p.row[u], i = t.i0 + r, j = t.j0 + p.col[u];
     if (p.v[u] <= rows->thresholds()[row_off + r])
       rows->push(row_off + r, p.v[u], static_cast<int32_t>(j));
     if (cols && p.v[u] <= cols->thresholds()[j]) cols->push(j, p.v[u], static_cast<int32_t>(i));
   }
-  p.n = 0;
+  for (int u = m; u < p.n; ++u) {
+    p.a[u - m] = p.a[u];
+    p.ptr[u - m] = p.ptr[u];
+    p.row[u - m] = p.row[u];
+    p.col[u - m] = p.col[u];
+  }
+  p.n -= m;
 }
 
-// Asks for a row's first 4 KiB in cache. An offered pair is evaluated at the end of its
-// tile row (flush), a few hundred cycles later; with a GEMM that reads the rows' int16
+// Asks for a row's first 4 KiB in cache. An offered pair is evaluated a tile row or more
+// later (flush), a few hundred cycles at least; with a GEMM that reads the rows' int16
 // images the float rows are not in cache otherwise, and measured, the evaluations then
 // waited on them (exact1_avx2: 3 % of the AVX2 kNN's samples before the images, 10 % with
 // them and no prefetch).
@@ -52,15 +66,23 @@ inline void prefetch_row(const float* row, idx_t d) {
 
 inline void offer(int isa, const Tile& t, idx_t r, idx_t c, unsigned bits, TopK* rows,
                   idx_t row_off, TopK* cols, Pending& p) {
-  if (p.n == 0) prefetch_row(t.rows.row(t.i0 + r), t.rows.cols);
+  const float* a = t.rows.row(t.i0 + r);
+  if (p.last != r) {
+    prefetch_row(a, t.rows.cols);
+    rows->prefetch_slot(row_off + r);
+    p.last = r;
+  }
   while (bits) {
     const int b = __builtin_ctz(bits);
     bits &= bits - 1;
+    p.a[p.n] = a;
+    p.row[p.n] = r;
     p.col[p.n] = c + b;
     p.ptr[p.n++] = t.cols.row(t.j0 + c + b);
     prefetch_row(p.ptr[p.n - 1], t.cols.cols);
+    if (cols) cols->prefetch_slot(t.j0 + c + b);
   }
-  if (p.n >= Pending::kCap) flush(isa, t, r, rows, row_off, cols, p);
+  if (p.n >= Pending::kCap) flush(isa, t, rows, row_off, cols, p, false);
 }
 
 void scan_portable(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, int isa,
@@ -71,7 +93,7 @@ void scan_portable(const Tile& t, TopK* rows, idx_t row_off, TopK* cols, int isa
       if (l <= rows->thresholds()[row_off + r] || (cols && l <= cols->thresholds()[t.j0 + c]))
         offer(isa, t, r, c, 1u, rows, row_off, cols, p);
     }
-    flush(isa, t, r, rows, row_off, cols, p);
+    flush(isa, t, rows, row_off, cols, p, false);
   }
 }
 
@@ -126,8 +148,9 @@ __attribute__((target("avx512f"))) void scan_avx512(const Tile& t, TopK* rows, i
       offer(2, t, r, c, static_cast<unsigned>(m), rows, row_off, cols, p);
       tr = _mm512_set1_ps(rthr[r]);
     }
-    flush(2, t, r, rows, row_off, cols, p);
+    flush(2, t, rows, row_off, cols, p, false);
   }
+  flush(2, t, rows, row_off, cols, p, true);
 }
 
 __attribute__((target("avx2"))) void scan_avx2(const Tile& t, TopK* rows, idx_t row_off,
@@ -151,9 +174,12 @@ __attribute__((target("avx2"))) void scan_avx2(const Tile& t, TopK* rows, idx_t 
       offer(1, t, r, c, bits, rows, row_off, cols, p);
       tr = _mm256_set1_ps(rows->thresholds()[row_off + r]);
     }
-    flush(1, t, r, rows, row_off, cols, p);
-    if (nj8 < t.nj) scan_portable(t, rows, row_off, cols, 1, nj8, r, r + 1, p);
+    if (nj8 < t.nj)
+      scan_portable(t, rows, row_off, cols, 1, nj8, r, r + 1, p);
+    else
+      flush(1, t, rows, row_off, cols, p, false);
   }
+  flush(1, t, rows, row_off, cols, p, true);
 }
 #endif
 
@@ -259,6 +285,7 @@ void scan_topk(const Tile& t, TopK* rows, idx_t row_off, TopK* cols) {
 #endif
   Pending p;
   scan_portable(t, rows, row_off, cols, isa, 0, 0, t.mi, p);
+  flush(isa, t, rows, row_off, cols, p, true);
 }
 
 }  // namespace cpu

@@ -28,5 +28,9 @@ namespace cpu {
 // numbering; exact.cpp).
 void exact_many(int isa, const float* a, const float* const* b, idx_t n, idx_t d, float* out);
 
+// out[t] = exact_l2 of a[t] and b[t], t < n: independent pairs, four at a time on SIMD paths.
+void exact_pairs(int isa, const float* const* a, const float* const* b, idx_t n, idx_t d,
+                 float* out);
+
 }  // namespace cpu
 }  // namespace usl_fast

@@ -317,6 +317,12 @@ class TopK {
   // Start row r with a known upper bound tau of its k-th exact distance (sampled pass).
   void start_below(idx_t r, float tau) { thr_[r] = round_up(static_cast<double>(tau) + abs_); }
 
+  // Asks for the cache line row r's next push writes (the scan offers a pair some hundred
+  // cycles before it pushes it; a column's reservoir is usually out of cache).
+  void prefetch_slot(idx_t r) const {
+    __builtin_prefetch(keys_.data() + static_cast<size_t>(r) * cap_ + count_[r], 1, 3);
+  }
+
   // Keep candidate j at exact distance v (the caller checked v <= thr).
   void push(idx_t r, float v, int32_t j) {
     const int c = count_[r];
