@@ -299,6 +299,64 @@ def test_known_engine_switches_import_quietly(tmp_path):
     assert r.stdout.strip() == "0"  # OpenBLAS, as asked
 
 
+#: A child that reports what the engine does: duplicate collapse on, and the pairs it
+#: counted in one small kNN (0 unless counting is on).
+_SWITCH_CHILD = (
+    "import numpy as np, usl_fast; from usl_fast import _cpu; "
+    "x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32); "
+    "usl_fast.knn(x, 5); print(_cpu.dedup_enabled(), _cpu.exact_evaluations() > 0)"
+)
+
+
+def _switch_child(tmp_path, **env):
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", _SWITCH_CHILD],
+        cwd=tmp_path,
+        env=dict(subprocess_env(), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "var, value, instead",
+    [
+        ("USL_FAST_DEDUP", "false", "collapses duplicate rows (as with 1)"),
+        ("USL_FAST_DEDUP", "off", "collapses duplicate rows (as with 1)"),
+        ("USL_FAST_DEDUP", " 0", "collapses duplicate rows (as with 1)"),
+        ("USL_FAST_COUNT_EXACT", "true", "counts no exact evaluations (as with 0)"),
+        ("USL_FAST_COUNT_EXACT", "yes", "counts no exact evaluations (as with 0)"),
+    ],
+)
+def test_unknown_on_off_switch_warns_at_import(tmp_path, var, value, instead):
+    # The engine takes only "0" to turn the collapse off and only "1" to count: any other
+    # value was the default in silence.
+    r = _switch_child(tmp_path, **{var: value})
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
+    assert len(warned) == 1, r.stderr
+    assert f"{var}={value!r} is not one of 0, 1 (or unset)" in warned[0]
+    assert f"the engine ignores it and {instead}, its default here" in warned[0]
+    unset = _switch_child(tmp_path, **{var: ""})
+    assert r.stdout == unset.stdout == "True False\n" and "Warning" not in unset.stderr
+
+
+@pytest.mark.parametrize(
+    "env, out",
+    [
+        (dict(USL_FAST_DEDUP="0"), "False False"),
+        (dict(USL_FAST_DEDUP="1"), "True False"),
+        (dict(USL_FAST_COUNT_EXACT="1"), "True True"),
+        (dict(USL_FAST_COUNT_EXACT="0"), "True False"),
+    ],
+)
+def test_known_on_off_switches_import_quietly(tmp_path, env, out):
+    r = _switch_child(tmp_path, **env)
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    assert r.stdout.strip() == out
+
+
 def test_unknown_backend_switch_warns_once(make_unit, monkeypatch):
     from usl_fast.backends import _resolve
 

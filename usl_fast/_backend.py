@@ -52,12 +52,16 @@ except ImportError as exc:  # pragma: no cover - depends on how Python was start
     ) from exc
 
 
-#: The engine's run-time switches (read once by csrc/cpu/runtime.cpp and gemm.cpp, at the
-#: engine's first use) and their documented values (docs/development.md). The engine has no
-#: way to report a value it does not know: it falls back to its own choice in silence.
+#: The engine's run-time switches (read once by csrc/cpu/runtime.cpp, gemm.cpp, dedup.cpp
+#: and exact.cpp, at the engine's load or first use) and their documented values
+#: (docs/development.md). The engine has no way to report a value it does not know: it
+#: falls back to its own choice in silence (USL_FAST_DEDUP is off only for "0",
+#: USL_FAST_COUNT_EXACT on only for "1": "false" or "yes" would be taken as the default).
 SWITCHES = {
     "USL_FAST_ISA": ("portable", "avx2", "avx512"),
     "USL_FAST_GEMM": ("amx", "avx512bf16", "avx512vnni", "avx512", "avx2i16", "avx2", "blas"),
+    "USL_FAST_DEDUP": ("0", "1"),
+    "USL_FAST_COUNT_EXACT": ("0", "1"),
 }
 #: accepted by the engine but not documented (the old name of "portable")
 _ALIASES = {"USL_FAST_ISA": ("scalar",)}
@@ -74,20 +78,31 @@ def _check_switches() -> None:
         value = os.environ.get(var, "")
         if value == "" or value in allowed or value in _ALIASES.get(var, ()):
             continue
-        # What the engine runs instead, in the switch's own words. Asking fixes the choice
-        # now rather than at the first use, which only matters if the variable changes
-        # in between: then it was wrong anyway.
-        if var == "USL_FAST_ISA":
-            used = ("portable", "avx2", "avx512")[_cpu.active_isa()]
-        else:
-            used = _GEMM_NAMES.get(_cpu.gemm_kind(), "?")
         warnings.warn(
             f"{var}={value!r} is not one of {', '.join(allowed)} (or unset); the engine "
-            f"ignores it and runs {used}, its default here (docs/development.md)",
+            f"ignores it and {_instead(var)}, its default here (docs/development.md)",
             UserWarning,
             stacklevel=2,
         )
 
+
+def _instead(var: str) -> str:
+    """What the engine does with ``var`` set to a value it does not know, in the switch's
+    own words. Asking fixes the choice now rather than at the first use, which only matters
+    if the variable changes in between: then it was wrong anyway."""
+    if var == "USL_FAST_ISA":
+        return f"runs {_ISA_NAMES[_cpu.active_isa()]}"
+    if var == "USL_FAST_GEMM":
+        return f"runs {_GEMM_NAMES.get(_cpu.gemm_kind(), '?')}"
+    if var == "USL_FAST_DEDUP":
+        on = _cpu.dedup_enabled()
+        return f"{'collapses' if on else 'keeps'} duplicate rows (as with {int(on)})"
+    # USL_FAST_COUNT_EXACT: only "1" counts, and the engine has no call that says so.
+    return "counts no exact evaluations (as with 0)"
+
+
+#: _cpu.active_isa() -> the USL_FAST_ISA value that selects it
+_ISA_NAMES = ("portable", "avx2", "avx512")
 
 #: _cpu.gemm_kind() -> the USL_FAST_GEMM value that selects it (docs/engine.md)
 _GEMM_NAMES = {
