@@ -4,6 +4,7 @@ cwd outside the checkout."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -13,6 +14,7 @@ import pytest
 from test_cli import subprocess_env  # noqa: E402
 
 import usl_fast
+from usl_fast import _backend
 
 
 def _duplicated(seed: int = 0) -> np.ndarray:
@@ -355,6 +357,41 @@ def test_known_on_off_switches_import_quietly(tmp_path, env, out):
     r = _switch_child(tmp_path, **env)
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
     assert r.stdout.strip() == out
+
+
+def _runtime_info(tmp_path, **env):
+    """usl_fast.runtime_info() in a fresh process (the switches are read once per process)."""
+    r = subprocess.run(
+        [sys.executable, "-c", "import json, usl_fast; print(json.dumps(usl_fast.runtime_info()))"],
+        cwd=tmp_path,
+        env=dict(subprocess_env(), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_runtime_info_reports_what_the_switches_force(tmp_path):
+    unset = dict(USL_FAST_ISA="", USL_FAST_GEMM="", USL_FAST_DEDUP="")
+    # The portable path has only OpenBLAS's GEMM, on any CPU and build.
+    forced = _runtime_info(tmp_path, **dict(unset, USL_FAST_ISA="portable", USL_FAST_DEDUP="0"))
+    assert forced["isa"] == "portable" and forced["gemm"] == "blas" and forced["dedup"] is False
+    assert _runtime_info(tmp_path, OMP_NUM_THREADS="1", **unset)["max_threads"] == 1
+    default = _runtime_info(tmp_path, **unset)
+    assert set(default) == {"isa", "gemm", "dedup", "max_threads"} and default["dedup"] is True
+    assert default["gemm"] in _backend.SWITCHES["USL_FAST_GEMM"]
+    if default["isa"] == "portable":
+        pytest.skip("no SIMD path in this build or on this CPU")
+    # Any SIMD path implies AVX2 and FMA; its default GEMM there is the int16 one
+    # (docs/engine.md), and USL_FAST_GEMM picks another.
+    assert _runtime_info(tmp_path, **dict(unset, USL_FAST_ISA="avx2")) == dict(
+        default, isa="avx2", gemm="avx2i16"
+    )
+    assert _runtime_info(tmp_path, **dict(unset, USL_FAST_ISA="avx2", USL_FAST_GEMM="blas")) == (
+        dict(default, isa="avx2", gemm="blas")
+    )
 
 
 def test_unknown_backend_switch_warns_once(make_unit, monkeypatch):

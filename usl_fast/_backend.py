@@ -130,7 +130,8 @@ def build_info() -> dict:
         ``cuda_version`` and ``cuda_architectures`` (str, or None without them);
         ``isa``: ``"dispatch"`` (AVX2 / AVX-512 chosen at run time) or ``"portable"``;
         ``sanitize``: the sanitizers compiled in (``""`` for none); ``cxx_compiler`` and
-        ``build_type``.
+        ``build_type``. What runs in this process (the SIMD path and tile GEMM chosen
+        from the CPU and the ``USL_FAST_*`` switches) is ``runtime_info()``'s.
 
     Raises
     ------
@@ -150,4 +151,31 @@ def build_info() -> dict:
     return dict(BUILD_INFO)
 
 
-__all__ = ["_cpu", "build_info"]
+def runtime_info() -> dict:
+    """What the engine runs in this process: the choices it made from the CPU, the build
+    and the ``USL_FAST_*`` switches (docs/development.md), in the switches' own words.
+
+    Returns
+    -------
+    dict
+        ``isa``: the SIMD path, ``"portable"``, ``"avx2"`` or ``"avx512"`` (the
+        ``USL_FAST_ISA`` value that selects it); ``gemm``: the filter's tile GEMM, one of
+        ``"amx"``, ``"avx512bf16"``, ``"avx512vnni"``, ``"avx512"``, ``"avx2i16"``,
+        ``"avx2"``, ``"blas"`` (the ``USL_FAST_GEMM`` value; docs/engine.md says where each
+        falls back to float32); ``dedup``: whether exact-duplicate rows are collapsed
+        before the distance passes (``USL_FAST_DEDUP``); ``max_threads``: the OpenMP
+        threads a call without ``threads=`` uses from the calling thread.
+
+    Each switch is read once per process, at the engine's first use: this asks for the
+    choices now, so a variable changed later in the process has no effect (as it would
+    have none on the engine). Unlike ``build_info()``, this needs no build record.
+    """
+    return {
+        "isa": _ISA_NAMES[_cpu.active_isa()],
+        "gemm": _GEMM_NAMES.get(_cpu.gemm_kind(), "?"),
+        "dedup": bool(_cpu.dedup_enabled()),
+        "max_threads": int(_cpu.max_threads()),
+    }
+
+
+__all__ = ["_cpu", "build_info", "runtime_info"]
