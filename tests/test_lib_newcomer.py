@@ -4,6 +4,7 @@ cwd outside the checkout."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -13,6 +14,7 @@ import pytest
 from test_cli import subprocess_env  # noqa: E402
 
 import usl_fast
+from usl_fast import _backend
 
 
 def _duplicated(seed: int = 0) -> np.ndarray:
@@ -297,6 +299,99 @@ def test_known_engine_switches_import_quietly(tmp_path):
     r = _import_in_child(tmp_path, USL_FAST_GEMM="blas", USL_FAST_ISA="avx2")
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
     assert r.stdout.strip() == "0"  # OpenBLAS, as asked
+
+
+#: A child that reports what the engine does: duplicate collapse on, and the pairs it
+#: counted in one small kNN (0 unless counting is on).
+_SWITCH_CHILD = (
+    "import numpy as np, usl_fast; from usl_fast import _cpu; "
+    "x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32); "
+    "usl_fast.knn(x, 5); print(_cpu.dedup_enabled(), _cpu.exact_evaluations() > 0)"
+)
+
+
+def _switch_child(tmp_path, **env):
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", _SWITCH_CHILD],
+        cwd=tmp_path,
+        env=dict(subprocess_env(), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "var, value, instead",
+    [
+        ("USL_FAST_DEDUP", "false", "collapses duplicate rows (as with 1)"),
+        ("USL_FAST_DEDUP", "off", "collapses duplicate rows (as with 1)"),
+        ("USL_FAST_DEDUP", " 0", "collapses duplicate rows (as with 1)"),
+        ("USL_FAST_COUNT_EXACT", "true", "counts no exact evaluations (as with 0)"),
+        ("USL_FAST_COUNT_EXACT", "yes", "counts no exact evaluations (as with 0)"),
+    ],
+)
+def test_unknown_on_off_switch_warns_at_import(tmp_path, var, value, instead):
+    # The engine takes only "0" to turn the collapse off and only "1" to count: any other
+    # value was the default in silence.
+    r = _switch_child(tmp_path, **{var: value})
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
+    assert len(warned) == 1, r.stderr
+    assert f"{var}={value!r} is not one of 0, 1 (or unset)" in warned[0]
+    assert f"the engine ignores it and {instead}, its default here" in warned[0]
+    unset = _switch_child(tmp_path, **{var: ""})
+    assert r.stdout == unset.stdout == "True False\n" and "Warning" not in unset.stderr
+
+
+@pytest.mark.parametrize(
+    "env, out",
+    [
+        (dict(USL_FAST_DEDUP="0"), "False False"),
+        (dict(USL_FAST_DEDUP="1"), "True False"),
+        (dict(USL_FAST_COUNT_EXACT="1"), "True True"),
+        (dict(USL_FAST_COUNT_EXACT="0"), "True False"),
+    ],
+)
+def test_known_on_off_switches_import_quietly(tmp_path, env, out):
+    r = _switch_child(tmp_path, **env)
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    assert r.stdout.strip() == out
+
+
+def _runtime_info(tmp_path, **env):
+    """usl_fast.runtime_info() in a fresh process (the switches are read once per process)."""
+    r = subprocess.run(
+        [sys.executable, "-c", "import json, usl_fast; print(json.dumps(usl_fast.runtime_info()))"],
+        cwd=tmp_path,
+        env=dict(subprocess_env(), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_runtime_info_reports_what_the_switches_force(tmp_path):
+    unset = dict(USL_FAST_ISA="", USL_FAST_GEMM="", USL_FAST_DEDUP="")
+    # The portable path has only OpenBLAS's GEMM, on any CPU and build.
+    forced = _runtime_info(tmp_path, **dict(unset, USL_FAST_ISA="portable", USL_FAST_DEDUP="0"))
+    assert forced["isa"] == "portable" and forced["gemm"] == "blas" and forced["dedup"] is False
+    assert _runtime_info(tmp_path, OMP_NUM_THREADS="1", **unset)["max_threads"] == 1
+    default = _runtime_info(tmp_path, **unset)
+    assert set(default) == {"isa", "gemm", "dedup", "max_threads"} and default["dedup"] is True
+    assert default["gemm"] in _backend.SWITCHES["USL_FAST_GEMM"]
+    if default["isa"] == "portable":
+        pytest.skip("no SIMD path in this build or on this CPU")
+    # Any SIMD path implies AVX2 and FMA; its default GEMM there is the int16 one
+    # (docs/engine.md), and USL_FAST_GEMM picks another.
+    assert _runtime_info(tmp_path, **dict(unset, USL_FAST_ISA="avx2")) == dict(
+        default, isa="avx2", gemm="avx2i16"
+    )
+    assert _runtime_info(tmp_path, **dict(unset, USL_FAST_ISA="avx2", USL_FAST_GEMM="blas")) == (
+        dict(default, isa="avx2", gemm="blas")
+    )
 
 
 def test_unknown_backend_switch_warns_once(make_unit, monkeypatch):

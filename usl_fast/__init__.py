@@ -3,7 +3,7 @@ compiled tiled-distance engine. ``usl_fast.select(features, m)`` returns the m i
 to send to annotators."""
 
 from ._backend import _cpu  # noqa: F401  (loads the engine and its OpenBLAS at import)
-from ._backend import build_info
+from ._backend import build_info, runtime_info
 from ._methods import (
     METHODS,
     USL,
@@ -72,4 +72,5 @@ __all__ = [
     "PRESET",
     "default_n_clusters",
     "build_info",
+    "runtime_info",
 ]

@@ -52,12 +52,16 @@ except ImportError as exc:  # pragma: no cover - depends on how Python was start
     ) from exc
 
 
-#: The engine's run-time switches (read once by csrc/cpu/runtime.cpp and gemm.cpp, at the
-#: engine's first use) and their documented values (docs/development.md). The engine has no
-#: way to report a value it does not know: it falls back to its own choice in silence.
+#: The engine's run-time switches (read once by csrc/cpu/runtime.cpp, gemm.cpp, dedup.cpp
+#: and exact.cpp, at the engine's load or first use) and their documented values
+#: (docs/development.md). The engine has no way to report a value it does not know: it
+#: falls back to its own choice in silence (USL_FAST_DEDUP is off only for "0",
+#: USL_FAST_COUNT_EXACT on only for "1": "false" or "yes" would be taken as the default).
 SWITCHES = {
     "USL_FAST_ISA": ("portable", "avx2", "avx512"),
     "USL_FAST_GEMM": ("amx", "avx512bf16", "avx512vnni", "avx512", "avx2i16", "avx2", "blas"),
+    "USL_FAST_DEDUP": ("0", "1"),
+    "USL_FAST_COUNT_EXACT": ("0", "1"),
 }
 #: accepted by the engine but not documented (the old name of "portable")
 _ALIASES = {"USL_FAST_ISA": ("scalar",)}
@@ -74,20 +78,31 @@ def _check_switches() -> None:
         value = os.environ.get(var, "")
         if value == "" or value in allowed or value in _ALIASES.get(var, ()):
             continue
-        # What the engine runs instead, in the switch's own words. Asking fixes the choice
-        # now rather than at the first use, which only matters if the variable changes
-        # in between: then it was wrong anyway.
-        if var == "USL_FAST_ISA":
-            used = ("portable", "avx2", "avx512")[_cpu.active_isa()]
-        else:
-            used = _GEMM_NAMES.get(_cpu.gemm_kind(), "?")
         warnings.warn(
             f"{var}={value!r} is not one of {', '.join(allowed)} (or unset); the engine "
-            f"ignores it and runs {used}, its default here (docs/development.md)",
+            f"ignores it and {_instead(var)}, its default here (docs/development.md)",
             UserWarning,
             stacklevel=2,
         )
 
+
+def _instead(var: str) -> str:
+    """What the engine does with ``var`` set to a value it does not know, in the switch's
+    own words. Asking fixes the choice now rather than at the first use, which only matters
+    if the variable changes in between: then it was wrong anyway."""
+    if var == "USL_FAST_ISA":
+        return f"runs {_ISA_NAMES[_cpu.active_isa()]}"
+    if var == "USL_FAST_GEMM":
+        return f"runs {_GEMM_NAMES.get(_cpu.gemm_kind(), '?')}"
+    if var == "USL_FAST_DEDUP":
+        on = _cpu.dedup_enabled()
+        return f"{'collapses' if on else 'keeps'} duplicate rows (as with {int(on)})"
+    # USL_FAST_COUNT_EXACT: only "1" counts, and the engine has no call that says so.
+    return "counts no exact evaluations (as with 0)"
+
+
+#: _cpu.active_isa() -> the USL_FAST_ISA value that selects it
+_ISA_NAMES = ("portable", "avx2", "avx512")
 
 #: _cpu.gemm_kind() -> the USL_FAST_GEMM value that selects it (docs/engine.md)
 _GEMM_NAMES = {
@@ -115,7 +130,8 @@ def build_info() -> dict:
         ``cuda_version`` and ``cuda_architectures`` (str, or None without them);
         ``isa``: ``"dispatch"`` (AVX2 / AVX-512 chosen at run time) or ``"portable"``;
         ``sanitize``: the sanitizers compiled in (``""`` for none); ``cxx_compiler`` and
-        ``build_type``.
+        ``build_type``. What runs in this process (the SIMD path and tile GEMM chosen
+        from the CPU and the ``USL_FAST_*`` switches) is ``runtime_info()``'s.
 
     Raises
     ------
@@ -135,4 +151,31 @@ def build_info() -> dict:
     return dict(BUILD_INFO)
 
 
-__all__ = ["_cpu", "build_info"]
+def runtime_info() -> dict:
+    """What the engine runs in this process: the choices it made from the CPU, the build
+    and the ``USL_FAST_*`` switches (docs/development.md), in the switches' own words.
+
+    Returns
+    -------
+    dict
+        ``isa``: the SIMD path, ``"portable"``, ``"avx2"`` or ``"avx512"`` (the
+        ``USL_FAST_ISA`` value that selects it); ``gemm``: the filter's tile GEMM, one of
+        ``"amx"``, ``"avx512bf16"``, ``"avx512vnni"``, ``"avx512"``, ``"avx2i16"``,
+        ``"avx2"``, ``"blas"`` (the ``USL_FAST_GEMM`` value; docs/engine.md says where each
+        falls back to float32); ``dedup``: whether exact-duplicate rows are collapsed
+        before the distance passes (``USL_FAST_DEDUP``); ``max_threads``: the OpenMP
+        threads a call without ``threads=`` uses from the calling thread.
+
+    Each switch is read once per process, at the engine's first use: this asks for the
+    choices now, so a variable changed later in the process has no effect (as it would
+    have none on the engine). Unlike ``build_info()``, this needs no build record.
+    """
+    return {
+        "isa": _ISA_NAMES[_cpu.active_isa()],
+        "gemm": _GEMM_NAMES.get(_cpu.gemm_kind(), "?"),
+        "dedup": bool(_cpu.dedup_enabled()),
+        "max_threads": int(_cpu.max_threads()),
+    }
+
+
+__all__ = ["_cpu", "build_info", "runtime_info"]

@@ -1,5 +1,6 @@
 """Output files, written safely (and ``check_npy``, the header check every command line
-runs on a ``.npy`` it reads before numpy's loader sees it): every output of a command is checked before any work,
+runs on a ``.npy`` it reads before numpy's loader sees it, and ``read_index_file``, the one
+reader of index files): every output of a command is checked before any work,
 written to a temporary file beside its final path, and renamed into place only once all
 of the command's outputs were written (all or nothing). A symbolic link at an output path
 is refused, dangling or not: writing through it would create or clobber a file the user
@@ -536,3 +537,135 @@ def check_npy(path: Any, what: str) -> Tuple[Optional[Tuple[int, ...]], Any]:
             f"shape {tuple(shape)}, {expected:,} bytes in all, but the file has {actual:,} bytes"
         )
     return tuple(shape), dtype
+
+
+#: What an index file may be, as every message about one says it.
+INDEX_FORMATS = (
+    "a .npy, .txt or .csv file of indices (as usl-fast select writes: -o PICKS.npy, "
+    "-o PICKS.txt with one index per line, --csv PICKS.csv with an Index column first)"
+)
+
+
+def read_index_file(path: Any, what: str) -> Any:
+    """Point indices from a file in a format ``usl-fast select`` writes, in file order.
+
+    The one reader of index files (``usl-fast select --labeled``, ``usl-fast plot PICKS
+    --labeled``, ``usl-fast fixmatch --labeled`` and ``usl_fast.ssl.read_labeled``):
+
+    - ``.npy``: integers of shape (n,), or one column (n, 1) as ``numpy.argwhere`` returns;
+      the header is checked first (``check_npy``) and nothing is ever unpickled. Any other
+      shape, (1, n) included, is refused: which axis holds the indices is a guess.
+    - ``.txt``: one integer per line; blank lines and lines starting with ``#`` (the header
+      ``numpy.savetxt`` writes) are skipped.
+    - ``.csv``: a header row whose first cell is ``Index`` (``Index,ImageID``, or ``Index``
+      alone, as ``--csv`` writes), then one row per index, the index first.
+
+    Text files are UTF-8, with or without a byte-order mark.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    what : str
+        How messages name the file's source, e.g. ``"--labeled"``, ``"PICKS"`` or
+        ``"`labeled`"``.
+
+    Returns
+    -------
+    (n,) int64 numpy array
+        Not checked against any number of points (range and repeats are the caller's:
+        what is allowed differs between them); n may be 0.
+
+    Raises
+    ------
+    ValueError
+        Another extension, no such file, a directory, an unreadable file, a value that is
+        not an integer (naming the line), a .csv without its header, or a .npy that is not
+        a numeric array of an allowed shape (naming the shape). Every message starts with
+        ``what`` and names the path.
+    """
+    import csv
+
+    import numpy as np
+
+    path = os.fspath(path)
+    # A missing file's message names the formats too, so a wrong extension is seen there.
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a directory; it must be {INDEX_FORMATS}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r}: no such file; it must be {INDEX_FORMATS}")
+    fmt = os.path.splitext(path)[1].lower()
+    if fmt not in (".npy", ".txt", ".csv"):
+        got = f"extension {fmt!r}" if fmt else "no extension"
+        raise ValueError(f"{what} {path!r}: must be {INDEX_FORMATS}; got {got}")
+    try:
+        if fmt == ".npy":
+            # The header first: numpy alone calls a file that is not a .npy "pickled data"
+            # and suggests allow_pickle; and a wrong array (a feature matrix given by
+            # mistake) is refused before it is read.
+            shape, dtype = check_npy(path, f"{what} file")
+            if shape is not None:
+                _index_array_shape(shape, dtype, what, path)
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except ValueError as exc:  # format 3.0 headers: numpy's own checks
+                raise ValueError(
+                    f"{what} file {path!r} is not an array of integers numpy can load "
+                    "without unpickling (usl-fast never unpickles a file: it can run code)"
+                ) from exc
+            _index_array_shape(arr.shape, arr.dtype, what, path)
+            return arr.reshape(-1).astype(np.int64)
+        values: List[int] = []
+        # newline="" for .csv: the csv module reads the line ends itself (a quoted ImageID
+        # may hold one); .txt gets Python's universal newlines (\n, \r\n or \r).
+        with open(path, newline="" if fmt == ".csv" else None, encoding="utf-8-sig") as f:
+            if fmt == ".txt":
+                for no, line in enumerate(f, 1):
+                    text = line.strip()
+                    if text and not text.startswith("#"):
+                        values.append(_index_value(text, what, path, no, "one integer index"))
+            else:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if header is None or not header or header[0].strip() != "Index":
+                    got = "an empty file" if header is None else f"{','.join(header)[:60]!r}"
+                    raise ValueError(
+                        f"{what} {path!r}: a .csv must start with the header Index,ImageID "
+                        f"(or Index alone), as usl-fast select --csv writes; got {got}"
+                    )
+                expected = "an integer index first (then, optionally, the ImageID)"
+                for row in reader:
+                    if row:
+                        values.append(_index_value(row[0], what, path, reader.line_num, expected))
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"cannot read {what} file {path!r}: it is not UTF-8 text; it must be {INDEX_FORMATS}"
+        ) from None
+    except (OSError, csv.Error) as exc:
+        why = _reason(exc) if isinstance(exc, OSError) else str(exc)
+        raise ValueError(f"cannot read {what} file {path!r}: {why}") from None
+    return np.array(values, dtype=np.int64)
+
+
+def _index_array_shape(shape: Tuple[int, ...], dtype: Any, what: str, path: str) -> None:
+    """A ValueError unless a .npy of this shape and dtype is an index list (see
+    ``read_index_file``)."""
+    if dtype.kind not in "iu" or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+        raise ValueError(
+            f"{what} {path!r} must hold a 1-D array of integer indices, shape (n,), or one "
+            f"column of them, shape (n, 1) (got shape {tuple(shape)}, dtype {dtype})"
+        )
+
+
+def _index_value(text: str, what: str, path: str, line: int, expected: str) -> int:
+    """``text`` as an int64 index, or a ValueError naming the file, the line (from 1) and
+    what a line must hold (int() alone says "invalid literal for int() with base 10")."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -(2**63) <= value < 2**63:
+        raise ValueError(
+            f"{what} file {path!r}, line {line}: {text.strip()[:40]!r} is not an integer "
+            f"index; each line must hold {expected}, as usl-fast select writes"
+        ) from None
+    return value

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._io import Outputs, check_npy, write_atomic
+from .._io import Outputs, check_npy, read_index_file, write_atomic
 from ._common import CLIError
 
 # --------------------------------------------------------------------------- input
@@ -252,70 +252,21 @@ def read_image_ids(path: str, n: int) -> List[str]:
 
 
 def read_indices(path: str, option: str) -> np.ndarray:
-    """Point indices from a file in a format ``usl-fast select -o`` writes: ``.npy``
-    (integers), ``.txt`` (one per line) or ``.csv`` (an ``Index`` column first).
+    """Point indices from a file in a format ``usl-fast select`` writes: ``.npy``
+    (integers, shape (n,) or (n, 1)), ``.txt`` (one per line) or ``.csv`` (an ``Index``
+    column first), read by ``usl_fast._io.read_index_file``, the one reader of index files.
 
     Raises
     ------
     CLIError
-        Missing file, another extension, unreadable content, or values that are not
-        integers; the message names ``option`` and ``path``.
+        Missing file, another extension, unreadable content, values that are not
+        integers (naming the line) or a .npy of another shape; the message names
+        ``option`` and ``path``.
     """
-    require_file(path, option, "a .npy, .txt or .csv of indices (usl-fast select -o writes them)")
-    fmt = Path(path).suffix.lower()
     try:
-        if fmt == ".npy":
-            # The header first, as for FEATURES: numpy alone calls a file that is not a
-            # .npy "pickled data" and suggests allow_pickle.
-            _check_npy(Path(path), path, f"{option} file")
-            arr = np.load(path, allow_pickle=False)
-        elif fmt == ".txt":
-            with open(path, encoding="utf-8") as f:
-                lines = [(no, line.strip()) for no, line in enumerate(f, 1) if line.strip()]
-            arr = np.array(
-                [
-                    _index(text, option, path, f"line {no}", "one integer index")
-                    for no, text in lines
-                ],
-                dtype=np.int64,
-            )
-        elif fmt == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = [(no, r) for no, r in enumerate(csv.reader(f), 1) if r]
-            if not rows or rows[0][1][0].strip() != "Index":
-                raise CLIError(f"{option} {path!r}: a .csv needs the header Index[,ImageID]")
-            arr = np.array(
-                [
-                    _index(r[0], option, path, f"line {no}", "an integer index, then the ImageID")
-                    for no, r in rows[1:]
-                ],
-                dtype=np.int64,
-            )
-        else:
-            raise CLIError(
-                f"{option} {path!r}: must be a .npy, .txt (one index per line) or .csv "
-                "(Index column) file"
-            )
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot read {option} file {path!r}: {_never_unsafe(exc)}") from exc
-    if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise CLIError(
-            f"{option} {path!r} must hold a 1-D array of integer indices "
-            f"(got shape {arr.shape}, dtype {arr.dtype})"
-        )
-    return arr.astype(np.int64)
-
-
-def _index(text: str, option: str, path: str, where: str, expected: str) -> int:
-    """``text`` as an int, or a CLIError naming the file, the line and what it must hold
-    (int() alone says "invalid literal for int() with base 10: 'abc\\n'")."""
-    try:
-        return int(text)
-    except ValueError:
-        raise CLIError(
-            f"{option} file {path!r}, {where}: {text.strip()[:40]!r} is not an integer; each "
-            f"line must hold {expected} (as usl-fast select -o writes)"
-        ) from None
+        return read_index_file(path, option)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def check_indices(idx: np.ndarray, n: int, option: str, path: str) -> None:

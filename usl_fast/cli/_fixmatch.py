@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any, Tuple
 
 from .._io import Outputs, check_directory, open_append
 from ._common import PROG, CLIError, _positive_int
-from ._files import _check_npy, read_indices, require_file
+from ._files import require_file
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -35,8 +34,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     fp.add_argument(
         "--labeled",
         metavar="PICKS",
-        help="picks: .npy (usl-fast select -o) or Index[,ImageID] .csv, indices into the "
-        "training split",
+        help="picks: .npy or .txt (usl-fast select -o) or Index[,ImageID] .csv (--csv), "
+        "indices into the training split",
     )
     fp.add_argument(
         "--out", default="fixmatch_run", metavar="DIR", help="checkpoint and log directory"
@@ -119,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     # loader says where to put them), then --labeled, before anything is trained.
     require_file(args.resume, "--resume", "a checkpoint written by usl-fast fixmatch")
     if args.resume is None and args.labeled is None:
-        raise CLIError("give --labeled PICKS (.npy or the reference .csv) or --resume CKPT")
+        raise CLIError(
+            "give --labeled PICKS (.npy, .txt or .csv from usl-fast select) or --resume CKPT"
+        )
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out!r} exists and is not a directory")
     ckpt, log_path = _check_fixmatch_out(args.out, args.resume is not None, args.force)
@@ -149,27 +150,13 @@ def run(args: argparse.Namespace) -> int:
         if args.steps is not None:
             run.config.steps = args.steps
     else:
-        require_file(
-            args.labeled, "--labeled", "a .npy, .txt or .csv of picks from usl-fast select"
-        )
-        if Path(args.labeled).suffix not in (".npy", ".txt", ".csv"):
-            raise CLIError(
-                f"--labeled {args.labeled!r}: must be a .npy or .txt (usl-fast select -o "
-                "PICKS.npy / PICKS.txt) or .csv (usl-fast select --csv PICKS.csv) file"
-            )
-        if Path(args.labeled).suffix == ".npy":
-            # The header first, as for select's files: numpy alone calls a file that is
-            # not a .npy "pickled data" and suggests allow_pickle.
-            _check_npy(Path(args.labeled), args.labeled, "--labeled file")
         n_train = int(data.train_x.shape[0])
         try:
-            labeled = read_labeled(args.labeled, n_train)
+            # Read once, by the reader select and plot use: its messages name the file,
+            # the line and what is allowed; the range is this data set's.
+            labeled = read_labeled(args.labeled, n_train, what="--labeled")
         except ValueError as exc:
-            if "not an integer" in str(exc) and Path(args.labeled).suffix in (".txt", ".csv"):
-                # numpy's text reader counts rows from 0 and quotes its own wording; select's
-                # reader names the file, the line (from 1) and what a line must hold.
-                read_indices(args.labeled, "--labeled")
-            msg = str(exc).replace("`labeled` ", "", 1)
+            msg = str(exc)
             if "must lie in" in msg:
                 msg += f" (the {n_train} training images of --dataset {args.dataset})"
                 if args.dataset == "digits":
@@ -177,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                         "; the picks must come from features of the same training split: "
                         "usl_fast.demo.digits_train_features(), see docs/fixmatch.md"
                     )
-            raise CLIError(f"--labeled {msg}") from exc
+            raise CLIError(msg) from exc
         cfg = PRESETS[args.dataset]
         over = {
             k: getattr(args, k)

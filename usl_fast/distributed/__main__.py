@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._io import Outputs, check_npy
+from .._io import INDEX_FORMATS, Outputs, check_npy, read_index_file
 from .._presets import PARAMS
 
 PROG = "python -m usl_fast.distributed"
@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("features", metavar="FEATS.npy", help="(n, d) features, memory-mapped")
     sp.add_argument("-m", type=int, required=True, help="labeling budget")
     sp.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="picks (rank 0)")
-    sp.add_argument("--labeled", metavar="IDX.npy", help="indices labeled in earlier rounds")
+    sp.add_argument(
+        "--labeled",
+        metavar="PICKS",
+        help=f"indices labeled in earlier rounds: {INDEX_FORMATS}",
+    )
     sp.add_argument("--force", action="store_true", help="overwrite an existing OUT.npy")
     preset = PARAMS["defaults"]
     sp.add_argument("--defaults", choices=preset.choices, default=preset.default)
@@ -105,13 +109,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"FEATS.npy {args.features!r}: must hold a 2-D (n_points, dim) array of "
                 f"features (got shape {shape})"
             )
-        if args.labeled is not None:
-            if Path(args.labeled).suffix.lower() != ".npy" or not Path(args.labeled).is_file():
-                raise ValueError(
-                    f"--labeled {args.labeled!r}: must be an existing .npy file of integer "
-                    "indices (usl-fast select -o PICKS.npy writes one)"
-                )
-            check_npy(args.labeled, "--labeled file")
+        # Read on every rank, before the process group forms, by the reader every command
+        # uses (.npy, .txt or .csv as usl-fast select writes them); the range is checked by
+        # select against the global row count.
+        labeled = None if args.labeled is None else read_index_file(args.labeled, "--labeled")
         # Before any work, on every rank (each reports it and exits 1): the directory
         # exists and accepts files, no symbolic link or directory at OUT, no existing
         # file without --force. Rank 0 writes through a temporary file and a rename.
@@ -124,7 +125,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         rank = dist.get_rank()
         x = ud.load_shard(args.features)
-        labeled = None if args.labeled is None else np.load(args.labeled, allow_pickle=False)
         kw = {key: getattr(args, key) for key in _USL_OPTIONS if getattr(args, key) is not None}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import read_index_file
 from .._validate import as_float, as_int, as_interval
 from .augment import cifar_augment, digits_augment
 
@@ -566,43 +567,41 @@ def load_digits_split() -> ImageData:
     )
 
 
-def read_labeled(path: str, n: int) -> np.ndarray:
-    """Labeled indices from ``usl-fast select``'s outputs: a .npy of int indices (pick
-    order), a .txt with one index per line, or the reference CSV (``Index,ImageID``
-    header, one index per row). Checked:
-    integers in [0, n), no repeats, at least one."""
-    if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-        if arr.dtype.kind not in "iu":
-            raise ValueError(f"`labeled` {path}: indices must be integers (got dtype {arr.dtype})")
-        idx = arr.astype(np.int64).ravel()
-    elif path.endswith(".csv"):
-        import csv
+def read_labeled(path: "str | os.PathLike[str]", n: int, *, what: str = "`labeled`") -> np.ndarray:
+    """Labeled indices from ``usl-fast select``'s outputs, checked against a data set.
 
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-        if not rows or [c.strip() for c in rows[0][:1]] != ["Index"]:
-            raise ValueError(f"`labeled` {path}: expected a CSV with header 'Index,ImageID'")
-        try:
-            idx = np.array([int(r[0]) for r in rows[1:] if r], dtype=np.int64)
-        except ValueError as exc:
-            raise ValueError(f"`labeled` {path}: a row's Index is not an integer ({exc})") from None
-    elif path.endswith(".txt"):
-        try:
-            idx = np.loadtxt(path, dtype=np.int64, ndmin=1)
-        except ValueError as exc:
-            raise ValueError(f"`labeled` {path}: a line is not an integer ({exc})") from None
-    else:
-        raise ValueError(f"`labeled` must be a .npy, .txt or .csv file (got {path!r})")
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A .npy of integer indices (pick order; shape (n,) or one column (n, 1)), a .txt
+        with one index per line, or the reference CSV (``Index,ImageID`` header, one index
+        per row): read by ``usl_fast._io.read_index_file``, which every index reader uses.
+    n : int
+        The number of training images the indices point into.
+    what : str
+        How messages name the file (``usl-fast fixmatch`` passes ``"--labeled"``).
+
+    Returns
+    -------
+    (l,) int64 numpy array, in file order.
+
+    Raises
+    ------
+    ValueError
+        Everything ``read_index_file`` refuses (naming the file and, for text, the line);
+        no index at all, an index outside [0, n), or one that repeats.
+    """
+    idx = read_index_file(path, what)
+    path = os.fspath(path)
     if idx.size == 0:
-        raise ValueError(f"`labeled` {path} holds no index")
+        raise ValueError(f"{what} {path!r} holds no index")
     if idx.min() < 0 or idx.max() >= n:
         raise ValueError(
-            f"`labeled` {path}: indices must lie in [0, {n}) for this data set "
+            f"{what} {path!r}: indices must lie in [0, {n}) for this data set "
             f"(got values in [{idx.min()}, {idx.max()}])"
         )
     if np.unique(idx).size != idx.size:
-        raise ValueError(f"`labeled` {path}: indices repeat")
+        raise ValueError(f"{what} {path!r}: indices repeat")
     return idx
 
 
