@@ -69,7 +69,6 @@ inline void offer(int isa, const Tile& t, idx_t r, idx_t c, unsigned bits, TopK*
   const float* a = t.rows.row(t.i0 + r);
   if (p.last != r) {
     prefetch_row(a, t.rows.cols);
-    rows->prefetch_slot(row_off + r);
     p.last = r;
   }
   while (bits) {
