@@ -168,6 +168,10 @@ USL_AVX2_TARGET inline void micro_i16(const int32_t* a, idx_t ars, const int32_t
   const int32_t* ar[MR];
   _Pragma("GCC unroll 8")
   for (int r = 0; r < MR; ++r) ar[r] = a + r * ars;
+  // Unrolled: a step is 8 products and 8 adds, so the loop's own counter and branch were a
+  // tenth of the instructions (measured alone, one thread, a 256 x 256 x 128 tile in cache:
+  // 74 -> 86-91 GMAC/s; the whole AVX2 kNN gains 1-2 %, inside its run-to-run spread).
+  _Pragma("GCC unroll 4")
   for (idx_t w = 0; w < kw; ++w) {
     __m256i bv[NP];
     _Pragma("GCC unroll 8")
