@@ -1,4 +1,5 @@
-"""The register-blocked exact kernel (exact_block, csrc/cpu/exact.cpp), the regularizer's
+"""The register-blocked exact kernel (exact_block, csrc/cpu/exact.cpp), the scan's kernel of
+independent pairs (exact_pairs, behind _cpu.exact_l2_pairs), the regularizer's
 masked power-sum built on it, and the range pass's SIMD filter (csrc/cpu/range_count.cpp),
 held to the float64 transcription of exact_l2 (tests/oracles.py) bit for bit on every SIMD
 path, each in a fresh process (USL_FAST_ISA=portable|avx2|avx512). Adversarial shapes:
@@ -40,6 +41,12 @@ for key in sorted(data):
         got = np.full(a.shape[0] * b.shape[0], np.float32(-7.0))
         out["blkn_" + name] = np.array([_cpu.exact_l2_block(a, b, got, skip)])
         out["blks_" + name] = got
+    if key.startswith("prs_a_"):
+        name = key[6:]
+        a, b = data["prs_a_" + name], data["prs_b_" + name]
+        got = np.full(a.shape[0], np.float32(-7.0))
+        _cpu.exact_l2_pairs(a, b, got)
+        out["prs_" + name] = got
     if key.startswith("reg_x_"):
         name = key[6:]
         x, p = data["reg_x_" + name], data["reg_p_" + name]
@@ -80,6 +87,24 @@ def _block_cases() -> dict:
         name = f"{na}x{nb}x{d}"
         data["blk_a_" + name], data["blk_b_" + name] = a, np.ascontiguousarray(b)
         data["blk_s_" + name] = (rng.random(na * nb) < 0.6).astype(np.uint8)
+    return data
+
+
+def _pair_cases() -> dict:
+    # Pair i is (a[i], b[i]), each row its own: counts around the kernel's four pairs a call,
+    # d around its 8- and 16-coordinate steps, subnormal to huge coordinates, some pairs of
+    # identical rows (distance exactly 0).
+    rng = np.random.default_rng(31)
+    data = {}
+    dims = list(range(1, 18)) + [23, 24, 25, 31, 32, 33, 70, 131]
+    for s, d in enumerate(dims):
+        n = (1, 3, 4, 5, 7, 13, 66)[s % 7]
+        scale = (1e-40, 1e-30, 1.0, 1e18)[s % 4]
+        a = _rows(rng, n, d, scale)
+        b = _rows(rng, n, d, scale)
+        b[::3] = a[::3]
+        name = f"{n}x{d}s{scale:g}"
+        data["prs_a_" + name], data["prs_b_" + name] = a, b
     return data
 
 
@@ -176,7 +201,7 @@ def _run(isa: str, data_path: str, out_path: str, cwd: str) -> dict:
 @pytest.fixture(scope="module")
 def dense_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dense")
-    data = {**_block_cases(), **_reg_cases(), **_range_cases()}
+    data = {**_block_cases(), **_pair_cases(), **_reg_cases(), **_range_cases()}
     np.savez(tmp / "data.npz", **data)
     runs = {}
     for isa in _ISAS:
@@ -209,6 +234,20 @@ def test_block_kernel_is_the_transcription(dense_runs, isa):
         assert np.all(untouched | exact), name
         n_eval = int(got["blkn_" + name][0])
         assert need.sum() <= n_eval <= need.size and n_eval == need.sum() + exact.sum(), name
+
+
+@pytest.mark.parametrize("isa", list(_ISAS))
+def test_pair_kernel_is_the_transcription(dense_runs, isa):
+    data, runs = dense_runs
+    if isa not in runs:
+        pytest.skip(f"this build or CPU cannot run the {isa} path")
+    names = [key[6:] for key in data if key.startswith("prs_a_")]
+    assert names
+    for name in names:
+        a, b = data["prs_a_" + name], data["prs_b_" + name]
+        want = np.array([oracles.exact_l2(a[i : i + 1], b[i : i + 1])[0, 0] for i in range(len(a))])
+        got = runs[isa]["prs_" + name]
+        assert np.array_equal(got.view(np.int32), want.astype(np.float32).view(np.int32)), name
 
 
 @pytest.mark.parametrize("isa", list(_ISAS))

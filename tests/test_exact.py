@@ -71,8 +71,9 @@ def range_count_any_scale(x, radius):
 @SETTINGS
 @given(point_sets(max_n=40, max_d=70, scales=(1e-40, 1e-30, 1e-3, 1.0, 1e18)))
 def test_kernel_is_the_documented_definition(x):
-    # Every SIMD path of exact_l2 (the active one here; other ISAs in test_isa_paths) gives
-    # the bits of the transcription, subnormal and huge coordinates included.
+    # Every SIMD path of exact_l2 (the active one here; every path in a fresh process in
+    # test_dense_paths.py's test_pair_kernel_is_the_transcription) gives the bits of the
+    # transcription, subnormal and huge coordinates included.
     y = x[::-1].copy()
     got = _dispatch.exact_l2_pairs(x, y)
     want = np.diag(oracles.exact_l2(x, y))

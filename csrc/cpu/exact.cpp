@@ -1,6 +1,6 @@
 // SIMD versions of the exact kernel (bit-identical to l2.hpp's exact_l2) and what is built
-// on them: exact_many / exact_gather / exact_range, row_norms, row_distances, and the
-// regularizer's power terms. Which path runs follows active_isa() (runtime.cpp).
+// on them: exact_many / exact_pairs / exact_gather / exact_range, row_norms, row_distances,
+// and the regularizer's power terms. Which path runs follows active_isa() (runtime.cpp).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -124,8 +124,9 @@ __attribute__((target("avx2,fma"))) void exact4_avx2(const float* const* a, cons
 }
 #endif
 
-// Benchmark hook: with USL_FAST_COUNT_EXACT=1 in the environment, exact_many counts the
-// pairs it evaluates (how many pairs a filter lets through); off, one predicted branch.
+// Benchmark hook: with USL_FAST_COUNT_EXACT=1 in the environment, exact_many and
+// exact_pairs count the pairs they evaluate (how many pairs a filter lets through); off,
+// one predicted branch.
 const bool g_count_exact = [] {
   const char* env = std::getenv("USL_FAST_COUNT_EXACT");
   return env && std::string(env) == "1";

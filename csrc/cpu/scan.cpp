@@ -17,10 +17,11 @@ namespace {
 // time (exact_pairs: four independent pairs per SIMD call, which may belong to different tile
 // rows), then each is kept on every side whose threshold its exact value still passes. A
 // tile row's end evaluates the whole groups of four; what is left waits for the next row,
-// and the tile's end evaluates everything. One pair alone costs about three pairs of four
-// (its adds wait on each other), and a row of a tile offers fewer than one pair on average.
-// Thresholds seen while pairs wait are at most a few steps stale, which only adds
-// evaluations, never changes the result.
+// and the tile's end evaluates everything. A pair evaluated alone costs about three times a
+// pair evaluated beside three others (its adds wait on each other), and a row of a tile
+// offers fewer than one pair on average. While pairs wait, the thresholds their pushes would
+// lower stay stale (up to the tile's end for the last few), which only adds evaluations,
+// never changes the result.
 struct Pending {
   static constexpr int kCap = 32;
   const float* a[kCap + 16];    // the pair's row
@@ -53,11 +54,11 @@ inline void flush(int isa, const Tile& t, TopK* rows, idx_t row_off, TopK* cols,
   p.n -= m;
 }
 
-// Asks for a row's first 4 KiB in cache. An offered pair is evaluated a tile row or more
-// later (flush), a few hundred cycles at least; with a GEMM that reads the rows' int16
-// images the float rows are not in cache otherwise, and measured, the evaluations then
-// waited on them (exact1_avx2: 3 % of the AVX2 kNN's samples before the images, 10 % with
-// them and no prefetch).
+// Asks for a row's first 4 KiB in cache. An offered pair is evaluated at its row's end at
+// the earliest (or as soon as 32 pairs wait), usually a few hundred cycles later; with a
+// GEMM that reads the rows' int16 images the float rows are not in cache otherwise, and
+// measured, the evaluations then waited on them (exact1_avx2: 3 % of the AVX2 kNN's samples
+// before the images, 10 % with them and no prefetch).
 inline void prefetch_row(const float* row, idx_t d) {
   const char* p = reinterpret_cast<const char*>(row);
   const idx_t bytes = std::min<idx_t>(4 * d, 4096);

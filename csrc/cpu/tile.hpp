@@ -216,7 +216,8 @@ float* thread_tile();
 // narrows it (tests compare every path); a build with USL_FAST_ISA=portable has only 0.
 int active_isa();
 
-// Pairs exact_many evaluated in this process, counted only with USL_FAST_COUNT_EXACT=1
+// Pairs exact_many and exact_pairs evaluated in this process, counted only with
+// USL_FAST_COUNT_EXACT=1
 // (exact.cpp; a benchmark hook: how many pairs a filter lets through).
 int64_t exact_evaluations();
 
@@ -317,8 +318,8 @@ class TopK {
   // Start row r with a known upper bound tau of its k-th exact distance (sampled pass).
   void start_below(idx_t r, float tau) { thr_[r] = round_up(static_cast<double>(tau) + abs_); }
 
-  // Asks for the cache line row r's next push writes (the scan offers a pair some hundred
-  // cycles before it pushes it; a column's reservoir is usually out of cache).
+  // Asks for the cache line row r's next push writes (the scan usually offers a pair some
+  // hundred cycles before it pushes it; a column's reservoir is usually out of cache).
   void prefetch_slot(idx_t r) const {
     __builtin_prefetch(keys_.data() + static_cast<size_t>(r) * cap_ + count_[r], 1, 3);
   }
