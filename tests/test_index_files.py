@@ -92,6 +92,50 @@ def test_refusals_name_the_source_and_what_is_allowed(
     assert text in str(e.value) and repr(os.fspath(path)) in str(e.value)
 
 
+@pytest.mark.parametrize("value", ["1_000", "\u0663", "\uff17", "0x10", "1e3", "+-3"])
+@pytest.mark.parametrize("fmt", [".txt", ".csv"])
+def test_only_ascii_digits_are_an_index(tmp_path: Path, fmt: str, value: str) -> None:
+    # int() alone reads "1_000" as 1000 and other scripts' digits ("\u0663" is 3); no file
+    # usl-fast writes holds them, so they are named like any other bad line.
+    head = "Index,ImageID\n" if fmt == ".csv" else ""
+    path = tmp_path / f"p{fmt}"
+    path.write_text(f"{head}4\n{value}\n", encoding="utf-8")
+    with pytest.raises(ValueError) as e:
+        read_index_file(path, "--labeled")
+    assert f"p{fmt}', line {3 if head else 2}: {value!r} is not an integer index" in str(e.value)
+
+
+def test_signs_and_spaces_around_ascii_digits_are_read(tmp_path: Path) -> None:
+    (tmp_path / "p.txt").write_text("+4\n -0 \n007\n")
+    assert read_index_file(tmp_path / "p.txt", "x").tolist() == [4, 0, 7]
+
+
+def test_uint64_beyond_int64_is_refused_naming_the_value(tmp_path: Path) -> None:
+    # astype(int64) would wrap 2**63 + 5 to a negative index in silence.
+    np.save(tmp_path / "u.npy", np.array([3, 2**63 + 5], dtype=np.uint64))
+    with pytest.raises(ValueError) as e:
+        read_index_file(tmp_path / "u.npy", "PICKS")
+    msg = str(e.value)
+    assert msg.startswith(f"PICKS {str(tmp_path / 'u.npy')!r} holds the index {2**63 + 5}")
+    assert f"must be at most {2**63 - 1}" in msg
+    np.save(tmp_path / "ok.npy", np.array([3, 2**63 - 1], dtype=np.uint64))
+    assert read_index_file(tmp_path / "ok.npy", "PICKS").tolist() == [3, 2**63 - 1]
+
+
+def test_blank_lines_before_the_csv_header_are_skipped(tmp_path: Path) -> None:
+    # As the command line's reader did before read_index_file; the header is still required.
+    (tmp_path / "p.csv").write_text("\n\r\nIndex,ImageID\n\n3,a.png\n7,b.png\n")
+    assert read_index_file(tmp_path / "p.csv", "x").tolist() == [3, 7]
+    (tmp_path / "nohead.csv").write_text("\n3,a.png\n")
+    with pytest.raises(
+        ValueError, match=r"must start with the header Index,ImageID .* got '3,a.png'"
+    ):
+        read_index_file(tmp_path / "nohead.csv", "x")
+    (tmp_path / "blank.csv").write_text("\n\n")
+    with pytest.raises(ValueError, match="got an empty file"):
+        read_index_file(tmp_path / "blank.csv", "x")
+
+
 # ------------------------------------------------------------------ ssl.read_labeled
 
 
@@ -106,6 +150,21 @@ def test_read_labeled_uses_the_one_reader(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as e:
         ssl.read_labeled(str(tmp_path / "bad.txt"), 10)
     assert "`labeled` file" in str(e.value) and "line 3: 'abc' is not an integer" in str(e.value)
+
+
+def test_read_labeled_words_its_refusals_as_the_commands_do(tmp_path: Path) -> None:
+    # The same problem, the same words as select's --labeled check, and what is allowed.
+    ssl = pytest.importorskip("usl_fast.ssl")
+    np.save(tmp_path / "rep.npy", np.array([1, 4, 1]))
+    with pytest.raises(ValueError) as e:
+        ssl.read_labeled(tmp_path / "rep.npy", 10)
+    want = f"`labeled` {str(tmp_path / 'rep.npy')!r}: indices must be distinct (some repeat)"
+    assert str(e.value) == want
+    (tmp_path / "none.txt").write_text("# picks\n")
+    with pytest.raises(ValueError) as e:
+        ssl.read_labeled(tmp_path / "none.txt", 10)
+    want = f"`labeled` {str(tmp_path / 'none.txt')!r} holds no index; it must hold at least one"
+    assert str(e.value) == want
 
 
 # ------------------------------------------------------------------ the command lines
@@ -168,7 +227,6 @@ def test_fixmatch_parses_labeled_once(
     code, _, err = run_cli([*argv, "--out", work / "run"], capsys)
     assert code == 2 and "--labeled file" in err and "line 3: 'abc'" in err, err
     assert len(calls) == 1  # no second parse for a better message
-    assert usl_fast is not None
 
 
 def test_distributed_reads_the_same_index_files(work: Path) -> None:

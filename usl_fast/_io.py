@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -580,8 +581,9 @@ def read_index_file(path: Any, what: str) -> Any:
     ValueError
         Another extension, no such file, a directory, an unreadable file, a value that is
         not an integer (naming the line), a .csv without its header, or a .npy that is not
-        a numeric array of an allowed shape (naming the shape). Every message starts with
-        ``what`` and names the path.
+        a numeric array of an allowed shape (naming the shape), or an unsigned .npy
+        holding a value beyond int64 (naming it). Every message names ``what`` and the
+        path.
     """
     import csv
 
@@ -613,6 +615,13 @@ def read_index_file(path: Any, what: str) -> Any:
                     "without unpickling (usl-fast never unpickles a file: it can run code)"
                 ) from exc
             _index_array_shape(arr.shape, arr.dtype, what, path)
+            # astype would wrap a uint64 above 2**63 - 1 to a negative index in silence, and
+            # the caller's range message would then name a value the file does not hold.
+            if arr.dtype.kind == "u" and arr.size and int(arr.max()) > 2**63 - 1:
+                raise ValueError(
+                    f"{what} {path!r} holds the index {int(arr.max())}; indices must be at "
+                    f"most {2**63 - 1} (int64)"
+                )
             return arr.reshape(-1).astype(np.int64)
         values: List[int] = []
         # newline="" for .csv: the csv module reads the line ends itself (a quoted ImageID
@@ -625,8 +634,10 @@ def read_index_file(path: Any, what: str) -> Any:
                         values.append(_index_value(text, what, path, no, "one integer index"))
             else:
                 reader = csv.reader(f)
-                header = next(reader, None)
-                if header is None or not header or header[0].strip() != "Index":
+                # Blank rows before the header are skipped, as the CLI's reader before
+                # read_index_file did (csv yields [] for each).
+                header = next((row for row in reader if row), None)
+                if header is None or header[0].strip() != "Index":
                     got = "an empty file" if header is None else f"{','.join(header)[:60]!r}"
                     raise ValueError(
                         f"{what} {path!r}: a .csv must start with the header Index,ImageID "
@@ -656,11 +667,17 @@ def _index_array_shape(shape: Tuple[int, ...], dtype: Any, what: str, path: str)
         )
 
 
+_INDEX_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
 def _index_value(text: str, what: str, path: str, line: int, expected: str) -> int:
     """``text`` as an int64 index, or a ValueError naming the file, the line (from 1) and
     what a line must hold (int() alone says "invalid literal for int() with base 10")."""
+    # ASCII digits only: int() also takes "1_000" and other scripts' digits ("\u0663" is 3),
+    # which no index file usl-fast writes holds. The try stays: past 4300 digits int()
+    # raises (Python's limit on str-to-int conversion).
     try:
-        value = int(text)
+        value = int(text) if _INDEX_TEXT.fullmatch(text.strip()) else None
     except ValueError:
         value = None
     if value is None or not -(2**63) <= value < 2**63:
