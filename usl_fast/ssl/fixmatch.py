@@ -594,14 +594,14 @@ def read_labeled(path: "str | os.PathLike[str]", n: int, *, what: str = "`labele
     idx = read_index_file(path, what)
     path = os.fspath(path)
     if idx.size == 0:
-        raise ValueError(f"{what} {path!r} holds no index")
+        raise ValueError(f"{what} {path!r} holds no index; it must hold at least one")
     if idx.min() < 0 or idx.max() >= n:
         raise ValueError(
             f"{what} {path!r}: indices must lie in [0, {n}) for this data set "
             f"(got values in [{idx.min()}, {idx.max()}])"
         )
     if np.unique(idx).size != idx.size:
-        raise ValueError(f"{what} {path!r}: indices repeat")
+        raise ValueError(f"{what} {path!r}: indices must be distinct (some repeat)")
     return idx
 
 
