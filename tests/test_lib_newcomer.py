@@ -265,11 +265,19 @@ def test_probcover_warns_when_every_ball_is_a_singleton(make_unit):
 # ---------------------------------- misspelt run-time switches are named, not ignored
 
 
+def _child_env(**env):
+    """subprocess_env() without the engine switches this process was started with, plus
+    ``env``: the children below compare against the defaults, which USL_FAST_DEDUP=0 or
+    USL_FAST_COUNT_EXACT=1 exported for the whole suite would change."""
+    base = {k: v for k, v in subprocess_env().items() if k not in _backend.SWITCHES}
+    return dict(base, **env)
+
+
 def _import_in_child(tmp_path, **env):
     return subprocess.run(
         [sys.executable, "-W", "always", "-c", "import usl_fast; print(usl_fast._cpu.gemm_kind())"],
         cwd=tmp_path,
-        env=dict(subprocess_env(), **env),
+        env=_child_env(**env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -314,7 +322,7 @@ def _switch_child(tmp_path, **env):
     return subprocess.run(
         [sys.executable, "-W", "always", "-c", _SWITCH_CHILD],
         cwd=tmp_path,
-        env=dict(subprocess_env(), **env),
+        env=_child_env(**env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -359,12 +367,23 @@ def test_known_on_off_switches_import_quietly(tmp_path, env, out):
     assert r.stdout.strip() == out
 
 
+@pytest.mark.parametrize(
+    "var, value", [("USL_FAST_DEDUP", "0"), ("USL_FAST_COUNT_EXACT", "1"), ("USL_FAST_ISA", "x")]
+)
+def test_switch_children_ignore_the_suites_own_switches(tmp_path, monkeypatch, var, value):
+    # A suite run with a switch exported still sees the defaults where a test sets none.
+    monkeypatch.setenv(var, value)
+    r = _switch_child(tmp_path)
+    assert r.stdout == "True False\n" and "Warning" not in r.stderr, r.stderr
+    assert _runtime_info(tmp_path)["dedup"] is True  # and no warning (checked there)
+
+
 def _runtime_info(tmp_path, **env):
     """usl_fast.runtime_info() in a fresh process (the switches are read once per process)."""
     r = subprocess.run(
         [sys.executable, "-c", "import json, usl_fast; print(json.dumps(usl_fast.runtime_info()))"],
         cwd=tmp_path,
-        env=dict(subprocess_env(), **env),
+        env=_child_env(**env),
         capture_output=True,
         text=True,
         timeout=120,
