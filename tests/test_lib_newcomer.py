@@ -5,6 +5,7 @@ cwd outside the checkout."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -316,6 +317,16 @@ _SWITCH_CHILD = (
     "x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32); "
     "usl_fast.knn(x, 5); print(_cpu.dedup_enabled(), _cpu.exact_evaluations() > 0)"
 )
+
+
+def test_switch_warning_points_at_the_import(tmp_path):
+    # The warning names the line that imported usl_fast (here the -c program's line 1), not
+    # a line inside the package, which a user cannot act on (and under `usl-fast` the
+    # console script, not the library).
+    r = _import_in_child(tmp_path, USL_FAST_ISA="bogus")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("<string>:1: UserWarning: USL_FAST_ISA='bogus'"), r.stderr
+    assert "_backend" not in r.stderr and "usl_fast" + os.sep not in r.stderr, r.stderr
 
 
 def _switch_child(tmp_path, **env):

@@ -71,7 +71,9 @@ def _check_switches() -> None:
     """Warn, once per process (here, at import), about a switch set to a value the engine
     does not know: a misspelt USL_FAST_GEMM would otherwise time the default path under the
     name of another. A warning, not an error: every path gives the same bits, so only the
-    speed is at stake, and a stale variable in a shell should not break ``import usl_fast``."""
+    speed is at stake, and a stale variable in a shell should not break ``import usl_fast``
+    (unless the warning filters turn warnings into errors, which is then the user's call).
+    The warning points at the code that imported usl_fast, not at this module."""
     import warnings
 
     for var, allowed in SWITCHES.items():
@@ -82,8 +84,33 @@ def _check_switches() -> None:
             f"{var}={value!r} is not one of {', '.join(allowed)} (or unset); the engine "
             f"ignores it and {_instead(var)}, its default here (docs/development.md)",
             UserWarning,
-            stacklevel=2,
+            stacklevel=_importer_level(),
         )
+
+
+def _importer_level() -> int:
+    """The ``stacklevel`` at which ``warnings.warn``, called from _check_switches, names
+    the first frame outside this package: the user's ``import usl_fast`` (or the console
+    script, or runpy for ``python -m usl_fast``). Counted as warnings counts: one per frame
+    outward from the caller of ``warn``, importlib's bootstrap frames not counted."""
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def internal(frame) -> bool:
+        name = frame.f_code.co_filename
+        return "importlib" in name and "_bootstrap" in name
+
+    frame, level = sys._getframe(1), 1  # _check_switches, where warn counts 1 from
+    while frame is not None:
+        if level > 1 and not internal(frame):
+            if not os.path.abspath(frame.f_code.co_filename).startswith(package):
+                return level
+        frame = frame.f_back
+        while frame is not None and internal(frame):
+            frame = frame.f_back
+        level += 1
+    return 2
 
 
 def _instead(var: str) -> str:
