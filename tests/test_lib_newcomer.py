@@ -329,6 +329,22 @@ def test_switch_warning_points_at_the_import(tmp_path):
     assert "_backend" not in r.stderr and "usl_fast" + os.sep not in r.stderr, r.stderr
 
 
+def test_forced_gemm_that_cannot_run_warns(tmp_path):
+    # A known GEMM the chosen SIMD path cannot run falls back (documented); the warning says
+    # which one runs, so that a benchmark does not time the fallback under the asked name.
+    # The portable path runs no SIMD GEMM on any CPU, so this holds everywhere.
+    r = _import_in_child(tmp_path, USL_FAST_ISA="portable", USL_FAST_GEMM="avx2i16")
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
+    assert len(warned) == 1, r.stderr
+    assert "USL_FAST_GEMM='avx2i16': that tile GEMM cannot run on the portable SIMD" in warned[0]
+    assert "the engine runs blas instead" in warned[0]
+    assert r.stdout.split() == ["0"]  # gemm_kind 0: blas, as the warning says
+    # and a GEMM that runs is not warned about
+    r = _import_in_child(tmp_path, USL_FAST_ISA="portable", USL_FAST_GEMM="blas")
+    assert r.returncode == 0 and "UserWarning" not in r.stderr, r.stderr
+
+
 def _switch_child(tmp_path, **env):
     return subprocess.run(
         [sys.executable, "-W", "always", "-c", _SWITCH_CHILD],

@@ -86,6 +86,26 @@ def _check_switches() -> None:
             UserWarning,
             stacklevel=_importer_level(),
         )
+    # A known value this CPU or build cannot honour falls back in the engine (documented
+    # per switch); say so, or a benchmark would time the fallback under the name asked for.
+    isa = _ISA_NAMES[_cpu.active_isa()]
+    gemm = _GEMM_NAMES.get(_cpu.gemm_kind(), "?")
+    asked = os.environ.get("USL_FAST_ISA", "")
+    if asked in SWITCHES["USL_FAST_ISA"] and asked != isa:
+        warnings.warn(
+            f"USL_FAST_ISA={asked!r}: this CPU or build cannot run that SIMD path; the "
+            f"engine runs {isa} instead (docs/development.md)",
+            UserWarning,
+            stacklevel=_importer_level(),
+        )
+    asked = os.environ.get("USL_FAST_GEMM", "")
+    if asked in SWITCHES["USL_FAST_GEMM"] and asked != gemm:
+        warnings.warn(
+            f"USL_FAST_GEMM={asked!r}: that tile GEMM cannot run on the {isa} SIMD path with "
+            f"this CPU and build; the engine runs {gemm} instead (docs/development.md)",
+            UserWarning,
+            stacklevel=_importer_level(),
+        )
 
 
 def _importer_level() -> int:
