@@ -103,10 +103,11 @@ def test_fixmatch_labeled_not_a_npy(work: Path) -> None:
 DIST = "python -m usl_fast.distributed: rank 0: error: "
 
 
-def dist_error(argv: List[str], cwd: Path) -> str:
-    """The one error line of a refused distributed command (every rank exits 1)."""
+def dist_error(argv: List[str], cwd: Path, code: int = 1) -> str:
+    """The one error line of a refused distributed command (every rank exits 1; 2 for a
+    bad --labeled file, as usl-fast's commands)."""
     r = run(["select", *argv, "-m", "3", "-k", "5", "-o", "d.npy"], cwd, "usl_fast.distributed")
-    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.returncode == code, (r.returncode, r.stderr)
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(DIST), r.stderr
     assert not (cwd / "d.npy").exists()
@@ -140,7 +141,7 @@ def test_distributed_refuses_missing_and_garbage(work: Path) -> None:
     line = dist_error(["garbage.npy"], work)
     assert "FEATS.npy file 'garbage.npy' is not a valid .npy file" in line
     never_unsafe(line)
-    line = dist_error(["small.npy", "--labeled", "garbage.npy"], work)
+    line = dist_error(["small.npy", "--labeled", "garbage.npy"], work, code=2)
     assert "--labeled file 'garbage.npy' is not a valid .npy file" in line
     never_unsafe(line)
 

@@ -7,11 +7,13 @@ checkout)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import run_cli
+from test_cli import run_cli, subprocess_env
 from test_cli_files import one_error_line, run
 
 import usl_fast
@@ -64,7 +66,7 @@ def test_bad_lines_are_named_by_their_line_in_the_file(tmp_path: Path) -> None:
     assert "p.csv', line 4: 'x' is not an integer" in str(e.value)
     # Beyond int64: an error naming the line, not an OverflowError from numpy.
     (tmp_path / "big.txt").write_text("1\n99999999999999999999999\n")
-    with pytest.raises(ValueError, match=r"big.txt', line 2: '9+' is not an integer index"):
+    with pytest.raises(ValueError, match=r"big.txt', line 2 holds the index 9+; indices must"):
         read_index_file(str(tmp_path / "big.txt"), "--labeled")
 
 
@@ -194,7 +196,7 @@ def test_select_reads_a_column_npy_as_its_indices(work: Path) -> None:
 def test_select_refuses_an_index_beyond_int64_in_one_line(work: Path) -> None:
     (work / "big.txt").write_text("1\n99999999999999999999999\n")
     line = one_error_line(run([*SELECT, "--labeled", "big.txt", "-o", "o.npy"], work))
-    assert "--labeled file 'big.txt', line 2:" in line and "is not an integer index" in line
+    assert "--labeled file 'big.txt', line 2 holds the index" in line and "at most" in line
 
 
 def test_fixmatch_refuses_a_2d_npy_naming_its_shape(work: Path) -> None:
@@ -242,4 +244,154 @@ def test_distributed_reads_the_same_index_files(work: Path) -> None:
     np.save(work / "wide.npy", np.array([[3, 50]]))
     argv[7] = "wide.npy"
     r = run(argv, work, "usl_fast.distributed")
-    assert r.returncode == 1 and "got shape (1, 2)" in r.stderr, r.stderr
+    assert r.returncode == 2 and "got shape (1, 2)" in r.stderr, r.stderr
+
+
+# ------------------------------------------- python -m usl_fast.distributed --labeled
+
+DIST = "python -m usl_fast.distributed: rank 0: error: "
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("cube.npy", lambda p: np.save(p, np.zeros((2, 2, 2), np.int64))),
+        ("bad.txt", lambda p: p.write_text("1\nabc\n")),
+        ("neg.txt", lambda p: p.write_text("-1\n")),
+        ("far.npy", lambda p: np.save(p, np.array([3, 60]))),
+        ("dup.npy", lambda p: np.save(p, np.array([1, 4, 1]))),
+    ],
+)
+def test_distributed_refuses_a_bad_labeled_file_as_select_does(work: Path, name: str, make) -> None:
+    # Exit status 2 and select's very words (which name --labeled and the file, the range
+    # and repeats included), before the process group forms: a second rank that never
+    # comes would otherwise keep this one waiting for the group.
+    make(work / name)
+    want = one_error_line(run([*SELECT, "--labeled", name, "-o", "s.npy"], work))
+    argv = ["select", "small.npy", "-m", "3", "-k", "5", "--labeled", name, "-o", "d.npy"]
+    r = run([*argv, "--no-progress", "--timeout", "20"], work, "usl_fast.distributed")
+    line = one_error_line(r, DIST)
+    assert line[len(DIST) :] == want[len("usl-fast: error: ") :]
+    assert line.startswith(f"{DIST}--labeled {name!r}") or f"--labeled file {name!r}" in line
+    assert not (work / "d.npy").exists() and not (work / "s.npy").exists()
+
+
+def test_distributed_checks_labeled_before_the_process_group(work: Path) -> None:
+    # Rank 0 of two, with no rank 1: the range error comes at once, not after the group's
+    # timeout (or a hang waiting for the other rank).
+    import socket
+
+    (work / "neg.txt").write_text("-1\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        subprocess_env(), RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    argv = ["select", "small.npy", "-m", "3", "--labeled", "neg.txt", "-o", "d.npy"]
+    r = subprocess.run(
+        [sys.executable, "-m", "usl_fast.distributed", *argv, "--timeout", "30"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    line = one_error_line(r, DIST)
+    assert "--labeled 'neg.txt': indices must lie in [0, 60) for these features" in line
+
+
+# ------------------------------------------------- read_labeled's own arguments
+
+
+@pytest.mark.parametrize(
+    "n, error, text",
+    [
+        ("600", TypeError, "`n` must be an integer, got '600' (str)"),
+        (True, TypeError, "`n` must be an integer, got True (bool)"),
+        (2.0, TypeError, "`n` must be an integer, got 2.0 (float)"),
+        (0, ValueError, "`n` must be >= 1 (got n=0)"),
+        (-1, ValueError, "`n` must be >= 1 (got n=-1)"),
+    ],
+)
+def test_read_labeled_checks_n_before_the_file(tmp_path: Path, n, error, text) -> None:
+    # The file does not exist: an error about n shows n was checked first.
+    ssl = pytest.importorskip("usl_fast.ssl")
+    with pytest.raises(error) as e:
+        ssl.read_labeled(str(tmp_path / "missing.txt"), n)
+    assert str(e.value) == text
+    (tmp_path / "ok.txt").write_text("1\n")
+    assert ssl.read_labeled(tmp_path / "ok.txt", np.int64(2)).tolist() == [1]
+
+
+@pytest.mark.parametrize("path", [3, None, b"ok.txt", ["ok.txt"]])
+def test_read_labeled_names_a_path_of_another_type(tmp_path: Path, path) -> None:
+    ssl = pytest.importorskip("usl_fast.ssl")
+    with pytest.raises(TypeError) as e:
+        ssl.read_labeled(path, "600")  # path first: its own argument order
+    msg = str(e.value)
+    assert msg.startswith("`path` must be a str or os.PathLike") and repr(path) in msg
+    assert ("os.fsdecode" in msg) == isinstance(path, bytes)
+
+
+# ------------------------------------------------------------- plot's empty PICKS
+
+
+@pytest.mark.parametrize("name", ["empty.txt", "empty.npy"])
+def test_plot_names_an_empty_picks_file(work: Path, name: str) -> None:
+    pytest.importorskip("matplotlib")
+    if name.endswith(".npy"):
+        np.save(work / name, np.zeros(0, np.int64))
+    else:
+        (work / name).write_text("# no picks\n")
+    line = one_error_line(run(["plot", "small.npy", name, "-k", "5", "-o", "e.png"], work))
+    assert line == f"usl-fast: error: PICKS {name!r} holds no index; it must hold at least one"
+    assert not (work / "e.png").exists()
+
+
+# ------------------------------------------------- text beyond int64, long lines
+
+
+@pytest.mark.parametrize("fmt", [".txt", ".csv"])
+def test_text_integer_beyond_int64_is_named_as_the_npy_reader_names_it(
+    tmp_path: Path, fmt: str
+) -> None:
+    head = "Index\n" if fmt == ".csv" else ""
+    first = 2 if head else 1
+    edge = f"{head}{2**63 - 1}\n{-(2**63)}\n"
+    (tmp_path / f"edge{fmt}").write_text(edge)  # the int64 bounds themselves are read
+    assert read_index_file(tmp_path / f"edge{fmt}", "x").tolist() == [2**63 - 1, -(2**63)]
+    cases = [
+        (
+            "9999999999999999999",
+            f"holds the index 9999999999999999999; indices must be at most {2**63 - 1} (int64)",
+        ),
+        (f"+{2**63}", f"holds the index {2**63}; indices must be at most {2**63 - 1} (int64)"),
+        (
+            f"-{2**63 + 1}",
+            f"holds the index -{2**63 + 1}; indices must be at least {-(2**63)} (int64)",
+        ),
+        ("7" * 5000, f"holds the index {'7' * 40}... (5000 digits); indices must be at most"),
+    ]
+    for value, text in cases:
+        path = tmp_path / f"big{fmt}"
+        path.write_text(f"{head}1\n{value}\n")
+        with pytest.raises(ValueError) as e:
+            read_index_file(path, "--labeled")
+        want = f"--labeled file {str(path)!r}, line {first + 1} {text}"
+        assert str(e.value).startswith(want), str(e.value)
+
+
+def test_a_cut_line_in_a_message_ends_in_an_ellipsis(tmp_path: Path) -> None:
+    (tmp_path / "long.txt").write_text("x" * 5000 + "\n")
+    with pytest.raises(ValueError) as e:
+        read_index_file(tmp_path / "long.txt", "--labeled")
+    assert f"line 1: {'x' * 40!r}... is not an integer index" in str(e.value)
+    (tmp_path / "short.txt").write_text("x" * 40 + "\n")  # exactly the limit: not cut
+    with pytest.raises(ValueError) as e:
+        read_index_file(tmp_path / "short.txt", "--labeled")
+    assert f"line 1: {'x' * 40!r} is not an integer index" in str(e.value)
+    (tmp_path / "head.csv").write_text("Id," + "c" * 100 + "\n1\n")
+    with pytest.raises(ValueError) as e:
+        read_index_file(tmp_path / "head.csv", "--labeled")
+    assert f"got {('Id,' + 'c' * 100)[:60]!r}..." in str(e.value)

@@ -551,7 +551,8 @@ def read_index_file(path: Any, what: str) -> Any:
     """Point indices from a file in a format ``usl-fast select`` writes, in file order.
 
     The one reader of index files (``usl-fast select --labeled``, ``usl-fast plot PICKS
-    --labeled``, ``usl-fast fixmatch --labeled`` and ``usl_fast.ssl.read_labeled``):
+    --labeled``, ``usl-fast fixmatch --labeled``, ``python -m usl_fast.distributed select
+    --labeled`` and ``usl_fast.ssl.read_labeled``):
 
     - ``.npy``: integers of shape (n,), or one column (n, 1) as ``numpy.argwhere`` returns;
       the header is checked first (``check_npy``) and nothing is ever unpickled. Any other
@@ -581,9 +582,9 @@ def read_index_file(path: Any, what: str) -> Any:
     ValueError
         Another extension, no such file, a directory, an unreadable file, a value that is
         not an integer (naming the line), a .csv without its header, or a .npy that is not
-        a numeric array of an allowed shape (naming the shape), or an unsigned .npy
-        holding a value beyond int64 (naming it). Every message names ``what`` and the
-        path.
+        a numeric array of an allowed shape (naming the shape), or an integer beyond int64
+        in a .txt/.csv line or an unsigned .npy (naming it). Every message names ``what``
+        and the path.
     """
     import csv
 
@@ -638,7 +639,7 @@ def read_index_file(path: Any, what: str) -> Any:
                 # read_index_file did (csv yields [] for each).
                 header = next((row for row in reader if row), None)
                 if header is None or header[0].strip() != "Index":
-                    got = "an empty file" if header is None else f"{','.join(header)[:60]!r}"
+                    got = "an empty file" if header is None else _shown(",".join(header), 60)
                     raise ValueError(
                         f"{what} {path!r}: a .csv must start with the header Index,ImageID "
                         f"(or Index alone), as usl-fast select --csv writes; got {got}"
@@ -667,6 +668,28 @@ def _index_array_shape(shape: Tuple[int, ...], dtype: Any, what: str, path: str)
         )
 
 
+def check_index_range(idx: Any, n: int, what: str, path: str, within: str) -> None:
+    """A ValueError naming ``what`` and ``path`` unless the indices ``idx`` (from
+    ``read_index_file``) are distinct and lie in [0, n), ``n`` being the number of points
+    of ``within`` ("these features", "this data set"): the one wording of these checks for
+    every reader of an index file."""
+    import numpy as np
+
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(
+            f"{what} {path!r}: indices must lie in [0, {n}) for {within} "
+            f"(got values in [{idx.min()}, {idx.max()}])"
+        )
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"{what} {path!r}: indices must be distinct (some repeat)")
+
+
+def _shown(text: str, limit: int) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters; a cut one ends in
+    "..." outside the quotes, so the quoted part is not taken for the whole line."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 _INDEX_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
@@ -674,15 +697,30 @@ def _index_value(text: str, what: str, path: str, line: int, expected: str) -> i
     """``text`` as an int64 index, or a ValueError naming the file, the line (from 1) and
     what a line must hold (int() alone says "invalid literal for int() with base 10")."""
     # ASCII digits only: int() also takes "1_000" and other scripts' digits ("\u0663" is 3),
-    # which no index file usl-fast writes holds. The try stays: past 4300 digits int()
-    # raises (Python's limit on str-to-int conversion).
+    # which no index file usl-fast writes holds.
+    text = text.strip()
+    if not _INDEX_TEXT.fullmatch(text):
+        raise ValueError(
+            f"{what} file {path!r}, line {line}: {_shown(text, 40)} is not an integer "
+            f"index; each line must hold {expected}, as usl-fast select writes"
+        )
+    # An integer all the same, only beyond int64: said as the .npy reader says it. Past
+    # 4300 digits int() raises (Python's limit on str-to-int conversion), so the value
+    # is shown from its text.
+    digits = text.lstrip("+-")
     try:
-        value = int(text) if _INDEX_TEXT.fullmatch(text.strip()) else None
+        value = int(text)
     except ValueError:
         value = None
-    if value is None or not -(2**63) <= value < 2**63:
-        raise ValueError(
-            f"{what} file {path!r}, line {line}: {text.strip()[:40]!r} is not an integer "
-            f"index; each line must hold {expected}, as usl-fast select writes"
-        ) from None
-    return value
+    if value is not None and -(2**63) <= value < 2**63:
+        return value
+    shown = digits if len(digits) <= 40 else f"{digits[:40]}... ({len(digits)} digits)"
+    if text.startswith("-"):
+        bound = f"at least {-(2**63)}"
+        shown = "-" + shown
+    else:
+        bound = f"at most {2**63 - 1}"
+    raise ValueError(
+        f"{what} file {path!r}, line {line} holds the index {shown}; indices must be "
+        f"{bound} (int64)"
+    )

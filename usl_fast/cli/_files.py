@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._io import Outputs, check_npy, read_index_file, write_atomic
+from .._io import Outputs, check_index_range, check_npy, read_index_file, write_atomic
 from ._common import CLIError
 
 # --------------------------------------------------------------------------- input
@@ -270,14 +270,13 @@ def read_indices(path: str, option: str) -> np.ndarray:
 
 
 def check_indices(idx: np.ndarray, n: int, option: str, path: str) -> None:
-    """Indices must be distinct and lie in [0, n): a CLIError naming ``option`` if not."""
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise CLIError(
-            f"{option} {path!r}: indices must lie in [0, {n}) for these features "
-            f"(got values in [{idx.min()}, {idx.max()}])"
-        )
-    if np.unique(idx).size != idx.size:
-        raise CLIError(f"{option} {path!r}: indices must be distinct (some repeat)")
+    """Indices must be distinct and lie in [0, n): a CLIError naming ``option`` if not
+    (``usl_fast._io.check_index_range``, whose words ``python -m usl_fast.distributed``
+    uses too)."""
+    try:
+        check_index_range(idx, n, option, path, "these features")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def require_file(path: Optional[str], option: str, what: str) -> None:

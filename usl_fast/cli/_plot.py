@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = [args.features, args.picks] + [p for p in (args.labeled, args.info) if p]
     check_outputs([(args.output, "-o/--output")], args.force, inputs)
     picks = read_indices(args.picks, "PICKS")
+    if picks.size == 0:  # plot_picks would refuse it too, naming neither PICKS nor the file
+        raise CLIError(f"PICKS {args.picks!r} holds no index; it must hold at least one")
     labeled = read_indices(args.labeled, "--labeled") if args.labeled is not None else None
     extra: Dict[str, Any] = {}
     if args.info is not None:

@@ -1,6 +1,8 @@
 """``torchrun --nproc-per-node P -m usl_fast.distributed select FEATS.npy -m M -o OUT.npy``:
 USL over a ``.npy`` file that every rank memory-maps, reading only its own rows. Rank 0
-shows progress and writes the result; every rank exits 1 with a message on an error."""
+shows progress and writes the result. On an error every rank prints a message and exits:
+2 for a bad ``--labeled`` file (read and checked against FEATS's row count before the
+process group forms, as usl-fast's commands refuse their files) or option, 1 otherwise."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .._io import INDEX_FORMATS, Outputs, check_npy, read_index_file
+from .._io import INDEX_FORMATS, Outputs, check_index_range, check_npy, read_index_file
 from .._presets import PARAMS
 
 PROG = "python -m usl_fast.distributed"
@@ -23,6 +25,10 @@ PROG = "python -m usl_fast.distributed"
 # doc lines (usl_fast._presets); each is forwarded only when given, so the rest come from
 # the preset.
 _USL_OPTIONS = ("k", "n_clusters", "kmeans_iter", "rounds", "weight")
+
+
+class _FileError(ValueError):
+    """A bad ``--labeled`` file: exit status 2, as every ``usl-fast`` command gives it."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,9 +116,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"features (got shape {shape})"
             )
         # Read on every rank, before the process group forms, by the reader every command
-        # uses (.npy, .txt or .csv as usl-fast select writes them); the range is checked by
-        # select against the global row count.
-        labeled = None if args.labeled is None else read_index_file(args.labeled, "--labeled")
+        # uses (.npy, .txt or .csv as usl-fast select writes them), and checked against the
+        # global row count from FEATS's header in usl-fast select's words, which name the
+        # file (select's own check later could only say `labeled`).
+        labeled = None
+        if args.labeled is not None:
+            try:
+                labeled = read_index_file(args.labeled, "--labeled")
+                if shape is not None:  # None: a format 3.0 header, left to select's check
+                    check_index_range(
+                        labeled, shape[0], "--labeled", args.labeled, "these features"
+                    )
+            except ValueError as exc:
+                raise _FileError(str(exc)) from exc
         # Before any work, on every rank (each reports it and exits 1): the directory
         # exists and accepts files, no symbolic link or directory at OUT, no existing
         # file without --force. Rank 0 writes through a temporary file and a rename.
@@ -154,6 +170,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _say(f"{PROG}: rank {rank}: interrupted")
         return 130
+    except _FileError as exc:
+        _say(f"{PROG}: rank {rank}: error: {exc}")
+        return 2
     except Exception as exc:  # every rank reports and exits 1; no traceback for users
         _say(f"{PROG}: rank {rank}: error: {exc}")
         return 1

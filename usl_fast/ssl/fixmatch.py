@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import read_index_file
+from .._io import check_index_range, read_index_file
 from .._validate import as_float, as_int, as_interval
 from .augment import cifar_augment, digits_augment
 
@@ -572,12 +572,12 @@ def read_labeled(path: "str | os.PathLike[str]", n: int, *, what: str = "`labele
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str or os.PathLike (a bytes path is refused: decode it with ``os.fsdecode``)
         A .npy of integer indices (pick order; shape (n,) or one column (n, 1)), a .txt
         with one index per line, or the reference CSV (``Index,ImageID`` header, one index
         per row): read by ``usl_fast._io.read_index_file``, which every index reader uses.
     n : int
-        The number of training images the indices point into.
+        The number of training images the indices point into, >= 1.
     what : str
         How messages name the file (``usl-fast fixmatch`` passes ``"--labeled"``).
 
@@ -587,21 +587,28 @@ def read_labeled(path: "str | os.PathLike[str]", n: int, *, what: str = "`labele
 
     Raises
     ------
+    TypeError
+        ``n`` not an int (a bool included) or ``path`` neither a str nor an os.PathLike,
+        before the file is opened.
     ValueError
-        Everything ``read_index_file`` refuses (naming the file and, for text, the line);
-        no index at all, an index outside [0, n), or one that repeats.
+        ``n`` < 1, before the file is opened; everything ``read_index_file`` refuses
+        (naming the file and, for text, the line); no index at all, an index outside
+        [0, n), or one that repeats.
     """
-    idx = read_index_file(path, what)
-    path = os.fspath(path)
-    if idx.size == 0:
-        raise ValueError(f"{what} {path!r} holds no index; it must hold at least one")
-    if idx.min() < 0 or idx.max() >= n:
-        raise ValueError(
-            f"{what} {path!r}: indices must lie in [0, {n}) for this data set "
-            f"(got values in [{idx.min()}, {idx.max()}])"
+    # Both arguments before the file is opened: a bad n would otherwise surface after the
+    # read as numpy's ufunc error or as "indices must lie in [0, True)".
+    fspath = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if not isinstance(fspath, str):
+        fix = "; decode it with os.fsdecode(path)" if isinstance(fspath, bytes) else ""
+        raise TypeError(
+            f"`path` must be a str or os.PathLike naming a file, got {path!r} "
+            f"({type(path).__name__}){fix}"
         )
-    if np.unique(idx).size != idx.size:
-        raise ValueError(f"{what} {path!r}: indices must be distinct (some repeat)")
+    n = as_int(n, "n", 1)
+    idx = read_index_file(fspath, what)
+    if idx.size == 0:
+        raise ValueError(f"{what} {fspath!r} holds no index; it must hold at least one")
+    check_index_range(idx, n, what, fspath, "this data set")
     return idx
 
 
