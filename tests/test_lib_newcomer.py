@@ -274,14 +274,22 @@ def _child_env(**env):
     return dict(base, **env)
 
 
-def _import_in_child(tmp_path, **env):
+def _python(tmp_path, program: str, *flags: str, **env) -> subprocess.CompletedProcess:
+    """``python FLAGS -c PROGRAM`` in a fresh process (the switches are read once per
+    process), in tmp_path, with _child_env(**env)."""
     return subprocess.run(
-        [sys.executable, "-W", "always", "-c", "import usl_fast; print(usl_fast._cpu.gemm_kind())"],
+        [sys.executable, *flags, "-c", program],
         cwd=tmp_path,
         env=_child_env(**env),
         capture_output=True,
         text=True,
         timeout=120,
+    )
+
+
+def _import_in_child(tmp_path, **env):
+    return _python(
+        tmp_path, "import usl_fast; print(usl_fast._cpu.gemm_kind())", "-W", "always", **env
     )
 
 
@@ -346,14 +354,7 @@ def test_forced_gemm_that_cannot_run_warns(tmp_path):
 
 
 def _switch_child(tmp_path, **env):
-    return subprocess.run(
-        [sys.executable, "-W", "always", "-c", _SWITCH_CHILD],
-        cwd=tmp_path,
-        env=_child_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return _python(tmp_path, _SWITCH_CHILD, "-W", "always", **env)
 
 
 @pytest.mark.parametrize(
@@ -407,13 +408,8 @@ def test_switch_children_ignore_the_suites_own_switches(tmp_path, monkeypatch, v
 
 def _runtime_info(tmp_path, **env):
     """usl_fast.runtime_info() in a fresh process (the switches are read once per process)."""
-    r = subprocess.run(
-        [sys.executable, "-c", "import json, usl_fast; print(json.dumps(usl_fast.runtime_info()))"],
-        cwd=tmp_path,
-        env=_child_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    r = _python(
+        tmp_path, "import json, usl_fast; print(json.dumps(usl_fast.runtime_info()))", **env
     )
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
     return json.loads(r.stdout)

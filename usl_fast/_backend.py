@@ -69,43 +69,43 @@ _ALIASES = {"USL_FAST_ISA": ("scalar",)}
 
 def _check_switches() -> None:
     """Warn, once per process (here, at import), about a switch set to a value the engine
-    does not know: a misspelt USL_FAST_GEMM would otherwise time the default path under the
-    name of another. A warning, not an error: every path gives the same bits, so only the
-    speed is at stake, and a stale variable in a shell should not break ``import usl_fast``
-    (unless the warning filters turn warnings into errors, which is then the user's call).
-    The warning points at the code that imported usl_fast, not at this module."""
+    does not know, or to one this CPU or build cannot honour (the engine then falls back,
+    as documented per switch): a misspelt or unavailable USL_FAST_GEMM would otherwise time
+    another path under its name. A warning, not an error: every path gives the same bits,
+    so only the speed is at stake, and a stale variable in a shell should not break
+    ``import usl_fast`` (unless the warning filters turn warnings into errors, which is
+    then the user's call). The warnings point at the code that imported usl_fast, not at
+    this module."""
     import warnings
 
+    problems = []
     for var, allowed in SWITCHES.items():
         value = os.environ.get(var, "")
         if value == "" or value in allowed or value in _ALIASES.get(var, ()):
             continue
-        warnings.warn(
+        problems.append(
             f"{var}={value!r} is not one of {', '.join(allowed)} (or unset); the engine "
-            f"ignores it and {_instead(var)}, its default here (docs/development.md)",
-            UserWarning,
-            stacklevel=_importer_level(),
+            f"ignores it and {_instead(var)}, its default here (docs/development.md)"
         )
-    # A known value this CPU or build cannot honour falls back in the engine (documented
-    # per switch); say so, or a benchmark would time the fallback under the name asked for.
     isa = _ISA_NAMES[_cpu.active_isa()]
     gemm = _GEMM_NAMES.get(_cpu.gemm_kind(), "?")
-    asked = os.environ.get("USL_FAST_ISA", "")
-    if asked in SWITCHES["USL_FAST_ISA"] and asked != isa:
-        warnings.warn(
-            f"USL_FAST_ISA={asked!r}: this CPU or build cannot run that SIMD path; the "
-            f"engine runs {isa} instead (docs/development.md)",
-            UserWarning,
-            stacklevel=_importer_level(),
-        )
-    asked = os.environ.get("USL_FAST_GEMM", "")
-    if asked in SWITCHES["USL_FAST_GEMM"] and asked != gemm:
-        warnings.warn(
-            f"USL_FAST_GEMM={asked!r}: that tile GEMM cannot run on the {isa} SIMD path with "
-            f"this CPU and build; the engine runs {gemm} instead (docs/development.md)",
-            UserWarning,
-            stacklevel=_importer_level(),
-        )
+    for var, runs, cannot in (
+        ("USL_FAST_ISA", isa, "this CPU or build cannot run that SIMD path"),
+        (
+            "USL_FAST_GEMM",
+            gemm,
+            f"that tile GEMM cannot run on the {isa} SIMD path with this CPU and build",
+        ),
+    ):
+        value = os.environ.get(var, "")
+        if value in SWITCHES[var] and value != runs:
+            problems.append(
+                f"{var}={value!r}: {cannot}; the engine runs {runs} instead (docs/development.md)"
+            )
+    if problems:
+        level = _importer_level()
+        for message in problems:
+            warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _importer_level() -> int:
