@@ -87,8 +87,7 @@ def _check_switches() -> None:
             f"{var}={value!r} is not one of {', '.join(allowed)} (or unset); the engine "
             f"ignores it and {_instead(var)}, its default here (docs/development.md)"
         )
-    isa = _ISA_NAMES[_cpu.active_isa()]
-    gemm = _GEMM_NAMES.get(_cpu.gemm_kind(), "?")
+    isa, gemm = _running("USL_FAST_ISA"), _running("USL_FAST_GEMM")
     for var, runs, cannot in (
         ("USL_FAST_ISA", isa, "this CPU or build cannot run that SIMD path"),
         (
@@ -137,15 +136,21 @@ def _instead(var: str) -> str:
     """What the engine does with ``var`` set to a value it does not know, in the switch's
     own words. Asking fixes the choice now rather than at the first use, which only matters
     if the variable changes in between: then it was wrong anyway."""
-    if var == "USL_FAST_ISA":
-        return f"runs {_ISA_NAMES[_cpu.active_isa()]}"
-    if var == "USL_FAST_GEMM":
-        return f"runs {_GEMM_NAMES.get(_cpu.gemm_kind(), '?')}"
+    if var in ("USL_FAST_ISA", "USL_FAST_GEMM"):
+        return f"runs {_running(var)}"
     if var == "USL_FAST_DEDUP":
         on = _cpu.dedup_enabled()
         return f"{'collapses' if on else 'keeps'} duplicate rows (as with {int(on)})"
     # USL_FAST_COUNT_EXACT: only "1" counts, and the engine has no call that says so.
     return "counts no exact evaluations (as with 0)"
+
+
+def _running(var: str) -> str:
+    """What the engine runs for ``var`` (USL_FAST_ISA or USL_FAST_GEMM), as the value of
+    that switch which selects it."""
+    if var == "USL_FAST_ISA":
+        return _ISA_NAMES[_cpu.active_isa()]
+    return _GEMM_NAMES.get(_cpu.gemm_kind(), "?")
 
 
 #: _cpu.active_isa() -> the USL_FAST_ISA value that selects it
@@ -218,8 +223,8 @@ def runtime_info() -> dict:
     have none on the engine). Unlike ``build_info()``, this needs no build record.
     """
     return {
-        "isa": _ISA_NAMES[_cpu.active_isa()],
-        "gemm": _GEMM_NAMES.get(_cpu.gemm_kind(), "?"),
+        "isa": _running("USL_FAST_ISA"),
+        "gemm": _running("USL_FAST_GEMM"),
         "dedup": bool(_cpu.dedup_enabled()),
         "max_threads": int(_cpu.max_threads()),
     }
