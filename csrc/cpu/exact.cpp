@@ -325,42 +325,37 @@ idx_t exact_block(const float* const* a, idx_t na, const float* const* b, idx_t 
                   const uint8_t* skip, idx_t lds, float* out, idx_t ldo) {
   const int isa = active_isa();
   idx_t skipped = 0;
+  idx_t c0 = 0;  // the columns before c0 are done for every row
+#ifdef USL_FAST_X86
+  // Columns outer, rows inner: a group's 4 or 8 column rows (2-4 KB at d = 128) stay in L1
+  // for all the rows of the block, where rows outer streamed the whole tile's columns (128
+  // KB, beyond L1) from L2 once per row, and the loads, not the arithmetic, set the pace.
+  const idx_t g = isa == 2 ? 8 : isa == 1 ? 4 : 0;
+  if (g > 0) {
+    for (; c0 < nb; c0 += g) {
+      const idx_t w = std::min<idx_t>(g, nb - c0);
+      // the last columns: lanes past nb repeat the last column and are not stored
+      const float* bp[8];
+      for (idx_t p = 0; p < g; ++p) bp[p] = b[c0 + std::min(p, w - 1)];
+      for (idx_t u = 0; u < na; ++u) {
+        if (skip && all_set(skip + u * lds + c0, w)) {
+          skipped += w;
+          continue;
+        }
+        float* ou = out + u * ldo + c0;
+        if (isa == 2)
+          row8_avx512(a[u], bp, d, ou, static_cast<__mmask16>((1u << w) - 1u));
+        else
+          row4_avx2(a[u], bp, d, ou, static_cast<int>(w));
+      }
+    }
+  }
+#endif
+  (void)isa;
   for (idx_t u = 0; u < na; ++u) {
     const uint8_t* su = skip ? skip + u * lds : nullptr;
     float* ou = out + u * ldo;
-    idx_t c = 0;
-#ifdef USL_FAST_X86
-    if (isa == 2) {
-      for (; c < nb; c += 8) {
-        const idx_t w = std::min<idx_t>(8, nb - c);
-        if (su && all_set(su + c, w)) {
-          skipped += w;
-          continue;
-        }
-        if (w == 8) {
-          row8_avx512(a[u], b + c, d, ou + c, static_cast<__mmask16>(0xFF));
-        } else {
-          // the last columns: lanes past nb repeat the last column and are not stored
-          const float* bp[8];
-          for (idx_t p = 0; p < 8; ++p) bp[p] = b[c + std::min(p, w - 1)];
-          row8_avx512(a[u], bp, d, ou + c, static_cast<__mmask16>((1u << w) - 1u));
-        }
-      }
-    } else if (isa == 1) {
-      for (; c < nb; c += 4) {
-        const idx_t w = std::min<idx_t>(4, nb - c);
-        if (su && all_set(su + c, w)) {
-          skipped += w;
-          continue;
-        }
-        const float* bp[4];
-        for (idx_t p = 0; p < 4; ++p) bp[p] = b[c + std::min(p, w - 1)];
-        row4_avx2(a[u], bp, d, ou + c, static_cast<int>(w));
-      }
-    }
-#endif
-    (void)isa;
-    for (; c < nb; ++c) {
+    for (idx_t c = c0; c < nb; ++c) {
       if (su && su[c]) {
         ++skipped;
         continue;
