@@ -6,7 +6,8 @@ path, each in a fresh process (USL_FAST_ISA=portable|avx2|avx512). Adversarial s
 d = 1..9 and around multiples of 8 and 16, column counts that are not multiples of the
 register block or of the 16-lane filter step, pairs exactly at the horizon or the radius,
 duplicate rows, tiny and huge norms; and for the regularizer the filter both paying and
-switched off (whether it runs must never change a bit)."""
+switched off (whether it runs must never change a bit), and the distance memo of the
+selection rounds over two rounds (the second reads the kept columns, evaluates the rest)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,16 @@ for key in sorted(data):
         for th in (1, 2):
             out[f"reg{th}_" + name] = _dispatch.regularizer(
                 x, p, lab, tag, alpha, hd, 0, bool(mz), th)
+        # The distance memo over two rounds: every column fresh, then the picks of reg_q_
+        # (some replaced), only the replaced ones fresh. NaN where nothing was stored yet.
+        memo = np.full((x.shape[0], p.shape[0]), np.nan, np.float32)
+        out["regm1_" + name] = _dispatch.regularizer(
+            x, p, lab, tag, alpha, hd, 0, bool(mz), 2, memo=memo,
+            fresh=np.ones(p.shape[0], np.uint8))
+        q = data["reg_q_" + name]
+        out["regm2_" + name] = _dispatch.regularizer(
+            x, q, lab, tag, alpha, hd, 0, bool(mz), 2, memo=memo,
+            fresh=(q != p).any(axis=1).astype(np.uint8))
     if key.startswith("rng_x_"):
         name = key[6:]
         x, q, r = data["rng_x_" + name], data["rng_q_" + name], float(data["rng_r_" + name][0])
@@ -110,6 +121,9 @@ def _pair_cases() -> dict:
 
 def _reg_case(data, name, x, p, lab, tag, alpha, hd, mask_zero):
     data["reg_x_" + name], data["reg_p_" + name] = x, np.ascontiguousarray(p)
+    q = np.array(p)
+    q[::3] = p[::-1][::3]  # the next round's picks: every third one replaced
+    data["reg_q_" + name] = q
     data["reg_l_" + name] = lab.astype(np.int32)
     data["reg_t_" + name] = tag.astype(np.int32)
     data["reg_k_" + name] = np.array([alpha, hd, float(mask_zero)])
@@ -266,8 +280,11 @@ def test_power_sum_is_the_transcription(dense_runs, isa):
         from usl_fast._dispatch import _float32_at_least
 
         want = _power_sum(x, p, lab, tag, alpha, _float32_at_least(hd), bool(mz))
-        for th in (1, 2):
-            r = got[f"reg{th}_" + name]
+        q = data["reg_q_" + name]
+        want_q = _power_sum(x, q, lab, tag, alpha, _float32_at_least(hd), bool(mz))
+        runs_of = [(got[f"reg{th}_" + name], want, th) for th in (1, 2)]
+        runs_of += [(got["regm1_" + name], want, "memo"), (got["regm2_" + name], want_q, "memo 2")]
+        for r, want, th in runs_of:
             if alpha in (0.5, 1.0):  # IEEE square root and division: bit for bit
                 assert np.array_equal(r.view(np.int64), want.view(np.int64)), (name, th)
             else:  # std::pow is not correctly rounded; the paths agree with each other below

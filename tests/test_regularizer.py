@@ -507,3 +507,83 @@ def test_a_horizon_at_least_the_picks_needs_no_top_h_buffer(usl, make_unit, monk
     # The whole selection with such a horizon runs (it raised MemoryError).
     picks_big = usl.select(x, 10, k=10, horizon_num=10**7, weight=1)
     assert len(picks_big) == 10
+
+
+# --------------------------------------------------------------------------- distance memo
+
+
+@pytest.mark.parametrize("preset", ["cifar10", "cifar100"])
+def test_distance_memo_keeps_every_pick_and_saves_evaluations(
+    usl, make_unit, make_sparse_labels, monkeypatch, preset
+):
+    # The selection rounds keep the n x m distances between rounds (engine.DistanceMemo)
+    # and evaluate only the positions whose pick changed; the picks must be those of the
+    # rounds without it, and the memo must really have served kept columns.
+    from usl_fast.backends import engine
+
+    x, dens, lab, K, m = selection_case(5, make_unit, make_sparse_labels)
+    made, fresh_counts = [], []
+    real_init, real_fresh = engine.DistanceMemo.__init__, engine.DistanceMemo.fresh
+
+    def init(self, n, cols):
+        made.append((n, cols))
+        real_init(self, n, cols)
+
+    def fresh(self, keys):
+        f = real_fresh(self, keys)
+        fresh_counts.append((int(f.sum()), f.size))
+        return f
+
+    monkeypatch.setattr(engine.DistanceMemo, "__init__", init)
+    monkeypatch.setattr(engine.DistanceMemo, "fresh", fresh)
+    with_memo = usl.regularized_select(x, dens, lab, m, n_clusters=K, defaults=preset)
+    rounds = oracles.reg_params(preset)["rounds"]
+    assert len(made) == 1 and made[0][0] == x.shape[0]
+    assert len(fresh_counts) == rounds - 1
+    assert fresh_counts[0][0] == fresh_counts[0][1]  # the first round evaluates every column
+    assert sum(f for f, _ in fresh_counts[1:]) < sum(c for _, c in fresh_counts[1:])
+    monkeypatch.setattr(engine, "MEMO_MAX_BYTES", 0)  # too small for any memo
+    made.clear()
+    without = usl.regularized_select(x, dens, lab, m, n_clusters=K, defaults=preset)
+    assert not made
+    np.testing.assert_array_equal(with_memo, without)
+    want, fragile = oracle_picks(x, dens, lab, K, m, **oracles.reg_params(preset))
+    assert_same_picks(with_memo, want, fragile, f"preset {preset} with the memo")
+
+
+def test_distance_memo_only_where_it_pays_and_fits(usl, make_unit, monkeypatch):
+    from usl_fast import _memory
+    from usl_fast.backends import engine
+
+    x = make_unit(300, 8, seed=2)
+    rows = engine.EngineRows(x, 1, False)
+    p = dict(oracles.reg_params("cifar10"))
+    assert isinstance(rows.regularizer_memo(40, 9, p), engine.DistanceMemo)
+    assert rows.regularizer_memo(40, 1, p) is None  # one round: nothing to reuse
+    assert rows.regularizer_memo(40, 9, dict(p, horizon_num=7)) is None  # top-h
+    assert isinstance(rows.regularizer_memo(40, 9, dict(p, horizon_num=40)), engine.DistanceMemo)
+    monkeypatch.setattr(engine, "MEMO_MAX_BYTES", 4 * 300 * 40 - 1)
+    assert rows.regularizer_memo(40, 9, p) is None
+    monkeypatch.setattr(engine, "MEMO_MAX_BYTES", 2**30)
+    tight = [_memory.Limit("RLIMIT_AS", 4 * 4 * 300 * 40 - 1, "test", True)]
+    monkeypatch.setattr(_memory, "limits", lambda: tight)
+    assert rows.regularizer_memo(40, 9, p) is None  # over a quarter of what is free
+
+
+def test_engine_refuses_a_memo_it_cannot_serve(make_unit):
+    from usl_fast._backend import _cpu
+
+    x = make_unit(50, 8, seed=1)
+    picks = np.ascontiguousarray(x[:10])
+    lab = np.zeros(50, np.int32)
+    tag = np.arange(10, dtype=np.int32)
+    out = np.empty(50)
+    memo = np.empty((50, 10), np.float32)
+    fresh = np.ones(10, np.uint8)
+    args = (x, picks, lab, tag, 0.5, 4.0)
+    with pytest.raises(ValueError, match="power-sum only"):
+        _cpu.regularizer(*args, 3, False, 1e10, out, 1, None, memo, fresh)
+    with pytest.raises(ValueError, match="come together"):
+        _cpu.regularizer(*args, 0, False, 1e10, out, 1, None, memo, None)
+    with pytest.raises(ValueError, match="`memo`"):
+        _cpu.regularizer(*args, 0, False, 1e10, out, 1, None, memo[:, :5].copy(), fresh)

@@ -424,7 +424,11 @@ def regularizer(
     mask_zero: bool,
     threads: Optional[int],
     desc: str = "regularizer",
+    memo: Optional[np.ndarray] = None,
+    fresh: Optional[np.ndarray] = None,
 ) -> np.ndarray:
+    """memo, fresh: the distance memo of the selection rounds (``engine.DistanceMemo``:
+    (n, m) float32, kept where fresh[j] == 0, evaluated and stored where it is 1)."""
     th = resolve_threads(threads)
     n, m = x.shape[0], picks.shape[0]
     # The engine (csrc/cpu/regularizer.cpp) keeps the h nearest picks only when
@@ -453,6 +457,7 @@ def regularizer(
         out,
         th,
         desc=desc,
+        extra=(memo, fresh),
     )
     return out
 

@@ -115,6 +115,7 @@ def _pick_rounds(rows: Rows, dens, lab, K, m, p, fixed=None) -> tuple:
     bar = None
     if rows.progress:
         bar = _progress.bar("regularized selection", rounds, "rounds")
+    memo = None
     try:
         for t in range(rounds):
             # weight 0 means no regularizer at all (not 0 * inf = NaN where reg is inf).
@@ -136,7 +137,15 @@ def _pick_rounds(rows: Rows, dens, lab, K, m, p, fixed=None) -> tuple:
                     tag = np.concatenate([ftag.astype(np.int32), tag])
                 else:
                     every = picks
-                new = rows.regularizer(lab, rows.rows(every), tag, p, f"regularizer round {t + 1}")
+                desc = f"regularizer round {t + 1}"
+                if t == 0 and rounds >= 3:  # two regularizer rounds or more: a memo may pay
+                    memo = rows.regularizer_memo(every.size, rounds - 1, p)
+                if memo is None:
+                    new = rows.regularizer(lab, rows.rows(every), tag, p, desc)
+                else:
+                    new = rows.regularizer(
+                        lab, rows.rows(every), tag, p, desc, memo=memo, keys=every
+                    )
                 reg = _blend(reg, new, p["momentum"])
             if bar is not None:
                 bar.update(1)

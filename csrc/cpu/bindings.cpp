@@ -381,16 +381,27 @@ PYBIND11_MODULE(_cpu, m) {
 
   m.def("regularizer", [](py::handle x, py::handle picks, py::handle labels, py::handle tag,
                           double alpha, float horizon_dist, int horizon_num, bool mask_zero,
-                          double far, py::handle out, int threads, py::handle ctl) {
+                          double far, py::handle out, int threads, py::handle ctl,
+                          py::handle memo, py::handle fresh) {
     const View xv = in_mat(x, "x"), pv = in_mat(picks, "picks");
     if (pv.cols != xv.cols || pv.rows < 1) throw py::value_error("`picks`: (>= 1, d)");
     const int32_t* pl = in_vec<int32_t>(labels, "labels", xv.rows);
     const int32_t* pt = in_vec<int32_t>(tag, "pick_tag", pv.rows);
     double* po = out_vec<double>(out, "out", xv.rows);
+    float* pm = memo.is_none() ? nullptr : out_vec<float>(memo, "memo", xv.rows * pv.rows);
+    const uint8_t* pf = fresh.is_none() ? nullptr : in_vec<uint8_t>(fresh, "fresh", pv.rows);
+    if ((pm == nullptr) != (pf == nullptr))
+      throw py::value_error("`memo` and `fresh` come together");
+    if (pm && horizon_num > 0 && horizon_num < pv.rows)
+      throw py::value_error("`memo` serves the power-sum only (horizon_num 0 or >= picks)");
     const Context c = context(threads, ctl);
     py::gil_scoped_release nogil;
-    cpu::regularizer(xv, pv, pl, pt, alpha, horizon_dist, horizon_num, mask_zero, far, po, c);
-  });
+    cpu::regularizer(xv, pv, pl, pt, alpha, horizon_dist, horizon_num, mask_zero, far, po, c, pm,
+                     pf);
+  }, py::arg("x"), py::arg("picks"), py::arg("labels"), py::arg("tag"), py::arg("alpha"),
+     py::arg("horizon_dist"), py::arg("horizon_num"), py::arg("mask_zero"), py::arg("far"),
+     py::arg("out"), py::arg("threads"), py::arg("ctl"), py::arg("memo") = py::none(),
+     py::arg("fresh") = py::none());
 
   m.def("segment_argmax", [](py::handle density, py::handle reg, double weight,
                              py::handle labels, int K, py::handle out) {

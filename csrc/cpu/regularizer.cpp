@@ -5,6 +5,7 @@
 // order (ascending pick for the power-sum, ascending (distance, pick) for top-h), so the
 // result depends neither on threads nor on the path.
 #include <cmath>
+#include <limits>
 
 #include "dedup.hpp"
 #include "tile.hpp"
@@ -30,6 +31,11 @@ struct RegParams {
   int horizon_num;
   bool mask_zero;
   double* out;
+  // The distance memo (or nullptr): memo[r * picks + j] = D[r, j] from an earlier call with
+  // the same rows, kept where fresh[j] == 0, computed and stored where fresh[j] == 1.
+  float* memo;
+  const uint8_t* fresh;
+  idx_t picks;
 
   bool masked(idx_t i, idx_t j, float dv) const {
     return labels[i] == tag[j] || dv >= horizon_dist || (mask_zero && dv == 0.0f);
@@ -50,9 +56,10 @@ struct PowerSum {
     std::vector<uint8_t> far;
     std::vector<float> dv;
     std::vector<const float*> cols;
+    std::vector<idx_t> fcol;  // memo mode: the tile's fresh columns
     explicit Local(PowerSum& epi)
         : e(epi), sum(kTile), terms(kTile * kRows), far(kTile * kRows), dv(kTile * kRows),
-          cols(kTile) {}
+          cols(kTile), fcol(kTile) {}
     // The filter pays only where its bound spares evaluations: with an infinite horizon
     // never, and on data whose pairs all lie inside the horizon (unit vectors under the
     // CIFAR horizon 4) its GEMM is a fifth of the evaluation cost, spent for nothing. So a
@@ -61,8 +68,9 @@ struct PowerSum {
     // where it pays turns it back on for every tile. A pair masked by the filter is one
     // whose exact value is masked too, so this changes the time, never a bit of the sum.
     int rest = 0, pause = 8;
-    bool wants_filter(idx_t) {
+    bool wants_filter(idx_t J) {
       if (!std::isfinite(e.p.horizon_dist)) return false;
+      if (e.p.memo && !e.fresh_in_tile[J]) return false;  // every distance is remembered
       if (rest > 0) {
         --rest;
         return false;
@@ -91,6 +99,7 @@ struct PowerSum {
     }
 
     void tile(const Tile& t) {
+      if (e.p.memo) return memo_tile(t);
       const RegParams& p = e.p;
       const float beyond = round_up(static_cast<double>(p.horizon_dist) + t.abs);
       for (idx_t c = 0; c < t.nj; ++c) cols[c] = t.cols.row(t.j0 + c);
@@ -109,13 +118,7 @@ struct PowerSum {
         for (int u = 0; u < nr; ++u)
           power_terms(dv.data() + u * kTile, far.data() + u * kTile, t.nj, p.alpha,
                       p.horizon_dist, p.mask_zero, p.far_term, terms.data() + u * kTile);
-        for (int u = nr; u < kRows; ++u)
-          for (idx_t c = 0; c < t.nj; ++c) terms[u * kTile + c] = 0.0;
-        double acc[kRows];
-        for (int u = 0; u < kRows; ++u) acc[u] = u < nr ? sum[r0 + u] : 0.0;
-        for (idx_t c = 0; c < t.nj; ++c)
-          for (int u = 0; u < kRows; ++u) acc[u] += terms[u * kTile + c];
-        for (int u = 0; u < nr; ++u) sum[r0 + u] = acc[u];
+        add_terms(r0, nr, t.nj);
       }
       if (t.ip) {
         const bool pays = (t.mi * t.nj - evaluated) * 8 >= t.mi * t.nj;
@@ -126,7 +129,81 @@ struct PowerSum {
     void end(idx_t i0, idx_t mi) {
       for (idx_t r = 0; r < mi; ++r) e.p.out[i0 + r] = sum[r];
     }
+
+    // With the memo: the tile's fresh columns are evaluated (all pairs but those the filter
+    // puts surely beyond the horizon, stored as +inf: masked either way, so the same term)
+    // into the memo, then every column's terms come from the memo rows, own-cluster pairs
+    // masked by their flags, and the sums advance as in tile().
+    void memo_tile(const Tile& t) {
+      const RegParams& p = e.p;
+      const float beyond = round_up(static_cast<double>(p.horizon_dist) + t.abs);
+      idx_t nf = 0;
+      for (idx_t c = 0; c < t.nj; ++c)
+        if (p.fresh[t.j0 + c]) {
+          fcol[nf] = c;
+          cols[nf++] = t.cols.row(t.j0 + c);
+        }
+      idx_t evaluated = 0;
+      for (idx_t r0 = 0; r0 < t.mi; r0 += kRows) {
+        const int nr = static_cast<int>(std::min<idx_t>(kRows, t.mi - r0));
+        if (nf > 0) {
+          const float* rows[kRows];
+          for (int u = 0; u < nr; ++u) {
+            rows[u] = t.rows.row(t.i0 + r0 + u);
+            uint8_t* f = far.data() + u * kTile;
+            if (t.ip) {
+              const float* ip = t.ip + (r0 + u) * t.ldt;
+              const float rn = t.rn[r0 + u], rel = t.rel;
+              for (idx_t q = 0; q < nf; ++q) {
+                const idx_t c = fcol[q];
+                const float sc = rn + t.cn[c];
+                f[q] = ((sc - 2.0f * ip[c]) - rel * sc) >= beyond;  // Tile::lower
+              }
+            } else {
+              std::fill(f, f + nf, uint8_t{0});
+            }
+          }
+          evaluated +=
+              exact_block(rows, nr, cols.data(), nf, p.d, far.data(), kTile, dv.data(), kTile);
+          for (int u = 0; u < nr; ++u) {
+            float* mrow = p.memo + (t.i0 + r0 + u) * p.picks + t.j0;
+            const float* du = dv.data() + u * kTile;
+            const uint8_t* f = far.data() + u * kTile;
+            for (idx_t q = 0; q < nf; ++q)
+              mrow[fcol[q]] = f[q] ? std::numeric_limits<float>::infinity() : du[q];
+          }
+        }
+        const int32_t* tag = p.tag + t.j0;
+        for (int u = 0; u < nr; ++u) {
+          const int32_t label = p.labels[t.i0 + r0 + u];
+          uint8_t* f = far.data() + u * kTile;
+          for (idx_t c = 0; c < t.nj; ++c) f[c] = tag[c] == label;
+          power_terms(p.memo + (t.i0 + r0 + u) * p.picks + t.j0, f, t.nj, p.alpha,
+                      p.horizon_dist, p.mask_zero, p.far_term, terms.data() + u * kTile);
+        }
+        add_terms(r0, nr, t.nj);
+      }
+      if (t.ip) {
+        const bool pays = (t.mi * nf - evaluated) * 8 >= t.mi * nf;
+        rest = pays ? 0 : pause;
+        pause = pays ? 8 : std::min(2 * pause, 64);
+      }
+    }
+
+    // Rows r0 .. r0 + nr of the block add their terms, column by column in ascending pick
+    // order, kRows independent sums at once.
+    void add_terms(idx_t r0, int nr, idx_t nj) {
+      for (int u = nr; u < kRows; ++u)
+        for (idx_t c = 0; c < nj; ++c) terms[u * kTile + c] = 0.0;
+      double acc[kRows];
+      for (int u = 0; u < kRows; ++u) acc[u] = u < nr ? sum[r0 + u] : 0.0;
+      for (idx_t c = 0; c < nj; ++c)
+        for (int u = 0; u < kRows; ++u) acc[u] += terms[u * kTile + c];
+      for (int u = 0; u < nr; ++u) sum[r0 + u] = acc[u];
+    }
   };
+  // Per column tile: whether any of its picks is fresh (memo mode only).
+  std::vector<uint8_t> fresh_in_tile;
 };
 
 struct TopH {
@@ -161,10 +238,12 @@ struct TopH {
 // The regularizer of every row of x, rows taken as they are (no duplicate collapse).
 void regularizer_rows(const View& x, const View& picks, const int32_t* labels,
                       const int32_t* pick_tag, double alpha, float horizon_dist, int horizon_num,
-                      bool mask_zero, double far, double* out, const Context& ctx) {
+                      bool mask_zero, double far, double* out, float* memo,
+                      const uint8_t* fresh, const Context& ctx) {
   const Buffer<float> xn = norms(x, ctx), pn = norms(picks, ctx);
-  const RegParams p{x.cols, labels,       pick_tag,  alpha,    neg_pow(far, alpha),
-                    horizon_dist, horizon_num, mask_zero, out};
+  const RegParams p{x.cols,    labels,    pick_tag, alpha, neg_pow(far, alpha),
+                    horizon_dist, horizon_num, mask_zero, out, memo,  fresh,
+                    picks.rows};
   ctx.set_total(num_tiles(x.rows));
   // The h nearest of at most h picks are all of them: the power-sum. (The reference's
   // top-h pads the missing slots with (inf, index 0) instead, and its own-position mask then
@@ -173,7 +252,12 @@ void regularizer_rows(const View& x, const View& picks, const int32_t* labels,
     TopH epi{p};
     for_each_tile(x, xn.data(), picks, pn.data(), epi, ctx);
   } else {
-    PowerSum epi{p};
+    PowerSum epi{p, {}};
+    if (memo) {
+      epi.fresh_in_tile.assign(static_cast<size_t>(num_tiles(picks.rows)), 0);
+      for (idx_t j = 0; j < picks.rows; ++j)
+        if (fresh[j]) epi.fresh_in_tile[static_cast<size_t>(j / kTile)] = 1;
+    }
     for_each_tile(x, xn.data(), picks, pn.data(), epi, ctx);
   }
 }
@@ -182,13 +266,17 @@ void regularizer_rows(const View& x, const View& picks, const int32_t* labels,
 
 void regularizer(const View& x, const View& picks, const int32_t* labels, const int32_t* pick_tag,
                  double alpha, float horizon_dist, int horizon_num, bool mask_zero, double far,
-                 double* out, const Context& ctx) {
+                 double* out, const Context& ctx, float* memo, const uint8_t* fresh) {
   require(picks.cols == x.cols && picks.rows >= 1, "regularizer: picks");
   require(picks.rows <= kMaxRows, "regularizer: picks fit in int32");
+  require(!memo || (fresh && !(horizon_num > 0 && horizon_num < picks.rows)),
+          "regularizer: the memo serves the power-sum, with its fresh flags");
   // A row's sum depends only on its bytes and its label: one sum per group of rows that
   // match in both (dedup.hpp), copied to the members. The picks are never collapsed (each
   // pick is one term of the sum, in pick order). The representatives go straight to the
-  // body: looking for groups among them again would find none and cost a hash pass.
+  // body: looking for groups among them again would find none and cost a hash pass. (The
+  // groups depend on x, the labels and the pick count only, so a memo filled by an earlier
+  // call with the same rows holds the same representatives in the same memo rows.)
   Groups g;
   if (find_groups_rect(x, labels, picks.rows, 12.0, ctx, g)) {
     const Buffer<float> gx = gather_first(x, g);
@@ -196,12 +284,12 @@ void regularizer(const View& x, const View& picks, const int32_t* labels, const 
     Buffer<double> go(g.count);
     for (idx_t c = 0; c < g.count; ++c) gl[c] = labels[g.first[c]];
     regularizer_rows(View{gx.data(), g.count, x.cols, x.cols}, picks, gl.data(), pick_tag, alpha,
-                     horizon_dist, horizon_num, mask_zero, far, go.data(), ctx);
+                     horizon_dist, horizon_num, mask_zero, far, go.data(), memo, fresh, ctx);
     for (idx_t i = 0; i < x.rows; ++i) out[i] = go[g.of[i]];
     return;
   }
   regularizer_rows(x, picks, labels, pick_tag, alpha, horizon_dist, horizon_num, mask_zero, far,
-                   out, ctx);
+                   out, memo, fresh, ctx);
 }
 
 }  // namespace cpu

@@ -62,8 +62,15 @@ class Rows:
         raise NotImplementedError
 
     def regularizer(self, lab, pts, tag, p, desc) -> np.ndarray:
-        """(rows,) float64 regularizer of the picks ``pts`` (tagged ``tag``)."""
+        """(rows,) float64 regularizer of the picks ``pts`` (tagged ``tag``). A back end
+        whose ``regularizer_memo`` gives a memo also takes ``memo=`` and ``keys=`` (the
+        picks' global indices)."""
         raise NotImplementedError
+
+    def regularizer_memo(self, m: int, calls: int, p: dict) -> Any:
+        """A memo that lets ``calls`` regularizer rounds of ``m`` picks reuse distances
+        between rounds, or None (the default: every round evaluates every pair)."""
+        return None
 
     def check_memory(self, k: int, K: int) -> None:
         """Refuse a run whose peak would not fit, before any work (where it can be known)."""
