@@ -525,9 +525,9 @@ def test_distance_memo_keeps_every_pick_and_saves_evaluations(
     made, fresh_counts = [], []
     real_init, real_fresh = engine.DistanceMemo.__init__, engine.DistanceMemo.fresh
 
-    def init(self, n, cols):
+    def init(self, n, cols, horizon):
         made.append((n, cols))
-        real_init(self, n, cols)
+        real_init(self, n, cols, horizon)
 
     def fresh(self, keys):
         f = real_fresh(self, keys)
@@ -568,6 +568,39 @@ def test_distance_memo_only_where_it_pays_and_fits(usl, make_unit, monkeypatch):
     tight = [_memory.Limit("RLIMIT_AS", 4 * 4 * 300 * 40 - 1, "test", True)]
     monkeypatch.setattr(_memory, "limits", lambda: tight)
     assert rows.regularizer_memo(40, 9, p) is None  # over a quarter of what is free
+    monkeypatch.setattr(_memory, "limits", lambda: [])
+
+    def no_memory(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(engine.np, "empty", no_memory)  # a limit the checks cannot see
+    assert rows.regularizer_memo(40, 9, p) is None
+
+
+def test_distance_memo_serves_only_its_own_picks_and_horizon(make_unit):
+    # Pairs the filter puts beyond the horizon are kept as +inf, true only for that
+    # horizon; and a memo is as wide as its picks. A call that does not match falls back to
+    # evaluating every pair (and leaves the memo as it was).
+    from usl_fast.backends import engine
+
+    x = make_unit(400, 8, seed=4)
+    lab = (np.arange(400) % 7).astype(np.int32)
+    rows = engine.EngineRows(x, 2, False)
+    keys = np.arange(0, 400, 2)  # 200 fresh picks in one column tile: the filter may run
+    tag = np.arange(keys.size, dtype=np.int32)
+    p = dict(oracles.reg_params("cifar100"))  # horizon 1: the filter pays on these rows
+    memo = rows.regularizer_memo(keys.size, 9, p)
+    first = rows.regularizer(lab, rows.rows(keys), tag, p, "r", memo=memo, keys=keys)
+    assert np.isinf(memo.dist).any()  # pairs beyond the horizon, never evaluated
+    wider = dict(p, horizon_dist=3.0)
+    plain = rows.regularizer(lab, rows.rows(keys), tag, wider, "r")
+    again = rows.regularizer(lab, rows.rows(keys), tag, wider, "r", memo=memo, keys=keys)
+    assert again.tobytes() == plain.tobytes() and plain.tobytes() != first.tobytes()
+    fewer = keys[:-1]
+    plain = rows.regularizer(lab, rows.rows(fewer), tag[:-1], p, "r")
+    got = rows.regularizer(lab, rows.rows(fewer), tag[:-1], p, "r", memo=memo, keys=fewer)
+    assert got.tobytes() == plain.tobytes()
+    np.testing.assert_array_equal(memo.keys, keys)
 
 
 def test_engine_refuses_a_memo_it_cannot_serve(make_unit):

@@ -61,6 +61,8 @@ class EngineRows(Rows):
         hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
         # (with at most h picks the engine sums over all of them: docs/parity.md)
         hn = 0 if p["horizon_num"] is None else p["horizon_num"]
+        if memo is not None and (memo.dist.shape[1] != len(keys) or memo.horizon != hd):
+            memo = None  # (not for this memo's picks or horizon; _pick_rounds keeps both)
         if memo is None:
             return _dispatch.regularizer(
                 self.x, pts, lab, tag, p["alpha"], hd, hn, p["mask_zero"], self.threads,
@@ -90,7 +92,11 @@ class EngineRows(Rows):
         free = [lim.free for lim in _memory.limits()]
         if free and 4 * size > min(free):
             return None
-        return DistanceMemo(self.x.shape[0], m)
+        hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
+        try:
+            return DistanceMemo(self.x.shape[0], m, hd)
+        except MemoryError:  # (a limit the checks do not see, such as strict overcommit)
+            return None
 
     def check_memory(self, k: int, K: int) -> None:
         if type(self) is EngineRows:  # this process holds every row (shards check per step)
@@ -102,15 +108,19 @@ MEMO_MAX_BYTES = 2**30
 
 
 class DistanceMemo:
-    """The float32 distances of every row to the previous round's picks (n x m), so that a
-    regularizer round evaluates only the positions whose pick changed and reads the others.
-    The regularizer's bits are the same with it or without it (its sums still add every
-    term in pick order); it saves time where picks persist between rounds (with the
-    CIFAR-10 preset at m = 2,500, 1,520 of the picks change after round 1 and 84 after
-    round 8). ``keys``: the pick indices the memo's columns hold (None: none valid)."""
+    """The float32 distances of the rows to the previous round's picks (n x m; row r is the
+    r-th row the engine's power-sum runs on, which after its duplicate collapse is a group's
+    representative), so that a regularizer round evaluates only the positions whose pick
+    changed and reads the others. The regularizer's bits are the same with it or without it
+    (its sums still add every term in pick order); it saves time where picks persist between
+    rounds (with the CIFAR-10 preset at m = 2,500, 1,520 of the picks change after round 1
+    and 84 after round 8). Valid for one set of rows and labels and one horizon (a pair the
+    filter puts beyond it is kept as +inf): ``_pick_rounds`` makes one per selection.
+    ``keys``: the pick indices the memo's columns hold (None: none valid)."""
 
-    def __init__(self, n: int, m: int):
+    def __init__(self, n: int, m: int, horizon: float):
         self.dist = np.empty((n, m), np.float32)
+        self.horizon = horizon
         self.keys: Optional[np.ndarray] = None
 
     def fresh(self, keys: np.ndarray) -> np.ndarray:

@@ -82,11 +82,13 @@ void range_search(const View& q, const View& base, float radius, const int64_t* 
 //   an entry is masked when labels[i] == pick_tag[j] (-1 never matches), D >= horizon_dist,
 //   or (mask_zero and D == 0); a masked entry adds far^-alpha, any other D^-alpha (1/0 = inf).
 //   out[i] = the float64 sum, in ascending j (power-sum) or ascending (D, j) (top-h).
-// memo (power-sum only, or nullptr): x.rows x picks.rows float32, the distances an earlier
-// call with the same x, labels and pick count left there; columns j with fresh[j] == 0 are
-// read from it instead of evaluated, those with fresh[j] == 1 evaluated and stored (a pair
-// the filter proves beyond the horizon is stored as +inf: masked either way). The result
-// has the same bits with or without it.
+// memo (power-sum only, or nullptr): x.rows x picks.rows float32, what an earlier call with
+// the same x, labels, pick count and horizon_dist left there; columns j with fresh[j] == 0
+// are read from it instead of evaluated, those with fresh[j] == 1 evaluated and stored. Row
+// r holds the distances of the r-th row the power-sum runs on (after the duplicate
+// collapse, a group's representative; the rows past the groups stay unwritten), and a pair
+// the filter proves beyond the horizon is stored as +inf (masked either way, but only for
+// this horizon). The result has the same bits with or without it.
 void regularizer(const View& x, const View& picks, const int32_t* labels, const int32_t* pick_tag,
                  double alpha, float horizon_dist, int horizon_num, bool mask_zero, double far,
                  double* out, const Context& ctx, float* memo = nullptr,
