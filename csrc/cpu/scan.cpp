@@ -153,26 +153,47 @@ __attribute__((target("avx512f"))) void scan_avx512(const Tile& t, TopK* rows, i
   flush(2, t, rows, row_off, cols, p, true);
 }
 
+// 8 lanes a step, as lower16 for AVX2.
+__attribute__((target("avx2"))) inline unsigned pass8(const Tile& t, const float* ip, __m256 xn,
+                                                     __m256 tr, const float* cthr, idx_t c) {
+  const __m256 two = _mm256_set1_ps(2.0f), rel = _mm256_set1_ps(t.rel);
+  const __m256 s = _mm256_add_ps(xn, _mm256_loadu_ps(t.cn + c));
+  const __m256 e = _mm256_sub_ps(s, _mm256_mul_ps(two, _mm256_loadu_ps(ip + c)));
+  const __m256 l = _mm256_sub_ps(e, _mm256_mul_ps(rel, s));
+  unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(l, tr, _CMP_LE_OQ)));
+  if (cthr)
+    bits |= static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_cmp_ps(l, _mm256_loadu_ps(cthr + c), _CMP_LE_OQ)));
+  return bits;
+}
+
+// Columns 32 at a time with one branch for the four groups of 8, as scan_avx512 does with
+// 64 (a group offered after another in the same step used the row threshold from before
+// that offer: a few extra evaluations at most), then 8 at a time, then the scalar tail.
 __attribute__((target("avx2"))) void scan_avx2(const Tile& t, TopK* rows, idx_t row_off,
                                                TopK* cols) {
   Pending p;
-  const __m256 two = _mm256_set1_ps(2.0f), rel = _mm256_set1_ps(t.rel);
+  float* const rthr = rows->thresholds() + row_off;
+  const float* const cthr = cols ? cols->thresholds() + t.j0 : nullptr;
   const idx_t nj8 = t.nj - t.nj % 8;
   for (idx_t r = 0; r < t.mi; ++r) {
     const float* ip = t.ip + r * t.ldt;
     const __m256 xn = _mm256_set1_ps(t.rn[r]);
-    __m256 tr = _mm256_set1_ps(rows->thresholds()[row_off + r]);
-    for (idx_t c = 0; c < nj8; c += 8) {
-      const __m256 s = _mm256_add_ps(xn, _mm256_loadu_ps(t.cn + c));
-      const __m256 e = _mm256_sub_ps(s, _mm256_mul_ps(two, _mm256_loadu_ps(ip + c)));
-      const __m256 l = _mm256_sub_ps(e, _mm256_mul_ps(rel, s));
-      unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(l, tr, _CMP_LE_OQ)));
-      if (cols)
-        bits |= static_cast<unsigned>(_mm256_movemask_ps(
-            _mm256_cmp_ps(l, _mm256_loadu_ps(cols->thresholds() + t.j0 + c), _CMP_LE_OQ)));
+    __m256 tr = _mm256_set1_ps(rthr[r]);
+    idx_t c = 0;
+    for (; c + 32 <= nj8; c += 32) {
+      unsigned m[4];
+      for (int g = 0; g < 4; ++g) m[g] = pass8(t, ip, xn, tr, cthr, c + 8 * g);
+      if (!(m[0] | m[1] | m[2] | m[3])) continue;
+      for (int g = 0; g < 4; ++g)
+        if (m[g]) offer(1, t, r, c + 8 * g, m[g], rows, row_off, cols, p);
+      tr = _mm256_set1_ps(rthr[r]);
+    }
+    for (; c < nj8; c += 8) {
+      const unsigned bits = pass8(t, ip, xn, tr, cthr, c);
       if (!bits) continue;
       offer(1, t, r, c, bits, rows, row_off, cols, p);
-      tr = _mm256_set1_ps(rows->thresholds()[row_off + r]);
+      tr = _mm256_set1_ps(rthr[r]);
     }
     if (nj8 < t.nj)
       scan_portable(t, rows, row_off, cols, 1, nj8, r, r + 1, p);
