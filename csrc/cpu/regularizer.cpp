@@ -82,23 +82,25 @@ struct PowerSum {
     }
     void begin(idx_t, idx_t) { std::fill(sum.begin(), sum.end(), 0.0); }
 
-    // far[c]: pair (r, c) is masked without needing its distance (own cluster, or surely
-    // beyond the horizon: lower - abs >= horizon_dist); without the filter, own cluster only.
-    void far_flags(const Tile& t, idx_t r, float beyond, uint8_t* f) const {
+    // far[c]: pair (r, c) is masked without needing its distance (own cluster, or with
+    // `filter` surely beyond the horizon: lower - abs >= horizon_dist).
+    void far_flags(const Tile& t, idx_t r, float beyond, bool filter, uint8_t* f) const {
       const RegParams& p = e.p;
       const int32_t label = p.labels[t.i0 + r];
       const int32_t* tag = p.tag + t.j0;
-      if (!t.ip) {
+      if (!filter) {
         for (idx_t c = 0; c < t.nj; ++c) f[c] = tag[c] == label;
         return;
       }
-      const float* ip = t.ip + r * t.ldt;
-      const float rn = t.rn[r], rel = t.rel;
-      for (idx_t c = 0; c < t.nj; ++c) {
-        const float s = rn + t.cn[c];
-        const float lower = (s - 2.0f * ip[c]) - rel * s;  // Tile::lower
-        f[c] = (tag[c] == label) | (lower >= beyond);
-      }
+      for (idx_t c = 0; c < t.nj; ++c) f[c] = (tag[c] == label) | (t.lower(r, c) >= beyond);
+    }
+
+    // After a tile that had the filter's products: a filter that spared under 1/8 of the
+    // `pairs` it could spare pauses (wants_filter).
+    void filter_paid(idx_t pairs, idx_t evaluated) {
+      const bool pays = (pairs - evaluated) * 8 >= pairs;
+      rest = pays ? 0 : pause;
+      pause = pays ? 8 : std::min(2 * pause, 64);
     }
 
     void tile(const Tile& t) {
@@ -112,7 +114,7 @@ struct PowerSum {
         const float* rows[kRows];
         for (int u = 0; u < nr; ++u) {
           rows[u] = t.rows.row(t.i0 + r0 + u);
-          far_flags(t, r0 + u, beyond, far.data() + u * kTile);
+          far_flags(t, r0 + u, beyond, t.ip != nullptr, far.data() + u * kTile);
         }
         // Far pairs may be evaluated too (with a neighbour that is not); the terms ignore
         // their values.
@@ -123,11 +125,7 @@ struct PowerSum {
                       p.horizon_dist, p.mask_zero, p.far_term, terms.data() + u * kTile);
         add_terms(r0, nr, t.nj);
       }
-      if (t.ip) {
-        const bool pays = (t.mi * t.nj - evaluated) * 8 >= t.mi * t.nj;
-        rest = pays ? 0 : pause;
-        pause = pays ? 8 : std::min(2 * pause, 64);
-      }
+      if (t.ip) filter_paid(t.mi * t.nj, evaluated);
     }
     void end(idx_t i0, idx_t mi) {
       for (idx_t r = 0; r < mi; ++r) e.p.out[i0 + r] = sum[r];
@@ -154,43 +152,32 @@ struct PowerSum {
           for (int u = 0; u < nr; ++u) {
             rows[u] = t.rows.row(t.i0 + r0 + u);
             uint8_t* f = far.data() + u * kTile;
-            if (t.ip) {
-              const float* ip = t.ip + (r0 + u) * t.ldt;
-              const float rn = t.rn[r0 + u], rel = t.rel;
-              for (idx_t q = 0; q < nf; ++q) {
-                const idx_t c = fcol[q];
-                const float sc = rn + t.cn[c];
-                f[q] = ((sc - 2.0f * ip[c]) - rel * sc) >= beyond;  // Tile::lower
-              }
-            } else {
-              std::fill(f, f + nf, uint8_t{0});
-            }
+            for (idx_t q = 0; q < nf; ++q) f[q] = t.ip && t.lower(r0 + u, fcol[q]) >= beyond;
           }
           evaluated +=
               exact_block(rows, nr, cols.data(), nf, p.d, far.data(), kTile, dv.data(), kTile);
           for (int u = 0; u < nr; ++u) {
-            float* mrow = p.memo + (t.i0 + r0 + u) * p.picks + t.j0;
+            float* mrow = memo_row(t, r0 + u);
             const float* du = dv.data() + u * kTile;
             const uint8_t* f = far.data() + u * kTile;
             for (idx_t q = 0; q < nf; ++q)
               mrow[fcol[q]] = f[q] ? std::numeric_limits<float>::infinity() : du[q];
           }
         }
-        const int32_t* tag = p.tag + t.j0;
         for (int u = 0; u < nr; ++u) {
-          const int32_t label = p.labels[t.i0 + r0 + u];
           uint8_t* f = far.data() + u * kTile;
-          for (idx_t c = 0; c < t.nj; ++c) f[c] = tag[c] == label;
-          power_terms(p.memo + (t.i0 + r0 + u) * p.picks + t.j0, f, t.nj, p.alpha,
-                      p.horizon_dist, p.mask_zero, p.far_term, terms.data() + u * kTile);
+          far_flags(t, r0 + u, beyond, false, f);  // own cluster only
+          power_terms(memo_row(t, r0 + u), f, t.nj, p.alpha, p.horizon_dist, p.mask_zero,
+                      p.far_term, terms.data() + u * kTile);
         }
         add_terms(r0, nr, t.nj);
       }
-      if (t.ip) {
-        const bool pays = (t.mi * nf - evaluated) * 8 >= t.mi * nf;
-        rest = pays ? 0 : pause;
-        pause = pays ? 8 : std::min(2 * pause, 64);
-      }
+      if (t.ip) filter_paid(t.mi * nf, evaluated);
+    }
+
+    // The memo's line for tile row r, from the tile's first column.
+    float* memo_row(const Tile& t, idx_t r) const {
+      return e.p.memo + (t.i0 + r) * e.p.picks + t.j0;
     }
 
     // Rows r0 .. r0 + nr of the block add their terms, column by column in ascending pick

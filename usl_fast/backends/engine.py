@@ -58,9 +58,7 @@ class EngineRows(Rows):
         return np.ascontiguousarray(self.x[idx])
 
     def regularizer(self, lab, pts, tag, p, desc, memo=None, keys=None) -> np.ndarray:
-        hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
-        # (with at most h picks the engine sums over all of them: docs/parity.md)
-        hn = 0 if p["horizon_num"] is None else p["horizon_num"]
+        hd, hn = _horizons(p)
         if memo is not None and (memo.dist.shape[1] != len(keys) or memo.horizon != hd):
             memo = None  # (not for this memo's picks or horizon; _pick_rounds keeps both)
         if memo is None:
@@ -92,15 +90,23 @@ class EngineRows(Rows):
         free = [lim.free for lim in _memory.limits()]
         if free and 4 * size > min(free):
             return None
-        hd = np.inf if p["horizon_dist"] is None else p["horizon_dist"]
         try:
-            return DistanceMemo(self.x.shape[0], m, hd)
+            return DistanceMemo(self.x.shape[0], m, _horizons(p)[0])
         except MemoryError:  # (a limit the checks do not see, such as strict overcommit)
             return None
 
     def check_memory(self, k: int, K: int) -> None:
         if type(self) is EngineRows:  # this process holds every row (shards check per step)
             check_usl_memory(self.x, k, K, self.threads)
+
+
+def _horizons(p: dict) -> Tuple[float, int]:
+    """The engine's horizon_dist (inf for none) and horizon_num (0 for none: with at most h
+    picks the engine sums over all of them, docs/parity.md) of regularizer parameters."""
+    return (
+        np.inf if p["horizon_dist"] is None else p["horizon_dist"],
+        0 if p["horizon_num"] is None else p["horizon_num"],
+    )
 
 
 #: The largest distance memo the selection rounds keep (``EngineRows.regularizer_memo``).
