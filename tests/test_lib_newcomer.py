@@ -287,6 +287,14 @@ def _python(tmp_path, program: str, *flags: str, **env) -> subprocess.CompletedP
     )
 
 
+def _one_warning(r) -> str:
+    """The one UserWarning line a child that exited 0 wrote to stderr."""
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
+    assert len(warned) == 1, r.stderr
+    return warned[0]
+
+
 def _import_in_child(tmp_path, **env):
     return _python(
         tmp_path, "import usl_fast; print(usl_fast._cpu.gemm_kind())", "-W", "always", **env
@@ -302,11 +310,9 @@ def _import_in_child(tmp_path, **env):
 )
 def test_unknown_engine_switch_warns_at_import(tmp_path, var, value, allowed):
     r = _import_in_child(tmp_path, **{var: value})
-    assert r.returncode == 0, r.stderr
-    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
-    assert len(warned) == 1, r.stderr
-    assert f"{var}={value!r} is not one of {allowed} (or unset)" in warned[0]
-    assert "the engine ignores it and runs " in warned[0]
+    warned = _one_warning(r)
+    assert f"{var}={value!r} is not one of {allowed} (or unset)" in warned
+    assert "the engine ignores it and runs " in warned
     # and the kind it names is the default's: the same as with the variable unset
     unset = _import_in_child(tmp_path, **{var: ""})
     assert r.stdout == unset.stdout and "Warning" not in unset.stderr, unset.stderr
@@ -342,11 +348,9 @@ def test_forced_gemm_that_cannot_run_warns(tmp_path):
     # which one runs, so that a benchmark does not time the fallback under the asked name.
     # The portable path runs no SIMD GEMM on any CPU, so this holds everywhere.
     r = _import_in_child(tmp_path, USL_FAST_ISA="portable", USL_FAST_GEMM="avx2i16")
-    assert r.returncode == 0, r.stderr
-    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
-    assert len(warned) == 1, r.stderr
-    assert "USL_FAST_GEMM='avx2i16': that tile GEMM cannot run on the portable SIMD" in warned[0]
-    assert "the engine runs blas instead" in warned[0]
+    warned = _one_warning(r)
+    assert "USL_FAST_GEMM='avx2i16': that tile GEMM cannot run on the portable SIMD" in warned
+    assert "the engine runs blas instead" in warned
     assert r.stdout.split() == ["0"]  # gemm_kind 0: blas, as the warning says
     # and a GEMM that runs is not warned about
     r = _import_in_child(tmp_path, USL_FAST_ISA="portable", USL_FAST_GEMM="blas")
@@ -371,11 +375,9 @@ def test_unknown_on_off_switch_warns_at_import(tmp_path, var, value, instead):
     # The engine takes only "0" to turn the collapse off and only "1" to count: any other
     # value was the default in silence.
     r = _switch_child(tmp_path, **{var: value})
-    assert r.returncode == 0, r.stderr
-    warned = [line for line in r.stderr.splitlines() if "UserWarning" in line]
-    assert len(warned) == 1, r.stderr
-    assert f"{var}={value!r} is not one of 0, 1 (or unset)" in warned[0]
-    assert f"the engine ignores it and {instead}, its default here" in warned[0]
+    warned = _one_warning(r)
+    assert f"{var}={value!r} is not one of 0, 1 (or unset)" in warned
+    assert f"the engine ignores it and {instead}, its default here" in warned
     unset = _switch_child(tmp_path, **{var: ""})
     assert r.stdout == unset.stdout == "True False\n" and "Warning" not in unset.stderr
 
