@@ -107,10 +107,18 @@ def _norm_bytes(*rows: int) -> float:
 
 
 def _image_bytes(d: int, *rows: int) -> float:
-    """The int16 images of each side's rows that the symmetric and bipartite kNN passes
-    convert once per call where the filter's GEMM is AVX2 int16 (about 2 d + 4 bytes a row;
-    0 elsewhere: the engine's own figure, ``_cpu.filter_image_bytes``)."""
+    """The 16-bit images of each side's rows that the symmetric and bipartite kNN passes
+    convert once per call where the filter's GEMM is AVX2 int16 or AVX-512 bf16 (about
+    2 d bytes a row; 0 elsewhere: the engine's own figure, ``_cpu.filter_image_bytes``)."""
     return float(sum(_cpu.filter_image_bytes(int(r), int(d)) for r in rows))
+
+
+def _rect_image_bytes(d: int, rows: int, cols: int, same: bool = False) -> float:
+    """The images of a rectangular pass (the engine's for_each_tile): made only where both
+    sides have more than one 256-row tile; one image when the two sides are one array."""
+    if rows <= 256 or cols <= 256:
+        return 0.0
+    return _image_bytes(d, rows) if same else _image_bytes(d, rows, cols)
 
 
 def row_norms(x: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
@@ -145,8 +153,9 @@ def knn(
     rows = n if queries is None else queries.shape[0]
     th = resolve_threads(threads)
     shared, per_thread = topk_buffers(n, k, queries is None, max_reservoir_bytes)
-    if shared == 0.0:
+    if shared == 0.0:  # the query pass
         shared = DEDUP_DETECT_BYTES_PER_ROW * (n + (0 if queries is None else rows))
+        shared += _rect_image_bytes(x.shape[1], rows, n, queries is None)
     else:  # the symmetric pass
         shared += _image_bytes(x.shape[1], n)
     check_memory(
@@ -186,8 +195,8 @@ def knn_density(
     n = x.shape[0]
     th = resolve_threads(threads)
     shared, per_thread = topk_buffers(n, k, True, max_reservoir_bytes)
-    if shared == 0.0:
-        shared = DEDUP_DETECT_BYTES_PER_ROW * n
+    if shared == 0.0:  # the query pass
+        shared = DEDUP_DETECT_BYTES_PER_ROW * n + _rect_image_bytes(x.shape[1], n, n, True)
     else:  # the symmetric pass
         shared += _image_bytes(x.shape[1], n)
     check_memory(
@@ -221,7 +230,7 @@ def assign(
     th = resolve_threads(threads)
     n, K = x.shape[0], centroids.shape[0]
     check_memory(
-        8.0 * n + _norm_bytes(n, K),
+        8.0 * n + _norm_bytes(n, K) + _rect_image_bytes(x.shape[1], n, K),
         f"the assignment of {n} points to {K} centroids",
         th,
     )
@@ -324,7 +333,8 @@ def min_update(
 ) -> None:
     th = resolve_threads(threads)
     check_memory(
-        _norm_bytes(x.shape[0], centers.shape[0]),
+        _norm_bytes(x.shape[0], centers.shape[0])
+        + _rect_image_bytes(x.shape[1], x.shape[0], centers.shape[0]),
         f"the nearest of {centers.shape[0]} centers for {x.shape[0]} points",
         th,
     )
@@ -337,7 +347,11 @@ def range_count(
     th = resolve_threads(threads)
     q = queries.shape[0]
     check_memory(
-        8.0 * q + _norm_bytes(q, base.shape[0]), f"the range counts of {q} queries", th
+        8.0 * q
+        + _norm_bytes(q, base.shape[0])
+        + _rect_image_bytes(base.shape[1], q, base.shape[0]),
+        f"the range counts of {q} queries",
+        th,
     )
     out = np.empty(queries.shape[0], np.int64)
     # Distances are float32: E <= radius iff E <= the largest float32 <= radius.
@@ -377,7 +391,9 @@ def range_search(
         )
     th = resolve_threads(threads)
     check_memory(
-        4.0 * total + _norm_bytes(queries.shape[0], base.shape[0]),
+        4.0 * total
+        + _norm_bytes(queries.shape[0], base.shape[0])
+        + _rect_image_bytes(base.shape[1], queries.shape[0], base.shape[0]),
         f"the neighbour list of {total:,} pairs",
         th,
     )
@@ -436,7 +452,7 @@ def regularizer(
     # counts and it sums them all with no buffer (h = 10**7 would otherwise "need" 81 GiB).
     top_h = 0 < horizon_num < m
     check_memory(
-        8.0 * n + _norm_bytes(n, m),
+        8.0 * n + _norm_bytes(n, m) + _rect_image_bytes(x.shape[1], n, m),
         f"the regularizer of {n} points and {m} picks",
         th,
         256 * reservoir_bytes_per_row(horizon_num) + 8.0 * horizon_num if top_h else 0.0,

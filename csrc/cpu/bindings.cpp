@@ -182,14 +182,15 @@ PYBIND11_MODULE(_cpu, m) {
     return rel;
   }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("center") = py::none());
 
-  // The bytes the pair rounds' int16 images of `rows` rows at d coordinates take (0 where
-  // the GEMM converts per tile): _dispatch counts them in its memory checks.
+  // The bytes the drivers' images of `rows` rows at d coordinates take (0 where the GEMM
+  // converts per tile): _dispatch counts them in its memory checks.
   m.def("filter_image_bytes",
         [](int64_t rows, int64_t d) { return cpu::filter_image_bytes(rows, d); });
-  // Test hook: gemm_tile through the rows' int16 images (gemm_tile_images), as the pair
-  // rounds run it: a and b are converted whole (centred on `center`), then row tile 0 of a
-  // against row tile 0 of b. Only where filter_images(d). repeat > 1 (a benchmark hook):
-  // the product is run that many times on the same images.
+  // Test hook: gemm_tile through the rows' images (gemm_tile_images: int16 on the AVX2
+  // int16 GEMM, bf16 on the AVX-512 bf16 one), as the drivers run it: a and b are converted
+  // whole (centred on `center`), then row tile 0 of a against row tile 0 of b. Only where
+  // filter_images(d). repeat > 1 (a benchmark hook): the product is run that many times on
+  // the same images.
   m.def("gemm_tile_images", [](py::handle a, py::handle b, py::handle out, py::handle center,
                                int64_t repeat) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
@@ -197,21 +198,30 @@ PYBIND11_MODULE(_cpu, m) {
     if (av.rows < 1 || av.rows > cpu::kTile) throw py::value_error("a: 1 to 256 rows");
     if (bv.rows < 1 || bv.rows > cpu::kTile) throw py::value_error("b: 1 to 256 rows");
     if (!cpu::filter_images(av.cols))
-      throw py::value_error("the AVX2 int16 GEMM with 64 <= d <= 16384 only");
+      throw py::value_error("the AVX2 int16 GEMM with 64 <= d <= 16384 or the AVX-512 bf16 GEMM only");
     const View cv = in_mat(center, "center");
     if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);
     py::gil_scoped_release nogil;
     Context c;
     c.threads = 1;
+    const bool bf16 = cpu::gemm_kind() == cpu::kGemmBf16;
     cpu::I16Image ia, ib;
-    cpu::build_i16_image(av, cv.data, ia, c);
-    cpu::build_i16_image(bv, cv.data, ib, c);
+    cpu::Bf16Image ha, hb;
+    if (bf16) {
+      cpu::build_bf16_image(av, cv.data, ha, c);
+      cpu::build_bf16_image(bv, cv.data, hb, c);
+    } else {
+      cpu::build_i16_image(av, cv.data, ia, c);
+      cpu::build_i16_image(bv, cv.data, ib, c);
+    }
     float* tile = cpu::thread_tile();
     float rel = 0.0f;
     for (int64_t t = 0; t < std::max<int64_t>(repeat, 1); ++t)
-      rel = cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows, av.cols,
-                                  cv.data, ia, 0, ib, 0, tile);
+      rel = bf16 ? cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows,
+                                         av.cols, cv.data, ha, 0, hb, 0, tile)
+                 : cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows,
+                                         av.cols, cv.data, ia, 0, ib, 0, tile);
     for (idx_t r = 0; r < av.rows; ++r)
       std::copy(tile + r * cpu::kTile, tile + r * cpu::kTile + bv.rows, po + r * bv.rows);
     return rel;

@@ -174,10 +174,38 @@ float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t
 #endif
 }
 
-bool filter_images(idx_t d) { return gemm_kind() == kGemmAvx2I16 && avx2i16_cols(d); }
+float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                       idx_t d, const float* center, const Bf16Image& ia, idx_t i0,
+                       const Bf16Image& ib, idx_t j0, float* tile) {
+  require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && i0 % kTile == 0 && j0 % kTile == 0 &&
+              i0 + m <= ia.rows && j0 + n <= ib.rows && filter_images(d),
+          "gemm_tile_images: tile shape");
+#ifdef USL_FAST_LOWP
+  double ka2 = 0.0, kb2 = 0.0;
+  gemm_tile_bf16_image(ia, i0, m, ib, j0, n, d, tile, ka2, kb2);
+  // The same test and fallback as gemm_tile's bf16 branch, on the same measured kappas.
+  if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return lowp_rel(ka2, kb2, d);
+  return redo_float32_centred(gemm_nt_avx512, a, lda, m, b, ldb, n, d, center, tile);
+#else
+  (void)a, (void)lda, (void)b, (void)ldb, (void)center, (void)tile, (void)ia, (void)ib;
+  return 0.0f;  // unreachable: filter_images is false without the bf16 kernel
+#endif
+}
+
+bool filter_images(idx_t d) {
+  const int kind = gemm_kind();
+  return (kind == kGemmAvx2I16 && avx2i16_cols(d)) || (kind == kGemmBf16 && d >= 1);
+}
 
 double filter_image_bytes(idx_t rows, idx_t d) {
   if (!filter_images(d) || rows == 0) return 0.0;
+  if (gemm_kind() == kGemmBf16) {
+    // 16 x kp bf16 a panel and pass (kp: the pass rounded up to 32), the alignment, k2
+    idx_t kpt = 0;
+    for (idx_t t0 = 0; t0 < d; t0 += 512) kpt += (std::min<idx_t>(512, d - t0) + 31) / 32 * 32;
+    return 2.0 * (16.0 * static_cast<double>((rows + 15) / 16) * static_cast<double>(kpt) + 32.0) +
+           8.0 * static_cast<double>(num_tiles(rows));
+  }
   const double slots = 8.0 * static_cast<double>((rows + 7) / 8);
   return 4.0 * (slots * static_cast<double>((d + 1) / 2) + 8.0)  // words, alignment
          + 4.0 * (slots + 16.0)                                  // inv
@@ -210,8 +238,14 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
     f.yn = f.yc.data();
   }
   if (images && filter_images(d) && x.rows > 0) {
-    build_i16_image(x, f.center.data(), f.xi, ctx);
-    if (!same) build_i16_image(y, f.center.data(), f.yi, ctx);
+    f.bf16 = gemm_kind() == kGemmBf16;
+    if (f.bf16) {
+      build_bf16_image(x, f.center.data(), f.xb, ctx);
+      if (!same) build_bf16_image(y, f.center.data(), f.yb, ctx);
+    } else {
+      build_i16_image(x, f.center.data(), f.xi, ctx);
+      if (!same) build_i16_image(y, f.center.data(), f.yi, ctx);
+    }
     f.images = true;
     f.same = same;
   }

@@ -216,10 +216,13 @@ namespace {
 // C[8 x 16 NP] (+)= A[8 x kp] B^T over np pairs of coordinates: 8 NP accumulators, one
 // 32-bit broadcast (a coordinate pair) of A per row and pair, one load per panel and pair.
 // Panels are 16 kp words apart. Rows and columns past m and n are zeros' products and land
-// inside the tile (its rows and columns rounded up to 16).
-template <int NP>
+// inside the tile (its rows and columns rounded up to 16). A's rows are kp words apart (the
+// per-tile buffer) or, with Panel, 8 rows of one of B's panels (an image: rows 1 word apart,
+// pairs 16 words apart).
+template <int NP, bool Panel = false>
 USL_BF16_TARGET inline void bf16_micro(const uint16_t* a, idx_t kp, const uint16_t* bp, float* c,
                                        bool accumulate) {
+  const idx_t ra = Panel ? 2 : kp, ta = Panel ? 32 : 2;
   __m512 acc[8][NP];
   for (int r = 0; r < 8; ++r)
     for (int p = 0; p < NP; ++p)
@@ -230,7 +233,7 @@ USL_BF16_TARGET inline void bf16_micro(const uint16_t* a, idx_t kp, const uint16
       bv[p] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(bp + p * 16 * kp + 32 * t));
     for (int r = 0; r < 8; ++r) {
       int32_t w;
-      std::memcpy(&w, a + r * kp + 2 * t, sizeof w);
+      std::memcpy(&w, a + r * ra + ta * t, sizeof w);
       const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(w));
       for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], av, bv[p]);
     }
@@ -305,6 +308,78 @@ USL_BF16_TARGET void gemm_tile_bf16(const float* a, idx_t lda, idx_t m, const fl
   kb2 = kb.k2;
 }
 
+// The passes' blocks of an image one after another (every pass but the last kKcLowp wide).
+inline const uint16_t* bf16_pass(const Bf16Image& img, idx_t t0, idx_t kp, idx_t panel) {
+  return img.words + 16 * (img.panels * t0 + panel * kp);
+}
+
+USL_BF16_TARGET void gemm_tile_bf16_image(const Bf16Image& ia, idx_t i0, idx_t m,
+                                          const Bf16Image& ib, idx_t j0, idx_t n, idx_t d,
+                                          float* tile, double& ka2, double& kb2) {
+  const idx_t mr = (m + 15) / 16 * 16, nb = (n + 15) / 16;
+  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp) {
+    const idx_t kc = std::min(kKcLowp, d - t0), kp = (kc + 31) / 32 * 32;
+    const uint16_t* ab = bf16_pass(ia, t0, kp, i0 / 16);
+    const uint16_t* bt = bf16_pass(ib, t0, kp, j0 / 16);
+    for (idx_t jb = 0; jb < nb; jb += 2)
+      for (idx_t i = 0; i < mr; i += 8) {
+        const uint16_t* a = ab + (i / 16) * 16 * kp + 2 * (i % 16);
+        float* c = tile + i * kTile + jb * 16;
+        if (jb + 1 < nb)
+          bf16_micro<2, true>(a, kp, bt + jb * 16 * kp, c, t0 > 0);
+        else
+          bf16_micro<1, true>(a, kp, bt + jb * 16 * kp, c, t0 > 0);
+      }
+  }
+  ka2 = ia.k2[i0 / kTile];
+  kb2 = ib.k2[j0 / kTile];
+}
+
+namespace {
+// Row tile T of the image: its panels' rows converted pass by pass by to_bf16 (the per-tile
+// kernel's roundings and sums in the same order: the same words and kappas), transposed
+// into panels as pack_lowp_pass does B's.
+USL_BF16_TARGET void bf16_image_tile(const View& x, const float* cen, idx_t T, Bf16Image& img) {
+  const idx_t d = x.cols, r0 = T * kTile, r1 = std::min(x.rows, r0 + kTile);
+  alignas(64) uint16_t rows[16 * kKcLowp];
+  double res[kTile] = {}, nrm[kTile] = {};
+  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp) {
+    const idx_t kc = std::min(kKcLowp, d - t0), kp = (kc + 31) / 32 * 32;
+    for (idx_t p = r0 / 16; p < (r1 + 15) / 16; ++p) {
+      for (idx_t q = 0; q < 16; ++q) {
+        const idx_t r = p * 16 + q;
+        if (r >= r1)
+          std::memset(rows + q * kp, 0, sizeof(uint16_t) * kp);
+        else
+          to_bf16(x.row(r) + t0, cen + t0, kc, kp, rows + q * kp, res[r - r0], nrm[r - r0]);
+      }
+      uint16_t* out = const_cast<uint16_t*>(bf16_pass(img, t0, kp, p));
+      for (idx_t kk = 0; kk < kp / 32; ++kk) transpose16_words(rows + kk * 32, kp, out + kk * 512);
+    }
+  }
+  KappaMax km;
+  for (idx_t r = r0; r < r1; ++r) km.add(res[r - r0], nrm[r - r0], d);
+  img.k2[T] = km.k2;
+}
+}  // namespace
+
+void build_bf16_image(const View& x, const float* center, Bf16Image& img, const Context& ctx) {
+  const idx_t n = x.rows, d = x.cols, T = num_tiles(n);
+  require(avx512bf16_supported(), "build_bf16_image: no AVX512-BF16 on this CPU");
+  idx_t kpt = 0;
+  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp) kpt += (std::min(kKcLowp, d - t0) + 31) / 32 * 32;
+  img.rows = n;
+  img.panels = (n + 15) / 16;
+  img.store.reset(static_cast<size_t>(img.panels) * 16 * kpt + 32);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(img.store.data());
+  img.words = img.store.data() + ((64 - at % 64) % 64) / sizeof(uint16_t);  // aligned loads
+  img.k2.reset(T);
+  Guard guard;
+#pragma omp parallel for num_threads(ctx.threads) schedule(dynamic, 1)
+  for (idx_t t = 0; t < T; ++t) guard.run([&] { bf16_image_tile(x, center, t, img); });
+  guard.rethrow();
+}
+
 USL_VNNI_TARGET void gemm_tile_i16(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb,
                                    idx_t n, idx_t d, const float* center, float* tile,
                                    double& ka2, double& kb2) {
@@ -338,6 +413,10 @@ USL_VNNI_TARGET void gemm_tile_i16(const float* a, idx_t lda, idx_t m, const flo
   kb2 = kb.k2;
 }
 
+#else
+void build_bf16_image(const View&, const float*, Bf16Image&, const Context&) {
+  require(false, "build_bf16_image: no AVX512-BF16 kernels in this build");
+}
 #endif  // USL_FAST_LOWP
 
 }  // namespace cpu

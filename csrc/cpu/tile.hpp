@@ -173,13 +173,30 @@ struct I16Image {
   Buffer<double> k2;               // per row tile
   idx_t rows = 0, panels = 0;
 };
-// Whether the drivers' pair rounds (for_each_round) convert rows once per call at d
-// coordinates (the AVX2 int16 GEMM within its columns), and the bytes an image of `rows`
-// rows then takes (0 where not): usl_fast/_dispatch.py counts them in its memory checks.
+// The same for the AVX-512 bf16 GEMM (gemm_tile_bf16, gemm_lowp.cpp): each row's bf16
+// image of x - centre, pass by pass exactly as the per-tile conversion makes it, stored as
+// the kernel's B panels (16 rows, word-major: word 16 p + q holds coordinates 2 p, 2 p + 1
+// of row q), which its A side reads as well (2 bf16 apart). Pass t0's block holds `panels`
+// panels of 16 x kp(pass) bf16 (kp: the pass's coordinates rounded up to 32; every pass but
+// the last is kKcLowp wide, so the block starts at panels x 16 x t0). Rows past `rows` are
+// zeros. Per row tile: the largest kappa^2 bound of its rows (the per-tile kernel's ka2).
+struct Bf16Image {
+  Buffer<uint16_t> store;  // words, plus room to align them to 64 bytes
+  uint16_t* words = nullptr;
+  Buffer<double> k2;  // per row tile
+  idx_t rows = 0, panels = 0;
+};
+// Whether the drivers' pair rounds (for_each_round) and rectangular passes (for_each_tile)
+// convert rows once per call at d coordinates (the AVX2 int16 GEMM within its columns, the
+// AVX-512 bf16 GEMM at any d), and the bytes an image of `rows` rows then takes (0 where
+// not): usl_fast/_dispatch.py counts them in its memory checks.
 bool filter_images(idx_t d);
 double filter_image_bytes(idx_t rows, idx_t d);
 // Fills img with the int16 images of x's rows, centred on `center` (threads over row tiles).
 void build_i16_image(const View& x, const float* center, I16Image& img, const Context& ctx);
+// Fills img with the bf16 images of x's rows, centred on `center` (threads over row tiles);
+// only where the CPU has AVX512-BF16 (gemm_lowp.cpp).
+void build_bf16_image(const View& x, const float* center, Bf16Image& img, const Context& ctx);
 
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
 // data far from the origin (all-positive features, say) it would let every pair through;
@@ -191,12 +208,12 @@ struct FilterNorms {
   Buffer<float> xc, yc;       // centred squared norms, when centred
   const float* xn = nullptr;  // the norms the tiles use
   const float* yn = nullptr;
-  // The rows' int16 images (asked for and filter_images(d)); yi unused when same.
+  // The rows' images (asked for and filter_images(d)): int16 (xi, yi) on the AVX2 int16
+  // GEMM, bf16 (xb, yb) on the AVX-512 bf16 one; the y side unused when same.
   // (Pointers by method: a returned FilterNorms may have been moved.)
   I16Image xi, yi;
-  bool images = false, same = false;
-  const I16Image* xim() const { return images ? &xi : nullptr; }
-  const I16Image* yim() const { return images ? (same ? &xi : &yi) : nullptr; }
+  Bf16Image xb, yb;
+  bool images = false, same = false, bf16 = false;
   const float* c() const { return center.empty() ? nullptr : center.data(); }
 };
 FilterNorms filter_norms(const View& x, const float* xn, const View& y, const float* yn,
@@ -208,6 +225,22 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
 float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                        idx_t d, const float* center, const I16Image& ia, idx_t i0,
                        const I16Image& ib, idx_t j0, float* tile);
+float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
+                       idx_t d, const float* center, const Bf16Image& ia, idx_t i0,
+                       const Bf16Image& ib, idx_t j0, float* tile);
+
+// The tile product of x's row tile at i0 (mi rows) and y's at j0 (nj rows) as a driver runs
+// it: from fn's images where it holds them, else gemm_tile (fn centred or not).
+inline float driver_tile(const FilterNorms& fn, const View& x, idx_t i0, idx_t mi, const View& y,
+                         idx_t j0, idx_t nj, float* tile) {
+  const idx_t d = x.cols;
+  if (!fn.images) return gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), tile);
+  if (fn.bf16)
+    return gemm_tile_images(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), fn.xb, i0,
+                            fn.same ? fn.xb : fn.yb, j0, tile);
+  return gemm_tile_images(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), fn.xi, i0,
+                          fn.same ? fn.xi : fn.yi, j0, tile);
+}
 
 // The calling thread's kTile x kTile scratch tile (allocated once per OpenMP thread).
 float* thread_tile();
@@ -386,7 +419,9 @@ bool wants_filter(L&, idx_t, long) {
 // Rectangular: every row tile of x against every column tile of y, row tiles spread over
 // threads (dynamic), column tiles in ascending order within a row tile. Epi::Local is
 // constructed once per thread from the Epi; it gets begin(i0, mi), tile(const Tile&) per
-// column tile, end(i0, mi). One progress unit per row tile.
+// column tile, end(i0, mi). One progress unit per row tile. Where both sides have more than
+// one tile (each row then meets several tiles of the other side), the rows are converted
+// once into images (filter_images; rect_image_bytes counts them).
 template <class Epi>
 void for_each_tile(const View& x, const float* xn, const View& y, const float* yn, Epi& epi,
                    const Context& ctx) {
@@ -394,7 +429,7 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
   const idx_t TR = num_tiles(n), TC = num_tiles(m);
   const float abs = filter_abs(d);
   const bool same = x.data == y.data && x.rows == y.rows && x.ld == y.ld;
-  const FilterNorms fn = filter_norms(x, xn, y, yn, same, ctx);
+  const FilterNorms fn = filter_norms(x, xn, y, yn, same, ctx, TR > 1 && TC > 1);
   xn = fn.xn;
   yn = fn.yn;
   Guard guard;
@@ -417,8 +452,7 @@ void for_each_tile(const View& x, const float* xn, const View& y, const float* y
         for (idx_t J = 0; J < TC; ++J) {
           const idx_t j0 = J * kTile, nj = std::min(kTile, m - j0);
           const bool f = wants_filter(*loc, J, 0);
-          const float rel =
-              f ? gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), tile) : 0.0f;
+          const float rel = f ? driver_tile(fn, x, i0, mi, y, j0, nj, tile) : 0.0f;
           loc->tile(Tile{f ? tile : nullptr, kTile, i0, mi, j0, nj, xn + i0, yn + j0, rel, abs,
                          false, x, y});
         }
@@ -466,10 +500,7 @@ void for_each_round(const View& a, const float* an, const View& b, const float* 
           guard.check_cancel(ctx);
           const idx_t i0 = I * kTile, j0 = J * kTile;
           const idx_t mi = std::min(kTile, a.rows - i0), nj = std::min(kTile, b.rows - j0);
-          const float rel =
-              fn.images ? gemm_tile_images(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, fn.c(),
-                                           *fn.xim(), i0, *fn.yim(), j0, tile)
-                     : gemm_tile(a.row(i0), a.ld, mi, b.row(j0), b.ld, nj, d, fn.c(), tile);
+          const float rel = driver_tile(fn, a, i0, mi, b, j0, nj, tile);
           loc->pair(
               Tile{tile, kTile, i0, mi, j0, nj, an + i0, bn + j0, rel, abs, same && I == J, a, b});
           ctx.add(1);
