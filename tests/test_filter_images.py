@@ -1,5 +1,6 @@
 """The 16-bit filters' row images: the AVX2 int16 GEMM (csrc/cpu/gemm_avx2.cpp,
-build_i16_image) and the AVX-512 bf16 one (csrc/cpu/gemm_lowp.cpp, build_bf16_image). The
+build_i16_image) and the AVX-512 bf16 and int16 ones (csrc/cpu/gemm_lowp.cpp,
+build_lowp_image). The
 pair rounds of the self and bipartite kNN, and the rectangular passes whose sides both span
 several tiles (query kNN, k-means assign, regularizer, range counts), convert each row once
 per call instead of once per tile. A tile multiplied from the images must be the per-tile
@@ -17,12 +18,14 @@ import numpy as np
 import pytest
 from test_cli import subprocess_env
 
-# The two image kinds: (USL_FAST_ISA, USL_FAST_GEMM, the GEMM kind that must run, the
-# float32 GEMM of that ISA for the reference runs, a tiny row that makes the tile fall back
-# to float32: out of int16's scale range / subnormal, which bf16 flushes to zero).
+# The image kinds: (USL_FAST_ISA, USL_FAST_GEMM, the GEMM kind that must run, the float32
+# GEMM of that ISA for the reference runs, a tiny row value, whether a tile holding such a
+# row falls back to float32: out of the AVX2 int16 scale's range; subnormal, which bf16
+# flushes to zero; the AVX-512 int16 kernel scales per pass, exactly, and keeps it).
 KINDS = {
-    "avx2i16": ("avx2", "avx2i16", 4, "avx2", "1e-30"),
-    "avx512bf16": ("avx512", "avx512bf16", 5, "avx512", "1e-39"),
+    "avx2i16": ("avx2", "avx2i16", 4, "avx2", "1e-30", 1),
+    "avx512bf16": ("avx512", "avx512bf16", 5, "avx512", "1e-39", 1),
+    "avx512vnni": ("avx512", "avx512vnni", 6, "avx512", "1e-39", 0),
 }
 
 # Runs on the GEMM kind argv[1]; prints "skip <kind>" where it cannot.
@@ -30,13 +33,13 @@ _IMAGES = r"""
 import sys
 import numpy as np
 from usl_fast._backend import _cpu
-kind, tiny_value = int(sys.argv[1]), np.float32(sys.argv[2])
+kind, tiny_value, falls_back = int(sys.argv[1]), np.float32(sys.argv[2]), sys.argv[3] == "1"
 if _cpu.gemm_kind() != kind:
     print("skip", _cpu.gemm_kind())
     raise SystemExit
 rng = np.random.default_rng(11)
 checked = fell_back = 0
-dims = (64, 65, 127, 128, 511, 512, 513, 1030) + ((1, 2, 31, 33) if kind == 5 else ())
+dims = (64, 65, 127, 128, 511, 512, 513, 1030) + ((1, 2, 31, 33) if kind != 4 else ())
 for d in dims:
     for m, n in ((1, 1), (7, 9), (8, 8), (33, 250), (256, 256), (255, 17)):
         if d > 600 and m * n > 5000:
@@ -57,7 +60,7 @@ for d in dims:
             assert rel_got == rel_want, (d, m, n, tiny, rel_got, rel_want)
             assert np.array_equal(got.view(np.int32), want.view(np.int32)), (d, m, n, tiny)
             checked += 1
-            if tiny:  # redone in float32: the float32 bound plus the centring's 2^-21
+            if tiny and falls_back:  # redone in float32: the float32 bound plus 2^-21
                 v = float(_cpu.filter_rel(d)) + 2.0**-21
                 f = np.float32(v)
                 f = f if float(f) >= v else np.nextafter(f, np.float32(np.inf))
@@ -68,7 +71,7 @@ assert _cpu.filter_image_bytes(1000, 128) >= 1000 * 2 * 128
 assert _cpu.filter_image_bytes(1000, 128) < 1000 * (2 * 128 + 4) * 1.05 + 4096
 if kind == 4:
     assert _cpu.filter_image_bytes(1000, 63) == 0 and _cpu.filter_image_bytes(1000, 16385) == 0
-else:  # bf16: the passes' coordinates rounded up to 32
+else:  # AVX-512: the passes' coordinates rounded up to 32
     assert _cpu.filter_image_bytes(1000, 33) >= 1000 * 2 * 64
     assert _cpu.filter_image_bytes(1000, 1030) >= 1000 * 2 * (512 + 512 + 32)
 assert _cpu.filter_image_bytes(0, 128) == 0
@@ -128,16 +131,16 @@ def _run(script, kind, *args, tmp_path, gemm=None):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_tiles_from_images_are_the_per_tile_products(tmp_path, kind):
-    _, _, number, _, tiny = KINDS[kind]
-    out = _run(_IMAGES, kind, number, tiny, tmp_path=tmp_path)
+    _, _, number, _, tiny, falls_back = KINDS[kind]
+    out = _run(_IMAGES, kind, number, tiny, falls_back, tmp_path=tmp_path)
     if out[0] == "skip":
         pytest.skip(f"this CPU or build runs GEMM kind {out[1]}, not {kind}")
-    assert out[0] == "ok" and int(out[2]) >= 1, out  # the fallback was exercised
+    assert out[0] == "ok" and int(out[2]) >= falls_back, out  # the fallback was exercised
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_passes_on_images_equal_the_float32_kernel(tmp_path, kind):
-    _, _, number, float32_gemm, _ = KINDS[kind]
+    _, _, number, float32_gemm, _, _ = KINDS[kind]
     got, want = tmp_path / "images.npz", tmp_path / "f32.npz"
     _run(_KNN, kind, got, tmp_path=tmp_path)
     _run(_KNN, kind, want, tmp_path=tmp_path, gemm=float32_gemm)
@@ -185,7 +188,7 @@ cap = 2 * k + 16
 before = 4 * n + 8 * cap * n + 4 * n + 4 * n + 4 * n
 if kind == 4:  # int16: 8-row panels of coordinate pairs, 4-byte words, 32-byte aligned
     words = ((n + 7) // 8 * 8 * ((d + 1) // 2) + 8) * 4
-else:  # bf16: 16-row panels, d rounded up to 32, 64-byte aligned
+else:  # AVX-512: 16-row panels, d rounded up to 32, 64-byte aligned
     words = ((n + 15) // 16 * 16 * ((d + 31) // 32 * 32) + 32) * 2
 _cpu.set_alloc_limit(before + words - 1)
 try:

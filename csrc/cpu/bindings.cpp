@@ -186,8 +186,8 @@ PYBIND11_MODULE(_cpu, m) {
   // converts per tile): _dispatch counts them in its memory checks.
   m.def("filter_image_bytes",
         [](int64_t rows, int64_t d) { return cpu::filter_image_bytes(rows, d); });
-  // Test hook: gemm_tile through the rows' images (gemm_tile_images: int16 on the AVX2
-  // int16 GEMM, bf16 on the AVX-512 bf16 one), as the drivers run it: a and b are converted
+  // Test hook: gemm_tile through the rows' images (gemm_tile_images: on the AVX2 int16 GEMM
+  // and the AVX-512 bf16 and int16 ones), as the drivers run it: a and b are converted
   // whole (centred on `center`), then row tile 0 of a against row tile 0 of b. Only where
   // filter_images(d). repeat > 1 (a benchmark hook): the product is run that many times on
   // the same images.
@@ -198,19 +198,20 @@ PYBIND11_MODULE(_cpu, m) {
     if (av.rows < 1 || av.rows > cpu::kTile) throw py::value_error("a: 1 to 256 rows");
     if (bv.rows < 1 || bv.rows > cpu::kTile) throw py::value_error("b: 1 to 256 rows");
     if (!cpu::filter_images(av.cols))
-      throw py::value_error("the AVX2 int16 GEMM with 64 <= d <= 16384 or the AVX-512 bf16 GEMM only");
+      throw py::value_error("the AVX2 int16 GEMM with 64 <= d <= 16384 or an AVX-512 16-bit GEMM only");
     const View cv = in_mat(center, "center");
     if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
     float* po = out_vec<float>(out, "out", av.rows * bv.rows);
     py::gil_scoped_release nogil;
     Context c;
     c.threads = 1;
-    const bool bf16 = cpu::gemm_kind() == cpu::kGemmBf16;
+    const int kind = cpu::gemm_kind();
+    const bool lowp = kind == cpu::kGemmBf16 || kind == cpu::kGemmI16;
     cpu::I16Image ia, ib;
-    cpu::Bf16Image ha, hb;
-    if (bf16) {
-      cpu::build_bf16_image(av, cv.data, ha, c);
-      cpu::build_bf16_image(bv, cv.data, hb, c);
+    cpu::LowpImage ha, hb;
+    if (lowp) {
+      cpu::build_lowp_image(av, cv.data, kind == cpu::kGemmI16, ha, c);
+      cpu::build_lowp_image(bv, cv.data, kind == cpu::kGemmI16, hb, c);
     } else {
       cpu::build_i16_image(av, cv.data, ia, c);
       cpu::build_i16_image(bv, cv.data, ib, c);
@@ -218,7 +219,7 @@ PYBIND11_MODULE(_cpu, m) {
     float* tile = cpu::thread_tile();
     float rel = 0.0f;
     for (int64_t t = 0; t < std::max<int64_t>(repeat, 1); ++t)
-      rel = bf16 ? cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows,
+      rel = lowp ? cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows,
                                          av.cols, cv.data, ha, 0, hb, 0, tile)
                  : cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows,
                                          av.cols, cv.data, ia, 0, ib, 0, tile);

@@ -175,15 +175,15 @@ float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t
 }
 
 float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
-                       idx_t d, const float* center, const Bf16Image& ia, idx_t i0,
-                       const Bf16Image& ib, idx_t j0, float* tile) {
+                       idx_t d, const float* center, const LowpImage& ia, idx_t i0,
+                       const LowpImage& ib, idx_t j0, float* tile) {
   require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && i0 % kTile == 0 && j0 % kTile == 0 &&
               i0 + m <= ia.rows && j0 + n <= ib.rows && filter_images(d),
           "gemm_tile_images: tile shape");
 #ifdef USL_FAST_LOWP
   double ka2 = 0.0, kb2 = 0.0;
-  gemm_tile_bf16_image(ia, i0, m, ib, j0, n, d, tile, ka2, kb2);
-  // The same test and fallback as gemm_tile's bf16 branch, on the same measured kappas.
+  gemm_tile_lowp_image(ia, i0, m, ib, j0, n, d, tile, ka2, kb2);
+  // The same test and fallback as gemm_tile's 16-bit branch, on the same measured kappas.
   if (ka2 <= 0x1p-15 && kb2 <= 0x1p-15) return lowp_rel(ka2, kb2, d);
   return redo_float32_centred(gemm_nt_avx512, a, lda, m, b, ldb, n, d, center, tile);
 #else
@@ -194,16 +194,22 @@ float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t
 
 bool filter_images(idx_t d) {
   const int kind = gemm_kind();
-  return (kind == kGemmAvx2I16 && avx2i16_cols(d)) || (kind == kGemmBf16 && d >= 1);
+  return (kind == kGemmAvx2I16 && avx2i16_cols(d)) ||
+         ((kind == kGemmBf16 || kind == kGemmI16) && d >= 1);
 }
 
 double filter_image_bytes(idx_t rows, idx_t d) {
   if (!filter_images(d) || rows == 0) return 0.0;
-  if (gemm_kind() == kGemmBf16) {
-    // 16 x kp bf16 a panel and pass (kp: the pass rounded up to 32), the alignment, k2
-    idx_t kpt = 0;
-    for (idx_t t0 = 0; t0 < d; t0 += 512) kpt += (std::min<idx_t>(512, d - t0) + 31) / 32 * 32;
-    return 2.0 * (16.0 * static_cast<double>((rows + 15) / 16) * static_cast<double>(kpt) + 32.0) +
+  const int kind = gemm_kind();
+  if (kind == kGemmBf16 || kind == kGemmI16) {
+    // 16 x kp words a panel and pass (kp: the pass rounded up to 32), the alignment, k2;
+    // int16: a float32 exponent a row and pass
+    idx_t kpt = 0, passes = 0;
+    for (idx_t t0 = 0; t0 < d; t0 += 512, ++passes)
+      kpt += (std::min<idx_t>(512, d - t0) + 31) / 32 * 32;
+    const double slots = 16.0 * static_cast<double>((rows + 15) / 16);
+    return 2.0 * (slots * static_cast<double>(kpt) + 32.0) +
+           (kind == kGemmI16 ? 4.0 * slots * static_cast<double>(passes) : 0.0) +
            8.0 * static_cast<double>(num_tiles(rows));
   }
   const double slots = 8.0 * static_cast<double>((rows + 7) / 8);
@@ -238,10 +244,11 @@ FilterNorms filter_norms(const View& x, const float* xn, const View& y, const fl
     f.yn = f.yc.data();
   }
   if (images && filter_images(d) && x.rows > 0) {
-    f.bf16 = gemm_kind() == kGemmBf16;
-    if (f.bf16) {
-      build_bf16_image(x, f.center.data(), f.xb, ctx);
-      if (!same) build_bf16_image(y, f.center.data(), f.yb, ctx);
+    const int kind = gemm_kind();
+    f.lowp = kind == kGemmBf16 || kind == kGemmI16;
+    if (f.lowp) {
+      build_lowp_image(x, f.center.data(), kind == kGemmI16, f.xl, ctx);
+      if (!same) build_lowp_image(y, f.center.data(), kind == kGemmI16, f.yl, ctx);
     } else {
       build_i16_image(x, f.center.data(), f.xi, ctx);
       if (!same) build_i16_image(y, f.center.data(), f.yi, ctx);

@@ -125,9 +125,10 @@ void gemm_tile_bf16(const float* a, idx_t lda, idx_t m, const float* b, idx_t ld
                     idx_t d, const float* center, float* tile, double& ka2, double& kb2);
 void gemm_tile_i16(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                    idx_t d, const float* center, float* tile, double& ka2, double& kb2);
-// gemm_tile_bf16 of row tile i0 / kTile of ia against j0 / kTile of ib (tile.hpp, Bf16Image):
-// the same products in the same order, the same kappas.
-void gemm_tile_bf16_image(const Bf16Image& ia, idx_t i0, idx_t m, const Bf16Image& ib, idx_t j0,
+// gemm_tile_bf16 (gemm_tile_i16 for int16 images) of row tile i0 / kTile of ia against
+// j0 / kTile of ib (tile.hpp, LowpImage): the same products in the same order, the same
+// kappas.
+void gemm_tile_lowp_image(const LowpImage& ia, idx_t i0, idx_t m, const LowpImage& ib, idx_t j0,
                           idx_t n, idx_t d, float* tile, double& ka2, double& kb2);
 #endif  // USL_FAST_LOWP
 

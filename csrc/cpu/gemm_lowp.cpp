@@ -243,10 +243,12 @@ USL_BF16_TARGET inline void bf16_micro(const uint16_t* a, idx_t kp, const uint16
 }
 
 // The same with int16 pairs and exact int32 sums; the epilogue converts each sum to float32
-// (nearest even, whatever MXCSR says) and scales it by 2^-(ea + eb), exact bar underflow.
-template <int NP>
+// (nearest even, whatever MXCSR says) and scales it by 2^-(ea + eb), exact bar underflow
+// (nea, neb: the rows' and columns' -ea, -eb as float32).
+template <int NP, bool Panel = false>
 USL_VNNI_TARGET inline void i16_micro(const uint16_t* a, idx_t kp, const uint16_t* bp, float* c,
-                                      const int* ea, const float* neb, bool accumulate) {
+                                      const float* nea, const float* neb, bool accumulate) {
+  const idx_t ra = Panel ? 2 : kp, ta = Panel ? 32 : 2;
   __m512i acc[8][NP];
   for (int r = 0; r < 8; ++r)
     for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_si512();
@@ -255,17 +257,17 @@ USL_VNNI_TARGET inline void i16_micro(const uint16_t* a, idx_t kp, const uint16_
     for (int p = 0; p < NP; ++p) bv[p] = _mm512_loadu_si512(bp + p * 16 * kp + 32 * t);
     for (int r = 0; r < 8; ++r) {
       int32_t w;
-      std::memcpy(&w, a + r * kp + 2 * t, sizeof w);
+      std::memcpy(&w, a + r * ra + ta * t, sizeof w);
       const __m512i av = _mm512_set1_epi32(w);
       for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_dpwssd_epi32(acc[r][p], av, bv[p]);
     }
   }
   for (int r = 0; r < 8; ++r) {
-    const __m512 nea = _mm512_set1_ps(static_cast<float>(-ea[r]));
+    const __m512 er = _mm512_set1_ps(nea[r]);
     for (int p = 0; p < NP; ++p) {
       const __m512 f =
           _mm512_cvt_roundepi32_ps(acc[r][p], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      __m512 v = _mm512_scalef_ps(f, _mm512_add_ps(nea, _mm512_loadu_ps(neb + 16 * p)));
+      __m512 v = _mm512_scalef_ps(f, _mm512_add_ps(er, _mm512_loadu_ps(neb + 16 * p)));
       float* cp = c + r * kTile + 16 * p;
       if (accumulate) v = _mm512_add_ps(v, _mm512_loadu_ps(cp));
       _mm512_storeu_ps(cp, v);
@@ -309,18 +311,19 @@ USL_BF16_TARGET void gemm_tile_bf16(const float* a, idx_t lda, idx_t m, const fl
 }
 
 // The passes' blocks of an image one after another (every pass but the last kKcLowp wide).
-inline const uint16_t* bf16_pass(const Bf16Image& img, idx_t t0, idx_t kp, idx_t panel) {
+inline const uint16_t* lowp_pass(const LowpImage& img, idx_t t0, idx_t kp, idx_t panel) {
   return img.words + 16 * (img.panels * t0 + panel * kp);
 }
 
-USL_BF16_TARGET void gemm_tile_bf16_image(const Bf16Image& ia, idx_t i0, idx_t m,
-                                          const Bf16Image& ib, idx_t j0, idx_t n, idx_t d,
-                                          float* tile, double& ka2, double& kb2) {
+namespace {
+USL_BF16_TARGET void bf16_image_product(const LowpImage& ia, idx_t i0, idx_t m,
+                                        const LowpImage& ib, idx_t j0, idx_t n, idx_t d,
+                                        float* tile) {
   const idx_t mr = (m + 15) / 16 * 16, nb = (n + 15) / 16;
   for (idx_t t0 = 0; t0 < d; t0 += kKcLowp) {
     const idx_t kc = std::min(kKcLowp, d - t0), kp = (kc + 31) / 32 * 32;
-    const uint16_t* ab = bf16_pass(ia, t0, kp, i0 / 16);
-    const uint16_t* bt = bf16_pass(ib, t0, kp, j0 / 16);
+    const uint16_t* ab = lowp_pass(ia, t0, kp, i0 / 16);
+    const uint16_t* bt = lowp_pass(ib, t0, kp, j0 / 16);
     for (idx_t jb = 0; jb < nb; jb += 2)
       for (idx_t i = 0; i < mr; i += 8) {
         const uint16_t* a = ab + (i / 16) * 16 * kp + 2 * (i % 16);
@@ -331,29 +334,55 @@ USL_BF16_TARGET void gemm_tile_bf16_image(const Bf16Image& ia, idx_t i0, idx_t m
           bf16_micro<1, true>(a, kp, bt + jb * 16 * kp, c, t0 > 0);
       }
   }
-  ka2 = ia.k2[i0 / kTile];
-  kb2 = ib.k2[j0 / kTile];
 }
 
-namespace {
-// Row tile T of the image: its panels' rows converted pass by pass by to_bf16 (the per-tile
-// kernel's roundings and sums in the same order: the same words and kappas), transposed
-// into panels as pack_lowp_pass does B's.
-USL_BF16_TARGET void bf16_image_tile(const View& x, const float* cen, idx_t T, Bf16Image& img) {
+USL_VNNI_TARGET void i16_image_product(const LowpImage& ia, idx_t i0, idx_t m,
+                                       const LowpImage& ib, idx_t j0, idx_t n, idx_t d,
+                                       float* tile) {
+  const idx_t mr = (m + 15) / 16 * 16, nb = (n + 15) / 16;
+  idx_t pass = 0;
+  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp, ++pass) {
+    const idx_t kc = std::min(kKcLowp, d - t0), kp = (kc + 31) / 32 * 32;
+    const uint16_t* ab = lowp_pass(ia, t0, kp, i0 / 16);
+    const uint16_t* bt = lowp_pass(ib, t0, kp, j0 / 16);
+    const float* nea = ia.nexp.data() + pass * ia.panels * 16 + i0;
+    const float* neb = ib.nexp.data() + pass * ib.panels * 16 + j0;
+    for (idx_t jb = 0; jb < nb; jb += 2)
+      for (idx_t i = 0; i < mr; i += 8) {
+        const uint16_t* a = ab + (i / 16) * 16 * kp + 2 * (i % 16);
+        float* c = tile + i * kTile + jb * 16;
+        if (jb + 1 < nb)
+          i16_micro<2, true>(a, kp, bt + jb * 16 * kp, c, nea + i, neb + jb * 16, t0 > 0);
+        else
+          i16_micro<1, true>(a, kp, bt + jb * 16 * kp, c, nea + i, neb + jb * 16, t0 > 0);
+      }
+  }
+}
+
+// Row tile T of the image: its panels' rows converted pass by pass by to_bf16 / to_i16 (the
+// per-tile kernel's roundings and sums in the same order: the same words, exponents and
+// kappas), transposed into panels as pack_lowp_pass does B's.
+USL_Z_TARGET void lowp_image_tile(const View& x, const float* cen, idx_t T, LowpImage& img) {
   const idx_t d = x.cols, r0 = T * kTile, r1 = std::min(x.rows, r0 + kTile);
   alignas(64) uint16_t rows[16 * kKcLowp];
   double res[kTile] = {}, nrm[kTile] = {};
-  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp) {
+  idx_t pass = 0;
+  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp, ++pass) {
     const idx_t kc = std::min(kKcLowp, d - t0), kp = (kc + 31) / 32 * 32;
+    float* nexp = img.i16 ? img.nexp.data() + pass * img.panels * 16 : nullptr;
     for (idx_t p = r0 / 16; p < (r1 + 15) / 16; ++p) {
       for (idx_t q = 0; q < 16; ++q) {
         const idx_t r = p * 16 + q;
+        int e = 0;
         if (r >= r1)
           std::memset(rows + q * kp, 0, sizeof(uint16_t) * kp);
+        else if (img.i16)
+          to_i16(x.row(r) + t0, cen + t0, kc, kp, rows + q * kp, res[r - r0], nrm[r - r0], e);
         else
           to_bf16(x.row(r) + t0, cen + t0, kc, kp, rows + q * kp, res[r - r0], nrm[r - r0]);
+        if (nexp) nexp[r] = static_cast<float>(-e);
       }
-      uint16_t* out = const_cast<uint16_t*>(bf16_pass(img, t0, kp, p));
+      uint16_t* out = const_cast<uint16_t*>(lowp_pass(img, t0, kp, p));
       for (idx_t kk = 0; kk < kp / 32; ++kk) transpose16_words(rows + kk * 32, kp, out + kk * 512);
     }
   }
@@ -363,20 +392,38 @@ USL_BF16_TARGET void bf16_image_tile(const View& x, const float* cen, idx_t T, B
 }
 }  // namespace
 
-void build_bf16_image(const View& x, const float* center, Bf16Image& img, const Context& ctx) {
+void gemm_tile_lowp_image(const LowpImage& ia, idx_t i0, idx_t m, const LowpImage& ib, idx_t j0,
+                          idx_t n, idx_t d, float* tile, double& ka2, double& kb2) {
+  if (ia.i16)
+    i16_image_product(ia, i0, m, ib, j0, n, d, tile);
+  else
+    bf16_image_product(ia, i0, m, ib, j0, n, d, tile);
+  ka2 = ia.k2[i0 / kTile];
+  kb2 = ib.k2[j0 / kTile];
+}
+
+void build_lowp_image(const View& x, const float* center, bool i16, LowpImage& img,
+                      const Context& ctx) {
   const idx_t n = x.rows, d = x.cols, T = num_tiles(n);
-  require(avx512bf16_supported(), "build_bf16_image: no AVX512-BF16 on this CPU");
-  idx_t kpt = 0;
-  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp) kpt += (std::min(kKcLowp, d - t0) + 31) / 32 * 32;
+  require(i16 ? avx512vnni_supported() : avx512bf16_supported(),
+          "build_lowp_image: no AVX512-BF16 / VNNI on this CPU");
+  idx_t kpt = 0, passes = 0;
+  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp, ++passes)
+    kpt += (std::min(kKcLowp, d - t0) + 31) / 32 * 32;
   img.rows = n;
   img.panels = (n + 15) / 16;
+  img.i16 = i16;
   img.store.reset(static_cast<size_t>(img.panels) * 16 * kpt + 32);
   const uintptr_t at = reinterpret_cast<uintptr_t>(img.store.data());
   img.words = img.store.data() + ((64 - at % 64) % 64) / sizeof(uint16_t);  // aligned loads
+  if (i16) {
+    img.nexp.reset(static_cast<size_t>(img.panels) * 16 * passes);
+    img.nexp.fill(0.0f);  // rows past n: exponent 0, as the per-tile kernel's padding
+  }
   img.k2.reset(T);
   Guard guard;
 #pragma omp parallel for num_threads(ctx.threads) schedule(dynamic, 1)
-  for (idx_t t = 0; t < T; ++t) guard.run([&] { bf16_image_tile(x, center, t, img); });
+  for (idx_t t = 0; t < T; ++t) guard.run([&] { lowp_image_tile(x, center, t, img); });
   guard.rethrow();
 }
 
@@ -389,11 +436,12 @@ USL_VNNI_TARGET void gemm_tile_i16(const float* a, idx_t lda, idx_t m, const flo
   const idx_t mr = (m + 15) / 16 * 16, nb = (n + 15) / 16;
   double res_a[kTile] = {}, nrm_a[kTile] = {}, res_b[kTile] = {}, nrm_b[kTile] = {};
   int ea[kTile] = {}, eb[kTile] = {};
-  alignas(64) float neb[kTile] = {};
+  alignas(64) float nea[kTile] = {}, neb[kTile] = {};
   for (idx_t t0 = 0; t0 < d; t0 += kKcLowp) {
     const idx_t kc = std::min(kKcLowp, d - t0), kp = (kc + 31) / 32 * 32;
     pack_lowp_pass(a, lda, m, b, ldb, n, cen, t0, kc, kp, true, res_a, nrm_a, res_b, nrm_b, ea,
                    eb);
+    for (idx_t r = 0; r < m; ++r) nea[r] = static_cast<float>(-ea[r]);
     for (idx_t j = 0; j < n; ++j) neb[j] = static_cast<float>(-eb[j]);
     const uint16_t* ab = buf.a.data();
     const uint16_t* bt = buf.b.data();
@@ -401,9 +449,9 @@ USL_VNNI_TARGET void gemm_tile_i16(const float* a, idx_t lda, idx_t m, const flo
       for (idx_t i = 0; i < mr; i += 8) {
         float* c = tile + i * kTile + jb * 16;
         if (jb + 1 < nb)
-          i16_micro<2>(ab + i * kp, kp, bt + jb * 16 * kp, c, ea + i, neb + jb * 16, t0 > 0);
+          i16_micro<2>(ab + i * kp, kp, bt + jb * 16 * kp, c, nea + i, neb + jb * 16, t0 > 0);
         else
-          i16_micro<1>(ab + i * kp, kp, bt + jb * 16 * kp, c, ea + i, neb + jb * 16, t0 > 0);
+          i16_micro<1>(ab + i * kp, kp, bt + jb * 16 * kp, c, nea + i, neb + jb * 16, t0 > 0);
       }
   }
   KappaMax ka, kb;
@@ -414,8 +462,8 @@ USL_VNNI_TARGET void gemm_tile_i16(const float* a, idx_t lda, idx_t m, const flo
 }
 
 #else
-void build_bf16_image(const View&, const float*, Bf16Image&, const Context&) {
-  require(false, "build_bf16_image: no AVX512-BF16 kernels in this build");
+void build_lowp_image(const View&, const float*, bool, LowpImage&, const Context&) {
+  require(false, "build_lowp_image: no AVX-512 16-bit kernels in this build");
 }
 #endif  // USL_FAST_LOWP
 

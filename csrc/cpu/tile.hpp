@@ -173,30 +173,35 @@ struct I16Image {
   Buffer<double> k2;               // per row tile
   idx_t rows = 0, panels = 0;
 };
-// The same for the AVX-512 bf16 GEMM (gemm_tile_bf16, gemm_lowp.cpp): each row's bf16
-// image of x - centre, pass by pass exactly as the per-tile conversion makes it, stored as
-// the kernel's B panels (16 rows, word-major: word 16 p + q holds coordinates 2 p, 2 p + 1
-// of row q), which its A side reads as well (2 bf16 apart). Pass t0's block holds `panels`
-// panels of 16 x kp(pass) bf16 (kp: the pass's coordinates rounded up to 32; every pass but
-// the last is kKcLowp wide, so the block starts at panels x 16 x t0). Rows past `rows` are
-// zeros. Per row tile: the largest kappa^2 bound of its rows (the per-tile kernel's ka2).
-struct Bf16Image {
+// The same for the AVX-512 16-bit GEMMs (gemm_lowp.cpp: gemm_tile_bf16, gemm_tile_i16):
+// each row's 16-bit image of x - centre, pass by pass exactly as the per-tile conversion
+// makes it (to_bf16, to_i16), stored as the kernels' B panels (16 rows, word-major: word
+// 16 p + q holds coordinates 2 p, 2 p + 1 of row q), which their A side reads as well (2
+// words apart). Pass t0's block holds `panels` panels of 16 x kp(pass) words (kp: the pass's
+// coordinates rounded up to 32; every pass but the last is kKcLowp wide, so the block
+// starts at panels x 16 x t0). Rows past `rows` are zeros. int16 also keeps each row's
+// power-of-two exponent per pass, negated, as float32 (nexp: one block of panels x 16 per
+// pass). Per row tile: the largest kappa^2 bound of its rows (the per-tile kernel's ka2).
+struct LowpImage {
   Buffer<uint16_t> store;  // words, plus room to align them to 64 bytes
   uint16_t* words = nullptr;
-  Buffer<double> k2;  // per row tile
+  Buffer<float> nexp;  // int16 only
+  Buffer<double> k2;   // per row tile
   idx_t rows = 0, panels = 0;
+  bool i16 = false;
 };
 // Whether the drivers' pair rounds (for_each_round) and rectangular passes (for_each_tile)
 // convert rows once per call at d coordinates (the AVX2 int16 GEMM within its columns, the
-// AVX-512 bf16 GEMM at any d), and the bytes an image of `rows` rows then takes (0 where
+// AVX-512 bf16 and int16 GEMMs at any d), and the bytes an image of `rows` rows then takes (0 where
 // not): usl_fast/_dispatch.py counts them in its memory checks.
 bool filter_images(idx_t d);
 double filter_image_bytes(idx_t rows, idx_t d);
 // Fills img with the int16 images of x's rows, centred on `center` (threads over row tiles).
 void build_i16_image(const View& x, const float* center, I16Image& img, const Context& ctx);
-// Fills img with the bf16 images of x's rows, centred on `center` (threads over row tiles);
-// only where the CPU has AVX512-BF16 (gemm_lowp.cpp).
-void build_bf16_image(const View& x, const float* center, Bf16Image& img, const Context& ctx);
+// Fills img with the bf16 (i16: int16) images of x's rows, centred on `center` (threads over
+// row tiles); only where the CPU has AVX512-BF16 (AVX512-VNNI) (gemm_lowp.cpp).
+void build_lowp_image(const View& x, const float* center, bool i16, LowpImage& img,
+                      const Context& ctx);
 
 // What one driver call filters with. A bf16 bound is relative to ||a||^2 + ||b||^2, so on
 // data far from the origin (all-positive features, say) it would let every pair through;
@@ -208,12 +213,11 @@ struct FilterNorms {
   Buffer<float> xc, yc;       // centred squared norms, when centred
   const float* xn = nullptr;  // the norms the tiles use
   const float* yn = nullptr;
-  // The rows' images (asked for and filter_images(d)): int16 (xi, yi) on the AVX2 int16
-  // GEMM, bf16 (xb, yb) on the AVX-512 bf16 one; the y side unused when same.
-  // (Pointers by method: a returned FilterNorms may have been moved.)
+  // The rows' images (asked for and filter_images(d)): xi, yi on the AVX2 int16 GEMM, xl, yl
+  // (lowp) on the AVX-512 bf16 and int16 ones; the y side unused when same.
   I16Image xi, yi;
-  Bf16Image xb, yb;
-  bool images = false, same = false, bf16 = false;
+  LowpImage xl, yl;
+  bool images = false, same = false, lowp = false;
   const float* c() const { return center.empty() ? nullptr : center.data(); }
 };
 FilterNorms filter_norms(const View& x, const float* xn, const View& y, const float* yn,
@@ -226,8 +230,8 @@ float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t
                        idx_t d, const float* center, const I16Image& ia, idx_t i0,
                        const I16Image& ib, idx_t j0, float* tile);
 float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
-                       idx_t d, const float* center, const Bf16Image& ia, idx_t i0,
-                       const Bf16Image& ib, idx_t j0, float* tile);
+                       idx_t d, const float* center, const LowpImage& ia, idx_t i0,
+                       const LowpImage& ib, idx_t j0, float* tile);
 
 // The tile product of x's row tile at i0 (mi rows) and y's at j0 (nj rows) as a driver runs
 // it: from fn's images where it holds them, else gemm_tile (fn centred or not).
@@ -235,9 +239,9 @@ inline float driver_tile(const FilterNorms& fn, const View& x, idx_t i0, idx_t m
                          idx_t j0, idx_t nj, float* tile) {
   const idx_t d = x.cols;
   if (!fn.images) return gemm_tile(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), tile);
-  if (fn.bf16)
-    return gemm_tile_images(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), fn.xb, i0,
-                            fn.same ? fn.xb : fn.yb, j0, tile);
+  if (fn.lowp)
+    return gemm_tile_images(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), fn.xl, i0,
+                            fn.same ? fn.xl : fn.yl, j0, tile);
   return gemm_tile_images(x.row(i0), x.ld, mi, y.row(j0), y.ld, nj, d, fn.c(), fn.xi, i0,
                           fn.same ? fn.xi : fn.yi, j0, tile);
 }
