@@ -50,7 +50,10 @@ def test_select_imagenet_scale(bench, cfg, threads):
     t = res.timings
     limit = n * n * d / (gflops * 1e9)  # symmetric pass: n^2 d multiply-adds = n^2 d flops x2 / 2
     peak = _vm("VmHWM")
+    from usl_fast._backend import _cpu
+
     formula = n * (8 * (2 * 20 + 16) + 8 + 12)
+    images = _cpu.filter_image_bytes(n, d)  # the 16-bit filters' row images, 0 elsewhere
     bench.extra_info.update(
         impl="usl_fast",
         n=n,
@@ -61,9 +64,8 @@ def test_select_imagenet_scale(bench, cfg, threads):
         knn_gemm_limit_seconds=limit,
         peak_rss_growth_bytes=peak - rss0,
         formula_bytes=formula,
+        image_bytes=images,
     )
-    from usl_fast._backend import _cpu
-
     gemm = GEMM_NAMES[_cpu.gemm_kind()]
     bench.extra_info.update(tile_gemm=gemm)
     bench.extra_info["summary"] = {
@@ -73,5 +75,6 @@ def test_select_imagenet_scale(bench, cfg, threads):
         "kNN density vs GEMM limit": f"{t['density'] / limit:.2f} x (limit {limit:.0f} s at "
         f"{gflops:.0f} GFLOP/s NumPy sgemm)",
         "peak RSS growth": f"{(peak - rss0) / 2**20:.0f} MiB (formula n (16k + 148) B = "
-        f"{formula / 2**20:.0f} MiB; features {n * d * 4 / 2**20:.0f} MiB, read in place)",
+        f"{formula / 2**20:.0f} MiB, plus the filter's row images {images / 2**20:.0f} MiB; "
+        f"features {n * d * 4 / 2**20:.0f} MiB, read in place)",
     }
