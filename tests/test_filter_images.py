@@ -1,13 +1,13 @@
 """The 16-bit filters' row images: the AVX2 int16 GEMM (csrc/cpu/gemm_avx2.cpp,
 build_i16_image) and the AVX-512 bf16 and int16 ones (csrc/cpu/gemm_lowp.cpp,
-build_lowp_image). The
-pair rounds of the self and bipartite kNN, and the rectangular passes whose sides both span
-several tiles (query kNN, k-means assign, regularizer, range counts), convert each row once
-per call instead of once per tile. A tile multiplied from the images must be the per-tile
-product bit for bit (same products, same rel, the same float32 fallback for a tile whose
-rows the 16-bit format cannot represent); the kNN and the rectangular passes built on them
-must equal the float32 kernel's; and the images' bytes are counted by the memory check and
-their allocation failing is a MemoryError."""
+build_lowp_image). The pair rounds of the self and bipartite kNN, and the rectangular
+passes whose sides both span several tiles (query kNN, k-means assign, regularizer, range
+counts), convert each row once per call instead of once per tile. A tile multiplied from
+the images must be the per-tile product bit for bit, on every tile pair (same products,
+same rel, the same float32 fallback for a tile whose rows the 16-bit format cannot
+represent); the kNN and the rectangular passes built on them must equal the float32
+kernel's; and the images' bytes are counted by the memory checks and their allocation
+failing is a MemoryError."""
 
 from __future__ import annotations
 
@@ -66,6 +66,24 @@ for d in dims:
                 f = f if float(f) >= v else np.nextafter(f, np.float32(np.inf))
                 assert rel_want == f, (d, m, n, rel_want, f)
                 fell_back += 1
+# Every tile pair of multi-tile images (later tiles' panels, exponents and kappas), with a
+# row in a's second tile that the tiny value makes fall back where the kind does.
+for d in (33 if kind != 4 else 64, 128, 600):
+    a = rng.standard_normal((700, d)).astype(np.float32)
+    b = (rng.standard_normal((600, d)) * 1e-2).astype(np.float32)
+    a[300] = tiny_value
+    center = np.zeros((1, d), np.float32)
+    for ti in range(3):
+        for tj in range(3):
+            ra, rb = a[256 * ti : 256 * ti + 256], b[256 * tj : 256 * tj + 256]
+            want = np.full(len(ra) * len(rb), 7.0, np.float32)
+            got = np.full(len(ra) * len(rb), 9.0, np.float32)
+            rel_want = _cpu.gemm_tile(ra, rb, want, center)
+            rel_got = _cpu.gemm_tile_images(a, b, got, center, ti=ti, tj=tj)
+            assert rel_got == rel_want, (d, ti, tj, rel_got, rel_want)
+            assert np.array_equal(got.view(np.int32), want.view(np.int32)), (d, ti, tj)
+            checked += 1
+            fell_back += falls_back and ti == 1
 # the images' size: about 2 d (+ 4) bytes a row, nothing where the GEMM converts per tile
 assert _cpu.filter_image_bytes(1000, 128) >= 1000 * 2 * 128
 assert _cpu.filter_image_bytes(1000, 128) < 1000 * (2 * 128 + 4) * 1.05 + 4096
@@ -79,9 +97,10 @@ print("ok", checked, fell_back)
 """
 
 # The passes on the images against the float32 kernel's, saved by the parent: the kNN graph
-# (symmetric pass, query pass of x against itself and against other queries, bipartite
-# block), the density, a k-means assign to 300 centroids (two tiles), range counts and a
-# whole selection (assign, regularizer). The rows come in +- pairs (magnitudes 10^-2 ..
+# (symmetric pass with and without the sampled bounds, query pass of x against itself and
+# against other queries, bipartite block), the density, a k-means assign to 300 centroids
+# (two tiles), range counts and searches, a nearest-centre update and a whole selection
+# (assign, regularizer). The rows come in +- pairs (magnitudes 10^-2 ..
 # 10^2, so the engine's float64 column mean is exactly 0) and end with +- pairs of rows of
 # norm ~1e-30 and ~1e-39: those lie all but at the centre; int16 cannot scale them and bf16
 # flushes the subnormal ones, so their tiles run in float32.
@@ -108,6 +127,10 @@ for d in (64, 200, 600):
     parts += list(_dispatch.assign(x, cent, 2))
     radius = float(np.median(parts[-1]))
     parts.append(_dispatch.range_count(x, np.ascontiguousarray(x[::3]), radius, 2, False))
+    parts += list(_dispatch.range_search(x, np.ascontiguousarray(x[::3]), radius, 2, False))
+    mind, arg = np.full(len(x), np.inf, np.float32), np.zeros(len(x), np.int64)
+    _dispatch.min_update(x, np.ascontiguousarray(x[::4] * 0.9), 0, mind, arg, 2)
+    parts += [mind, arg, *usl_fast.knn(x, 100, threads=2)]  # k = 100: the sampled pass
     info = usl_fast.select(x, 300, threads=2, return_info=True)
     parts += [np.asarray(info.indices), np.asarray(info.scores)]
 np.savez(sys.argv[1], np.array([_cpu.gemm_kind()]), *parts)
@@ -182,6 +205,20 @@ assert abs((seen[0] - seen[1]) - (n * _dispatch.reservoir_bytes_per_row(k) + 4.0
 lists = lambda r: r * k * 12.0 + _dispatch.DEDUP_DETECT_BYTES_PER_ROW * r + 8.0 * r
 assert seen[2] == lists(256), seen
 assert seen[3] == lists(257) + _cpu.filter_image_bytes(257, d), seen
+# The rectangular passes count both sides' images where both span two tiles or more.
+img = lambda r: _cpu.filter_image_bytes(r, d)
+for K in (256, 300):
+    cent = np.ascontiguousarray(x[:K] + np.float32(0.5))
+    both = img(n) + img(K) if K > 256 else 0.0
+    del seen[:]
+    _dispatch.assign(x, cent, 2)
+    assert seen == [8.0 * n + 8.0 * (n + K) + both], (K, seen)
+    del seen[:]
+    _dispatch.min_update(x, cent, 0, np.full(n, np.inf, np.float32), None, 2)
+    assert seen == [8.0 * (n + K) + both], (K, seen)
+    del seen[:]
+    _dispatch.range_count(cent, x, 1.0, 2, False)
+    assert seen == [8.0 * K + 8.0 * (K + n) + both], (K, seen)
 # What the symmetric pass allocates before its images (sample pass off): the norms, the
 # reservoirs (count, threshold) and the centred norms.
 cap = 2 * k + 16

@@ -108,8 +108,9 @@ def _norm_bytes(*rows: int) -> float:
 
 def _image_bytes(d: int, *rows: int) -> float:
     """The 16-bit images of each side's rows that the symmetric and bipartite kNN passes
-    convert once per call where the filter's GEMM is AVX2 int16 or AVX-512 bf16 (about
-    2 d bytes a row; 0 elsewhere: the engine's own figure, ``_cpu.filter_image_bytes``)."""
+    convert once per call where the filter's GEMM is AVX2 int16 or AVX-512 bf16 or int16
+    (about 2 d bytes a row; 0 elsewhere: the engine's own figure,
+    ``_cpu.filter_image_bytes``)."""
     return float(sum(_cpu.filter_image_bytes(int(r), int(d)) for r in rows))
 
 

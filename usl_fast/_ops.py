@@ -72,7 +72,9 @@ def knn(
     indices : (rows, k) int64. Ties go to the lower index.
 
     Memory: the output lists (12 rows k bytes) plus candidate buffers (8 (2k + 16) + 8
-    bytes per row, per tile row past 4 GiB); no (q, n) matrix is formed.
+    bytes per row, per tile row past 4 GiB) and, where a 16-bit filter runs (AVX-512 bf16
+    or int16, AVX2 int16), the rows' images (about 2 d bytes a row of each side); no (q, n)
+    matrix is formed.
     """
     be = backends.resolve(features)
     if be.name == "portable":  # a tensor on a GPU: computed there
@@ -130,7 +132,8 @@ def density(
 
     No (n, k) lists are formed: each row's k distances are averaged (float64, ascending)
     as soon as they are final. Memory beyond the input: 4 n bytes of output plus the
-    candidate buffers, 8 (2k + 16) + 8 bytes per row (per tile row past 4 GiB).
+    candidate buffers, 8 (2k + 16) + 8 bytes per row (per tile row past 4 GiB), plus the
+    rows' images where a 16-bit filter runs (about 2 d bytes a row).
     """
     be = backends.resolve(features)
     if be.name == "portable":  # a tensor on a GPU: computed there

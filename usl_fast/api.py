@@ -140,8 +140,11 @@ def select(
     SelectResult.
 
     Memory of USL beyond the features: about n (16 k + 148) bytes at the peak (the kNN
-    pass's candidate buffers; no (n, k) lists), checked against available memory first;
-    no n x n or n x m matrix is ever formed.
+    pass's candidate buffers; no (n, k) lists), plus about 2 n d where a 16-bit filter
+    converts the rows once per pass (AVX-512 bf16 or int16, AVX2 int16), checked against
+    available memory first. No n x n matrix is ever formed; the only n x m one is the
+    distance memo of the selection rounds (4 n m bytes, kept only for a power-sum over
+    three rounds or more when it takes at most 1 GiB and a quarter of the free memory).
     """
     if not isinstance(method, str):
         raise TypeError(f"`method` must be a string (got {method!r})")

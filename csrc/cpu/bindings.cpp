@@ -188,20 +188,23 @@ PYBIND11_MODULE(_cpu, m) {
         [](int64_t rows, int64_t d) { return cpu::filter_image_bytes(rows, d); });
   // Test hook: gemm_tile through the rows' images (gemm_tile_images: on the AVX2 int16 GEMM
   // and the AVX-512 bf16 and int16 ones), as the drivers run it: a and b are converted
-  // whole (centred on `center`), then row tile 0 of a against row tile 0 of b. Only where
-  // filter_images(d). repeat > 1 (a benchmark hook): the product is run that many times on
-  // the same images.
+  // whole (centred on `center`), then row tile ti of a against row tile tj of b (out: that
+  // tile's rows x columns). Only where filter_images(d). repeat > 1 (a benchmark hook): the
+  // product is run that many times on the same images.
   m.def("gemm_tile_images", [](py::handle a, py::handle b, py::handle out, py::handle center,
-                               int64_t repeat) {
+                               int64_t repeat, int64_t ti, int64_t tj) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");
     if (av.cols != bv.cols) throw py::value_error("a and b: same number of columns");
-    if (av.rows < 1 || av.rows > cpu::kTile) throw py::value_error("a: 1 to 256 rows");
-    if (bv.rows < 1 || bv.rows > cpu::kTile) throw py::value_error("b: 1 to 256 rows");
+    if (av.rows < 1 || bv.rows < 1) throw py::value_error("a and b: at least one row");
+    if (ti < 0 || ti * cpu::kTile >= av.rows) throw py::value_error("ti: a row tile of a");
+    if (tj < 0 || tj * cpu::kTile >= bv.rows) throw py::value_error("tj: a row tile of b");
+    const idx_t i0 = ti * cpu::kTile, j0 = tj * cpu::kTile;
+    const idx_t mi = std::min(cpu::kTile, av.rows - i0), nj = std::min(cpu::kTile, bv.rows - j0);
     if (!cpu::filter_images(av.cols))
       throw py::value_error("the AVX2 int16 GEMM with 64 <= d <= 16384 or an AVX-512 16-bit GEMM only");
     const View cv = in_mat(center, "center");
     if (cv.rows != 1 || cv.cols != av.cols) throw py::value_error("center: shape (1, d)");
-    float* po = out_vec<float>(out, "out", av.rows * bv.rows);
+    float* po = out_vec<float>(out, "out", mi * nj);
     py::gil_scoped_release nogil;
     Context c;
     c.threads = 1;
@@ -219,14 +222,15 @@ PYBIND11_MODULE(_cpu, m) {
     float* tile = cpu::thread_tile();
     float rel = 0.0f;
     for (int64_t t = 0; t < std::max<int64_t>(repeat, 1); ++t)
-      rel = lowp ? cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows,
-                                         av.cols, cv.data, ha, 0, hb, 0, tile)
-                 : cpu::gemm_tile_images(av.data, av.ld, av.rows, bv.data, bv.ld, bv.rows,
-                                         av.cols, cv.data, ia, 0, ib, 0, tile);
-    for (idx_t r = 0; r < av.rows; ++r)
-      std::copy(tile + r * cpu::kTile, tile + r * cpu::kTile + bv.rows, po + r * bv.rows);
+      rel = lowp ? cpu::gemm_tile_images(av.row(i0), av.ld, mi, bv.row(j0), bv.ld, nj, av.cols,
+                                         cv.data, ha, i0, hb, j0, tile)
+                 : cpu::gemm_tile_images(av.row(i0), av.ld, mi, bv.row(j0), bv.ld, nj, av.cols,
+                                         cv.data, ia, i0, ib, j0, tile);
+    for (idx_t r = 0; r < mi; ++r)
+      std::copy(tile + r * cpu::kTile, tile + r * cpu::kTile + nj, po + r * nj);
     return rel;
-  }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("center"), py::arg("repeat") = 1);
+  }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("center"), py::arg("repeat") = 1,
+     py::arg("ti") = 0, py::arg("tj") = 0);
 
   m.def("exact_l2_pairs", [](py::handle a, py::handle b, py::handle out) {
     const View av = in_mat(a, "a"), bv = in_mat(b, "b");

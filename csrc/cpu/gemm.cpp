@@ -158,8 +158,10 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
 float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                        idx_t d, const float* center, const I16Image& ia, idx_t i0,
                        const I16Image& ib, idx_t j0, float* tile) {
-  require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && i0 % kTile == 0 && j0 % kTile == 0 &&
-              i0 + m <= ia.rows && j0 + n <= ib.rows && filter_images(d),
+  // Whole tiles only: the images keep one kappa bound per tile.
+  require(m >= 1 && n >= 1 && i0 % kTile == 0 && j0 % kTile == 0 && i0 < ia.rows &&
+              j0 < ib.rows && m == std::min(kTile, ia.rows - i0) &&
+              n == std::min(kTile, ib.rows - j0) && filter_images(d),
           "gemm_tile_images: tile shape");
 #ifdef USL_FAST_X86
   double ka2 = 0.0, kb2 = 0.0;
@@ -177,8 +179,10 @@ float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t
 float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                        idx_t d, const float* center, const LowpImage& ia, idx_t i0,
                        const LowpImage& ib, idx_t j0, float* tile) {
-  require(m >= 1 && m <= kTile && n >= 1 && n <= kTile && i0 % kTile == 0 && j0 % kTile == 0 &&
-              i0 + m <= ia.rows && j0 + n <= ib.rows && filter_images(d),
+  // Whole tiles only: the images keep one kappa bound per tile.
+  require(m >= 1 && n >= 1 && i0 % kTile == 0 && j0 % kTile == 0 && i0 < ia.rows &&
+              j0 < ib.rows && m == std::min(kTile, ia.rows - i0) &&
+              n == std::min(kTile, ib.rows - j0) && filter_images(d),
           "gemm_tile_images: tile shape");
 #ifdef USL_FAST_LOWP
   double ka2 = 0.0, kb2 = 0.0;
@@ -205,7 +209,7 @@ double filter_image_bytes(idx_t rows, idx_t d) {
     // 16 x kp words a panel and pass (kp: the pass rounded up to 32), the alignment, k2;
     // int16: a float32 exponent a row and pass
     idx_t kpt = 0, passes = 0;
-    for (idx_t t0 = 0; t0 < d; t0 += 512, ++passes)
+    for (idx_t t0 = 0; t0 < d; t0 += 512, ++passes)  // (512: kKcLowp, gemm.hpp)
       kpt += (std::min<idx_t>(512, d - t0) + 31) / 32 * 32;
     const double slots = 16.0 * static_cast<double>((rows + 15) / 16);
     return 2.0 * (slots * static_cast<double>(kpt) + 32.0) +

@@ -311,7 +311,7 @@ USL_BF16_TARGET void gemm_tile_bf16(const float* a, idx_t lda, idx_t m, const fl
 }
 
 // The passes' blocks of an image one after another (every pass but the last kKcLowp wide).
-inline const uint16_t* lowp_pass(const LowpImage& img, idx_t t0, idx_t kp, idx_t panel) {
+inline uint16_t* lowp_pass(const LowpImage& img, idx_t t0, idx_t kp, idx_t panel) {
   return img.words + 16 * (img.panels * t0 + panel * kp);
 }
 
@@ -382,7 +382,7 @@ USL_Z_TARGET void lowp_image_tile(const View& x, const float* cen, idx_t T, Lowp
           to_bf16(x.row(r) + t0, cen + t0, kc, kp, rows + q * kp, res[r - r0], nrm[r - r0]);
         if (nexp) nexp[r] = static_cast<float>(-e);
       }
-      uint16_t* out = const_cast<uint16_t*>(lowp_pass(img, t0, kp, p));
+      uint16_t* out = lowp_pass(img, t0, kp, p);
       for (idx_t kk = 0; kk < kp / 32; ++kk) transpose16_words(rows + kk * 32, kp, out + kk * 512);
     }
   }

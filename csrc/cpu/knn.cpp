@@ -86,9 +86,9 @@ struct RectTopK {
 
 template <class Sink>
 void rect_topk(const View& q, const float* qn, const View& base, const float* bn, int k,
-               const float* start, const Sink& sink, const Context& ctx) {
+               const float* start, const Sink& sink, const Context& ctx, bool images = true) {
   RectTopK<Sink> epi{k, q, base, qn, bn, start, sink};
-  for_each_tile(q, qn, base, bn, epi, ctx);
+  for_each_tile(q, qn, base, bn, epi, ctx, images);
 }
 
 struct SymTopK {
@@ -124,7 +124,7 @@ bool sampled_bounds(const View& x, const float* xn, int k, double hits, const Co
   Buffer<float> sn(sample.rows);
   for (idx_t t = 0; t < sample.rows; ++t) sn[t] = xn[t * stride];
   tau.reset(n);
-  rect_topk(x, xn, sample, sn.data(), q, nullptr, KthSink{tau.data(), q}, ctx);
+  rect_topk(x, xn, sample, sn.data(), q, nullptr, KthSink{tau.data(), q}, ctx, false);
   return true;
 }
 
@@ -192,7 +192,8 @@ void self_topk(const View& x, int k, const Sink& sink, const Context& ctx, const
   const View sv{sub.data(), nr, d, d};
   ctx.add_total(num_tiles(nr));
   auto remap = [&](idx_t t, const uint64_t* keys, int kk) { sink(rows[t], keys, kk); };
-  rect_topk(sv, subn.data(), x, xn.data(), k, nullptr, remap, ctx);
+  rect_topk(sv, subn.data(), x, xn.data(), k, nullptr, remap, ctx, false);  // (no images:
+  // the symmetric pass's reservoirs are still held, and its estimate counted one image)
 }
 
 // The self graph over one representative per group of identical rows (dedup.hpp): each

@@ -423,17 +423,19 @@ bool wants_filter(L&, idx_t, long) {
 // Rectangular: every row tile of x against every column tile of y, row tiles spread over
 // threads (dynamic), column tiles in ascending order within a row tile. Epi::Local is
 // constructed once per thread from the Epi; it gets begin(i0, mi), tile(const Tile&) per
-// column tile, end(i0, mi). One progress unit per row tile. Where both sides have more than
-// one tile (each row then meets several tiles of the other side), the rows are converted
-// once into images (filter_images; rect_image_bytes counts them).
+// column tile, end(i0, mi). One progress unit per row tile. With `images`, where both sides
+// have more than one tile (each row then meets several tiles of the other side), the rows
+// are converted once into images (filter_images; usl_fast/_dispatch.py's
+// _rect_image_bytes counts them); the self kNN's sample and redo passes, whose memory
+// the symmetric pass's estimate covers without them, convert per tile.
 template <class Epi>
 void for_each_tile(const View& x, const float* xn, const View& y, const float* yn, Epi& epi,
-                   const Context& ctx) {
+                   const Context& ctx, bool images = true) {
   const idx_t n = x.rows, m = y.rows, d = x.cols;
   const idx_t TR = num_tiles(n), TC = num_tiles(m);
   const float abs = filter_abs(d);
   const bool same = x.data == y.data && x.rows == y.rows && x.ld == y.ld;
-  const FilterNorms fn = filter_norms(x, xn, y, yn, same, ctx, TR > 1 && TC > 1);
+  const FilterNorms fn = filter_norms(x, xn, y, yn, same, ctx, images && TR > 1 && TC > 1);
   xn = fn.xn;
   yn = fn.yn;
   Guard guard;

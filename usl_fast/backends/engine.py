@@ -142,18 +142,22 @@ def check_usl_memory(x: np.ndarray, k: int, K: int, threads: Optional[int]) -> N
     """The whole pipeline's peak against the memory limits, before the density pass: every
     phase checks its own allocations too, but k-means' float64 sums (K x d) failing after
     a long density pass would waste it. Beyond the features: the density pass (its output,
-    norms, candidate buffers and int16 row images, ``_dispatch.knn_density``), or afterwards the densities
-    kept (4 bytes a row) plus the larger of k-means (labels, distances, norms, the moved
-    search's temporaries: 48 bytes a row; sums, centroids and their previous copy: 16 K d)
-    and the selection rounds (labels, the regularizer, its blend, the scores: 44 bytes a
-    row)."""
+    norms, candidate buffers and the 16-bit filters' row images, ``_dispatch.knn_density``),
+    or afterwards the densities kept (4 bytes a row) plus the larger of k-means (labels,
+    distances, norms, the moved search's temporaries: 48 bytes a row; sums, centroids and
+    their previous copy: 16 K d) and the selection rounds (labels, the regularizer, its
+    blend, the scores: 44 bytes a row), each with the row images of its passes against
+    the K centroids or at most K picks (``_dispatch._rect_image_bytes``)."""
     n, d = x.shape
     th = _dispatch.resolve_threads(threads)
     shared, per_thread = _dispatch.topk_buffers(n, k, True, _cpu.DEFAULT_MAX_RESERVOIR_BYTES)
     if shared != 0.0:  # the symmetric pass
         shared += _dispatch._image_bytes(d, n)
+    else:  # the query pass: x against itself
+        shared += _dispatch._rect_image_bytes(d, n, n, True)
     density_pass = 4.0 * n + shared + _dispatch._norm_bytes(n)
-    later = 4.0 * n + max(48.0 * n + 16.0 * K * d, 44.0 * n)
+    images = _dispatch._rect_image_bytes(d, n, K)
+    later = 4.0 * n + max(48.0 * n + 16.0 * K * d, 44.0 * n) + images
     _dispatch.check_memory(
         max(density_pass, later),
         f"USL on {n} points (k={k}, {K} clusters: the peak of its phases)",
