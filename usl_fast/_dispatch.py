@@ -453,6 +453,7 @@ def regularizer(
     # counts and it sums them all with no buffer (h = 10**7 would otherwise "need" 81 GiB).
     top_h = 0 < horizon_num < m
     check_memory(
+        # (the images: an upper bound; the engine skips them where its filter cannot run)
         8.0 * n + _norm_bytes(n, m) + _rect_image_bytes(x.shape[1], n, m),
         f"the regularizer of {n} points and {m} picks",
         th,

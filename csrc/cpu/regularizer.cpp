@@ -4,6 +4,7 @@
 // whose lower bound already puts them beyond the horizon. Each row's sum runs in a fixed
 // order (ascending pick for the power-sum, ascending (distance, pick) for top-h), so the
 // result depends neither on threads nor on the path.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -243,12 +244,17 @@ void regularizer_rows(const View& x, const View& picks, const int32_t* labels,
     for_each_tile(x, xn.data(), picks, pn.data(), epi, ctx);
   } else {
     PowerSum epi{p, {}};
+    // Row images only where some tile may run the filter (wants_filter): never with an
+    // infinite horizon, nor in a memo round where no column tile has a quarter fresh.
+    bool filter = std::isfinite(horizon_dist);
     if (memo) {
       epi.fresh_in_tile.assign(static_cast<size_t>(num_tiles(picks.rows)), 0);
       for (idx_t j = 0; j < picks.rows; ++j)
         if (fresh[j]) ++epi.fresh_in_tile[static_cast<size_t>(j / kTile)];
+      filter = filter && std::any_of(epi.fresh_in_tile.begin(), epi.fresh_in_tile.end(),
+                                     [](idx_t f) { return f >= kTile / 4; });
     }
-    for_each_tile(x, xn.data(), picks, pn.data(), epi, ctx);
+    for_each_tile(x, xn.data(), picks, pn.data(), epi, ctx, filter);
   }
 }
 

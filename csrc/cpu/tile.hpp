@@ -427,7 +427,8 @@ bool wants_filter(L&, idx_t, long) {
 // have more than one tile (each row then meets several tiles of the other side), the rows
 // are converted once into images (filter_images; usl_fast/_dispatch.py's
 // _rect_image_bytes counts them); the self kNN's sample and redo passes, whose memory
-// the symmetric pass's estimate covers without them, convert per tile.
+// the symmetric pass's estimate covers without them, and regularizer rounds whose filter
+// cannot run, go without.
 template <class Epi>
 void for_each_tile(const View& x, const float* xn, const View& y, const float* yn, Epi& epi,
                    const Context& ctx, bool images = true) {
