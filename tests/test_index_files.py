@@ -94,6 +94,32 @@ def test_refusals_name_the_source_and_what_is_allowed(
     assert text in str(e.value) and repr(os.fspath(path)) in str(e.value)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_pipe_or_device_is_refused_unopened(tmp_path: Path, kind: str) -> None:
+    # In a child with a timeout: opening a FIFO nobody writes to would wait forever.
+    if kind == "fifo":
+        path = tmp_path / "labeled.txt"
+        os.mkfifo(path)
+    else:
+        path = Path(os.devnull)
+    code = (
+        "import sys\n"
+        "from usl_fast._io import read_index_file\n"
+        "try:\n"
+        "    read_index_file(sys.argv[1], '--labeled')\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(path)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "is not a regular file (a pipe, device or socket)" in r.stdout, r.stdout
+    assert repr(os.fspath(path)) in r.stdout and "no such file" not in r.stdout
+
+
 @pytest.mark.parametrize("value", ["1_000", "\u0663", "\uff17", "0x10", "1e3", "+-3"])
 @pytest.mark.parametrize("fmt", [".txt", ".csv"])
 def test_only_ascii_digits_are_an_index(tmp_path: Path, fmt: str, value: str) -> None:
@@ -395,3 +421,17 @@ def test_a_cut_line_in_a_message_ends_in_an_ellipsis(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as e:
         read_index_file(tmp_path / "head.csv", "--labeled")
     assert f"got {('Id,' + 'c' * 100)[:60]!r}..." in str(e.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_commands_refuse_a_pipe_unopened(work: Path) -> None:
+    # Each command would wait forever reading a FIFO nobody writes to (run's timeout bounds
+    # a regression): the features, a --labeled file and distributed's FEATS.npy.
+    os.mkfifo(work / "pipe.npy")
+    os.mkfifo(work / "pipe.txt")
+    err = one_error_line(run(["select", "pipe.npy", "-m", "3", "-o", "p.npy"], work))
+    assert "FEATURES 'pipe.npy' is not a regular file (a pipe, device or socket)" in err
+    err = one_error_line(run([*SELECT, "-o", "p.npy", "--labeled", "pipe.txt"], work))
+    assert "'pipe.txt' is not a regular file (a pipe, device or socket)" in err
+    r = run(["select", "pipe.npy", "-m", "3", "-o", "o.npy"], work, module="usl_fast.distributed")
+    assert r.returncode != 0 and "FEATS.npy: not a regular file" in r.stderr, r.stderr

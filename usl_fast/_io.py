@@ -580,7 +580,8 @@ def read_index_file(path: Any, what: str) -> Any:
     Raises
     ------
     ValueError
-        Another extension, no such file, a directory, an unreadable file, a value that is
+        Another extension, no such file, a directory, a path that is not a regular file (a
+        pipe, a device: never opened), an unreadable file, a value that is
         not an integer (naming the line), a .csv without its header, or a .npy that is not
         a numeric array of an allowed shape (naming the shape), or an integer beyond int64
         in a .txt/.csv line or an unsigned .npy (naming it). Every message names ``what``
@@ -594,6 +595,12 @@ def read_index_file(path: Any, what: str) -> Any:
     # A missing file's message names the formats too, so a wrong extension is seen there.
     if os.path.isdir(path):
         raise ValueError(f"{what} {path!r} is a directory; it must be {INDEX_FORMATS}")
+    if os.path.exists(path) and not os.path.isfile(path):
+        # (never opened: reading a pipe or a terminal could wait forever)
+        raise ValueError(
+            f"{what} {path!r} is not a regular file (a pipe, device or socket); it must be "
+            f"{INDEX_FORMATS}"
+        )
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path!r}: no such file; it must be {INDEX_FORMATS}")
     fmt = os.path.splitext(path)[1].lower()

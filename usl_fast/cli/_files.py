@@ -53,6 +53,11 @@ def load_features(path: str, key: Optional[str] = None) -> Any:
         raise CLIError(
             f"FEATURES {path!r} is a directory; it must be a .npy, .npz, .pt or .pth file"
         )
+    if p.exists() and not p.is_file():  # never opened: reading a pipe could block
+        raise CLIError(
+            f"FEATURES {path!r} is not a regular file (a pipe, device or socket); it must be "
+            "a .npy, .npz, .pt or .pth file"
+        )
     if not p.is_file():
         raise CLIError(f"FEATURES file not found: {path!r}")
     try:
@@ -285,6 +290,10 @@ def require_file(path: Optional[str], option: str, what: str) -> None:
         return
     if os.path.isdir(path):
         raise CLIError(f"{option} {path!r} is a directory; it must be {what}")
+    if os.path.exists(path) and not os.path.isfile(path):  # never opened: it could block
+        raise CLIError(
+            f"{option} {path!r} is not a regular file (a pipe, device or socket); it must be {what}"
+        )
     if not os.path.isfile(path):
         raise CLIError(f"{option} {path!r}: no such file; it must be {what}")
 

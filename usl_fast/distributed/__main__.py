@@ -99,6 +99,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f"-o/--output must end in .npy (got {args.output})")
         if args.timeout <= 0:
             raise ValueError(f"--timeout must be > 0 seconds (got {args.timeout})")
+        if Path(args.features).exists() and not Path(args.features).is_file():
+            raise ValueError(
+                "FEATS.npy: not a regular file (a directory, pipe, device or socket): "
+                f"{args.features}"
+            )
         if not Path(args.features).is_file():
             raise ValueError(f"FEATS.npy: no such file: {args.features}")
         # Every rank memory-maps FEATS and reads only its rows, which only a .npy allows;
