@@ -113,7 +113,11 @@ def test_a_pipe_or_device_is_refused_unopened(tmp_path: Path, kind: str) -> None
     )
     r = subprocess.run(
         [sys.executable, "-c", code, os.fspath(path)],
-        env=subprocess_env(), capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,  # (not the checkout: the child imports the installed package)
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 0, r.stderr
     assert "is not a regular file (a pipe, device or socket)" in r.stdout, r.stdout
