@@ -122,6 +122,12 @@ def _rect_image_bytes(d: int, rows: int, cols: int, same: bool = False) -> float
     return _image_bytes(d, rows) if same else _image_bytes(d, rows, cols)
 
 
+def _knn_image_bytes(d: int, n: int, rows: int, symmetric: bool, same: bool) -> float:
+    """The images a kNN pass over n base rows holds: the symmetric pass one of x, the query
+    pass (``rows`` queries, ``same``: x itself) those of a rectangular pass."""
+    return _image_bytes(d, n) if symmetric else _rect_image_bytes(d, rows, n, same)
+
+
 def row_norms(x: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
     th = resolve_threads(threads)
     check_memory(4.0 * x.shape[0], f"the squared norms of {x.shape[0]} rows", th, tiles=False)
@@ -154,11 +160,10 @@ def knn(
     rows = n if queries is None else queries.shape[0]
     th = resolve_threads(threads)
     shared, per_thread = topk_buffers(n, k, queries is None, max_reservoir_bytes)
-    if shared == 0.0:  # the query pass
+    symmetric = shared != 0.0
+    if not symmetric:  # the query pass
         shared = DEDUP_DETECT_BYTES_PER_ROW * (n + (0 if queries is None else rows))
-        shared += _rect_image_bytes(x.shape[1], rows, n, queries is None)
-    else:  # the symmetric pass
-        shared += _image_bytes(x.shape[1], n)
+    shared += _knn_image_bytes(x.shape[1], n, rows, symmetric, queries is None)
     check_memory(
         rows * k * (12.0 if indices else 4.0)
         + shared
@@ -196,10 +201,10 @@ def knn_density(
     n = x.shape[0]
     th = resolve_threads(threads)
     shared, per_thread = topk_buffers(n, k, True, max_reservoir_bytes)
-    if shared == 0.0:  # the query pass
-        shared = DEDUP_DETECT_BYTES_PER_ROW * n + _rect_image_bytes(x.shape[1], n, n, True)
-    else:  # the symmetric pass
-        shared += _image_bytes(x.shape[1], n)
+    symmetric = shared != 0.0
+    if not symmetric:  # the query pass
+        shared = DEDUP_DETECT_BYTES_PER_ROW * n
+    shared += _knn_image_bytes(x.shape[1], n, n, symmetric, True)
     check_memory(
         4.0 * n + shared + _norm_bytes(n),
         f"the kNN density of {n} points (k={k}: candidate buffers)",

@@ -155,14 +155,21 @@ float gemm_tile(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, i
   return filter_rel(d);
 }
 
+namespace {
+// Whole tiles of both images only: they keep one kappa bound per tile.
+void require_image_tiles(idx_t m, idx_t i0, idx_t rows_a, idx_t n, idx_t j0, idx_t rows_b,
+                         idx_t d) {
+  require(m >= 1 && n >= 1 && i0 % kTile == 0 && j0 % kTile == 0 && i0 < rows_a &&
+              j0 < rows_b && m == std::min(kTile, rows_a - i0) &&
+              n == std::min(kTile, rows_b - j0) && filter_images(d),
+          "gemm_tile_images: tile shape");
+}
+}  // namespace
+
 float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                        idx_t d, const float* center, const I16Image& ia, idx_t i0,
                        const I16Image& ib, idx_t j0, float* tile) {
-  // Whole tiles only: the images keep one kappa bound per tile.
-  require(m >= 1 && n >= 1 && i0 % kTile == 0 && j0 % kTile == 0 && i0 < ia.rows &&
-              j0 < ib.rows && m == std::min(kTile, ia.rows - i0) &&
-              n == std::min(kTile, ib.rows - j0) && filter_images(d),
-          "gemm_tile_images: tile shape");
+  require_image_tiles(m, i0, ia.rows, n, j0, ib.rows, d);
 #ifdef USL_FAST_X86
   double ka2 = 0.0, kb2 = 0.0;
   // The same test and fallback as gemm_tile's int16 branch, on the same measured kappas.
@@ -179,11 +186,7 @@ float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t
 float gemm_tile_images(const float* a, idx_t lda, idx_t m, const float* b, idx_t ldb, idx_t n,
                        idx_t d, const float* center, const LowpImage& ia, idx_t i0,
                        const LowpImage& ib, idx_t j0, float* tile) {
-  // Whole tiles only: the images keep one kappa bound per tile.
-  require(m >= 1 && n >= 1 && i0 % kTile == 0 && j0 % kTile == 0 && i0 < ia.rows &&
-              j0 < ib.rows && m == std::min(kTile, ia.rows - i0) &&
-              n == std::min(kTile, ib.rows - j0) && filter_images(d),
-          "gemm_tile_images: tile shape");
+  require_image_tiles(m, i0, ia.rows, n, j0, ib.rows, d);
 #ifdef USL_FAST_LOWP
   double ka2 = 0.0, kb2 = 0.0;
   gemm_tile_lowp_image(ia, i0, m, ib, j0, n, d, tile, ka2, kb2);
@@ -204,18 +207,18 @@ bool filter_images(idx_t d) {
 
 double filter_image_bytes(idx_t rows, idx_t d) {
   if (!filter_images(d) || rows == 0) return 0.0;
+#ifdef USL_FAST_LOWP
   const int kind = gemm_kind();
   if (kind == kGemmBf16 || kind == kGemmI16) {
-    // 16 x kp words a panel and pass (kp: the pass rounded up to 32), the alignment, k2;
-    // int16: a float32 exponent a row and pass
-    idx_t kpt = 0, passes = 0;
-    for (idx_t t0 = 0; t0 < d; t0 += 512, ++passes)  // (512: kKcLowp, gemm.hpp)
-      kpt += (std::min<idx_t>(512, d - t0) + 31) / 32 * 32;
+    // build_lowp_image's buffers: the words of 16-row panels and their alignment, k2, and
+    // for int16 a float32 exponent a row and pass
+    const LowpShape shape = lowp_shape(d);
     const double slots = 16.0 * static_cast<double>((rows + 15) / 16);
-    return 2.0 * (slots * static_cast<double>(kpt) + 32.0) +
-           (kind == kGemmI16 ? 4.0 * slots * static_cast<double>(passes) : 0.0) +
+    return 2.0 * (slots * static_cast<double>(shape.words) + 32.0) +
+           (kind == kGemmI16 ? 4.0 * slots * static_cast<double>(shape.passes) : 0.0) +
            8.0 * static_cast<double>(num_tiles(rows));
   }
+#endif
   const double slots = 8.0 * static_cast<double>((rows + 7) / 8);
   return 4.0 * (slots * static_cast<double>((d + 1) / 2) + 8.0)  // words, alignment
          + 4.0 * (slots + 16.0)                                  // inv

@@ -84,6 +84,18 @@ void gemm_nt_avx512(const float* a, idx_t lda, idx_t m, const float* b, idx_t ld
 // stay in L2, two 16-column panels of B (32 KiB) in L1.
 constexpr idx_t kKcLowp = 512;
 
+// A LowpImage row's 16-bit words over all passes (each pass's coordinates rounded up to 32)
+// and the number of passes, at d coordinates.
+struct LowpShape {
+  idx_t words = 0, passes = 0;
+};
+inline LowpShape lowp_shape(idx_t d) {
+  LowpShape s;
+  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp, ++s.passes)
+    s.words += (std::min(kKcLowp, d - t0) + 31) / 32 * 32;
+  return s;
+}
+
 // The 16-bit operands of one pass, per thread (gemm_lowp.cpp): A rows (256 x kp), B as
 // panels of 16 columns of coordinate pairs (256 x kp), 16 B rows before their transpose.
 struct LowpBuffers {

@@ -407,17 +407,15 @@ void build_lowp_image(const View& x, const float* center, bool i16, LowpImage& i
   const idx_t n = x.rows, d = x.cols, T = num_tiles(n);
   require(i16 ? avx512vnni_supported() : avx512bf16_supported(),
           "build_lowp_image: no AVX512-BF16 / VNNI on this CPU");
-  idx_t kpt = 0, passes = 0;
-  for (idx_t t0 = 0; t0 < d; t0 += kKcLowp, ++passes)
-    kpt += (std::min(kKcLowp, d - t0) + 31) / 32 * 32;
+  const LowpShape shape = lowp_shape(d);
   img.rows = n;
   img.panels = (n + 15) / 16;
   img.i16 = i16;
-  img.store.reset(static_cast<size_t>(img.panels) * 16 * kpt + 32);
+  img.store.reset(static_cast<size_t>(img.panels) * 16 * shape.words + 32);
   const uintptr_t at = reinterpret_cast<uintptr_t>(img.store.data());
   img.words = img.store.data() + ((64 - at % 64) % 64) / sizeof(uint16_t);  // aligned loads
   if (i16) {
-    img.nexp.reset(static_cast<size_t>(img.panels) * 16 * passes);
+    img.nexp.reset(static_cast<size_t>(img.panels) * 16 * shape.passes);
     img.nexp.fill(0.0f);  // rows past n: exponent 0, as the per-tile kernel's padding
   }
   img.k2.reset(T);

@@ -151,10 +151,7 @@ def check_usl_memory(x: np.ndarray, k: int, K: int, threads: Optional[int]) -> N
     n, d = x.shape
     th = _dispatch.resolve_threads(threads)
     shared, per_thread = _dispatch.topk_buffers(n, k, True, _cpu.DEFAULT_MAX_RESERVOIR_BYTES)
-    if shared != 0.0:  # the symmetric pass
-        shared += _dispatch._image_bytes(d, n)
-    else:  # the query pass: x against itself
-        shared += _dispatch._rect_image_bytes(d, n, n, True)
+    shared += _dispatch._knn_image_bytes(d, n, n, shared != 0.0, True)
     density_pass = 4.0 * n + shared + _dispatch._norm_bytes(n)
     images = _dispatch._rect_image_bytes(d, n, K)
     later = 4.0 * n + max(48.0 * n + 16.0 * K * d, 44.0 * n) + images
