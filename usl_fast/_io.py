@@ -547,6 +547,20 @@ INDEX_FORMATS = (
 )
 
 
+def not_a_file(path: str, what: str, must_be: str) -> Optional[str]:
+    """Why ``path`` is no file to read, found without opening it, or None if it is a regular
+    file: "<what> <path> is a directory", "... is not a regular file (a pipe, device or
+    socket)" (never opened: reading a pipe or a terminal could wait forever) or "...: no
+    such file", each followed by "; it must be <must_be>"."""
+    if os.path.isdir(path):
+        return f"{what} {path!r} is a directory; it must be {must_be}"
+    if os.path.exists(path) and not os.path.isfile(path):
+        return f"{what} {path!r} is not a regular file (a pipe, device or socket); it must be {must_be}"
+    if not os.path.isfile(path):
+        return f"{what} {path!r}: no such file; it must be {must_be}"
+    return None
+
+
 def read_index_file(path: Any, what: str) -> Any:
     """Point indices from a file in a format ``usl-fast select`` writes, in file order.
 
@@ -593,16 +607,9 @@ def read_index_file(path: Any, what: str) -> Any:
 
     path = os.fspath(path)
     # A missing file's message names the formats too, so a wrong extension is seen there.
-    if os.path.isdir(path):
-        raise ValueError(f"{what} {path!r} is a directory; it must be {INDEX_FORMATS}")
-    if os.path.exists(path) and not os.path.isfile(path):
-        # (never opened: reading a pipe or a terminal could wait forever)
-        raise ValueError(
-            f"{what} {path!r} is not a regular file (a pipe, device or socket); it must be "
-            f"{INDEX_FORMATS}"
-        )
-    if not os.path.isfile(path):
-        raise ValueError(f"{what} {path!r}: no such file; it must be {INDEX_FORMATS}")
+    problem = not_a_file(path, what, INDEX_FORMATS)
+    if problem:
+        raise ValueError(problem)
     fmt = os.path.splitext(path)[1].lower()
     if fmt not in (".npy", ".txt", ".csv"):
         got = f"extension {fmt!r}" if fmt else "no extension"

@@ -7,14 +7,20 @@ option and the path."""
 from __future__ import annotations
 
 import csv
-import os
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._io import Outputs, check_index_range, check_npy, read_index_file, write_atomic
+from .._io import (
+    Outputs,
+    check_index_range,
+    check_npy,
+    not_a_file,
+    read_index_file,
+    write_atomic,
+)
 from ._common import CLIError
 
 # --------------------------------------------------------------------------- input
@@ -49,17 +55,9 @@ def load_features(path: str, key: Optional[str] = None) -> Any:
     """
     p = Path(path)
     suffix = p.suffix.lower()
-    if p.is_dir():
-        raise CLIError(
-            f"FEATURES {path!r} is a directory; it must be a .npy, .npz, .pt or .pth file"
-        )
-    if p.exists() and not p.is_file():  # never opened: reading a pipe could block
-        raise CLIError(
-            f"FEATURES {path!r} is not a regular file (a pipe, device or socket); it must be "
-            "a .npy, .npz, .pt or .pth file"
-        )
-    if not p.is_file():
-        raise CLIError(f"FEATURES file not found: {path!r}")
+    problem = not_a_file(path, "FEATURES", "a .npy, .npz, .pt or .pth file")
+    if problem:
+        raise CLIError(problem if p.exists() else f"FEATURES file not found: {path!r}")
     try:
         if suffix == ".npy":
             if key is not None:
@@ -288,14 +286,9 @@ def require_file(path: Optional[str], option: str, what: str) -> None:
     """A CLIError naming ``option`` and ``path`` unless ``path`` (when given) is a file."""
     if path is None:
         return
-    if os.path.isdir(path):
-        raise CLIError(f"{option} {path!r} is a directory; it must be {what}")
-    if os.path.exists(path) and not os.path.isfile(path):  # never opened: it could block
-        raise CLIError(
-            f"{option} {path!r} is not a regular file (a pipe, device or socket); it must be {what}"
-        )
-    if not os.path.isfile(path):
-        raise CLIError(f"{option} {path!r}: no such file; it must be {what}")
+    problem = not_a_file(path, option, what)
+    if problem:
+        raise CLIError(problem)
 
 
 def require_suffix(path: Optional[str], option: str, suffix: str, what: str) -> None:
